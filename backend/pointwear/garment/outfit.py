@@ -1,0 +1,239 @@
+"""The procedural garment generator: an outfit is a few garments (top, trousers, skirt, dress),
+each a set of tube pieces around body axes described by a handful of interpretable numbers
+(sleeve length, hem length, neckline, ease, flare). Geometry is a differentiable function of
+those numbers (torch); `Detail` adds what lies outside them (folds, uneven hems) so that fitting
+the parametric model to a synthetic subject is not a tautology."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter1d
+from scipy.spatial import cKDTree
+
+from .body_frame import BodyFrame
+from .fields import Axis, RadiusField
+
+GARMENT_KINDS = ("top", "trousers", "skirt", "dress")
+OUTFITS: dict[str, tuple[str, ...]] = {
+    "tshirt-shorts": ("top", "trousers"),
+    "longsleeve-trousers": ("top", "trousers"),
+    "tank-skirt": ("top", "skirt"),
+    "dress": ("dress",),
+}
+# Grid resolution (along the axis, around it) of each kind of piece: fixed, so a garment's
+# topology never changes with its parameters.
+GRID = {"torso": (56, 64), "sleeve": (24, 24), "waist": (12, 64), "leg": (44, 32), "hang": (64, 72)}
+
+
+@dataclass
+class GarmentParams:
+    """Interpretable garment parameters. Lengths are fractions: `sleeve` of shoulder->wrist
+    (0 = sleeveless), `hem` of neck->crotch for tops and of hip->ankle (trousers) or
+    crotch->ankle (skirts, dresses) for the rest; `waist` of neck->crotch; `neckline` and
+    `ease` in metres; `flare` is the skirt's outward slope below the hips."""
+    kind: str
+    sleeve: float = 0.0
+    hem: float = 1.0
+    waist: float = 0.62
+    neckline: float = 0.06
+    ease: float = 0.015
+    flare: float = 0.0
+
+
+@dataclass
+class Detail:
+    """Geometry outside the parameters: folds (sum of sinusoids) and an uneven hem."""
+    wrinkle_amp: float = 0.0
+    hem_asym: float = 0.0
+    seed: int = 0
+
+
+@dataclass
+class Piece:
+    name: str
+    axis: Axis
+    field: RadiusField
+    s_start: float | torch.Tensor
+    s_end: float | torch.Tensor
+    grid: tuple[int, int]
+    ease: Callable[[torch.Tensor], torch.Tensor]
+    regions: tuple[str, ...]
+    hanging: bool = False
+
+
+@dataclass
+class GarmentMesh:
+    vertices: torch.Tensor        # (V, 3) rest pose, differentiable in the parameters
+    faces: np.ndarray             # (F, 3)
+    weights: np.ndarray           # (V, 24) skin weights
+    garment: np.ndarray           # (V,) index into `names`
+    names: list[str]
+    params: list[GarmentParams]
+    detail: Detail = field(default_factory=Detail)
+
+    @property
+    def face_garment(self) -> np.ndarray:
+        return self.garment[self.faces[:, 0]]
+
+    def describe(self) -> dict:
+        return {"garments": [dict(name=n, **asdict(p)) for n, p in zip(self.names, self.params)],
+                "detail": asdict(self.detail)}
+
+
+# -- pieces of each garment kind --------------------------------------------------------------
+def garment_pieces(frame: BodyFrame, p: GarmentParams) -> list[Piece]:
+    torso = frame.torso_axis
+    crotch, floor = frame.crotch_s, frame.floor_s
+    ankle_s = frame.torso_s(frame.joints[[7, 8], 1].mean())
+    const = lambda value: (lambda s: torch.zeros_like(s) + value)  # noqa: E731
+    pieces: list[Piece] = []
+    if p.kind in ("top", "dress"):
+        top_s = p.neckline
+        if p.kind == "top":
+            end = p.hem * crotch
+            ease = lambda s, e=p.ease: e * (1.0 + 0.4 * (s / crotch).clamp(0, 1))  # noqa: E731
+            pieces.append(Piece("torso", torso, frame.field(torso, ("torso", "neck"), (0.0, crotch + 0.15)),
+                                top_s, end, GRID["torso"], ease, ("torso", "neck")))
+        else:
+            end = crotch + p.hem * (ankle_s - crotch)
+            regions = ("torso", "neck", "left_upper_leg", "right_upper_leg", "left_lower_leg", "right_lower_leg")
+            fld = frame.field(torso, regions, (0.0, floor)).hanging(frame.hip_s)
+            ease = _hanging_ease(p.ease, p.flare, frame.hip_s)
+            pieces.append(Piece("dress", torso, fld, top_s, end, GRID["hang"], ease, regions, hanging=True))
+        if p.sleeve > 0.02:
+            for side in ("left", "right"):
+                axis, length = frame.limb_axis(f"{side}_shoulder", f"{side}_wrist")
+                regions = (f"{side}_upper_arm", f"{side}_lower_arm")
+                fld = frame.field(axis, regions, (-0.05, length))
+                pieces.append(Piece(f"{side}_sleeve", axis, fld, -0.03, p.sleeve * length,
+                                    GRID["sleeve"], const(p.ease * 0.8), regions))
+    elif p.kind == "trousers":
+        waist_s = p.waist * crotch
+        regions = ("torso", "left_upper_leg", "right_upper_leg")
+        pieces.append(Piece("waist", torso, frame.field(torso, regions, (waist_s - 0.05, crotch + 0.05)),
+                            waist_s, crotch + 0.02, GRID["waist"], const(p.ease), regions))
+        for side in ("left", "right"):
+            axis, length = frame.limb_axis(f"{side}_hip", f"{side}_ankle")
+            regions = (f"{side}_upper_leg", f"{side}_lower_leg")
+            start = frame.leg_s_at_crotch(side) - 0.02
+            fld = frame.field(axis, regions, (start - 0.05, length + 0.02))
+            pieces.append(Piece(f"{side}_leg", axis, fld, start, p.hem * length, GRID["leg"],
+                                const(p.ease), regions))
+    elif p.kind == "skirt":
+        regions = ("torso", "left_upper_leg", "right_upper_leg", "left_lower_leg", "right_lower_leg")
+        fld = frame.field(torso, regions, (0.0, floor)).hanging(frame.hip_s)
+        pieces.append(Piece("skirt", torso, fld, p.waist * crotch, crotch + p.hem * (ankle_s - crotch),
+                            GRID["hang"], _hanging_ease(p.ease, p.flare, frame.hip_s), regions, hanging=True))
+    else:
+        raise ValueError(f"garment kind must be one of {GARMENT_KINDS}, got {p.kind!r}")
+    return pieces
+
+
+def _hanging_ease(ease: float, flare: float, hip_s: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda s: ease + flare * torch.relu(s - hip_s)
+
+
+# -- building the mesh --------------------------------------------------------------------------
+def build_outfit(frame: BodyFrame, params: list[GarmentParams], names: list[str] | None = None,
+                 detail: Detail | None = None) -> GarmentMesh:
+    """Rest-pose mesh of the outfit on this body, with skin weights from the body."""
+    detail = detail or Detail()
+    rng = np.random.default_rng(detail.seed)
+    names = names or [p.kind for p in params]
+    verts, faces, garment, weights = [], [], [], []
+    offset = 0
+    for g, p in enumerate(params):
+        for piece in garment_pieces(frame, p):
+            v = _piece_vertices(piece, detail, rng)
+            n_s, n_phi = piece.grid
+            verts.append(v.reshape(-1, 3))
+            faces.append(_grid_faces(n_s, n_phi) + offset)
+            garment.append(np.full(n_s * n_phi, g))
+            weights.append(_piece_weights(frame, piece, v.detach().cpu().numpy()))
+            offset += n_s * n_phi
+    return GarmentMesh(torch.cat(verts), np.concatenate(faces), np.concatenate(weights).astype(np.float32),
+                       np.concatenate(garment), names, list(params), detail)
+
+
+def _piece_vertices(piece: Piece, detail: Detail, rng: np.random.Generator) -> torch.Tensor:
+    n_s, n_phi = piece.grid
+    u = torch.linspace(0.0, 1.0, n_s)[:, None]
+    phi = (torch.arange(n_phi) / n_phi * 2 * np.pi - np.pi)[None, :]
+    s_start = torch.as_tensor(piece.s_start, dtype=torch.float32)
+    s_end = torch.as_tensor(piece.s_end, dtype=torch.float32)
+    if detail.hem_asym > 0:
+        s_end = s_end + detail.hem_asym * _hem_wave(phi, rng)
+    s = torch.broadcast_to(s_start + u * (s_end - s_start), (n_s, n_phi))
+    radius = piece.field.lookup(s, phi.expand_as(s)) + piece.ease(s)
+    if detail.wrinkle_amp > 0:
+        radius = radius + detail.wrinkle_amp * _folds(s, phi, rng, vertical=piece.hanging)
+    return piece.axis.point(s, phi.expand_as(s), radius)
+
+
+def _hem_wave(phi: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    a, b = rng.uniform(0, 2 * np.pi, 2)
+    return 0.7 * torch.sin(phi + float(a)) + 0.3 * torch.sin(2 * phi + float(b))
+
+
+def _folds(s: torch.Tensor, phi: torch.Tensor, rng: np.random.Generator, vertical: bool) -> torch.Tensor:
+    """Sum of sinusoids in (s, phi): horizontal rings on sleeves and legs, vertical on skirts."""
+    out = torch.zeros_like(s)
+    k = 6
+    for _ in range(k):
+        freq_s = rng.uniform(2, 12) if vertical else rng.uniform(15, 60)
+        freq_phi = rng.integers(4, 12) if vertical else rng.integers(-3, 4)
+        out = out + torch.sin(float(freq_s) * s + float(freq_phi) * phi + float(rng.uniform(0, 2 * np.pi)))
+    return out / np.sqrt(k)
+
+
+def _grid_faces(n_s: int, n_phi: int) -> np.ndarray:
+    """Triangles of an (n_s, n_phi) tube grid, periodic around the axis, normals outward."""
+    i, j = np.meshgrid(np.arange(n_s - 1), np.arange(n_phi), indexing="ij")
+    a = i * n_phi + j
+    b = i * n_phi + (j + 1) % n_phi
+    c = (i + 1) * n_phi + j
+    d = (i + 1) * n_phi + (j + 1) % n_phi
+    return np.concatenate([np.stack([a, b, c], -1).reshape(-1, 3), np.stack([b, d, c], -1).reshape(-1, 3)])
+
+
+def _piece_weights(frame: BodyFrame, piece: Piece, v: np.ndarray) -> np.ndarray:
+    """Skin weights of the nearest body vertex in the piece's regions, smoothed over the grid
+    (strongly around a hanging skirt, so it does not split between the legs)."""
+    idx = frame.region_indices(*piece.regions)
+    _, nearest = cKDTree(frame.vertices[idx]).query(v.reshape(-1, 3))
+    n_s, n_phi = piece.grid
+    w = frame.weights[idx[nearest]].reshape(n_s, n_phi, -1).astype(np.float64)
+    sigma_phi = 4.0 if piece.hanging else 1.0
+    w = gaussian_filter1d(gaussian_filter1d(w, sigma_phi, axis=1, mode="wrap"), 1.5, axis=0, mode="nearest")
+    w = w.reshape(n_s * n_phi, -1)
+    return w / w.sum(1, keepdims=True)
+
+
+# -- random outfits ---------------------------------------------------------------------------
+def sample_outfit(kind: str, rng: np.random.Generator) -> tuple[list[GarmentParams], list[str]]:
+    """Parameters of a random outfit of one of OUTFITS (or 'random')."""
+    if kind == "random":
+        kind = str(rng.choice(list(OUTFITS)))
+    if kind not in OUTFITS:
+        raise ValueError(f"outfit must be one of {sorted(OUTFITS) + ['random']}, got {kind!r}")
+    u = rng.uniform
+    if kind == "tshirt-shorts":
+        garments = [GarmentParams("top", sleeve=u(0.15, 0.4), hem=u(0.75, 0.95), neckline=u(0.03, 0.07), ease=u(0.008, 0.03)),
+                    GarmentParams("trousers", hem=u(0.25, 0.5), waist=u(0.6, 0.7), ease=u(0.01, 0.03))]
+        names = ["tshirt", "shorts"]
+    elif kind == "longsleeve-trousers":
+        garments = [GarmentParams("top", sleeve=u(0.85, 1.0), hem=u(0.8, 1.0), neckline=u(0.03, 0.06), ease=u(0.008, 0.03)),
+                    GarmentParams("trousers", hem=u(0.85, 1.0), waist=u(0.6, 0.7), ease=u(0.01, 0.035))]
+        names = ["longsleeve", "trousers"]
+    elif kind == "tank-skirt":
+        garments = [GarmentParams("top", sleeve=0.0, hem=u(0.6, 0.8), neckline=u(0.07, 0.12), ease=u(0.005, 0.02)),
+                    GarmentParams("skirt", hem=u(0.2, 0.6), waist=u(0.55, 0.65), ease=u(0.01, 0.03), flare=u(0.1, 0.45))]
+        names = ["tank", "skirt"]
+    else:
+        garments = [GarmentParams("dress", sleeve=float(rng.choice([0.0, u(0.12, 0.3)])), hem=u(0.25, 0.7),
+                                  neckline=u(0.04, 0.1), ease=u(0.01, 0.03), flare=u(0.1, 0.4))]
+        names = ["dress"]
+    return garments, names

@@ -1,0 +1,25 @@
+"""Shared fixtures: the default body loaded once, and a small synthetic subject per outfit."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+os.environ.setdefault("BLENDER_USER_RESOURCES", str(ROOT / ".venv" / "blender-user"))
+
+
+@pytest.fixture(scope="session")
+def default_body():
+    from pointwear.body import load_body
+    return load_body("default", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def pointwear_exe() -> str:
+    exe = VENV_BIN / "pointwear"
+    assert exe.exists(), f"console script missing: {exe}"
+    return str(exe)
