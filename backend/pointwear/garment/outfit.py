@@ -220,18 +220,22 @@ def sample_outfit(kind: str, rng: np.random.Generator) -> tuple[list[GarmentPara
     if kind not in OUTFITS:
         raise ValueError(f"outfit must be one of {sorted(OUTFITS) + ['random']}, got {kind!r}")
     u = rng.uniform
+    # Tops are worn over the bottoms: where the two overlap the top keeps a clear margin of ease.
     if kind == "tshirt-shorts":
-        garments = [GarmentParams("top", sleeve=u(0.15, 0.4), hem=u(0.75, 0.95), neckline=u(0.03, 0.07), ease=u(0.008, 0.03)),
-                    GarmentParams("trousers", hem=u(0.25, 0.5), waist=u(0.6, 0.7), ease=u(0.01, 0.03))]
-        names = ["tshirt", "shorts"]
+        bottom = GarmentParams("trousers", hem=u(0.25, 0.5), waist=u(0.6, 0.7), ease=u(0.01, 0.025))
+        top = GarmentParams("top", sleeve=u(0.15, 0.4), hem=u(0.75, 0.95), neckline=u(0.03, 0.07),
+                            ease=bottom.ease + u(0.012, 0.025))
+        garments, names = [top, bottom], ["tshirt", "shorts"]
     elif kind == "longsleeve-trousers":
-        garments = [GarmentParams("top", sleeve=u(0.85, 1.0), hem=u(0.8, 1.0), neckline=u(0.03, 0.06), ease=u(0.008, 0.03)),
-                    GarmentParams("trousers", hem=u(0.85, 1.0), waist=u(0.6, 0.7), ease=u(0.01, 0.035))]
-        names = ["longsleeve", "trousers"]
+        bottom = GarmentParams("trousers", hem=u(0.85, 1.0), waist=u(0.6, 0.7), ease=u(0.01, 0.03))
+        top = GarmentParams("top", sleeve=u(0.85, 1.0), hem=u(0.8, 1.0), neckline=u(0.03, 0.06),
+                            ease=bottom.ease + u(0.012, 0.025))
+        garments, names = [top, bottom], ["longsleeve", "trousers"]
     elif kind == "tank-skirt":
-        garments = [GarmentParams("top", sleeve=0.0, hem=u(0.6, 0.8), neckline=u(0.07, 0.12), ease=u(0.005, 0.02)),
-                    GarmentParams("skirt", hem=u(0.2, 0.6), waist=u(0.55, 0.65), ease=u(0.01, 0.03), flare=u(0.1, 0.45))]
-        names = ["tank", "skirt"]
+        bottom = GarmentParams("skirt", hem=u(0.2, 0.6), waist=u(0.55, 0.65), ease=u(0.01, 0.02), flare=u(0.1, 0.45))
+        top = GarmentParams("top", sleeve=0.0, hem=u(0.6, 0.8), neckline=u(0.07, 0.12),
+                            ease=bottom.ease + u(0.012, 0.02))
+        garments, names = [top, bottom], ["tank", "skirt"]
     else:
         garments = [GarmentParams("dress", sleeve=float(rng.choice([0.0, u(0.12, 0.3)])), hem=u(0.25, 0.7),
                                   neckline=u(0.04, 0.1), ease=u(0.01, 0.03), flare=u(0.1, 0.4))]

@@ -14,7 +14,7 @@ def global_orient(yaw_deg: np.ndarray) -> np.ndarray:
     return (SMPL_TO_CAMERA * R.from_euler("y", yaw_deg, degrees=True)).as_rotvec()
 
 
-def intrinsics(size: int, distance: float, extent: float = 2.3) -> np.ndarray:
+def intrinsics(size: int, distance: float, extent: float = 2.0) -> np.ndarray:
     """K for a square image in which `extent` metres at `distance` fill the frame."""
     f = size * distance / extent
     c = (size - 1) / 2.0
