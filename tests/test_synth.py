@@ -58,8 +58,8 @@ def test_masks_cover_clothing_not_skin(subject, default_body):
         mask = subject.mask(i)
         assert mask.sum() > 100
         # The frames are supersampled and this check is not: allow the 1-pixel outline to differ.
-        assert (binary_erosion(mask) & skin).sum() <= 0.005 * mask.sum(), f"frame {i}: mask covers skin"
-        assert (cloth & ~binary_dilation(mask)).sum() <= 0.005 * cloth.sum(), f"frame {i}: cloth missing"
+        assert (binary_erosion(mask) & skin).sum() <= 0.01 * mask.sum(), f"frame {i}: mask covers skin"
+        assert (cloth & ~binary_dilation(mask)).sum() <= 0.01 * cloth.sum(), f"frame {i}: cloth missing"
         labels = subject.labels(i)
         np.testing.assert_array_equal(labels > 0, mask)
 

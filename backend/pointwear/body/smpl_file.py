@@ -24,7 +24,9 @@ from __future__ import annotations
 import codecs
 import operator
 import os
+import io
 import pickle
+import pickletools
 import types
 import zipfile
 from collections import OrderedDict
@@ -446,8 +448,12 @@ def _read_npz(file: Path) -> dict[str, Any]:
 
 def _read_pickle(file: Path) -> dict[str, Any]:
     try:
-        with open(file, "rb") as fh:
-            obj = _SafeUnpickler(fh).load()
+        data = file.read_bytes()
+    except OSError as exc:
+        raise BodyModelError(f"cannot be read ({exc.strerror or exc})", file=file) from exc
+    _scan_pickle(data, file)
+    try:
+        obj = _SafeUnpickler(io.BytesIO(data)).load()
     except _RefusedGlobal as exc:
         raise BodyModelError(
             f"pickle refers to {exc.qualname}, which a body model file never needs; refusing "
@@ -482,6 +488,37 @@ def _read_pickle(file: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 # Restricted unpickling
 # ----------------------------------------------------------------------------------------------
+
+# Opcodes an SMPL pickle never needs: external references (persistent ids, the extension
+# registry), old-style class instantiation, and out-of-band / bytearray buffers (whose error
+# paths in CPython's unpickler are fragile on corrupt input).
+_FORBIDDEN_OPCODES = frozenset({"PERSID", "BINPERSID", "EXT1", "EXT2", "EXT4", "INST", "OBJ",
+                                "BYTEARRAY8", "NEXT_BUFFER", "READONLY_BUFFER"})
+_MEMO_OPCODES = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+
+
+def _scan_pickle(data: bytes, file: Path) -> None:
+    """Walk the opcodes (pure Python, nothing is built) before the real unpickler sees them:
+    every length-prefixed chunk must fit in the file, memo indices must be plausible (a huge
+    one makes the C unpickler allocate a huge memo), and a few opcodes are refused."""
+    if not data:
+        raise BodyModelError("is empty", file=file, hint=_REDOWNLOAD_HINT)
+    count = 0
+    try:
+        for opcode, arg, pos in pickletools.genops(data):
+            count += 1
+            if opcode.name in _FORBIDDEN_OPCODES:
+                raise BodyModelError(
+                    f"pickle uses the {opcode.name} opcode (at byte {pos}), which a body model "
+                    "file never needs; refusing to load it", file=file, hint=_REDOWNLOAD_HINT)
+            if opcode.name in _MEMO_OPCODES and not (isinstance(arg, int) and 0 <= arg <= count):
+                raise ValueError(f"memo index {arg!r} at byte {pos} is out of range")
+    except BodyModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - ValueError for truncated / unknown opcodes
+        raise BodyModelError(f"unreadable or corrupt pickle ({exc})", file=file,
+                             hint=_REDOWNLOAD_HINT) from exc
+
 
 class _RefusedGlobal(pickle.UnpicklingError):
     def __init__(self, module: str, name: str) -> None:
@@ -536,6 +573,26 @@ def _safe_reconstructor(cls: Any, base: Any, state: Any) -> Any:
     return object.__new__(cls)
 
 
+def _empty_bytes(*args: Any) -> bytes:
+    """builtins.bytes as Python 3 writes b"" in protocol-2 pickles: only without arguments
+    (bytes(n) would let a tiny file allocate n bytes)."""
+    if args:
+        raise pickle.UnpicklingError("bytes(...) with arguments is not allowed")
+    return b""
+
+
+def _bounded_reconstruct(subtype: Any, shape: Any, typecode: Any) -> Any:
+    """numpy's _reconstruct, which allocates `shape` up front: numpy pickles pass (0,) and
+    set the real shape and data afterwards, so refuse large shapes here."""
+    try:
+        size = int(np.prod(np.asarray(shape, dtype=np.int64)))
+    except Exception:  # noqa: BLE001
+        raise pickle.UnpicklingError(f"bad array shape {shape!r}") from None
+    if not 0 <= size <= 1:
+        raise pickle.UnpicklingError(f"array rebuilt with initial shape {shape!r}")
+    return _NUMPY_RECONSTRUCT(subtype, shape, typecode)
+
+
 def _latin1_encode(text: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
     """_codecs.encode as Python 3 writes it for bytes in protocol-2 pickles (latin1 only)."""
     if codecs.lookup(encoding).name != "iso8859-1" or not isinstance(text, str):
@@ -553,7 +610,7 @@ _SPARSE_CLASSES = frozenset(
 
 _ALLOWED: dict[tuple[str, str], Any] = {}
 for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-    _ALLOWED[(_mod, "_reconstruct")] = _NUMPY_RECONSTRUCT
+    _ALLOWED[(_mod, "_reconstruct")] = _bounded_reconstruct
     _ALLOWED[(_mod, "scalar")] = _NUMPY_SCALAR
 for _mod in ("numpy.core.numeric", "numpy._core.numeric"):
     _ALLOWED[(_mod, "_frombuffer")] = _NUMPY_FROMBUFFER
@@ -561,8 +618,7 @@ _ALLOWED[("numpy", "ndarray")] = np.ndarray
 _ALLOWED[("numpy", "dtype")] = np.dtype
 for _mod in ("builtins", "__builtin__"):
     for _name, _obj in (("set", set), ("frozenset", frozenset), ("object", object),
-                        ("complex", complex), ("slice", slice), ("bytes", bytes),
-                        ("bytearray", bytearray)):
+                        ("complex", complex), ("slice", slice), ("bytes", _empty_bytes)):
         _ALLOWED[(_mod, _name)] = _obj
 for _mod in ("copyreg", "copy_reg"):
     _ALLOWED[(_mod, "_reconstructor")] = _safe_reconstructor
