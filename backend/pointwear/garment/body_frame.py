@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from ..body.joints import JOINT_INDEX as J
 from ..body.regions import REGION_NAMES, region_labels
@@ -82,4 +83,19 @@ class BodyFrame:
         return float((y_crotch - axis.origin[1]) / axis.direction[1])
 
     def field(self, axis: Axis, regions: tuple[str, ...], s_range: tuple[float, float]) -> RadiusField:
-        return build_field(axis, self.region_points(*regions), s_range)
+        """Radius field of these regions around `axis`, built once per body and reused."""
+        key = (tuple(np.round(axis.origin, 6)), tuple(np.round(axis.direction, 6)), regions,
+               round(s_range[0], 6), round(s_range[1], 6))
+        cache = self.__dict__.setdefault("_fields", {})
+        if key not in cache:
+            cache[key] = build_field(axis, self.region_points(*regions), s_range)
+        return cache[key]
+
+    def region_tree(self, regions: tuple[str, ...]) -> tuple[np.ndarray, cKDTree]:
+        """Vertex indices of these regions and a KD-tree over them (cached): nearest-vertex
+        skin weights for garment points."""
+        cache = self.__dict__.setdefault("_trees", {})
+        if regions not in cache:
+            idx = self.region_indices(*regions)
+            cache[regions] = (idx, cKDTree(self.vertices[idx]))
+        return cache[regions]

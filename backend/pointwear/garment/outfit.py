@@ -11,7 +11,6 @@ from typing import Callable
 import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter1d
-from scipy.spatial import cKDTree
 
 from .body_frame import BodyFrame
 from .fields import Axis, RadiusField
@@ -84,7 +83,9 @@ class GarmentMesh:
 
 
 # -- pieces of each garment kind --------------------------------------------------------------
-def garment_pieces(frame: BodyFrame, p: GarmentParams) -> list[Piece]:
+def garment_pieces(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool = False) -> list[Piece]:
+    """The tube pieces of one garment. `keep_sleeves` keeps sleeves of any length (down to a
+    3 cm stub) so the topology never depends on the parameters, as a drape model needs."""
     torso = frame.torso_axis
     crotch, floor = frame.crotch_s, frame.floor_s
     ankle_s = frame.torso_s(frame.joints[[7, 8], 1].mean())
@@ -103,7 +104,7 @@ def garment_pieces(frame: BodyFrame, p: GarmentParams) -> list[Piece]:
             fld = frame.field(torso, regions, (0.0, floor)).hanging(frame.hip_s)
             ease = _hanging_ease(p.ease, p.flare, frame.hip_s)
             pieces.append(Piece("dress", torso, fld, top_s, end, GRID["hang"], ease, regions, hanging=True))
-        if p.sleeve > 0.02:
+        if keep_sleeves or p.sleeve > 0.02:
             for side in ("left", "right"):
                 axis, length = frame.limb_axis(f"{side}_shoulder", f"{side}_wrist")
                 regions = (f"{side}_upper_arm", f"{side}_lower_arm")
@@ -113,7 +114,7 @@ def garment_pieces(frame: BodyFrame, p: GarmentParams) -> list[Piece]:
     elif p.kind == "trousers":
         waist_s = p.waist * crotch
         regions = ("torso", "left_upper_leg", "right_upper_leg")
-        pieces.append(Piece("waist", torso, frame.field(torso, regions, (waist_s - 0.05, crotch + 0.05)),
+        pieces.append(Piece("waist", torso, frame.field(torso, regions, (0.0, crotch + 0.05)),
                             waist_s, crotch + 0.02, GRID["waist"], const(p.ease), regions))
         for side in ("left", "right"):
             axis, length = frame.limb_axis(f"{side}_hip", f"{side}_ankle")
@@ -138,23 +139,27 @@ def _hanging_ease(ease: float, flare: float, hip_s: float) -> Callable[[torch.Te
 
 # -- building the mesh --------------------------------------------------------------------------
 def build_outfit(frame: BodyFrame, params: list[GarmentParams], names: list[str] | None = None,
-                 detail: Detail | None = None) -> GarmentMesh:
-    """Rest-pose mesh of the outfit on this body, with skin weights from the body."""
+                 detail: Detail | None = None, keep_sleeves: bool = False,
+                 with_weights: bool = True) -> GarmentMesh:
+    """Rest-pose mesh of the outfit on this body, with skin weights from the body (or none,
+    when a caller computes them less often than the geometry)."""
     detail = detail or Detail()
     rng = np.random.default_rng(detail.seed)
     names = names or [p.kind for p in params]
     verts, faces, garment, weights = [], [], [], []
     offset = 0
     for g, p in enumerate(params):
-        for piece in garment_pieces(frame, p):
+        for piece in garment_pieces(frame, p, keep_sleeves):
             v = _piece_vertices(piece, detail, rng)
             n_s, n_phi = piece.grid
             verts.append(v.reshape(-1, 3))
             faces.append(_grid_faces(n_s, n_phi) + offset)
             garment.append(np.full(n_s * n_phi, g))
-            weights.append(_piece_weights(frame, piece, v.detach().cpu().numpy()))
+            if with_weights:
+                weights.append(_piece_weights(frame, piece, v.detach().cpu().numpy()))
             offset += n_s * n_phi
-    return GarmentMesh(torch.cat(verts), np.concatenate(faces), np.concatenate(weights).astype(np.float32),
+    skin = np.concatenate(weights).astype(np.float32) if with_weights else np.zeros((offset, 0), np.float32)
+    return GarmentMesh(torch.cat(verts), np.concatenate(faces), skin,
                        np.concatenate(garment), names, list(params), detail)
 
 
@@ -202,8 +207,8 @@ def _grid_faces(n_s: int, n_phi: int) -> np.ndarray:
 def _piece_weights(frame: BodyFrame, piece: Piece, v: np.ndarray) -> np.ndarray:
     """Skin weights of the nearest body vertex in the piece's regions, smoothed over the grid
     (strongly around a hanging skirt, so it does not split between the legs)."""
-    idx = frame.region_indices(*piece.regions)
-    _, nearest = cKDTree(frame.vertices[idx]).query(v.reshape(-1, 3))
+    idx, tree = frame.region_tree(piece.regions)
+    _, nearest = tree.query(v.reshape(-1, 3))
     n_s, n_phi = piece.grid
     w = frame.weights[idx[nearest]].reshape(n_s, n_phi, -1).astype(np.float64)
     sigma_phi = 4.0 if piece.hanging else 1.0

@@ -1,0 +1,1 @@
+"""Drape models: outfit code + body shape -> clothing points with skin weights."""
