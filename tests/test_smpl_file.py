@@ -395,6 +395,37 @@ def test_npz_with_pickled_object_array_is_not_unpickled(tmp_path):
     assert err(ei).field == "f" and "obj.npz: f: " in str(ei.value)
 
 
+def test_npz_extra_object_array_is_left_out(tmp_path):
+    model = make_model(0)
+    path = tmp_path / "m.npz"
+    np.savez(path, **model, notes=np.array([{"a": 1}], dtype=object), vt=np.zeros((4, 2)))
+    out = read_smpl_file(path)
+    assert "notes" not in out and out["vt"].shape == (4, 2)
+    assert_matches(out, model)
+
+
+def test_npz_that_unpacks_too_large_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "bomb.npz"
+    np.savez_compressed(path, **make_model(0), pad=np.zeros(10 ** 6))  # 8 MB of zeros, tiny file
+    assert path.stat().st_size < 2 * 10 ** 6
+    monkeypatch.setattr(smpl_file, "_MAX_NPZ_BYTES", 4 * 10 ** 6)
+    with pytest.raises(BodyModelError) as ei:
+        read_smpl_file(path)
+    assert "bomb.npz" in str(ei.value) and "unpacks" in str(ei.value)
+
+
+def test_corrupt_compressed_npz_member_names_the_field(tmp_path):
+    path = tmp_path / "m.npz"
+    np.savez_compressed(path, v_template=np.random.default_rng(0).random((500, 3)))
+    raw = bytearray(path.read_bytes())
+    start = raw.index(b"v_template.npy") + 200          # inside the deflated data
+    raw[start:start + 40] = bytes(40)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(BodyModelError) as ei:
+        read_smpl_file(path)
+    assert err(ei).field == "v_template" and "m.npz: v_template: " in str(ei.value)
+
+
 def test_chumpy_expression_is_refused_with_field(tmp_path):
     model = make_model(0)
     half = model["shapedirs"] / 2
@@ -466,6 +497,55 @@ def test_os_system_inside_chumpy_state_is_refused(tmp_path):
     with pytest.raises(BodyModelError) as ei:
         read_smpl_file(path)
     assert not marker.exists() and "system" in str(ei.value)
+
+
+class _Reduce:
+    """Pickles as an arbitrary call, without making it."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+HOSTILE = {
+    # opcode the reader refuses outright (CPython's error path for it is fragile)
+    "bytearray8": (lambda: pickle.dumps({"f": bytearray(b"abc")}, protocol=5), "BYTEARRAY8"),
+    # memo index 2**31-1: would make the C unpickler allocate a 16 GB memo
+    "huge memo index": (lambda: b"\x80\x02}r\xff\xff\xff\x7f.", "memo index"),
+    # allowed callables, but called to allocate huge amounts of memory from a tiny file
+    "bytes(10**11)": (lambda: pickle.dumps(_Reduce(bytes, 10 ** 11), protocol=2), "corrupt"),
+    "huge _reconstruct": (lambda: pickle.dumps(_Reduce(np.zeros(1).__reduce__()[0], np.ndarray,
+                                                       (10 ** 6, 10 ** 6), b"b"), protocol=2),
+                          "corrupt"),
+    "persistent id": (lambda: b"\x80\x02K\x01Q.", "BINPERSID"),
+    "extension code": (lambda: b"\x80\x02\x82\x01.", "EXT1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_pickles_are_refused(tmp_path, case):
+    make, text = HOSTILE[case]
+    path = tmp_path / "SMPL_MALE.pkl"
+    path.write_bytes(make())
+    with pytest.raises(BodyModelError) as ei:
+        read_smpl_file(path)
+    assert text in str(ei.value) and str(path) in str(ei.value)
+
+
+def test_corrupt_sparse_indices_are_caught_not_written_out_of_bounds(tmp_path):
+    model = make_model(0)
+
+    def corrupt(d):
+        m = scipy.sparse.csc_matrix(model["J_regressor"])
+        m.indices[3] = 10 ** 6         # row index far outside the (24, V) matrix
+        d["J_regressor"] = m
+
+    path = write_chumpy_pickle(tmp_path / "SMPL_NEUTRAL.pkl", model, override=corrupt)
+    with pytest.raises(BodyModelError) as ei:
+        read_smpl_file(path)
+    assert err(ei).field == "J_regressor" and "sparse" in str(ei.value)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -649,3 +729,30 @@ def test_pickle_cannot_modify_allowed_globals(tmp_path, case):
     # and the reader still works afterwards
     model = make_model(0)
     assert_matches(read_smpl_file(write_chumpy_pickle(tmp_path / "ok.pkl", model)), model)
+
+
+SMALL_PICKLE = chumpy_pickle_bytes(make_model(8, nv=8))
+
+
+@settings(max_examples=120, deadline=None)
+@given(edits=st.lists(st.tuples(st.integers(0, len(SMALL_PICKLE) - 1), st.integers(0, 255),
+                                st.sampled_from(["set", "delete", "insert"])),
+                      min_size=1, max_size=6))
+def test_property_corrupted_pickles_load_or_fail_cleanly(tmp_path_factory, edits):
+    raw = bytearray(SMALL_PICKLE)
+    for pos, byte, how in edits:
+        pos = min(pos, len(raw) - 1)
+        if how == "set":
+            raw[pos] = byte
+        elif how == "delete":
+            del raw[pos]
+        else:
+            raw.insert(pos, byte)
+    path = tmp_path_factory.mktemp("fuzz") / "m.pkl"
+    path.write_bytes(bytes(raw))
+    try:
+        out = read_smpl_file(path)
+    except BodyModelError as e:
+        assert str(path) in str(e)
+    else:  # whatever survived is a valid model
+        assert set(out) == set(SMPL_KEYS) and out["v_template"].shape == (8, 3)

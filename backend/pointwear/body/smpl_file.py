@@ -8,12 +8,18 @@ Accepted inputs (see `read_smpl_file`):
 - a folder in smplx's layout (``smpl/SMPL_NEUTRAL.pkl`` ...) or holding the official file names.
 
 Pickles are read by a restricted unpickler: it resolves only numpy's array/dtype rebuilders,
-scipy's sparse matrix classes, a few harmless builtins, and every ``chumpy.*`` class, which it
+scipy's csc/csr/coo classes, a few harmless builtins, and every ``chumpy.*`` class, which it
 maps to an inert stand-in that keeps the pickled state. chumpy is never imported. Any other global
 (``os.system``, ``builtins.eval``, ...) is refused before it can be called, so a pickle cannot run
 code. A chumpy ``Ch`` pickles with the default object protocol (``NEWOBJ`` + ``BUILD``) and its
 ``__getstate__`` is its ``__dict__`` minus ``_parents`` and ``_cache``; the value of a plain
 ``chumpy.ch.Ch`` is the ndarray under the key ``x`` (its ``compute_r`` returns ``self.x``).
+
+Corrupt or hostile files must fail with an error, never crash or exhaust the process: the opcodes
+are walked in pure Python first (chunk lengths, memo indices, no buffer / persistent-id / extension
+opcodes), allowed callables that could allocate on request are bounded, mutable globals are
+handed out as per-load copies, and sparse matrices are densified in numpy from bounds-checked raw
+parts (scipy's ``toarray`` writes out of bounds on corrupt indices).
 
 Every array then goes through `validate_smpl_arrays`, which checks keys, shapes, joint count,
 finiteness, face indices, skin weights and the kinematic tree, and raises
@@ -22,13 +28,12 @@ finiteness, face indices, skin weights and the kinematic tree, and raises
 from __future__ import annotations
 
 import codecs
+import io
 import operator
 import os
-import io
 import pickle
 import pickletools
 import types
-import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -50,10 +55,9 @@ NUM_POSE_BASIS = 9 * (NUM_JOINTS - 1)        # 207: one 3x3 rotation per non-roo
 WEIGHT_SUM_TOLERANCE = 1e-3
 ROOT_PARENT_VALUES = (-1, 2 ** 32 - 1)      # SMPL files store the root's parent as uint32(-1)
 
-_FLOAT_KEYS = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights")
-_INT_KEYS = ("kintree_table", "f")
 _MAX_NESTING = 8
 _MAX_DENSE_ELEMENTS = 10 ** 8      # a densified J_regressor larger than this is not a body
+_MAX_NPZ_BYTES = 2 ** 30           # SMPL's arrays unpack to ~50 MB, SMPL-X's to a few hundred
 
 _LAYOUT_HINT = ("pass the .pkl/.npz file itself, or a folder laid out like smplx's model folder: "
                 "DIR/smpl/SMPL_NEUTRAL.pkl, DIR/smpl/SMPL_MALE.pkl, DIR/smpl/SMPL_FEMALE.pkl")
@@ -298,7 +302,8 @@ def _as_int(a: np.ndarray, source, field: str) -> np.ndarray:
     if a.dtype.kind == "u" and a.dtype.itemsize == 8 and a.size and int(a.max()) > 2 ** 63 - 1:
         # uint64(-1) used as "no parent": keep its meaning as -1.
         a = a.astype(np.int64)
-    return np.array(a, dtype=np.int64, order="C", copy=True)
+    with np.errstate(invalid="ignore"):  # absurd floats become absurd ints, caught by callers
+        return np.array(a, dtype=np.int64, order="C", copy=True)
 
 
 def _to_ndarray(value: Any, source, field: str, depth: int = 0) -> np.ndarray:
@@ -370,7 +375,7 @@ def _densify(matrix: Any, source, field: str) -> np.ndarray:
                 raise fail("coordinates do not match 'data'")
     else:
         indices, indptr = part("indices"), part("indptr")
-        major, minor = (ncols, nrows) if kind == "csc" else (nrows, ncols)
+        major = ncols if kind == "csc" else nrows
         if len(indptr) != major + 1 or (len(indptr) and indptr[0] != 0):
             raise fail(f"'indptr' has {len(indptr)} entries for {major} {kind[1:]} slices")
         steps = np.diff(indptr.astype(np.int64))
@@ -431,18 +436,26 @@ def _read_npz(file: Path) -> dict[str, Any]:
                              file=file, hint=_REDOWNLOAD_HINT)
     out: dict[str, Any] = {}
     with archive:
+        # A compressed member can expand to far more than the file's size: bound it up front.
+        unpacked = sum(info.file_size for info in archive.zip.infolist())
+        if unpacked > _MAX_NPZ_BYTES:
+            raise BodyModelError(
+                f"unpacks to {unpacked / 2 ** 30:.1f} GiB, far more than any body model",
+                file=file, hint=_REDOWNLOAD_HINT)
         for key in archive.files:
             try:
                 out[key] = archive[key]
-            except ValueError as exc:
-                # Object arrays need pickle, which is never enabled for user files.
+            except Exception as exc:  # noqa: BLE001 - BadZipFile, zlib.error, ValueError ...
+                if "allow_pickle" not in str(exc):
+                    raise BodyModelError(
+                        f"unreadable or corrupt .npz member ({type(exc).__name__}: {exc})",
+                        file=file, field=key, hint=_REDOWNLOAD_HINT) from exc
+                # Object arrays need pickle, which is never enabled for user files. Extra keys
+                # stored that way are left out; required ones are an error.
                 if key in SMPL_KEYS:
                     raise BodyModelError(
                         "is stored as pickled Python objects, which are not loaded for safety",
                         file=file, field=key, hint="save it as a plain numeric array") from exc
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                raise BodyModelError(f"unreadable or corrupt .npz member ({exc})", file=file,
-                                     field=key, hint=_REDOWNLOAD_HINT) from exc
     return out
 
 
