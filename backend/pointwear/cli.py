@@ -71,6 +71,78 @@ def cmd_subject_import_pbc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _frame_list(text: str) -> list[int]:
+    """'0,2,4-7' -> [0, 2, 4, 5, 6, 7]"""
+    out: list[int] = []
+    try:
+        for part in text.replace(" ", "").split(","):
+            if "-" in part:
+                a, b = part.split("-")
+                out.extend(range(int(a), int(b) + 1))
+            elif part:
+                out.append(int(part))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected frame numbers like 0,2,4-7, got {text!r}")
+    return out
+
+
+class _TqdmProgress:
+    """One tqdm bar per stage of a long job."""
+
+    def __init__(self) -> None:
+        self.bar, self.stage = None, None
+
+    def __call__(self, stage: str, i: int, n: int) -> None:
+        from tqdm import tqdm
+        if stage != self.stage:
+            self.close()
+            self.bar, self.stage = tqdm(total=n, desc=stage, leave=False), stage
+        self.bar.n = i
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_fit_outfit(args: argparse.Namespace) -> int:
+    from .fit.outfit_fit import FitOptions, fit_outfit
+    options = FitOptions(drape=args.drape, template=args.template, frames=args.frames, codes=args.codes,
+                         coarse_steps=args.coarse_steps, fine_steps=args.fine_steps,
+                         refine_steps=args.refine_steps, seed=args.seed, device=args.device)
+    progress = _TqdmProgress()
+    try:
+        result = fit_outfit(args.subject, args.out, options, progress)
+    finally:
+        progress.close()
+    m = result["metrics"]
+    print(f"fitted {result['drape']} in {result['seconds']:.1f} s -> {args.out}")
+    for split in ("train", "heldout"):
+        if m.get(split):
+            print(f"  {split}: mask IoU {m[split]['iou']:.3f}, 2D Chamfer {m[split]['chamfer_px']:.2f} px")
+    return 0
+
+
+def cmd_drape(args: argparse.Namespace) -> int:
+    from .drape.redrape import redrape
+    out = redrape(args.result, args.out, betas=args.betas, motion=args.motion, up=args.up,
+                  checkpoint=args.checkpoint)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_eval_outfit(args: argparse.Namespace) -> int:
+    from .fit.evaluate import evaluate_outfit
+    r = evaluate_outfit(args.result, args.subject)
+    print(f"{'':10s} {'IoU(held)':>10s} {'2D Ch px':>9s} {'3D Ch cm':>9s} {'F@1cm':>7s}")
+    for name in ("fit", "baseline"):
+        row = r[name]
+        print(f"{name:10s} {row['heldout_iou']:10.3f} {row['heldout_chamfer_px']:9.2f} "
+              f"{row.get('chamfer_cm', float('nan')):9.2f} {row.get('fscore_1cm', float('nan')):7.3f}")
+    print(f"wrote {Path(args.result) / 'eval.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pointwear", description=__doc__)
     parser.add_argument("--version", action="version", version=f"pointwear {__version__}")
@@ -98,6 +170,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sheet", action="store_true", help="also write contact_sheet.png in the subject")
     _add_betas(p)
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("fit-outfit", help="fit an outfit code (and point offsets) to a subject's clothing masks")
+    p.add_argument("subject")
+    p.add_argument("--out", required=True, help="result folder (resumes from its checkpoint if present)")
+    p.add_argument("--drape", default="parametric", help='"parametric", "neural" or a neural checkpoint path')
+    p.add_argument("--template", default=None, help="parametric only: tshirt-shorts, longsleeve-trousers, "
+                   "tank-skirt or dress (default: try all)")
+    p.add_argument("--frames", type=_frame_list, default=None, help="frames to fit, e.g. 0-5; the rest are held out")
+    p.add_argument("--codes", type=int, default=4, help="random codes per template in the coarse stage")
+    p.add_argument("--coarse-steps", type=int, default=100)
+    p.add_argument("--fine-steps", type=int, default=100)
+    p.add_argument("--refine-steps", type=int, default=0, help="free-form offset refinement steps (default off)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_fit_outfit)
+
+    p = sub.add_parser("drape", help="re-drape a fitted outfit on a new body shape and motion")
+    p.add_argument("result", help="a fit-outfit result folder")
+    p.add_argument("--out", required=True)
+    _add_betas(p)
+    p.add_argument("--motion", default=None, help="AMASS-style .npz (poses, trans, mocap_framerate)")
+    p.add_argument("--up", default="z", choices=["y", "z"], help="the motion file's up axis (AMASS: z)")
+    p.add_argument("--checkpoint", default=None, help="neural drape weights, if not the default")
+    p.set_defaults(func=cmd_drape)
+
+    p = sub.add_parser("eval-outfit", help="score a fitted outfit against a subject (and its truth)")
+    p.add_argument("result")
+    p.add_argument("subject")
+    p.set_defaults(func=cmd_eval_outfit)
 
     subj = sub.add_parser("subject", help="subject folders").add_subparsers(dest="subject_command", required=True)
     p = subj.add_parser("check", help="validate a subject folder and summarise it")

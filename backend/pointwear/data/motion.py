@@ -1,0 +1,71 @@
+"""AMASS-style motion files: `poses (T, 72+)` axis-angle, `trans (T, 3)`, optional `betas`,
+`mocap_framerate`. Read into SMPL's 24-joint layout and Pointwear's Y-up SMPL world."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.spatial.transform import Rotation as R
+
+from ..errors import InputError
+
+Z_UP_TO_Y_UP = R.from_euler("x", -90, degrees=True)   # (x, y, z) -> (x, z, -y)
+
+
+@dataclass
+class Motion:
+    global_orient: np.ndarray   # (T, 3)
+    body_pose: np.ndarray       # (T, 69)
+    transl: np.ndarray          # (T, 3)
+    fps: float
+    betas: np.ndarray | None = None
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.global_orient.shape[0])
+
+
+def read_motion(path: str | Path, up: str = "z") -> Motion:
+    """Read an AMASS-style npz. SMPL-H/SMPL-X poses keep their 22 body joints (the two SMPL hand
+    joints get zero rotation). `up` is the file's up axis: AMASS is Z-up; "y" leaves it as is.
+    The Z-up -> Y-up turn is applied to the root orientation; `transl` is turned too, and
+    `to_y_up` needs the body's pelvis to finish the job (rotation is about the pelvis)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("motion file not found", file=path)
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise InputError(f"not a readable .npz ({exc})", file=path) from exc
+    for key in ("poses", "trans"):
+        if key not in data:
+            raise InputError(f"missing key; the file has {sorted(data.keys())}", file=path, field=key)
+    poses = np.asarray(data["poses"], np.float64)
+    trans = np.asarray(data["trans"], np.float64)
+    if poses.ndim != 2 or poses.shape[1] < 66 or poses.shape[1] % 3:
+        raise InputError(f"expected (T, 72) or (T, 3J) with J >= 22, got {poses.shape}", file=path, field="poses")
+    if trans.shape != (poses.shape[0], 3):
+        raise InputError(f"expected ({poses.shape[0]}, 3) to match poses, got {trans.shape}", file=path, field="trans")
+    if not (np.isfinite(poses).all() and np.isfinite(trans).all()):
+        raise InputError("contains NaN or inf", file=path, field="poses/trans")
+    if poses.shape[1] != 72:
+        poses = np.concatenate([poses[:, :66], np.zeros((len(poses), 6))], 1)
+    fps = float(data["mocap_framerate"]) if "mocap_framerate" in data else \
+        float(data["mocap_frame_rate"]) if "mocap_frame_rate" in data else 30.0
+    betas = np.asarray(data["betas"], np.float32).reshape(-1) if "betas" in data else None
+    if up not in ("y", "z"):
+        raise InputError(f"up must be 'y' or 'z', got {up!r}", field="up")
+    orient = poses[:, :3]
+    if up == "z":
+        orient = (Z_UP_TO_Y_UP * R.from_rotvec(orient)).as_rotvec()
+        trans = Z_UP_TO_Y_UP.apply(trans)
+    return Motion(orient.astype(np.float32), poses[:, 3:72].astype(np.float32), trans.astype(np.float32), fps, betas)
+
+
+def pelvis_fix(transl: np.ndarray, pelvis: np.ndarray, up: str) -> np.ndarray:
+    """smplx rotates about the pelvis joint J0, so turning a Z-up motion needs t' = C J0 + C t - J0
+    (read_motion applied C t): add C J0 - J0 for this body's pelvis."""
+    if up != "z":
+        return transl
+    return (transl + Z_UP_TO_Y_UP.apply(pelvis) - pelvis).astype(np.float32)

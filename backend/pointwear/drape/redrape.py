@@ -1,0 +1,65 @@
+"""Re-draping: a fitted outfit on a new body shape and new poses. The drape model is run again
+with the fitted code on the new betas (the outfit re-fits the body, it is not stretched), the
+free-form offsets are carried over, and an AMASS-style motion poses it frame by frame."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..body import load_body
+from ..body.export import export_body
+from ..data.motion import pelvis_fix, read_motion
+from ..errors import InputError
+from ..fileio import save_npz
+from . import drape_from_id
+
+
+def load_outfit(result_dir: str | Path) -> dict[str, np.ndarray]:
+    path = Path(result_dir) / "outfit.npz"
+    if not path.is_file():
+        raise InputError("no outfit.npz here: is this a finished fit-outfit result folder?", file=path)
+    data = dict(np.load(path, allow_pickle=False))
+    for key in ("points", "weights", "code", "drape", "betas"):
+        if key not in data:
+            raise InputError("missing key", file=path, field=key)
+    return data
+
+
+@torch.no_grad()
+def redrape(result_dir: str | Path, out: str | Path, betas=None, motion: str | Path | None = None,
+            up: str = "z", checkpoint: str | None = None, chunk: int = 128) -> Path:
+    """Write OUT/outfit.npz (rest pose for the new betas), OUT/body.npz and, with a motion,
+    OUT/posed.npz (T, P, 3) in SMPL's Y-up world."""
+    outfit = load_outfit(result_dir)
+    out = Path(out)
+    body = load_body(str(outfit.get("body", "default")), str(outfit.get("gender", "neutral")), device="cpu")
+    drape = drape_from_id(str(outfit["drape"]), body, checkpoint)
+    new_betas = body.betas_tensor(outfit["betas"] if betas is None else betas)
+    code = torch.as_tensor(outfit["code"], dtype=torch.float32)[None]
+    kwargs = {"refresh_weights": True} if drape.drape_id.startswith("parametric") else {}
+    d = drape(drape.constrain(code), new_betas, **kwargs)
+    rest = d.points[0]
+    if "offsets" in outfit and outfit["offsets"].shape == tuple(rest.shape):
+        rest = rest + torch.as_tensor(outfit["offsets"])
+    weights = d.weights[0] if d.weights.dim() == 3 else d.weights
+    if rest.shape[0] != outfit["points"].shape[0]:
+        raise InputError(f"the drape gives {rest.shape[0]} points but the fit had {outfit['points'].shape[0]}",
+                         file=Path(result_dir) / "outfit.npz", field="points")
+    extra = {k: outfit[k] for k in ("faces", "garment", "params", "body", "gender") if k in outfit}
+    save_npz(out / "outfit.npz", points=rest.numpy().astype(np.float32), weights=weights.numpy().astype(np.float32),
+             code=outfit["code"], drape=outfit["drape"], betas=new_betas[0].numpy(), **extra)
+    export_body(body, out / "body.npz", new_betas)
+    if motion is not None:
+        m = read_motion(motion, up=up)
+        _, joints = body.shaped(new_betas)
+        transl = pelvis_fix(m.transl, joints[0, 0].numpy(), up)
+        frames = []
+        for s in range(0, m.num_frames, chunk):
+            sl = slice(s, s + chunk)
+            frames.append(body.pose_points(rest[None], weights, new_betas, m.global_orient[sl], m.body_pose[sl],
+                                           transl[sl]).numpy())
+        save_npz(out / "posed.npz", points=np.concatenate(frames).astype(np.float32), fps=np.float32(m.fps),
+                 global_orient=m.global_orient, body_pose=m.body_pose, transl=transl)
+    return out

@@ -1,0 +1,158 @@
+"""What a finished outfit fit writes: outfit.npz (rest-pose points for the subject's betas),
+posed.npz (points per frame in camera space), outfit.ply, result.json with per-frame metrics,
+and GIFs of the fit's progress and of the fitted points over the frames."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+import trimesh
+
+from ..body import BodyModel
+from ..data.subject import Subject
+from ..drape.base import DrapeModel
+from ..fileio import atomic_path, save_npz
+from ..render.rasterizer import project
+from .frames import load_frames
+from .metrics import chamfer_2d_pixels, mask_iou, splat_mask
+from .visibility import visible_points
+
+if TYPE_CHECKING:
+    from .outfit_fit import FitState, OutfitFitter
+
+
+def splat_radius(points: np.ndarray, focal: float) -> float:
+    """Disc radius (px) that closes the gaps between neighbouring points on the surface: a grid
+    of spacings a <= b needs sqrt(a^2 + b^2) / 2; the 4th neighbour stands for the larger
+    spacing. Measured in 3D on the points themselves (so sparse clouds get larger discs), then
+    projected at the cloud's median depth."""
+    from scipy.spatial import cKDTree
+    if len(points) < 5:
+        return 1.5
+    d = cKDTree(points).query(points, k=5)[0]
+    spacing = 0.5 * np.hypot(np.median(d[:, 1]), np.median(d[:, 4]))
+    return float(np.clip(spacing * focal / np.median(points[:, 2]) + 0.25, 1.0, 8.0))
+
+
+@torch.no_grad()
+def evaluate_points(subject: Subject, body: BodyModel, posed: torch.Tensor, ids: list[int],
+                    threshold: float = 0.02) -> list[dict]:
+    """Mask IoU of the splatted visible points and 2D Chamfer (px) on the given frames."""
+    frames = load_frames(subject, body, ids, posed.device)
+    uv, z = project(posed[ids], frames.K)
+    vis = visible_points(posed[ids], frames.depth, frames.K, threshold=threshold)
+    out = []
+    for k, i in enumerate(ids):
+        radius = splat_radius(posed[i].cpu().numpy(), float(frames.K[k, 0, 0]))
+        pred = splat_mask(uv[k], vis[k], subject.image_size, radius)
+        mask = frames.masks[k]
+        out.append({"frame": i, "iou": round(float(mask_iou(pred, mask)), 4),
+                    "chamfer_px": round(float(chamfer_2d_pixels(uv[k:k + 1], vis[k:k + 1], frames.targets,
+                                                                torch.tensor([k], device=uv.device))[0]), 3),
+                    "visible": round(float(vis[k].float().mean()), 3), "splat_radius_px": round(radius, 2)})
+    return out
+
+
+def write_outputs(fitter: "OutfitFitter", drape: DrapeModel, state: "FitState",
+                  offsets: torch.Tensor | None, seconds: float) -> dict:
+    out = fitter.out
+    code = state.best.code.to(fitter.device)[None]
+    with torch.no_grad():
+        kwargs = {"refresh_weights": True} if drape.drape_id.startswith("parametric") else {}
+        d = drape(drape.constrain(code), fitter.betas, **kwargs)
+        rest = d.points + (offsets[None] if offsets is not None else 0)
+        weights = d.weights[0] if d.weights.dim() == 3 else d.weights
+        smpl = fitter.subject.smpl
+        t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=fitter.device)  # noqa: E731
+        posed = fitter.body.pose_points(rest, weights, fitter.betas, t(smpl.global_orient), t(smpl.body_pose),
+                                        t(smpl.transl))
+    rest_np = rest[0].cpu().numpy()
+    extra = {}
+    faces = getattr(drape, "faces", None)
+    if faces is not None:
+        extra["faces"] = np.asarray(faces, np.int32)
+        extra["garment"] = np.asarray(drape.garment_index, np.int32)
+    if offsets is not None:
+        extra["offsets"] = offsets.cpu().numpy().astype(np.float32)
+    params = drape.describe(code[0]) if hasattr(drape, "describe") else None
+    save_npz(out / "outfit.npz", points=rest_np.astype(np.float32), weights=weights.cpu().numpy().astype(np.float32),
+             code=code[0].cpu().numpy().astype(np.float32), drape=np.array(drape.drape_id),
+             betas=fitter.betas[0].cpu().numpy(), params=np.array(json.dumps(params)),
+             body=np.array(str(fitter.subject.meta.get("body", "default"))),
+             gender=np.array(str(fitter.subject.meta.get("gender", "neutral"))), **extra)
+    save_npz(out / "posed.npz", points=posed.cpu().numpy().astype(np.float32),
+             frames=np.arange(fitter.subject.num_frames))
+    with atomic_path(out / "outfit.ply") as tmp:
+        geom = trimesh.Trimesh(rest_np, extra["faces"], process=False) if "faces" in extra else trimesh.PointCloud(rest_np)
+        geom.export(tmp, file_type="ply")
+
+    per_frame = evaluate_points(fitter.subject, fitter.body, posed, list(range(fitter.subject.num_frames)),
+                                fitter.options.visibility_threshold)
+    for row in per_frame:
+        row["split"] = "train" if row["frame"] in fitter.train_ids else "heldout"
+    result = {
+        "drape": drape.drape_id, "code": [float(c) for c in code[0]], "params": params,
+        "score": state.best.score, "best_stage": state.best.stage, "seconds": round(seconds, 2),
+        "points": int(rest_np.shape[0]), "train_frames": fitter.train_ids, "heldout_frames": fitter.held_ids,
+        "metrics": {split: _means([r for r in per_frame if r["split"] == split]) for split in ("train", "heldout")},
+        "frames": per_frame, "history": state.history,
+        "options": {k: v for k, v in vars(fitter.options).items()},
+    }
+    with atomic_path(out / "result.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=1))
+    write_gifs(fitter, posed, state)
+    return result
+
+
+def _means(rows: list[dict]) -> dict:
+    if not rows:
+        return {}
+    return {k: round(float(np.mean([r[k] for r in rows])), 4) for k in ("iou", "chamfer_px")}
+
+
+def _overlay(image: np.ndarray, uv: np.ndarray, vis: np.ndarray, scale: int) -> np.ndarray:
+    """The frame, dimmed, with visible points in green and hidden ones in red."""
+    img = (image[::scale, ::scale] * 0.5).astype(np.uint8)
+    h, w = img.shape[:2]
+    for keep, color in ((~vis, (255, 60, 60)), (vis, (60, 255, 90))):
+        px = np.round(uv[keep] / scale).astype(int)
+        ok = (px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h)
+        img[px[ok, 1], px[ok, 0]] = color
+    return img
+
+
+@torch.no_grad()
+def write_gifs(fitter: "OutfitFitter", posed: torch.Tensor, state: "FitState") -> None:
+    subject = fitter.subject
+    scale = max(1, subject.image_size[0] // 256)
+    frames = load_frames(subject, fitter.body, list(range(subject.num_frames)), fitter.device)
+    uv, _ = project(posed, frames.K)
+    vis = visible_points(posed, frames.depth, frames.K, threshold=fitter.options.visibility_threshold)
+    images = [_overlay(subject.frame(i), uv[i].cpu().numpy(), vis[i].cpu().numpy(), scale)
+              for i in range(subject.num_frames)]
+    _write_gif(fitter.out / "fit_frames.gif", images, fps=4)
+
+    first = fitter.train_ids[0]
+    drapes = {c.drape.drape_id: c.drape for c in fitter.make_candidates()} if fitter.snapshots else {}
+    steps = []
+    for stage, step, code, drape_id in fitter.snapshots:
+        drape = drapes[drape_id]
+        kwargs = {"refresh_weights": True} if drape_id.startswith("parametric") else {}
+        d = drape(drape.constrain(code.to(fitter.device)[None]), fitter.betas, **kwargs)
+        p = fitter.body.pose_points(d.points, d.weights, fitter.betas, frames.global_orient[first:first + 1],
+                                    frames.body_pose[first:first + 1], frames.transl[first:first + 1])
+        u, _ = project(p, frames.K[first:first + 1])
+        v = visible_points(p, frames.depth[first:first + 1], frames.K[first:first + 1],
+                           threshold=fitter.options.visibility_threshold)
+        steps.append(_overlay(subject.frame(first), u[0].cpu().numpy(), v[0].cpu().numpy(), scale))
+    if steps:
+        _write_gif(fitter.out / "fit_progress.gif", steps, fps=3)
+
+
+def _write_gif(path: Path, images: list[np.ndarray], fps: float) -> None:
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, np.stack(images), extension=".gif", duration=1000 / fps, loop=0)
