@@ -37,7 +37,7 @@ def body_baseline(body: BodyModel, subject: Subject, count: int = 8192, seed: in
 def evaluate_outfit(result_dir: str | Path, subject_dir: str | Path) -> dict:
     result_dir = Path(result_dir)
     subject = read_subject(subject_dir)
-    outfit = load_outfit(result_dir)
+    load_outfit(result_dir)   # fails clearly when this is not a finished fit
     posed_path = result_dir / "posed.npz"
     if not posed_path.is_file():
         raise InputError("missing: run fit-outfit to the end first", file=posed_path)

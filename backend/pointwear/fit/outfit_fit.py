@@ -49,6 +49,7 @@ class FitOptions:
     seed: int = 0
     device: str = "auto"
     checkpoint_every: int = 20
+    threads: int = 1                   # CPU threads for torch (0: torch's default); see below
 
 
 @dataclass
@@ -106,6 +107,10 @@ class OutfitFitter:
         self.progress = progress or (lambda stage, i, n: None)
         self.should_stop = should_stop or (lambda: False)
         self.device = pick_device(options.device)
+        if self.device.type == "cpu" and options.threads > 0:
+            # The fit runs thousands of small ops: OpenMP's spinning threads cost more than they
+            # give, badly so when anything else uses the cores (docs/benchmarks.md).
+            torch.set_num_threads(options.threads)
         self.body = body or load_body(subject.meta.get("body", "default"), subject.meta.get("gender", "neutral"),
                                       device=self.device)
         self.betas = torch.as_tensor(subject.smpl.betas, dtype=torch.float32, device=self.device)[None]

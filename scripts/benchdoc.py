@@ -1,0 +1,40 @@
+"""Shared by scripts/bench_*.py: the machine line and section-wise updates of docs/benchmarks.md
+(each benchmark owns one "## " section and replaces it when re-run)."""
+from __future__ import annotations
+
+import os
+import platform
+import re
+from pathlib import Path
+
+import torch
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"`nproc` = {os.cpu_count()}, CPU: {model}, torch {torch.__version__}, "
+            f"Python {platform.python_version()}")
+
+
+def write_section(title: str, body: str, path: Path = DOC) -> None:
+    text = path.read_text() if path.exists() else (
+        "# Benchmarks\n\nFigures written by `scripts/bench_*.py`; each script owns one section "
+        f"and replaces it when re-run.\n\nMachine when this file was created: {machine()}.\n")
+    section = f"## {title}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text).rstrip() + "\n"
+    else:
+        text = text.rstrip() + "\n\n" + section
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
