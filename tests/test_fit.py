@@ -130,3 +130,17 @@ def test_eval_outfit_reports_truth_and_baseline(fitted, tiny_subject):
         assert report[name]["chamfer_cm"] > 0
     assert report["fit"]["chamfer_cm"] < report["baseline"]["chamfer_cm"]
     assert (out / "eval.json").exists()
+
+
+def test_frames_with_the_body_out_of_view_are_named_and_left_out(tiny_subject, tmp_path, default_body):
+    from pointwear.data.subject import SmplParams
+    smpl = tiny_subject.smpl
+    transl = smpl.transl.copy()
+    transl[1] += np.array([0.0, 0.0, -10.0], np.float32)      # frame 1: body behind the camera
+    moved = SmplParams(smpl.betas, smpl.global_orient, smpl.body_pose, transl)
+    bad = tmp_path / "bad"
+    write_subject(bad, frames=[tiny_subject.frame(i) for i in range(2)], masks=[tiny_subject.mask(i) for i in range(2)],
+                  smpl=moved, K=tiny_subject.K, meta=dict(tiny_subject.meta))
+    with pytest.warns(UserWarning, match=r"frames \[1\].*out of view"):
+        fitter = OutfitFitter(read_subject(bad), tmp_path / "o", FitOptions(**TINY), body=default_body)
+    assert fitter.train_ids == [0]

@@ -6,6 +6,7 @@ refinement of per-point offsets. Checkpointed, resumable, cancellable, with prog
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -43,8 +44,8 @@ class FitOptions:
     score_every: int = 20
     frames_per_step: int = 4           # frames sampled per step (all when fewer)
     lr: float | None = None            # default: 0.1 (neural, as the paper) / 0.05 (parametric)
-    coverage_weight: float = 1.0
-    prior_weight: float = 1e-3
+    coverage_weight: float = 0.002     # soft IoU splats reach past the points: strong weights shrink the fit
+    prior_weight: float = 1e-5        # the Chamfer is ~5e-3 at a good fit: keep the prior a tie-breaker
     visibility_threshold: float = 0.02
     seed: int = 0
     device: str = "auto"
@@ -116,6 +117,7 @@ class OutfitFitter:
         self.betas = torch.as_tensor(subject.smpl.betas, dtype=torch.float32, device=self.device)[None]
         self.train_ids, self.held_ids = split_frames(subject.num_frames, options.frames)
         self._check_masks()
+        self._drop_frames_out_of_view()
         self.train = load_frames(subject, self.body, self.train_ids, self.device)
         self.val = load_frames(subject, self.body, self.held_ids, self.device) if self.held_ids else self.train
         self.rng = torch.Generator().manual_seed(options.seed)
@@ -342,6 +344,26 @@ class OutfitFitter:
     def _finish(self, drape: DrapeModel, state: FitState, offsets: torch.Tensor | None, seconds: float) -> dict:
         from .outputs import write_outputs
         return write_outputs(self, drape, state, offsets, seconds)
+
+    @torch.no_grad()
+    def _drop_frames_out_of_view(self, min_share: float = 0.2) -> None:
+        """Frames whose body mostly falls outside the image (or behind the camera) cannot be
+        fitted: warn, naming them, and leave them out; refuse when none is left to fit."""
+        smpl, (h, w) = self.subject.smpl, self.subject.image_size
+        t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
+        verts = self.body(t(smpl.betas), t(smpl.global_orient), t(smpl.body_pose), t(smpl.transl)).vertices
+        uv, z = project(verts, t(self.subject.K))
+        inside = ((z > 0) & (uv[..., 0] >= 0) & (uv[..., 0] < w) & (uv[..., 1] >= 0) & (uv[..., 1] < h)).float().mean(1)
+        bad = [i for i, share in enumerate(inside.tolist()) if share < min_share]
+        if not bad:
+            return
+        warnings.warn(f"{self.subject.root}: frames {bad}: the body is out of view "
+                      f"(under {min_share:.0%} of it projects into the image); they are left out of the fit")
+        self.train_ids = [i for i in self.train_ids if i not in bad]
+        self.held_ids = [i for i in self.held_ids if i not in bad]
+        if not self.train_ids:
+            raise InputError(f"no frame to fit: the body is out of view in frames {bad}; check smpl.npz "
+                             "(transl, global_orient) and K", file=self.subject.root / "smpl.npz")
 
     def _check_masks(self) -> None:
         empty = [i for i in range(self.subject.num_frames) if not self.subject.mask(i).any()]

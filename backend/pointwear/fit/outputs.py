@@ -25,17 +25,27 @@ if TYPE_CHECKING:
     from .outfit_fit import FitState, OutfitFitter
 
 
-def splat_radius(points: np.ndarray, focal: float) -> float:
-    """Disc radius (px) that closes the gaps between neighbouring points on the surface: a grid
-    of spacings a <= b needs sqrt(a^2 + b^2) / 2; the 4th neighbour stands for the larger
-    spacing. Measured in 3D on the points themselves (so sparse clouds get larger discs), then
-    projected at the cloud's median depth."""
+def splat_radii(points: np.ndarray, focal: float) -> np.ndarray:
+    """Per-point disc radius (px) that closes the gaps to the neighbours, as a surfel renderer
+    sizes its splats: a local grid of spacings a <= b needs sqrt(a^2 + b^2) / 2, with a and b the
+    distances to the 1st and 4th nearest neighbour in 3D, projected at the point's depth."""
     from scipy.spatial import cKDTree
     if len(points) < 5:
-        return 1.5
+        return np.full(len(points), 1.5)
     d = cKDTree(points).query(points, k=5)[0]
-    spacing = 0.5 * np.hypot(np.median(d[:, 1]), np.median(d[:, 4]))
-    return float(np.clip(spacing * focal / np.median(points[:, 2]) + 0.25, 1.0, 8.0))
+    spacing = 0.5 * np.hypot(d[:, 1], d[:, 4])
+    return np.clip(spacing * focal / np.maximum(points[:, 2], 1e-3) + 0.25, 1.0, 8.0)
+
+
+def splat_adaptive(uv: torch.Tensor, valid: torch.Tensor, radii: np.ndarray, image_size: tuple[int, int]) -> torch.Tensor:
+    """Union of disc splats with per-point radii (grouped in 0.25 px steps)."""
+    steps = np.round(radii * 4) / 4
+    out = torch.zeros(image_size, dtype=torch.bool, device=uv.device)
+    for r in np.unique(steps):
+        sel = torch.as_tensor(steps == r, device=uv.device) & valid
+        if sel.any():
+            out |= splat_mask(uv, sel, image_size, float(r))
+    return out
 
 
 @torch.no_grad()
@@ -47,13 +57,13 @@ def evaluate_points(subject: Subject, body: BodyModel, posed: torch.Tensor, ids:
     vis = visible_points(posed[ids], frames.depth, frames.K, threshold=threshold)
     out = []
     for k, i in enumerate(ids):
-        radius = splat_radius(posed[i].cpu().numpy(), float(frames.K[k, 0, 0]))
-        pred = splat_mask(uv[k], vis[k], subject.image_size, radius)
+        radii = splat_radii(posed[i].cpu().numpy(), float(frames.K[k, 0, 0]))
+        pred = splat_adaptive(uv[k], vis[k], radii, subject.image_size)
         mask = frames.masks[k]
         out.append({"frame": i, "iou": round(float(mask_iou(pred, mask)), 4),
                     "chamfer_px": round(float(chamfer_2d_pixels(uv[k:k + 1], vis[k:k + 1], frames.targets,
                                                                 torch.tensor([k], device=uv.device))[0]), 3),
-                    "visible": round(float(vis[k].float().mean()), 3), "splat_radius_px": round(radius, 2)})
+                    "visible": round(float(vis[k].float().mean()), 3), "splat_radius_px": round(float(np.median(radii)), 2)})
     return out
 
 
