@@ -17,15 +17,7 @@ torch_pin="torch==2.13.0"
 pins=(anny==0.6.2 numpy==2.4.6 warp-lang==1.19.0 roma==1.8.0 trimesh==5.2.0 safetensors==0.8.0
       smplx==0.1.28 pillow==13.0.0)
 
-python="${PYTHON:-}"
-if [ -z "$python" ]; then
-  for cand in python3.11 python3; do
-    if command -v "$cand" >/dev/null && "$cand" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
-      python="$cand"; break
-    fi
-  done
-fi
-[ -n "$python" ] || { echo "build_default_body: Python 3.11 is required; set PYTHON=/path/to/python3.11" >&2; exit 2; }
+source "$(dirname "${BASH_SOURCE[0]}")/find_python.sh"
 
 mkdir -p "$scratch" "$cache/anny" "$cache/warp"
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"

@@ -5,15 +5,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${POINTWEAR_VENV:-$root/.venv}"
 torch_pin="torch==2.13.0"
-python="${PYTHON:-}"
-if [ -z "$python" ]; then
-  for cand in python3.11 python3; do
-    if command -v "$cand" >/dev/null && "$cand" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
-      python="$cand"; break
-    fi
-  done
-fi
-[ -n "$python" ] || { echo "setup_env: Python 3.11 is required (bpy 4.5 wheels exist only for 3.11); set PYTHON=/path/to/python3.11" >&2; exit 2; }
+source "$(dirname "${BASH_SOURCE[0]}")/find_python.sh"
 
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 stamp="$venv/.pointwear-stamp"
