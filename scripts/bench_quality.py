@@ -9,6 +9,7 @@ of docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -26,6 +27,8 @@ def main() -> None:
     ap.add_argument("--drapes", nargs="+", default=["parametric", "neural"])
     ap.add_argument("--seed", type=int, default=5000)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--rows", default="out/bench_quality_rows.json",
+                    help="rows of earlier runs; rows of drapes not run now are kept from it")
     args = ap.parse_args()
     from pointwear.fit.evaluate import evaluate_outfit
     from pointwear.fit.outfit_fit import FitOptions, fit_outfit
@@ -47,6 +50,12 @@ def main() -> None:
             f, b = r["fit"], r["baseline"]
             print(f"{outfit:20s} {drape:10s} {f['chamfer_cm']:.2f} cm F {f['fscore_1cm']:.3f} IoU {f['heldout_iou']:.3f} "
                   f"| base {b['chamfer_cm']:.2f} cm IoU {b['heldout_iou']:.3f} | {seconds:.0f} s", flush=True)
+    rows_path = Path(args.rows)
+    if rows_path.exists():
+        kept = [r for r in json.loads(rows_path.read_text()) if r["drape"] not in args.drapes]
+        rows = sorted(kept + rows, key=lambda r: (OUTFITS.index(r["outfit"]), r["drape"] != "parametric"))
+    rows_path.parent.mkdir(parents=True, exist_ok=True)
+    rows_path.write_text(json.dumps(rows))
     lines = [f"`.venv/bin/python scripts/bench_quality.py` on {time.strftime('%Y-%m-%d')}; {machine()}; 1 torch thread.",
              "", f"Subjects: `pointwear synth` seeds {args.seed}..{args.seed + len(OUTFITS) - 1}, 8 frames at 512 x 512 "
              "(frames 3 and 7 held out), turntable or walk; default fit (4 codes per template x 100 coarse + "
