@@ -12,6 +12,14 @@ VENV_BIN = Path(sys.executable).parent
 os.environ.setdefault("BLENDER_USER_RESOURCES", str(ROOT / ".venv" / "blender-user"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """One torch thread for the whole run, as the fitter and trainer use: on shared cores two
+    OpenMP threads make the many small ops of these tests many times slower."""
+    import torch
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def default_body():
     from pointwear.body import load_body

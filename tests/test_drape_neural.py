@@ -23,14 +23,6 @@ from pointwear.errors import InputError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread here: on shared cores two OpenMP threads can make small ops many times
-    slower (a thread waits for a descheduled partner). Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _train_module():

@@ -238,6 +238,7 @@ class OutfitFitter:
         self.out.mkdir(parents=True, exist_ok=True)
         cands = self.make_candidates()
         by_id = {c.drape.drape_id: c for c in cands}
+        self.drapes = {k: c.drape for k, c in by_id.items()}
         state, fine, offsets0 = FitState(), None, None
         ckpt = self._load()
         if ckpt is not None:

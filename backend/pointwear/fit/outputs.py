@@ -17,7 +17,7 @@ from ..data.subject import Subject
 from ..drape.base import DrapeModel
 from ..fileio import atomic_path, save_npz
 from ..render.rasterizer import project
-from .frames import load_frames
+from .frames import FrameSet, load_frames
 from .metrics import chamfer_2d_pixels, mask_iou, splat_mask
 from .visibility import visible_points
 
@@ -50,9 +50,10 @@ def splat_adaptive(uv: torch.Tensor, valid: torch.Tensor, radii: np.ndarray, ima
 
 @torch.no_grad()
 def evaluate_points(subject: Subject, body: BodyModel, posed: torch.Tensor, ids: list[int],
-                    threshold: float = 0.02) -> list[dict]:
-    """Mask IoU of the splatted visible points and 2D Chamfer (px) on the given frames."""
-    frames = load_frames(subject, body, ids, posed.device)
+                    threshold: float = 0.02, frames: FrameSet | None = None) -> list[dict]:
+    """Mask IoU of the splatted visible points and 2D Chamfer (px) on the given frames
+    (`frames`: their precomputed depth maps and mask transforms, if the caller has them)."""
+    frames = frames or load_frames(subject, body, ids, posed.device)
     uv, z = project(posed[ids], frames.K)
     vis = visible_points(posed[ids], frames.depth, frames.K, threshold=threshold)
     out = []
@@ -100,8 +101,10 @@ def write_outputs(fitter: "OutfitFitter", drape: DrapeModel, state: "FitState",
         geom = trimesh.Trimesh(rest_np, extra["faces"], process=False) if "faces" in extra else trimesh.PointCloud(rest_np)
         geom.export(tmp, file_type="ply")
 
-    per_frame = evaluate_points(fitter.subject, fitter.body, posed, list(range(fitter.subject.num_frames)),
-                                fitter.options.visibility_threshold)
+    all_ids = list(range(fitter.subject.num_frames))
+    frames = load_frames(fitter.subject, fitter.body, all_ids, fitter.device)
+    per_frame = evaluate_points(fitter.subject, fitter.body, posed, all_ids, fitter.options.visibility_threshold,
+                                frames)
     for row in per_frame:
         row["split"] = "train" if row["frame"] in fitter.train_ids else "heldout"
     result = {
@@ -114,7 +117,7 @@ def write_outputs(fitter: "OutfitFitter", drape: DrapeModel, state: "FitState",
     }
     with atomic_path(out / "result.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1))
-    write_gifs(fitter, posed, state)
+    write_gifs(fitter, posed, frames)
     return result
 
 
@@ -136,10 +139,11 @@ def _overlay(image: np.ndarray, uv: np.ndarray, vis: np.ndarray, scale: int) -> 
 
 
 @torch.no_grad()
-def write_gifs(fitter: "OutfitFitter", posed: torch.Tensor, state: "FitState") -> None:
+def write_gifs(fitter: "OutfitFitter", posed: torch.Tensor, frames: FrameSet) -> None:
+    """fit_frames.gif: the result over every frame; fit_progress.gif: the best code so far on
+    the first training frame at each scoring step."""
     subject = fitter.subject
     scale = max(1, subject.image_size[0] // 256)
-    frames = load_frames(subject, fitter.body, list(range(subject.num_frames)), fitter.device)
     uv, _ = project(posed, frames.K)
     vis = visible_points(posed, frames.depth, frames.K, threshold=fitter.options.visibility_threshold)
     images = [_overlay(subject.frame(i), uv[i].cpu().numpy(), vis[i].cpu().numpy(), scale)
@@ -147,7 +151,7 @@ def write_gifs(fitter: "OutfitFitter", posed: torch.Tensor, state: "FitState") -
     _write_gif(fitter.out / "fit_frames.gif", images, fps=4)
 
     first = fitter.train_ids[0]
-    drapes = {c.drape.drape_id: c.drape for c in fitter.make_candidates()} if fitter.snapshots else {}
+    drapes = fitter.drapes
     steps = []
     for stage, step, code, drape_id in fitter.snapshots:
         drape = drapes[drape_id]
