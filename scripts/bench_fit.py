@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from benchdoc import machine, write_section  # noqa: E402
+from benchdoc import machine, publish  # noqa: E402
 
 SECTION = "Outfit fitting speed"
 TARGETS = {1: 30.0, 8: 60.0}
@@ -91,10 +91,7 @@ def main() -> None:
     for c in cham:
         lines.append(f"| {c['case']} | {c['t_dt'] * 1e3:.0f} ms | {c['t_bf']:.2f} s | {c['speedup']:.0f}x | "
                      f"{c['v_dt']:.5f} / {c['v_bf']:.5f} | {100 * c['rel_mean']:.2f} % |")
-    body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        write_section(SECTION, body)
+    publish(SECTION, lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

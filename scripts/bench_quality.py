@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from benchdoc import machine, write_section  # noqa: E402
+from benchdoc import machine, publish  # noqa: E402
 
 SECTION = "Outfit fitting quality"
 OUTFITS = ("tshirt-shorts", "longsleeve-trousers", "tank-skirt", "dress")
@@ -68,10 +68,7 @@ def main() -> None:
         lines.append(f"| {r['outfit']} | {r['motion']} | {r['drape']} | {f['chamfer_cm']:.2f} | {f['fscore_1cm']:.3f} | "
                      f"{f['heldout_iou']:.3f} | {f['heldout_chamfer_px']:.2f} | {b['chamfer_cm']:.2f} | "
                      f"{b['heldout_iou']:.3f} | {r['seconds']:.0f} s |")
-    body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        write_section(SECTION, body)
+    publish(SECTION, lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -38,3 +38,11 @@ def write_section(title: str, body: str, path: Path = DOC) -> None:
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def publish(title: str, lines: list[str], write: bool = True) -> None:
+    """Print a benchmark's section and (unless told not to) store it in docs/benchmarks.md."""
+    body = "\n".join(lines)
+    print(body)
+    if write:
+        write_section(title, body)
