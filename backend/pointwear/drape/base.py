@@ -36,8 +36,10 @@ class DrapeModel(torch.nn.Module):
         return code
 
     @abstractmethod
-    def forward(self, code: torch.Tensor, betas: torch.Tensor) -> DrapeOutput:
-        """Rest-pose clothing points for (B, code_dim) codes on (B or 1, S) body shapes."""
+    def forward(self, code: torch.Tensor, betas: torch.Tensor, refresh_weights: bool = True) -> DrapeOutput:
+        """Rest-pose clothing points for (B, code_dim) codes on (B or 1, S) body shapes.
+        `refresh_weights=False` lets a model whose skin weights depend on the code reuse the
+        last ones (fitting moves points little between steps); others ignore it."""
 
     def posed(self, code: torch.Tensor, betas: torch.Tensor, global_orient: torch.Tensor,
               body_pose: torch.Tensor, transl: torch.Tensor) -> torch.Tensor:

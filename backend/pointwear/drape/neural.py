@@ -206,7 +206,7 @@ class NeuralDrape(DrapeModel):
         n = self._interp(normals, subset)
         return self._interp(verts, subset), n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
-    def forward(self, code: torch.Tensor, betas: torch.Tensor,
+    def forward(self, code: torch.Tensor, betas: torch.Tensor, refresh_weights: bool = True,
                 subset: torch.Tensor | None = None) -> DrapeOutput:
         """Rest-pose clothing points (B, P, 3) for (B, 8) codes on (B or 1, S) betas. `subset`
         (indices into the P body points) evaluates only those points (training)."""

@@ -38,8 +38,7 @@ def redrape(result_dir: str | Path, out: str | Path, betas=None, motion: str | P
     drape = drape_from_id(str(outfit["drape"]), body, checkpoint)
     new_betas = body.betas_tensor(outfit["betas"] if betas is None else betas)
     code = torch.as_tensor(outfit["code"], dtype=torch.float32)[None]
-    kwargs = {"refresh_weights": True} if drape.drape_id.startswith("parametric") else {}
-    d = drape(drape.constrain(code), new_betas, **kwargs)
+    d = drape(drape.constrain(code), new_betas)
     rest = d.points[0]
     if "offsets" in outfit and outfit["offsets"].shape == tuple(rest.shape):
         rest = rest + torch.as_tensor(outfit["offsets"])

@@ -128,7 +128,7 @@ class OutfitFitter:
     def frame_losses(self, drape: DrapeModel, codes: torch.Tensor, frames: FrameSet, ids: torch.Tensor,
                      offsets: torch.Tensor | None = None, refresh_weights: bool = True) -> torch.Tensor:
         """(C,) loss of each code, averaged over the frames `ids` (indices into `frames`)."""
-        out = drape(drape.constrain(codes), self.betas, **self._drape_kwargs(drape, refresh_weights))
+        out = drape(drape.constrain(codes), self.betas, refresh_weights=refresh_weights)
         points, weights = out.points, out.weights
         if offsets is not None:
             points = points + offsets
@@ -145,10 +145,6 @@ class OutfitFitter:
         cov = soft_coverage_loss(uv, vis, frames.targets, fi, reduction="none")
         per_pair = cham + self.options.coverage_weight * cov
         return per_pair.reshape(c, f).mean(1)
-
-    @staticmethod
-    def _drape_kwargs(drape: DrapeModel, refresh_weights: bool) -> dict:
-        return {"refresh_weights": refresh_weights} if drape.drape_id.startswith("parametric") else {}
 
     def prior(self, drape: DrapeModel, codes: torch.Tensor) -> torch.Tensor:
         return self.options.prior_weight * (codes ** 2).sum(1)
@@ -296,7 +292,7 @@ class OutfitFitter:
             return None
         code = state.best.code.to(self.device)[None]
         with torch.no_grad():
-            rest = drape(drape.constrain(code), self.betas, **self._drape_kwargs(drape, True)).points[0]
+            rest = drape(drape.constrain(code), self.betas).points[0]
         normals, neighbours = surface_normals(rest.cpu().numpy())
         normals = torch.as_tensor(normals, device=self.device)
         neighbours = torch.as_tensor(neighbours, device=self.device)

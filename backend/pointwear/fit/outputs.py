@@ -73,8 +73,7 @@ def write_outputs(fitter: "OutfitFitter", drape: DrapeModel, state: "FitState",
     out = fitter.out
     code = state.best.code.to(fitter.device)[None]
     with torch.no_grad():
-        kwargs = {"refresh_weights": True} if drape.drape_id.startswith("parametric") else {}
-        d = drape(drape.constrain(code), fitter.betas, **kwargs)
+        d = drape(drape.constrain(code), fitter.betas)
         rest = d.points + (offsets[None] if offsets is not None else 0)
         weights = d.weights[0] if d.weights.dim() == 3 else d.weights
         smpl = fitter.subject.smpl
@@ -155,8 +154,7 @@ def write_gifs(fitter: "OutfitFitter", posed: torch.Tensor, frames: FrameSet) ->
     steps = []
     for stage, step, code, drape_id in fitter.snapshots:
         drape = drapes[drape_id]
-        kwargs = {"refresh_weights": True} if drape_id.startswith("parametric") else {}
-        d = drape(drape.constrain(code.to(fitter.device)[None]), fitter.betas, **kwargs)
+        d = drape(drape.constrain(code.to(fitter.device)[None]), fitter.betas)
         p = fitter.body.pose_points(d.points, d.weights, fitter.betas, frames.global_orient[first:first + 1],
                                     frames.body_pose[first:first + 1], frames.transl[first:first + 1])
         u, _ = project(p, frames.K[first:first + 1])
