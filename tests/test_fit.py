@@ -71,6 +71,26 @@ def test_fit_writes_its_outputs(fitted, tiny_subject):
     assert ((uv[:, 0] > 0) & (uv[:, 0] < w) & (uv[:, 1] > 0) & (uv[:, 1] < h)).mean() > 0.95
 
 
+def test_fit_writes_what_blender_needs_to_replay_it(fitted, tiny_subject):
+    """posed.npz carries the subject's poses, cameras, fps and the upright transform; body.npz
+    is the body for the fitted betas."""
+    out, _, _, _ = fitted
+    posed = np.load(out / "posed.npz")
+    n = tiny_subject.num_frames
+    np.testing.assert_allclose(posed["global_orient"], tiny_subject.smpl.global_orient)
+    np.testing.assert_allclose(posed["transl"], tiny_subject.smpl.transl)
+    assert posed["body_pose"].shape == (n, 69) and posed["K"].shape == (n, 3, 3)
+    assert tuple(posed["image_size"]) == tuple(tiny_subject.image_size)
+    assert float(posed["fps"]) == float(tiny_subject.meta["fps"])
+    W = posed["world_from_camera"]
+    assert W.shape == (4, 4) and np.allclose(W[:3, :3] @ W[:3, :3].T, np.eye(3), atol=1e-6)
+    upright = posed["points"] @ W[:3, :3].T + W[:3, 3]
+    assert upright[..., 1].min() > -0.05 and upright[..., 1].max() > 0.8   # clothes above the floor
+    body = np.load(out / "body.npz")
+    np.testing.assert_allclose(body["betas"], np.load(out / "outfit.npz")["betas"])
+    assert body["joints"].shape == (24, 3) and body["weights"].shape[1] == 24
+
+
 def test_cancelled_fit_resumes_from_its_checkpoint(tiny_subject, tmp_path, default_body):
     calls = {"n": 0}
 

@@ -13,6 +13,8 @@ import torch
 import trimesh
 
 from ..body import BodyModel
+from ..body.export import export_body
+from ..body.upright import world_from_camera
 from ..data.subject import Subject
 from ..drape.base import DrapeModel
 from ..fileio import atomic_path, save_npz
@@ -68,6 +70,18 @@ def evaluate_points(subject: Subject, body: BodyModel, posed: torch.Tensor, ids:
     return out
 
 
+def write_posed(path: Path, body: BodyModel, subject: Subject, points: np.ndarray, betas) -> Path:
+    """posed.npz: the clothing per frame in camera space plus everything Blender needs to
+    replay it: the subject's SMPL parameters, cameras, fps and the upright world transform."""
+    smpl = subject.smpl
+    return save_npz(path, points=points.astype(np.float32), frames=np.arange(subject.num_frames),
+                    global_orient=smpl.global_orient, body_pose=smpl.body_pose, transl=smpl.transl,
+                    betas=body.betas_tensor(betas)[0].cpu().numpy(), K=subject.K.astype(np.float64),
+                    image_size=np.array(subject.image_size, np.int32), fps=np.array(float(subject.meta["fps"])),
+                    world_from_camera=world_from_camera(body, betas, smpl.global_orient, smpl.body_pose,
+                                                        smpl.transl))
+
+
 def write_outputs(fitter: "OutfitFitter", drape: DrapeModel, state: "FitState",
                   offsets: torch.Tensor | None, seconds: float) -> dict:
     out = fitter.out
@@ -94,8 +108,8 @@ def write_outputs(fitter: "OutfitFitter", drape: DrapeModel, state: "FitState",
              betas=fitter.betas[0].cpu().numpy(), params=np.array(json.dumps(params)),
              body=np.array(str(fitter.subject.meta.get("body", "default"))),
              gender=np.array(str(fitter.subject.meta.get("gender", "neutral"))), **extra)
-    save_npz(out / "posed.npz", points=posed.cpu().numpy().astype(np.float32),
-             frames=np.arange(fitter.subject.num_frames))
+    write_posed(out / "posed.npz", fitter.body, fitter.subject, posed.cpu().numpy(), fitter.betas)
+    export_body(fitter.body, out / "body.npz", fitter.betas)
     with atomic_path(out / "outfit.ply") as tmp:
         geom = trimesh.Trimesh(rest_np, extra["faces"], process=False) if "faces" in extra else trimesh.PointCloud(rest_np)
         geom.export(tmp, file_type="ply")
