@@ -35,3 +35,16 @@ def test_bad_motion_files_name_the_field(tmp_path, arrays, field):
         read_motion(tmp_path / "bad.npz")
     with pytest.raises(InputError, match="not found"):
         read_motion(tmp_path / "missing.npz")
+
+
+def test_walking_motion_round_trips_through_an_amass_style_file(tmp_path):
+    from pointwear.data.motion import read_motion, walking_motion, write_motion
+    motion = walking_motion(30, fps=25.0, speed=1.2)
+    back = read_motion(write_motion(tmp_path / "walk.npz", motion), up="y")
+    np.testing.assert_allclose(back.global_orient, motion.global_orient, atol=1e-6)
+    np.testing.assert_allclose(back.body_pose, motion.body_pose, atol=1e-6)
+    np.testing.assert_allclose(back.transl, motion.transl, atol=1e-6)
+    assert back.fps == 25.0
+    # It travels: about speed x duration along the ground, none of it vertical.
+    path = np.linalg.norm(np.diff(motion.transl, axis=0), axis=1).sum()
+    assert abs(path - 1.2 * 29 / 25.0) < 1e-3 and np.abs(motion.transl[:, 1]).max() == 0

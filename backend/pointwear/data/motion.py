@@ -69,3 +69,26 @@ def pelvis_fix(transl: np.ndarray, pelvis: np.ndarray, up: str) -> np.ndarray:
     if up != "z":
         return transl
     return (transl + Z_UP_TO_Y_UP.apply(pelvis) - pelvis).astype(np.float32)
+
+
+def write_motion(path: str | Path, motion: Motion, up: str = "y") -> Path:
+    """An AMASS-style npz (`poses (T, 72)`, `trans`, `mocap_framerate`, `betas`) of a motion in
+    the Y-up SMPL world; `up` is stored as a hint for readers that take it (AMASS has none)."""
+    from ..fileio import save_npz
+    poses = np.concatenate([motion.global_orient, motion.body_pose], 1).astype(np.float32)
+    betas = np.zeros(10, np.float32) if motion.betas is None else motion.betas
+    return save_npz(path, poses=poses, trans=motion.transl.astype(np.float32),
+                    mocap_framerate=np.array(float(motion.fps)), betas=betas, up=np.array(up))
+
+
+def walking_motion(frames: int, fps: float = 24.0, speed: float = 1.0, seed: int = 0) -> Motion:
+    """A procedural walk that travels: the synthetic subjects' gait, turning slowly, moved along
+    the direction it faces at `speed` m/s. Y-up, starting at the origin."""
+    from ..synth.motion import walk
+    yaw_deg, pose = walk(frames, np.random.default_rng(seed))
+    yaw = np.deg2rad(yaw_deg - yaw_deg[0])
+    step = speed / fps * np.stack([np.sin(yaw), np.zeros_like(yaw), np.cos(yaw)], 1)
+    transl = np.cumsum(step, 0) - step[0]
+    orient = R.from_euler("y", yaw).as_rotvec()
+    return Motion(orient.astype(np.float32), pose[:, 1:].reshape(frames, 69).astype(np.float32),
+                  transl.astype(np.float32), float(fps))
