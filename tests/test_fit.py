@@ -101,12 +101,30 @@ def test_cancelled_fit_resumes_from_its_checkpoint(tiny_subject, tmp_path, defau
     opts = FitOptions(**(TINY | {"refine_steps": 0}))
     with pytest.raises(FitCancelled):
         OutfitFitter(tiny_subject, tmp_path, opts, should_stop=stop_after_some_steps, body=default_body).run()
-    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert ckpt["stage"] == "coarse" and ckpt["step"] >= 8
     result = OutfitFitter(tiny_subject, tmp_path, opts, body=default_body).run()
     coarse_steps = [h["step"] for h in result["history"] if h["stage"] == "coarse"]
     assert coarse_steps[0] == 4 and coarse_steps[-1] == opts.coarse_steps   # history kept across the resume
     assert (tmp_path / "outfit.npz").exists()
+
+
+def test_resume_with_fewer_steps_than_the_checkpoint_finishes(tiny_subject, tmp_path, default_body):
+    """Cancelled before the first scoring, resumed with a shorter coarse stage: the fit scores
+    what it has and goes on rather than failing to pick a best template."""
+    calls = {"n": 0}
+
+    def stop_soon() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    opts = FitOptions(**(TINY | {"refine_steps": 0}))
+    with pytest.raises(FitCancelled):
+        OutfitFitter(tiny_subject, tmp_path, opts, should_stop=stop_soon, body=default_body).run()
+    step = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"]
+    shorter = FitOptions(**(TINY | {"refine_steps": 0, "coarse_steps": max(1, step - 1)}))
+    result = OutfitFitter(tiny_subject, tmp_path, shorter, body=default_body).run()
+    assert result["drape"] and (tmp_path / "outfit.npz").exists()
 
 
 def test_redrape_keeps_points_and_follows_the_body(fitted, tmp_path):

@@ -143,6 +143,20 @@ def cmd_eval_outfit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_motion_export(args: argparse.Namespace) -> int:
+    from .data.motion import walking_motion, write_motion
+    motion = walking_motion(args.frames, fps=args.fps, speed=args.speed, seed=args.seed)
+    out = write_motion(args.out, motion, up="y")
+    print(f"wrote {out} ({args.frames} frames at {args.fps:g} fps, Y-up: load it with up=Y)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import serve
+    return serve(host=args.host, port=args.port, work=args.work, token_file=args.token_file,
+                 device=args.device, threads=args.threads)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pointwear", description=__doc__)
     parser.add_argument("--version", action="version", version=f"pointwear {__version__}")
@@ -195,10 +209,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="neural drape weights, if not the default")
     p.set_defaults(func=cmd_drape)
 
+    motion = sub.add_parser("motion", help="motions").add_subparsers(dest="motion_command", required=True)
+    p = motion.add_parser("export", help="write a procedural motion as an AMASS-style .npz (Y-up)")
+    p.add_argument("kind", choices=["walk"])
+    p.add_argument("--frames", type=int, default=48)
+    p.add_argument("--fps", type=float, default=24.0)
+    p.add_argument("--speed", type=float, default=1.0, help="metres per second")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_motion_export)
+
     p = sub.add_parser("eval-outfit", help="score a fitted outfit against a subject (and its truth)")
     p.add_argument("result")
     p.add_argument("subject")
     p.set_defaults(func=cmd_eval_outfit)
+
+    p = sub.add_parser("serve", help="run the job server the Blender add-on talks to (docs/protocol.md)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (other than this machine: a warning)")
+    p.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one (printed on stdout)")
+    p.add_argument("--work", default="~/.cache/pointwear/work", help="folder holding one folder per job")
+    p.add_argument("--token-file", default=None, help="write the per-launch token here (mode 0600); "
+                   "$POINTWEAR_TOKEN sets the token, else it is random")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (torch.set_num_threads)")
+    p.set_defaults(func=cmd_serve)
 
     subj = sub.add_parser("subject", help="subject folders").add_subparsers(dest="subject_command", required=True)
     p = subj.add_parser("check", help="validate a subject folder and summarise it")

@@ -26,6 +26,7 @@ from .losses import chamfer_2d, soft_coverage_loss
 from .visibility import visible_points
 
 Progress = Callable[[str, int, int], None]
+Preview = Callable[[np.ndarray, str, int], None]   # (H, W, 3) uint8 image, stage, step
 
 
 class FitCancelled(Exception):
@@ -103,8 +104,12 @@ def slerp_mean(codes: torch.Tensor) -> torch.Tensor:
 class OutfitFitter:
     def __init__(self, subject: Subject, out: Path, options: FitOptions,
                  progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
-                 body: BodyModel | None = None) -> None:
+                 body: BodyModel | None = None, preview: Preview | None = None,
+                 preview_every_s: float = 2.0) -> None:
         self.subject, self.out, self.options = subject, Path(out), options
+        # `preview`: called with the current fit drawn over the first training frame, after the
+        # first step and then at most every `preview_every_s` seconds (the server's live view).
+        self.preview, self.preview_every_s, self._preview_at = preview, preview_every_s, None
         self.progress = progress or (lambda stage, i, n: None)
         self.should_stop = should_stop or (lambda: False)
         self.device = pick_device(options.device)
@@ -185,6 +190,9 @@ class OutfitFitter:
                 for group in cand.optimizer.param_groups:
                     group["lr"] *= 0.992
             state.step += 1
+            if self.preview is not None:
+                show = state.best if stage == "coarse" and state.best.code is not None else None
+                self._maybe_preview(stage, state.step, best=show, cand=cands[0])
             self.progress(stage, state.step, steps)
             if state.step % self.options.score_every == 0 or state.step == steps:
                 self._update_best(cands, state, stage)
@@ -217,7 +225,7 @@ class OutfitFitter:
         if not self.ckpt_path.exists():
             return None
         try:
-            ckpt = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
+            ckpt = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
         except Exception as exc:  # a torn or foreign file: start again rather than crash
             raise InputError(f"cannot read the fit checkpoint ({exc}); delete it to start over",
                              file=self.ckpt_path) from exc
@@ -241,6 +249,8 @@ class OutfitFitter:
             state, fine, offsets0 = self._restore(ckpt, by_id)
         if state.stage == "coarse":
             self._optimize(cands, state, "coarse", self.options.coarse_steps)
+            if state.best.code is None:  # resumed past the last step before any scoring
+                self._update_best(cands, state, "coarse")
             fine = self._fine_candidate(state, by_id)
             state.stage, state.step = "fine", 0
             self._save([fine], state)
@@ -318,6 +328,9 @@ class OutfitFitter:
             loss.backward()
             opt.step()
             state.step += 1
+            if self.preview is not None:
+                self._maybe_preview("refine", state.step, cand=Candidate(drape, code),
+                                    offsets=amount.detach()[:, None] * normals)
             self.progress("refine", state.step, steps)
             if state.step % self.options.score_every == 0 or state.step == steps:
                 with torch.no_grad():
@@ -331,6 +344,40 @@ class OutfitFitter:
             return None
         state.best.score, state.best.stage = best_score, "refine"
         return best_amount[:, None] * normals
+
+    def _maybe_preview(self, stage: str, step: int, best: Best | None = None, cand: Candidate | None = None,
+                       offsets: torch.Tensor | None = None) -> None:
+        """Call `self.preview` with the best code so far (`best`) or the candidate's first code
+        drawn on the first training frame, if the last preview is old enough. Read-only for the
+        fit: no random numbers, cached skin weights (refresh_weights=False)."""
+        now = time.monotonic()
+        if self._preview_at is not None and now - self._preview_at < self.preview_every_s:
+            return
+        self._preview_at = now
+        try:
+            if best is not None:
+                drape, code = self.drapes[best.drape_id], best.code
+            else:
+                drape, code = cand.drape, cand.codes[0]
+            image = self._preview_image(drape, code, offsets)
+        except Exception as exc:  # a preview never stops a fit
+            warnings.warn(f"fit preview failed, previews are off: {type(exc).__name__}: {exc}")
+            self.preview = None
+            return
+        self.preview(image, stage, step)
+
+    @torch.no_grad()
+    def _preview_image(self, drape: DrapeModel, code: torch.Tensor, offsets: torch.Tensor | None) -> np.ndarray:
+        from .outputs import _overlay
+        d = drape(drape.constrain(code.detach().to(self.device)[None]), self.betas, refresh_weights=False)
+        points = d.points if offsets is None else d.points + offsets[None]
+        f = self.train
+        posed = self.body.pose_points(points, d.weights, self.betas, f.global_orient[:1], f.body_pose[:1],
+                                      f.transl[:1])
+        uv, _ = project(posed, f.K[:1])
+        vis = visible_points(posed, f.depth[:1], f.K[:1], threshold=self.options.visibility_threshold)
+        scale = max(1, self.subject.image_size[0] // 256)
+        return _overlay(self.subject.frame(self.train_ids[0]), uv[0].cpu().numpy(), vis[0].cpu().numpy(), scale)
 
     def _snapshot(self, stage: str, state: FitState) -> None:
         """Keep the current best's projected points on the first training frame for the GIF."""

@@ -1,0 +1,144 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The Pointwear wire protocol: the one definition both sides use (docs/protocol.md).
+
+Newline-delimited UTF-8 JSON over TCP: every message is one JSON object on one line. The add-on
+imports this file as ``link.protocol``; the backend imports the very same file as
+``pointwear.link.protocol`` (pyproject.toml maps the package ``pointwear.link`` to ``addon/link``).
+Pure standard library: no bpy, numpy, torch or ``pointwear`` imports here, ever.
+"""
+
+import json
+
+PROTOCOL_VERSION = 1
+DEFAULT_HOST = "127.0.0.1"
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+MAX_LINE_BYTES = 1 << 20          # 1 MiB per message line, its newline included
+TOKEN_ENV = "POINTWEAR_TOKEN"     # how a launcher hands its per-launch token to the server
+HELLO_TIMEOUT_S = 30.0            # the server drops a connection that does not say hello by then
+
+# -- client -> server message types (the "type" field) --------------------------------------------
+MSG_HELLO = "hello"
+MSG_SUBMIT = "submit"
+MSG_CANCEL = "cancel"
+MSG_STATUS = "status"
+MSG_WATCH = "watch"
+MSG_PING = "ping"
+MSG_SHUTDOWN = "shutdown"
+CLIENT_TYPES = (MSG_HELLO, MSG_SUBMIT, MSG_CANCEL, MSG_STATUS, MSG_WATCH, MSG_PING, MSG_SHUTDOWN)
+
+# -- direct replies (server -> client, echo the request's "id") -----------------------------------
+REPLY_HELLO = "hello"
+REPLY_SUBMITTED = "submitted"
+REPLY_OK = "ok"
+REPLY_STATUS = "status"
+REPLY_PONG = "pong"
+REPLY_BYE = "bye"
+REPLIES = (REPLY_HELLO, REPLY_SUBMITTED, REPLY_OK, REPLY_STATUS, REPLY_PONG, REPLY_BYE)
+
+# -- events (server -> client): upper case, so a reader tells them from replies at a glance --------
+EVENT_STATUS = STATUS = "STATUS"
+EVENT_PROGRESS = PROGRESS = "PROGRESS"
+EVENT_WARN = WARN = "WARN"
+EVENT_ERROR = ERROR = "ERROR"
+EVENT_RESULT = RESULT = "RESULT"
+EVENT_DONE = DONE = "DONE"
+EVENT_TYPES = EVENTS = (STATUS, PROGRESS, WARN, ERROR, RESULT, DONE)
+
+# -- job states -------------------------------------------------------------------------------------
+QUEUED = "queued"
+RUNNING = "running"
+STATE_DONE = "done"
+FAILED = "failed"
+CANCELLED = "cancelled"
+INTERRUPTED = "interrupted"       # the server stopped while the job ran (or waited); checkpoint kept
+JOB_STATES = (QUEUED, RUNNING, STATE_DONE, FAILED, CANCELLED, INTERRUPTED)
+ACTIVE_STATES = (QUEUED, RUNNING)
+FINAL_STATES = (STATE_DONE, FAILED, CANCELLED, INTERRUPTED)
+DONE_STATES = (STATE_DONE, FAILED, CANCELLED)   # what a DONE event can carry
+
+# -- job kinds the backend serves today (the server's hello reply is the authority) ----------------
+KIND_BODY = "body"
+KIND_SYNTH = "synth"
+KIND_FIT_OUTFIT = "fit_outfit"
+KIND_DRAPE = "drape"
+
+# -- error codes ------------------------------------------------------------------------------------
+# Answers to a bad message (no job_id); the connection is closed after the first three.
+E_AUTH = "auth"                   # no hello first, or a missing / wrong token
+E_PROTOCOL = "protocol"           # another protocol version
+E_TOO_LARGE = "too_large"         # a line over MAX_LINE_BYTES
+E_BAD_JSON = "bad_json"           # not JSON, not UTF-8, or not a JSON object
+E_BAD_MESSAGE = "bad_message"     # no or unknown "type", a field of the wrong type
+E_UNKNOWN_KIND = "unknown_kind"
+E_BAD_PARAMS = "bad_params"       # names the parameter in "field"
+E_UNKNOWN_JOB = "unknown_job"
+E_SHUTTING_DOWN = "shutting_down"
+# Job errors (with job_id): the backend's own codes (bad_input, bad_subject, bad_body_model, ...)
+# and "internal" for anything unexpected (the server keeps running).
+E_INTERNAL = "internal"
+CLOSING_CODES = (E_AUTH, E_PROTOCOL, E_TOO_LARGE)
+
+
+class LineTooLong(ValueError):
+    """A peer sent a line over MAX_LINE_BYTES. ``lines``: the complete lines that came before it
+    in the same chunk (still to be handled)."""
+
+    def __init__(self, message, lines=()):
+        super().__init__(message)
+        self.lines = list(lines)
+
+
+def encode_line(message):
+    """One message (a dict) as one newline-terminated line of UTF-8 JSON."""
+    # json.dumps escapes control characters, so the payload never holds a raw newline.
+    return (json.dumps(message, separators=(",", ":"), ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def decode_line(line):
+    """The message (a dict) in one received line; ValueError if it is not a JSON object
+    (json.JSONDecodeError and UnicodeDecodeError are ValueErrors too)."""
+    if isinstance(line, (bytes, bytearray)):
+        line = bytes(line).decode("utf-8")
+    message = json.loads(line)
+    if not isinstance(message, dict):
+        raise ValueError("expected a JSON object per line, got " + type(message).__name__)
+    return message
+
+
+class LineBuffer:
+    """Splits a byte stream into lines (without their newline), for a socket reader on either
+    side: ``feed(chunk)`` returns the complete lines received so far. A line that would take
+    more than ``limit`` bytes with its newline raises LineTooLong as soon as that is known (even
+    before its newline arrives); the buffer is then cleared and the stream cannot be
+    resynchronised: close the connection."""
+
+    def __init__(self, limit=MAX_LINE_BYTES):
+        self.limit = limit
+        self._buf = bytearray()
+
+    def feed(self, data):
+        self._buf += data
+        lines = []
+        while True:
+            nl = self._buf.find(b"\n")
+            if nl < 0 or nl >= self.limit:
+                break
+            lines.append(bytes(self._buf[:nl]).rstrip(b"\r"))
+            del self._buf[:nl + 1]
+        if nl >= self.limit or (nl < 0 and len(self._buf) >= self.limit):
+            self._buf.clear()
+            raise LineTooLong("a message line over the limit of {} bytes".format(self.limit), lines)
+        return lines
+
+    @property
+    def pending(self):
+        """Bytes of an incomplete line held back."""
+        return len(self._buf)
+
+
+def error_message(code, message, hint="", **fields):
+    """An ERROR event / reply: ``{"type": "ERROR", "code", "message", "hint", ...}`` (hint "" when
+    there is none); fields set to None are left out (``job_id``, ``id``, ``file``, ``field``)."""
+    out = {"type": ERROR, "code": code, "message": message, "hint": hint or ""}
+    out.update((k, v) for k, v in fields.items() if v is not None)
+    return out

@@ -1,0 +1,10 @@
+"""`pointwear serve`: the job server the Blender add-on talks to (docs/protocol.md).
+
+- app.py: the asyncio TCP server (connections, hello/token, dispatch, size limit, shutdown)
+- jobs.py: job records and folders, the store that finds them again, the one-at-a-time queue
+- kinds.py: the job kinds (param checks and runners); `register` adds one
+"""
+from .app import serve
+from .kinds import KINDS, JobKind, ParamError, Params, register
+
+__all__ = ["serve", "KINDS", "JobKind", "ParamError", "Params", "register"]

@@ -1,0 +1,364 @@
+"""The job kinds `pointwear serve` runs: for each, a validator of the submit's `params` (on the
+event loop: cheap checks only, errors name the field) and a runner (in the worker thread)
+calling the backend's own functions, with outputs in the job's `out/` folder.
+
+Adding a kind (e.g. `fit_appearance`, `render`):
+
+    def _validate_render(p: Params, ctx: SubmitContext) -> dict:
+        return {"result": p.path("result", required=True, kind="dir"), "size": p.int("size", 512, 16, 4096)}
+
+    def _run_render(job: JobContext) -> dict[str, Path]:
+        ...                                   # job.params, job.out, job.progress, job.check_cancel
+        return {"image": job.out / "render.png"}
+
+    register(JobKind("render", _validate_render, _run_render, "render a fitted outfit"))
+
+Nothing in params is ever executed: values are checked against types, ranges and choices, paths
+must exist and be readable, and a drape may only be "parametric", "neural" or an existing `.pt`
+file (loaded with torch.load(weights_only=True))."""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..link import protocol as P
+from .jobs import JobCancelled, JobContext, JobStore
+
+_MISSING = object()
+GENDERS = ("neutral", "male", "female")
+MAX_BETAS = 300
+
+
+class ParamError(Exception):
+    """A bad submit parameter: answered with ERROR bad_params naming `field`."""
+
+    def __init__(self, field: str, message: str, hint: str = "") -> None:
+        super().__init__(f"{field}: {message}")
+        self.field, self.message, self.hint = field, message, hint
+
+
+@dataclass
+class SubmitContext:
+    """What a validator may look at besides the params: the job store (e.g. for `resume_job`)."""
+    store: JobStore
+
+
+@dataclass
+class Validated:
+    """A validator's answer when it needs more than clean params: `out` reuses another job's
+    result folder (resume), `resumed_from` names that job."""
+    params: dict
+    out: Path | None = None
+    resumed_from: str | None = None
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    validate: Callable[["Params", SubmitContext], "dict | Validated"]
+    run: Callable[[JobContext], dict[str, Path]]
+    description: str = ""
+
+
+KINDS: dict[str, JobKind] = {}
+
+
+def register(kind: JobKind) -> JobKind:
+    KINDS[kind.name] = kind
+    return kind
+
+
+def validate(kind: JobKind, params: dict, ctx: SubmitContext) -> Validated:
+    """Run a kind's validator; unknown parameters are refused (a typo must not pass silently)."""
+    p = Params(params)
+    result = kind.validate(p, ctx)
+    p.finish()
+    return result if isinstance(result, Validated) else Validated(dict(result))
+
+
+class Params:
+    """Typed access to a submit's params; every error names the parameter."""
+
+    def __init__(self, raw: dict) -> None:
+        self.raw, self.used = raw, set()
+
+    def _get(self, name: str, default: Any) -> Any:
+        self.used.add(name)
+        value = self.raw.get(name, _MISSING)
+        if value is None or value is _MISSING:
+            return default
+        return value
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.raw) - self.used)
+        if unknown:
+            raise ParamError(unknown[0], "unknown parameter", f"known parameters: {sorted(self.used)}")
+
+    def required(self, name: str) -> None:
+        if self.raw.get(name) is None:
+            raise ParamError(name, "is required")
+
+    def int(self, name: str, default: int | None, lo: int | None = None, hi: int | None = None) -> int | None:
+        value = self._get(name, default)
+        if value is None:
+            return None
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamError(name, f"must be an integer, got {value!r}")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ParamError(name, f"must be within {lo}..{hi}, got {value}")
+        return value
+
+    def bool(self, name: str, default: bool) -> bool:
+        value = self._get(name, default)
+        if not isinstance(value, bool):
+            raise ParamError(name, f"must be true or false, got {value!r}")
+        return value
+
+    def choice(self, name: str, default: str | None, choices: tuple | list) -> str | None:
+        value = self._get(name, default)
+        if value is None:
+            return None
+        if not isinstance(value, str) or value not in choices:
+            raise ParamError(name, f"must be one of {list(choices)}, got {value!r}")
+        return value
+
+    def betas(self, name: str = "betas") -> list[float] | None:
+        value = self._get(name, None)
+        if value is None:
+            return None
+        numbers = isinstance(value, list) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+        if not numbers or len(value) > MAX_BETAS:
+            raise ParamError(name, f"must be a list of at most {MAX_BETAS} finite numbers, got {_short(value)}")
+        return [float(v) for v in value]
+
+    def frames(self, name: str, default: list[int] | None) -> list[int] | None:
+        """A list of frame numbers, or a string like "0,2,4-7"."""
+        value = self._get(name, default)
+        if value is None:
+            return None
+        if isinstance(value, str):
+            try:
+                out = []
+                for part in value.replace(" ", "").split(","):
+                    if "-" in part:
+                        a, b = part.split("-")
+                        out.extend(range(int(a), int(b) + 1))
+                    elif part:
+                        out.append(int(part))
+                value = out
+            except ValueError:
+                raise ParamError(name, f'expected frame numbers like "0,2,4-7", got {_short(value)}') from None
+        if (not isinstance(value, list) or not value or len(value) > 100000
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
+            raise ParamError(name, f"must be a non-empty list of frame numbers >= 0, got {_short(value)}")
+        return sorted(set(value))
+
+    def path(self, name: str, *, required: bool = False, default: str | None = None, kind: str = "any",
+             suffixes: tuple[str, ...] = ()) -> str | None:
+        """An absolute path that exists and is readable: `kind` "file", "dir" or "any"."""
+        value = self._get(name, default)
+        if value is None:
+            if required:
+                raise ParamError(name, "is required")
+            return None
+        return check_path(name, value, kind, suffixes)
+
+    def model(self, name: str, default: str = "default") -> str:
+        """A body model: "default" or the path of a user's SMPL file or folder."""
+        value = self._get(name, default)
+        if value == "default":
+            return value
+        return check_path(name, value, "any", ())
+
+
+def check_path(name: str, value: Any, kind: str = "any", suffixes: tuple[str, ...] = ()) -> str:
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise ParamError(name, f"must be a path (a non-empty string), got {_short(value)}")
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        raise ParamError(name, f"must be an absolute path, got {value!r}",
+                         "the server's working folder is not the client's: send absolute paths")
+    if not path.exists():
+        raise ParamError(name, f"does not exist: {path}")
+    if kind == "file" and not path.is_file():
+        raise ParamError(name, f"is not a file: {path}")
+    if kind == "dir" and not path.is_dir():
+        raise ParamError(name, f"is not a folder: {path}")
+    if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+        raise ParamError(name, f"is not readable: {path}")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise ParamError(name, f"must be a {' or '.join(suffixes)} file, got {path.name!r}")
+    return str(path.resolve())
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# -- body ---------------------------------------------------------------------------------------
+
+def _validate_body(p: Params, ctx: SubmitContext) -> dict:
+    return {"model": p.model("model"), "gender": p.choice("gender", "neutral", GENDERS), "betas": p.betas()}
+
+
+def _run_body(job: JobContext) -> dict[str, Path]:
+    from ..body import load_body
+    from ..body.export import export_body
+    prm = job.params
+    body = load_body(prm["model"], gender=prm["gender"], device="cpu")
+    job.check_cancel()
+    return {"body": export_body(body, job.out / "body.npz", prm["betas"])}
+
+
+register(JobKind("body", _validate_body, _run_body, "body.npz (rest pose, SMPL space) for the add-on"))
+
+
+# -- synth --------------------------------------------------------------------------------------
+
+def _validate_synth(p: Params, ctx: SubmitContext) -> dict:
+    from ..garment.outfit import OUTFITS
+    from ..synth.generate import SynthOptions
+    from ..synth.motion import MOTIONS
+    d = SynthOptions()
+    return {"frames": p.int("frames", d.frames, 1, 10000), "size": p.int("size", d.size, 32, 4096),
+            "outfit": p.choice("outfit", d.outfit, [*OUTFITS, "random"]),
+            "motion": p.choice("motion", d.motion, list(MOTIONS)), "seed": p.int("seed", d.seed, 0, 2**32 - 1),
+            "betas": p.betas(), "body": p.model("body", d.body), "points": p.int("points", d.points, 16, 1_000_000),
+            "sheet": p.bool("sheet", True)}
+
+
+def _run_synth(job: JobContext) -> dict[str, Path]:
+    import numpy as np
+
+    from ..synth.generate import SynthOptions, generate_subject
+    prm = job.params
+    options = SynthOptions(frames=prm["frames"], size=prm["size"], outfit=prm["outfit"], motion=prm["motion"],
+                           seed=prm["seed"], body=prm["body"], points=prm["points"],
+                           betas=None if prm["betas"] is None else np.array(prm["betas"]))
+
+    def progress(stage: str, i: int, n: int) -> None:
+        job.check_cancel()
+        job.progress(stage, i, n)
+
+    # Rendered into a hidden folder, renamed when complete: a subject folder is there whole or not at all.
+    partial, final = job.out / ".subject.partial", job.out / "subject"
+    shutil.rmtree(partial, ignore_errors=True)
+    generate_subject(partial, options, progress)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(partial, final)
+    files = {"subject": final}
+    if prm["sheet"]:
+        from ..data.subject import read_subject
+        from ..viz import contact_sheet
+        files["sheet"] = contact_sheet(read_subject(final), job.out / "contact_sheet.png")
+    return files
+
+
+register(JobKind("synth", _validate_synth, _run_synth, "a synthetic subject with known clothing"))
+
+
+# -- fit_outfit ---------------------------------------------------------------------------------
+
+FIT_FILES = {"outfit": "outfit.npz", "posed": "posed.npz", "body": "body.npz", "result_json": "result.json",
+             "ply": "outfit.ply", "progress_gif": "fit_progress.gif", "frames_gif": "fit_frames.gif"}
+FIT_PREVIEW_EVERY_S = 2.0
+
+
+def check_drape(name: str, value: Any) -> str:
+    """ "parametric", "neural" or an existing neural checkpoint (.pt) file."""
+    if value in ("parametric", "neural"):
+        return value
+    if isinstance(value, str) and value.lower().endswith(".pt"):
+        return check_path(name, value, "file", (".pt",))
+    raise ParamError(name, f'must be "parametric", "neural" or the path of a .pt drape checkpoint, got {_short(value)}')
+
+
+def _validate_fit(p: Params, ctx: SubmitContext) -> Validated:
+    from ..drape.parametric import TEMPLATES
+    from ..fit.outfit_fit import FitOptions
+    d = FitOptions()
+    base, out, resumed = {}, None, None
+    resume = p._get("resume_job", None)
+    if resume is not None:
+        prev = ctx.store.get(resume)
+        if prev is None:
+            raise ParamError("resume_job", f"no such job: {_short(resume)}", "status lists the jobs")
+        if prev.kind != "fit_outfit":
+            raise ParamError("resume_job", f"job {resume} is a {prev.kind} job, not fit_outfit")
+        if prev.state in P.ACTIVE_STATES or prev.out in ctx.store.active_outs():
+            raise ParamError("resume_job", f"job {resume} (or another job on its folder) is still {prev.state}",
+                             "cancel it first, or wait for it to end")
+        base = {k: v for k, v in prev.params.items() if k != "resume_job"}
+        out, resumed = prev.out, prev.job_id
+    subject = p.path("subject", required=True, default=base.get("subject"), kind="dir")
+    if not (Path(subject) / "subject.json").is_file():
+        raise ParamError("subject", f"not a subject folder (no subject.json): {subject}")
+    drape = check_drape("drape", p._get("drape", base.get("drape", d.drape)))
+    template = p.choice("template", base.get("template", d.template), list(TEMPLATES))
+    if template is not None and drape != "parametric":
+        raise ParamError("template", "applies to the parametric drape only")
+    params = {
+        "subject": subject, "drape": drape, "template": template,
+        "frames": p.frames("frames", base.get("frames", d.frames)),
+        "codes": p.int("codes", base.get("codes", d.codes), 1, 64),
+        "coarse_steps": p.int("coarse_steps", base.get("coarse_steps", d.coarse_steps), 0, 1_000_000),
+        "fine_steps": p.int("fine_steps", base.get("fine_steps", d.fine_steps), 0, 1_000_000),
+        "refine_steps": p.int("refine_steps", base.get("refine_steps", d.refine_steps), 0, 1_000_000),
+        "seed": p.int("seed", base.get("seed", d.seed), 0, 2**32 - 1),
+        "resume_job": resumed,
+    }
+    return Validated(params, out=out, resumed_from=resumed)
+
+
+def _run_fit(job: JobContext) -> dict[str, Path]:
+    from ..data.subject import read_subject
+    from ..fit.outfit_fit import FitCancelled, FitOptions, OutfitFitter
+    prm = job.params
+    options = FitOptions(drape=prm["drape"], template=prm["template"], frames=prm["frames"], codes=prm["codes"],
+                         coarse_steps=prm["coarse_steps"], fine_steps=prm["fine_steps"],
+                         refine_steps=prm["refine_steps"], seed=prm["seed"], device=job.device,
+                         threads=job.threads or FitOptions.threads)
+    if (job.out / "checkpoint.pt").exists():
+        job.status(f"resuming from {job.out / 'checkpoint.pt'}")
+    subject = read_subject(prm["subject"])
+    job.check_cancel()
+    fitter = OutfitFitter(subject, job.out, options, job.progress, job.should_stop, preview=job.preview,
+                          preview_every_s=FIT_PREVIEW_EVERY_S)
+    try:
+        fitter.run()
+    except FitCancelled as exc:
+        raise JobCancelled(str(exc)) from exc
+    return {name: job.out / f for name, f in FIT_FILES.items()}
+
+
+register(JobKind("fit_outfit", _validate_fit, _run_fit, "fit an outfit to a subject's clothing masks"))
+
+
+# -- drape --------------------------------------------------------------------------------------
+
+def _validate_drape(p: Params, ctx: SubmitContext) -> dict:
+    result = p.path("result", required=True, kind="dir")
+    if not (Path(result) / "outfit.npz").is_file():
+        raise ParamError("result", f"not a fit result folder (no outfit.npz): {result}")
+    return {"result": result, "betas": p.betas(), "motion": p.path("motion", kind="file", suffixes=(".npz",)),
+            "up": p.choice("up", "z", ["y", "z"]),
+            "checkpoint": p.path("checkpoint", kind="file", suffixes=(".pt",))}
+
+
+def _run_drape(job: JobContext) -> dict[str, Path]:
+    from ..drape.redrape import redrape
+    prm = job.params
+    out = redrape(prm["result"], job.out, betas=prm["betas"], motion=prm["motion"], up=prm["up"],
+                  checkpoint=prm["checkpoint"])
+    return {"outfit": out / "outfit.npz", "body": out / "body.npz", "posed": out / "posed.npz"}
+
+
+register(JobKind("drape", _validate_drape, _run_drape, "re-drape a fitted outfit on a new body and motion"))
