@@ -1,0 +1,312 @@
+"""Appearance: the rendering U-Net, point descriptors, losses and metrics."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+from pointwear.appearance import PointDescriptors, RenderNet
+from pointwear.appearance.losses import (VGG19_LAYERS, VGGPerceptual, dice_loss, mask_iou,
+                                         masked_l1, masked_ssim, psnr, ssim, ssim_loss)
+from pointwear.errors import InputError
+from pointwear.render.splat import splat
+
+
+# ----------------------------------------------------------------------------- U-Net
+
+@pytest.fixture(scope="module")
+def net() -> RenderNet:
+    torch.manual_seed(0)
+    return RenderNet()
+
+
+def test_parameter_count(net):
+    n = net.num_parameters()
+    assert 1.8e6 < n < 2.4e6, n        # the paper's renderer: ~2.2 M
+    assert net.widths == (16, 32, 64, 128, 256)
+
+
+@pytest.mark.parametrize("H,W", [(1, 1), (17, 23), (32, 32), (45, 18)])
+def test_shapes_and_ranges_any_size(net, H, W):
+    net.eval()
+    x = torch.randn(2, 17, H, W)
+    with torch.no_grad():
+        rgb, mask = net(x)
+    assert rgb.shape == (2, 3, H, W) and mask.shape == (2, 1, H, W)
+    assert rgb.abs().max() <= 1 and mask.min() >= 0 and mask.max() <= 1
+    assert rgb.is_contiguous() and mask.is_contiguous()
+
+
+def test_train_mode_backward_odd_size(net):
+    net.train()
+    x = torch.randn(2, 17, 19, 21, requires_grad=True)
+    rgb, mask = net(x)
+    (rgb.mean() + mask.mean()).backward()
+    assert x.grad.shape == x.shape and torch.isfinite(x.grad).all()
+    assert all(p.grad is not None for p in net.parameters())
+    net.zero_grad(set_to_none=True)
+
+
+def test_eval_mode_is_deterministic_and_batch_independent(net):
+    """In eval mode BatchNorm uses its running statistics: a frame renders the same alone or
+    in a batch, every time (the paper's code rendered in train mode, where it does not)."""
+    torch.manual_seed(1)
+    x = torch.randn(3, 17, 24, 20)
+    net.train()
+    with torch.no_grad():
+        net(torch.randn(4, 17, 24, 20) * 3 + 1)    # move the running stats off their init
+    net.eval()
+    with torch.no_grad():
+        a_rgb, a_mask = net(x)
+        b_rgb, b_mask = net(x)
+        one_rgb, one_mask = net(x[1:2])
+    assert torch.equal(a_rgb, b_rgb) and torch.equal(a_mask, b_mask)
+    torch.testing.assert_close(one_rgb, a_rgb[1:2], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(one_mask, a_mask[1:2], atol=1e-5, rtol=1e-5)
+    net.train()
+    with torch.no_grad():
+        t_one, _ = net(x[1:2])
+    assert not torch.allclose(t_one, a_rgb[1:2], atol=1e-3)  # train mode: batch statistics
+
+
+def test_render_uses_eval_mode_and_restores(net):
+    net.train()
+    x = torch.randn(1, 17, 16, 16)
+    rgb, mask = net.render(x)
+    assert net.training and not rgb.requires_grad
+    net.eval()
+    with torch.no_grad():
+        rgb2, _ = net(x)
+    assert torch.equal(rgb, rgb2)
+    net.train()
+
+
+def test_bad_input_channels(net):
+    with pytest.raises(ValueError, match="17"):
+        net(torch.randn(1, 16, 8, 8))
+
+
+# ----------------------------------------------------------------------------- descriptors
+
+def test_descriptors_shape_and_init():
+    d = PointDescriptors(100, 16, generator=torch.Generator().manual_seed(0))
+    assert d().shape == (1, 100, 16) and d.num_points == 100 and d.dim == 16
+    assert d.descriptors.requires_grad
+    assert 0.8 < float(d.descriptors.detach().std()) < 1.2        # the paper's torch.randn
+    small = PointDescriptors(100, 16, init_std=0.01)
+    assert float(small.descriptors.detach().std()) < 0.02
+
+
+def test_descriptors_check_names_file_and_counts(tmp_path):
+    d = PointDescriptors(8192, 16)
+    d.check(8192, 16)
+    ckpt = tmp_path / "appearance.pt"
+    with pytest.raises(InputError) as e:
+        d.check(8000, 16, file=ckpt)
+    msg = str(e.value)
+    assert str(ckpt) in msg and "descriptors" in msg
+    assert "checkpoint has 16-D descriptors for 8192 points, the outfit has 8000" in msg
+    assert e.value.file == str(ckpt) and e.value.field == "descriptors"
+    with pytest.raises(InputError, match="needs 8-D descriptors for 8192 points"):
+        d.check(8192, 8, file=ckpt)
+
+
+def test_descriptors_from_tensor(tmp_path):
+    vals = torch.randn(10, 4)
+    d = PointDescriptors.from_tensor(vals)
+    assert torch.equal(d.descriptors.detach(), vals)
+    with pytest.raises(InputError, match="outfit.npz"):
+        PointDescriptors.from_tensor(torch.randn(10), file="outfit.npz")
+
+
+# ----------------------------------------------------------------------------- tiny overfit
+
+def test_tiny_overfit_net_and_descriptors():
+    """Net + descriptors fitted to one 32 x 32 frame through the real splatter: L1 falls."""
+    torch.manual_seed(0)
+    H = W = 32
+    n = 20
+    ys, xs = torch.meshgrid(torch.linspace(-0.35, 0.35, n), torch.linspace(-0.35, 0.35, n),
+                            indexing="ij")
+    pts = torch.stack([xs.flatten(), ys.flatten(), torch.full((n * n,), 2.0)], -1)[None]
+    K = torch.tensor([[55.0, 0, 15.5], [0, 55.0, 15.5], [0, 0, 1]])
+    with torch.no_grad():
+        mask = (splat(pts, torch.ones(1, n * n, 1), K, (H, W))[:, 1:] > 0.5).float()
+        yy, xx = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+        colour = torch.stack([torch.sin(xx / 3.0), torch.cos(yy / 4.0),
+                              ((xx + yy) % 8 < 4).float() * 2 - 1])[None] * 0.8
+        target = colour * mask - (1 - mask)          # garment over a fixed background
+    net, desc = RenderNet(), PointDescriptors(n * n)
+    opt = torch.optim.Adam([{"params": net.parameters(), "lr": 1e-3},
+                            {"params": desc.parameters(), "lr": 1e-2}])
+    losses = []
+    for _ in range(50):
+        rgb, m = net(splat(pts, desc(), K, (H, W)))
+        l1 = masked_l1(rgb, target)
+        opt.zero_grad()
+        (l1 + dice_loss(m, mask)).backward()
+        opt.step()
+        losses.append(float(l1.detach()))
+    assert losses[-1] < 0.25 * losses[0], losses[::10]
+    assert float(desc.descriptors.grad.abs().sum()) > 0     # descriptors were trained
+
+
+# ----------------------------------------------------------------------------- losses
+
+def _ssim_numpy(x: np.ndarray, y: np.ndarray, data_range: float) -> float:
+    """Wang et al. SSIM with scipy's Gaussian filter (sigma 1.5, 11 taps), valid region."""
+    def blur(a):
+        return gaussian_filter(a, 1.5, truncate=5 / 1.5, mode="constant")[5:-5, 5:-5]
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mx, my = blur(x), blur(y)
+    sxx, syy, sxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    m = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    return float(m.mean())
+
+
+def test_ssim_identity_and_reference():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 30, 27, generator=g, dtype=torch.float64) * 2 - 1
+    y = (x + 0.3 * torch.randn(x.shape, generator=g, dtype=torch.float64)).clamp(-1, 1)
+    torch.testing.assert_close(ssim(x, x), torch.ones(2, dtype=torch.float64))
+    assert float(ssim_loss(x, x)) == pytest.approx(0.0, abs=1e-12)
+    got = ssim(x, y)
+    for b in range(2):
+        xs, ys = ((t[b].numpy() + 1) / 2 for t in (x, y))     # [0, 1], data range 1
+        want = np.mean([_ssim_numpy(xs[c], ys[c], 1.0) for c in range(3)])
+        assert float(got[b]) == pytest.approx(want, abs=1e-10)
+    assert 0 < float(got.min()) < 0.99
+    # the same images on a [0, 255] scale give the same SSIM
+    torch.testing.assert_close(ssim((x + 1) * 127.5, (y + 1) * 127.5, (0.0, 255.0)), got)
+
+
+def test_ssim_gradient():
+    x = torch.rand(1, 3, 16, 16, dtype=torch.float64, requires_grad=True)
+    ssim_loss(x, torch.rand(1, 3, 16, 16, dtype=torch.float64)).backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_dice_loss():
+    m = (torch.rand(2, 1, 20, 20) > 0.5).float()
+    assert float(dice_loss(m, m)) == pytest.approx(0.0, abs=1e-5)
+    assert float(dice_loss(m, m, log=False)) == pytest.approx(0.0, abs=1e-5)
+    assert float(dice_loss(m, 1 - m)) > 5                   # disjoint masks: -log(~0)
+    half = m * 0.5
+    assert 0 < float(dice_loss(half, m)) < float(dice_loss(1 - m, m))
+    p = torch.full((1, 1, 4, 4), 0.3, requires_grad=True)
+    dice_loss(p, torch.ones(1, 1, 4, 4)).backward()
+    assert p.grad.abs().sum() > 0
+
+
+def test_masked_l1():
+    x = torch.zeros(1, 3, 4, 4)
+    y = torch.zeros(1, 3, 4, 4)
+    y[..., :2, :] = 1.0                 # top half differs by 1
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., :2, :] = 1.0
+    assert float(masked_l1(x, y)) == pytest.approx(0.5)
+    assert float(masked_l1(x, y, mask)) == pytest.approx(1.0)
+    assert float(masked_l1(x, y, 1 - mask)) == pytest.approx(0.0)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def test_psnr_and_ssim_in_mask():
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 3, 40, 40, generator=g) * 2 - 1
+    mask = torch.zeros(2, 1, 40, 40)
+    mask[:, :, 10:30, 12:28] = 1
+    y = x.clone()
+    y[:, :, 10:30, 12:28] += 0.1        # inside: error 0.1 everywhere -> MSE 0.01
+    y[:, :, :2, :] = -x[:, :, :2, :]    # far outside the mask: ignored by both metrics
+    # PSNR over the mask: 10 log10(2^2 / 0.01) = 26.02 dB
+    torch.testing.assert_close(psnr(x, y, mask).float(), torch.full((2,), 10 * math.log10(400.0)))
+    assert float(psnr(x, y).min()) < 20                     # unmasked sees the outside
+    assert torch.isinf(psnr(x, x, mask)).all()
+    s_in = masked_ssim(x, y, mask)
+    assert ((s_in > 0.5) & (s_in < 1.0)).all()
+    y2 = y.clone()
+    y2[:, :, :2, :] = 0.0               # change only pixels > 5 px from the mask
+    torch.testing.assert_close(masked_ssim(x, y2, mask), s_in)
+    torch.testing.assert_close(masked_ssim(x, x, mask), torch.ones(2, dtype=torch.float64))
+    empty = torch.zeros_like(mask)
+    assert torch.isnan(psnr(x, y, empty)).all() and torch.isnan(masked_ssim(x, y, empty)).all()
+
+
+def test_mask_iou():
+    a = torch.zeros(2, 1, 10, 10)
+    b = torch.zeros(2, 1, 10, 10)
+    a[0, :, :5] = 0.9                   # 50 px
+    b[0, :, 2:7] = 0.8                  # 50 px, overlap 30
+    torch.testing.assert_close(mask_iou(a, b), torch.tensor([30 / 70, 1.0], dtype=torch.float64))
+    assert float(mask_iou(a[:1], a[:1])) == 1.0
+
+
+# ----------------------------------------------------------------------------- VGG perceptual
+
+@pytest.fixture(scope="module")
+def vgg_file(tmp_path_factory):
+    """A random VGG19 state dict with torchvision's keys (we never download weights)."""
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+    for i, cin, cout in VGG19_LAYERS:
+        std = math.sqrt(2 / (9 * cin))
+        sd[f"features.{i}.weight"] = torch.randn(cout, cin, 3, 3, generator=g) * std
+        sd[f"features.{i}.bias"] = torch.zeros(cout)
+    sd["classifier.0.weight"] = torch.zeros(2, 2)          # ignored
+    path = tmp_path_factory.mktemp("vgg") / "vgg19.pth"
+    torch.save(sd, path)
+    return path
+
+
+def test_vgg_perceptual_loss(vgg_file):
+    crit = VGGPerceptual(vgg_file, n_relus=10)
+    assert sum(isinstance(m, torch.nn.ReLU) for m in crit.features) == 10
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in crit.features)
+    assert all(not p.requires_grad for p in crit.parameters())
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    y = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    assert float(crit(x, x)) == pytest.approx(0.0, abs=1e-7)
+    pred = x.clone().requires_grad_(True)
+    loss = crit(pred, y)
+    assert float(loss.detach()) > 0
+    loss.backward()
+    assert pred.grad.abs().sum() > 0
+    crit.train()
+    assert not crit.training
+    caffe = VGGPerceptual(vgg_file, n_relus=3, preprocess="caffe", weight=2.0)
+    assert float(caffe(x, y)) > 0
+
+
+def test_vgg_bad_files(tmp_path, vgg_file):
+    missing = tmp_path / "nope" / "vgg19.pth"
+    with pytest.raises(InputError, match="not found") as e:
+        VGGPerceptual(missing)
+    assert str(missing) in str(e.value)
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 3, 3)}, wrong)
+    with pytest.raises(InputError, match="missing") as e:
+        VGGPerceptual(wrong)
+    assert str(wrong) in str(e.value) and "0.weight" in str(e.value)
+    sd = torch.load(vgg_file, weights_only=True)
+    sd["features.2.weight"] = torch.zeros(64, 64, 1, 1)
+    bad_shape = tmp_path / "bad_shape.pth"
+    torch.save(sd, bad_shape)
+    with pytest.raises(InputError, match="features.2.weight") as e:
+        VGGPerceptual(bad_shape)
+    assert str(bad_shape) in str(e.value)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a torch file")
+    with pytest.raises(InputError, match="cannot read") as e:
+        VGGPerceptual(garbage)
+    assert str(garbage) in str(e.value)
+    # a bare `vgg.features` state dict (keys "0.weight", ...) loads too
+    bare = tmp_path / "bare.pth"
+    torch.save({k[len("features."):]: v for k, v in sd.items() if k.startswith("features.")
+                and not k.startswith("features.2.")} | {"2.weight": torch.randn(64, 64, 3, 3),
+                                                       "2.bias": torch.zeros(64)}, bare)
+    VGGPerceptual(bare, n_relus=4)
