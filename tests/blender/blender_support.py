@@ -58,6 +58,24 @@ def run_python(code: str, *, env: dict | None = None, timeout: float = 120) -> s
     return proc
 
 
+def backend_python() -> Path:
+    """The backend's Python (with torch and the ``pointwear`` package): $POINTWEAR_BACKEND_PYTHON,
+    else REPO/.venv/bin/python. The Blender-side tests never import the backend themselves (the
+    bpy 5 lane has no torch); they run it as a child process, as the add-on does."""
+    return Path(os.environ.get("POINTWEAR_BACKEND_PYTHON") or REPO / ".venv" / "bin" / "python")
+
+
+def run_backend(*args, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``<backend python> -m pointwear ARGS``; assert it succeeded."""
+    exe = backend_python()
+    assert exe.is_file(), "backend Python not found: {} (set POINTWEAR_BACKEND_PYTHON)".format(exe)
+    proc = subprocess.run([str(exe), "-m", "pointwear", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, cwd=str(REPO))
+    assert proc.returncode == 0, "pointwear {} failed ({}):\n--- stdout\n{}\n--- stderr\n{}".format(
+        " ".join(map(str, args)), proc.returncode, proc.stdout, proc.stderr)
+    return proc
+
+
 def find_blender_ext() -> Path:
     """blender_ext.py from the installed bpy wheel, found the way the build script finds it."""
     sys.path.insert(0, str(REPO / "scripts"))

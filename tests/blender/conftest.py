@@ -33,6 +33,7 @@ from blender_support import (  # noqa: E402
     handler_snapshot,
     isolate_blender_env,
     repo_index,
+    run_backend,
 )
 
 if "bpy" not in sys.modules:
@@ -122,3 +123,15 @@ def installed_addon(bpy_clean, extension_zip):
             bpy.ops.extensions.package_uninstall(repo_index=repo_index(bpy), pkg_id=ADDON_ID)
     assert not addon_utils.check(ADDON_MODULE)[1]
     assert not (_user_repo_dir() / ADDON_ID).exists()
+
+
+@pytest.fixture(scope="session")
+def fit_result(tmp_path_factory) -> Path:
+    """A tiny fit result folder (outfit.npz with faces, body.npz, posed.npz), made by the real
+    backend CLI in a child process: a 3-frame synthetic subject and a 2+2-step parametric fit."""
+    root = tmp_path_factory.mktemp("fit-result")
+    run_backend("synth", root / "subject", "--frames", 3, "--size", 96, "--outfit", "tshirt-shorts",
+                "--seed", 1, "--points", 2048)
+    run_backend("fit-outfit", root / "subject", "--out", root / "result", "--template", "tshirt-shorts",
+                "--codes", 1, "--coarse-steps", 2, "--fine-steps", 2)
+    return root / "result"

@@ -1,0 +1,8 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Pure logic for the scene builders: numpy and the standard library only, never bpy.
+
+As glTF-Blender-IO keeps ``io/`` apart from ``blender/``, everything here can be tested (and
+reasoned about) without Blender: the SMPL maths and the one Y-up -> Z-up conversion
+(:mod:`.smpl_math`), readers of the backend's result files (:mod:`.results`), motions
+(:mod:`.motion`) and the OpenCV -> Blender camera conversion (:mod:`.camera`).
+"""
