@@ -35,7 +35,11 @@ class POINTWEAR_AddonPreferences(AddonPreferences):
     )
     port: IntProperty(
         name="Port",
-        description="Port of a running backend; 0 starts a backend and uses the port it reports",
+        description=(
+            "0: the add-on starts its own backend (Start Backend) and stops it again. Any other "
+            "port: connect to a backend already running there ('pointwear serve --port N'), "
+            "with the token below; the add-on leaves it running"
+        ),
         default=0,
         min=0,
         max=65535,
@@ -54,7 +58,11 @@ class POINTWEAR_AddonPreferences(AddonPreferences):
     )
     smpl_model_path: StringProperty(
         name="SMPL Model",
-        description="Optional SMPL model file (.pkl or .npz); empty uses the free default body",
+        description=(
+            "Optional SMPL model file (.pkl or .npz) for body jobs; empty uses the free default "
+            "body. Fitting always uses the body named in the subject's subject.json, and "
+            "re-draping the body of the fitted result"
+        ),
         subtype="FILE_PATH",
         default="",
     )
@@ -72,12 +80,19 @@ class POINTWEAR_AddonPreferences(AddonPreferences):
         col.prop(self, "backend_python")
         col.prop(self, "device")
         col = layout.column(heading="Connection")
-        col.prop(self, "host")
         col.prop(self, "port")
+        col.prop(self, "host")
         col.prop(self, "token")
+        col.label(text="Port 0: Start Backend runs the Python above and stops it again", icon="INFO")
+        col.label(text="Other port: connect to a running backend with this token", icon="BLANK1")
         col = layout.column(heading="Files")
         col.prop(self, "work_folder")
         col.prop(self, "smpl_model_path")
+
+
+def connects_to_running(prefs):
+    """True when the preferences name a running backend to connect to (port != 0)."""
+    return prefs is not None and int(prefs.port) != 0
 
 
 def get_preferences(context=None):

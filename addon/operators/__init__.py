@@ -1,52 +1,40 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Pointwear operators (``bpy.ops.pointwear.*``)."""
+"""Pointwear operators (``bpy.ops.pointwear.*``), by role:
 
-import os
+- :mod:`.backend`   ``check_backend``, ``start_backend``, ``stop_backend``
+- :mod:`.jobs`      ``fit_outfit``, ``cancel_job``, ``wait_job`` (modal in the UI, blocking in
+  scripts and background mode)
+- :mod:`.scene_ops` ``import_result``, ``load_motion``, ``redrape``
+- :mod:`.runtime`   the backend session, the event pump (timer) and the scene mirror
+"""
 
-import bpy
-from bpy.types import Operator
+from . import runtime
+from .backend import (
+    POINTWEAR_OT_check_backend,
+    POINTWEAR_OT_start_backend,
+    POINTWEAR_OT_stop_backend,
+)
+from .backend import CLASSES as _BACKEND_CLASSES
+from .jobs import POINTWEAR_OT_cancel_job, POINTWEAR_OT_fit_outfit, POINTWEAR_OT_wait_job
+from .jobs import CLASSES as _JOB_CLASSES
+from .runtime import backend_python_path
+from .scene_ops import POINTWEAR_OT_import_result, POINTWEAR_OT_load_motion, POINTWEAR_OT_redrape
+from .scene_ops import CLASSES as _SCENE_CLASSES
 
-from ..preferences import get_preferences
+CLASSES = _BACKEND_CLASSES + _JOB_CLASSES + _SCENE_CLASSES
 
-
-def backend_python_path(context):
-    """The configured backend Python executable as an absolute path, or "" when unset."""
-    prefs = get_preferences(context)
-    if prefs is None or not prefs.backend_python.strip():
-        return ""
-    return os.path.normpath(bpy.path.abspath(prefs.backend_python.strip()))
-
-
-class POINTWEAR_OT_check_backend(Operator):
-    """Check that the backend Python executable set in the preferences exists"""
-
-    bl_idname = "pointwear.check_backend"
-    bl_label = "Check Backend Python"
-    bl_options = {"REGISTER"}
-
-    @classmethod
-    def poll(cls, context):
-        if get_preferences(context) is None:
-            cls.poll_message_set("The Pointwear add-on is not enabled")
-            return False
-        if not backend_python_path(context):
-            cls.poll_message_set(
-                "Set the backend Python executable in Preferences > Add-ons > Pointwear"
-            )
-            return False
-        return True
-
-    def execute(self, context):
-        path = backend_python_path(context)
-        if os.path.isfile(path) and os.access(path, os.X_OK):
-            self.report({"INFO"}, "Backend Python found: " + path)
-            return {"FINISHED"}
-        # A warning, not an error: scripted callers get {'CANCELLED'} rather than an exception.
-        if os.path.isfile(path):
-            self.report({"WARNING"}, "Backend Python is not executable: " + path)
-        else:
-            self.report({"WARNING"}, "Backend Python not found: " + path)
-        return {"CANCELLED"}
+__all__ = [
+    "CLASSES", "backend_python_path", "runtime",
+    "POINTWEAR_OT_check_backend", "POINTWEAR_OT_start_backend", "POINTWEAR_OT_stop_backend",
+    "POINTWEAR_OT_fit_outfit", "POINTWEAR_OT_cancel_job", "POINTWEAR_OT_wait_job",
+    "POINTWEAR_OT_import_result", "POINTWEAR_OT_load_motion", "POINTWEAR_OT_redrape",
+]
 
 
-CLASSES = (POINTWEAR_OT_check_backend,)
+def register_extra():
+    runtime.register()
+
+
+def unregister_extra():
+    # Before the classes go: stop the pump timer and the backend this add-on started.
+    runtime.unregister()

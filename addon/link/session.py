@@ -1,0 +1,484 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The add-on's view of one backend: launcher + client + job tracking. Pure Python: no bpy.
+
+:class:`BackendSession` is a small state machine::
+
+    not started --start()--> starting --> ready (device)  <--> busy (a job is queued or running)
+         ^                       |             |
+         |                       v             v (connection lost, process died)
+         +------stop()------  error (message, hint)          not found: no backend Python
+
+Nothing here blocks unless asked to: :meth:`BackendSession.start_async` starts the backend on a
+worker thread; socket reading happens on the client's reader thread; :meth:`BackendSession.poll`
+(called by Blender's main thread from a timer) only drains queued events and updates
+:class:`JobState` records. The blocking path for background mode and scripts is
+:meth:`BackendSession.start` and :meth:`BackendSession.wait`, which pump the same events until a
+job's ``DONE`` arrives.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+from . import protocol
+from .client import EVENT_LOST, BackendClient, BackendConnectionError, BackendError
+from .launcher import BackendLauncher, LaunchError
+
+STATE_NOT_STARTED = "not started"
+STATE_NOT_FOUND = "not found"
+STATE_STARTING = "starting"
+STATE_READY = "ready"
+STATE_BUSY = "busy"
+STATE_ERROR = "error"
+STATES = (STATE_NOT_STARTED, STATE_NOT_FOUND, STATE_STARTING, STATE_READY, STATE_BUSY, STATE_ERROR)
+
+JOB_FINISHED_STATES = ("done", "failed", "cancelled", "interrupted")
+MAX_WARNINGS = 20
+
+
+class JobState:
+    """What the add-on knows about one job, fed from its events (see :meth:`apply`)."""
+
+    def __init__(self, job_id, kind="", params=None, tag=None):
+        self.job_id = job_id
+        self.kind = kind
+        self.params = dict(params or {})
+        self.tag = dict(tag or {})  # the caller's own data (e.g. which scene asked for it)
+        self.state = "queued"
+        self.message = ""
+        self.stage = ""
+        self.i = 0
+        self.n = 0
+        self.preview = ""
+        self.warnings = []
+        self.error = None            # the last ERROR event (dict), if any
+        self.folder = ""             # RESULT folder
+        self.files = {}              # RESULT files: name -> absolute path
+        self.done = False            # DONE (or a lost connection) ended it
+        self.handled = False         # the caller's finishing step (e.g. import) ran
+        self.started = time.monotonic()
+        self.finished = None
+
+    @property
+    def fraction(self):
+        """Progress of the current stage in [0, 1] (1 once done)."""
+        if self.done and self.state == "done":
+            return 1.0
+        if self.n and self.n > 0:
+            return max(0.0, min(1.0, float(self.i) / float(self.n)))
+        return 0.0
+
+    @property
+    def progress_text(self):
+        if self.done:
+            if self.state == "done":
+                return "Done"
+            if self.state == "cancelled":
+                return "Cancelled"
+            return "Failed: " + self.error_message if self.error_message else "Failed"
+        if self.stage:
+            return "{} {}/{}".format(self.stage, self.i, self.n) if self.n else self.stage
+        return self.message or self.state.capitalize()
+
+    @property
+    def error_message(self):
+        return str((self.error or {}).get("message") or "")
+
+    @property
+    def error_hint(self):
+        return str((self.error or {}).get("hint") or "")
+
+    def apply(self, event):
+        """Update from one event of this job; returns True if it ended the job."""
+        kind = event.get("type")
+        if kind == protocol.EVENT_STATUS:
+            self.state = str(event.get("state") or self.state)
+            self.message = str(event.get("message") or "")
+        elif kind == protocol.EVENT_PROGRESS:
+            self.state = "running"
+            self.stage = str(event.get("stage") or "")
+            self.i = int(event.get("i") or 0)
+            self.n = int(event.get("n") or 0)
+            if event.get("preview"):
+                self.preview = str(event["preview"])
+        elif kind == protocol.EVENT_WARN:
+            self.warnings.append(str(event.get("message") or ""))
+            del self.warnings[:-MAX_WARNINGS]
+        elif kind == protocol.EVENT_ERROR:
+            self.error = dict(event)
+        elif kind == protocol.EVENT_RESULT:
+            self.folder = str(event.get("folder") or "")
+            self.files = dict(event.get("files") or {})
+        elif kind == protocol.EVENT_DONE:
+            self.state = str(event.get("state") or "done")
+            self.done = True
+            self.finished = time.monotonic()
+            return True
+        return False
+
+    def end_lost(self, message, hint=""):
+        """The connection ended before DONE: the job counts as failed here."""
+        if self.done:
+            return
+        self.error = {"type": protocol.EVENT_ERROR, "code": "lost", "message": message, "hint": hint}
+        self.state = "failed"
+        self.done = True
+        self.finished = time.monotonic()
+
+    def __repr__(self):
+        return "JobState({!r}, kind={!r}, state={!r}, {})".format(
+            self.job_id, self.kind, self.state, self.progress_text)
+
+
+class BackendSession:
+    """One backend the add-on uses: started here (launcher) or already running (connect)."""
+
+    def __init__(self, client_name="pointwear-blender"):
+        self.client_name = client_name
+        self.launcher = None
+        self.client = None
+        self.owned = False           # True when this session started the backend process
+        self.message = ""
+        self.hint = ""
+        self.device = ""
+        self.server_version = ""
+        self.jobs = collections.OrderedDict()
+        self.current_job_id = None
+        self.log = collections.deque(maxlen=200)
+        self._state = STATE_NOT_STARTED
+        self._lock = threading.RLock()
+        self._start_thread = None
+        self._launching = None       # the launcher of a start under way
+        self._generation = 0         # bumps on stop(): a late start thread discards its result
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def state(self):
+        with self._lock:
+            if self._state == STATE_READY and self.active_job() is not None:
+                return STATE_BUSY
+            return self._state
+
+    @property
+    def ready(self):
+        """Connected and able to take jobs (idle or busy)."""
+        return self.state in (STATE_READY, STATE_BUSY)
+
+    @property
+    def busy(self):
+        return self.state == STATE_BUSY
+
+    @property
+    def starting(self):
+        return self.state == STATE_STARTING
+
+    @property
+    def state_text(self):
+        state = self.state
+        if state in (STATE_READY, STATE_BUSY):
+            return "{} on {}".format(state, self.device or "?")
+        if state == STATE_ERROR and self.message:
+            return "error: " + self.message
+        return state
+
+    def _set(self, state, message="", hint=""):
+        with self._lock:
+            self._state = state
+            self.message = message
+            self.hint = hint
+        if message:
+            self.log.append("[{}] {}".format(state, message))
+
+    def set_error(self, message, hint=""):
+        """Put the session in the error state (e.g. a setting the caller found wrong)."""
+        self._set(STATE_ERROR, message, hint)
+
+    # -- start / connect / stop ----------------------------------------------------------------
+
+    def start(self, python, work, device="auto", threads=None, timeout=120.0, env=None):
+        """Start a backend child process and connect to it (blocking). Returns True when ready;
+        else the state is ``not found`` or ``error`` with a message and a hint."""
+        with self._lock:
+            if self.ready:
+                return True
+            thread = self._start_thread
+        if thread is not None:  # a start_async() is under way: wait for it instead
+            thread.join(timeout)
+            return self.ready
+        with self._lock:
+            self._discard()
+            self._state = STATE_STARTING
+            self.message, self.hint = "Starting the backend", ""
+            generation = self._generation
+        return self._start_now(generation, python, work, device, threads, timeout, env)
+
+    def start_async(self, python, work, device="auto", threads=None, timeout=120.0, env=None):
+        """Start the backend on a worker thread; :attr:`state` is ``starting`` until it is
+        ``ready`` or ``error``. Returns False if a start is already under way or done."""
+        with self._lock:
+            if self.ready or self._state == STATE_STARTING:
+                return False
+            self._discard()
+            self._state = STATE_STARTING
+            self.message, self.hint = "Starting the backend", ""
+            generation = self._generation
+            thread = threading.Thread(
+                target=self._start_now, name="pointwear-backend-start", daemon=True,
+                args=(generation, python, work, device, threads, timeout, env))
+            self._start_thread = thread
+        thread.start()
+        return True
+
+    def _discard(self):
+        """Drop what a failed or lost backend left (a dead client, a launcher whose process may
+        still run) before starting or connecting anew. Caller holds the lock."""
+        launcher, client = self.launcher, self.client
+        self.launcher, self.client, self.owned = None, None, False
+        if client is not None:
+            client.close()
+        if launcher is not None:
+            launcher.stop(timeout=2.0, polite=False)
+
+    def _start_now(self, generation, python, work, device, threads, timeout, env):
+        launcher = BackendLauncher(python, work, device=device, threads=threads, env=env)
+        with self._lock:
+            if generation != self._generation:
+                return False
+            self._launching = launcher  # so stop() can end a start that is under way
+        try:
+            info = launcher.start(timeout=timeout)
+        except LaunchError as ex:
+            with self._lock:
+                self._launching = None
+                if generation == self._generation:
+                    not_found = ex.message.startswith(("Backend Python not found", "No backend Python"))
+                    self._set(STATE_NOT_FOUND if not_found else STATE_ERROR, ex.message, ex.hint)
+                    self._start_thread = None
+            return False
+        with self._lock:
+            self._launching = None
+        client = BackendClient(self.client_name)
+        try:
+            hello = client.connect(info.get("host") or "127.0.0.1", info["port"], launcher.token,
+                                   timeout=min(30.0, max(5.0, timeout)))
+        except BackendError as ex:
+            launcher.stop(timeout=3.0, polite=False)
+            with self._lock:
+                if generation == self._generation:
+                    self._set(STATE_ERROR, "The backend started but refused the connection: "
+                              + ex.message, ex.hint)
+                    self._start_thread = None
+            return False
+        with self._lock:
+            if generation != self._generation:  # stop() came first: undo
+                stale = True
+            else:
+                stale = False
+                self.launcher, self.client, self.owned = launcher, client, True
+                self._adopt_hello(hello)
+                self._start_thread = None
+        if stale:
+            client.close()
+            launcher.stop(timeout=3.0)
+            return False
+        return True
+
+    def connect(self, host, port, token, timeout=10.0):
+        """Use a backend that is already running (blocking). Returns True when ready."""
+        with self._lock:
+            if self.ready:
+                return True
+            self._discard()
+            self._set(STATE_STARTING, "Connecting to {}:{}".format(host, port))
+        client = BackendClient(self.client_name)
+        try:
+            hello = client.connect(host, port, token, timeout=timeout)
+        except BackendError as ex:
+            self._set(STATE_ERROR, ex.message, ex.hint)
+            return False
+        with self._lock:
+            self.client, self.launcher, self.owned = client, None, False
+            self._adopt_hello(hello)
+        return True
+
+    def _adopt_hello(self, hello):
+        self.device = str(hello.get("device") or "")
+        self.server_version = str(hello.get("server") or "")
+        self._set(STATE_READY, "Backend {} ready on {}".format(self.server_version, self.device))
+
+    def stop(self, timeout=5.0):
+        """Stop using the backend: a backend started here is shut down (shutdown message, then
+        terminate, then kill); a backend connected to is left running. Idempotent."""
+        with self._lock:
+            self._generation += 1
+            launcher, client = self.launcher, self.client
+            self.launcher, self.client, self.owned = None, None, False
+            start_thread, self._start_thread = self._start_thread, None
+            launching, self._launching = self._launching, None
+            for job in self.jobs.values():
+                if not job.done:
+                    job.end_lost("The backend was stopped")
+            self._set(STATE_NOT_STARTED)
+            self.device = ""
+        if launching is not None:
+            # A start under way: end its process now; the start thread then gives up.
+            launching.stop(timeout=timeout, polite=False)
+        if launcher is not None:
+            launcher.stop(timeout=timeout, client=client)
+        if client is not None:
+            client.close()
+        if start_thread is not None and start_thread is not threading.current_thread():
+            start_thread.join(timeout)
+
+    @property
+    def pid(self):
+        launcher = self.launcher
+        return launcher.pid if launcher is not None else None
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def active_job(self):
+        """The newest job that has not ended, or None."""
+        with self._lock:
+            for job in reversed(self.jobs.values()):
+                if not job.done:
+                    return job
+        return None
+
+    @property
+    def current_job(self):
+        return self.jobs.get(self.current_job_id) if self.current_job_id else None
+
+    def _require_client(self):
+        client = self.client
+        if client is None or not self.ready:
+            raise BackendConnectionError("The backend is not running", code="lost",
+                                         hint="Start the backend first")
+        return client
+
+    def submit(self, kind, params=None, tag=None, timeout=10.0):
+        """Submit a job; returns its :class:`JobState` (its events update it from now on)."""
+        client = self._require_client()
+        params = {k: v for k, v in dict(params or {}).items() if v is not None}
+        job_id = client.submit(kind, params, timeout=timeout)
+        with self._lock:
+            job = self.jobs.get(job_id)
+            if job is None:
+                job = JobState(job_id, kind, params, tag)
+                self.jobs[job_id] = job
+            else:  # its first events were polled before submit() returned
+                job.kind, job.params, job.tag = kind, params, dict(tag or {})
+            self.current_job_id = job_id
+            while len(self.jobs) > 50:
+                oldest = next(iter(self.jobs))
+                if not self.jobs[oldest].done or oldest == job_id:
+                    break
+                del self.jobs[oldest]
+        return job
+
+    def cancel(self, job_id=None, timeout=10.0):
+        """Cancel a job (default: the active one). Its DONE (state cancelled) follows."""
+        job = self.jobs.get(job_id) if job_id else self.active_job()
+        if job is None or job.done:
+            return False
+        self._require_client().cancel(job.job_id, timeout=timeout)
+        job.message = "Cancelling"
+        return True
+
+    def ping(self, timeout=5.0):
+        return self._require_client().ping(timeout=timeout)
+
+    def status(self, job_id=None, timeout=10.0):
+        return self._require_client().status(job_id, timeout=timeout)
+
+    # -- events --------------------------------------------------------------------------------
+
+    def _handle(self, event):
+        """Apply one event; returns the JobState it concerned (or None)."""
+        kind = event.get("type")
+        if kind == EVENT_LOST:
+            self._on_lost(str(event.get("message") or "connection lost"))
+            return None
+        job_id = event.get("job_id")
+        if job_id is None:
+            if kind == protocol.EVENT_ERROR:
+                self.log.append("[error] {}".format(event.get("message")))
+            return None
+        with self._lock:
+            job = self.jobs.get(job_id)
+            if job is None:
+                job = JobState(job_id)
+                self.jobs[job_id] = job
+            job.apply(event)
+        return job
+
+    def _on_lost(self, reason):
+        launcher = self.launcher
+        hint = "Start the backend again"
+        message = "Lost the connection to the backend: " + reason
+        if launcher is not None:
+            # Give a dying process a moment so its exit code and last words are known.
+            deadline = time.monotonic() + 0.3
+            while launcher.running and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not launcher.running:
+                stderr = launcher.stderr_text.strip().splitlines()
+                message = "The backend stopped (exit code {})".format(launcher.returncode)
+                if stderr:
+                    message += ": " + stderr[-1]
+        with self._lock:
+            for job in self.jobs.values():
+                if not job.done:
+                    job.end_lost(message, hint)
+            self._set(STATE_ERROR, message, hint)
+
+    def poll(self):
+        """Apply every queued event (never blocks); returns the events, in order.
+
+        Also notices a backend process that died without closing its socket first.
+        """
+        client = self.client
+        if client is None:
+            return []
+        events = client.drain_events()
+        for event in events:
+            self._handle(event)
+        launcher = self.launcher
+        if launcher is not None and self.ready and not launcher.running and not events:
+            self._on_lost("the backend process exited")
+        return events
+
+    def wait(self, job_id, timeout=None, on_event=None, poll_interval=0.25):
+        """Block until the job's DONE (or a lost connection), applying events as they come.
+
+        ``on_event(event, job)`` is called for each event of this job (and a lost connection);
+        ``timeout`` None waits for ever. Returns the :class:`JobState`; its ``done`` is False
+        when the timeout ran out first.
+        """
+        job = self.jobs.get(job_id)
+        if job is None:
+            job = JobState(job_id)
+            self.jobs[job_id] = job
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not job.done:
+            client = self.client
+            if client is None:
+                job.end_lost("The backend is not running")
+                break
+            remaining = poll_interval if deadline is None else min(poll_interval,
+                                                                   deadline - time.monotonic())
+            if remaining <= 0:
+                break
+            event = client.get_event(timeout=remaining)
+            if event is None:
+                launcher = self.launcher
+                if launcher is not None and not launcher.running:
+                    self._on_lost("the backend process exited")
+                continue
+            concerned = self._handle(event)
+            if on_event is not None and (concerned is job or event.get("type") == EVENT_LOST):
+                on_event(event, job)
+        return job
