@@ -482,3 +482,42 @@ def test_restart_finds_finished_jobs_and_shutdown_stops_the_server(tmp_path, sub
         assert record["state"] == P.CANCELLED and (Path(again["out"]) / "checkpoint.pt").is_file()
     finally:
         second.kill()
+
+
+def test_server_stops_when_its_parent_is_killed(tmp_path):
+    """A Blender killed with SIGKILL sends no shutdown: the backend watches --parent-pid."""
+    starter = (
+        "import subprocess, sys, time\n"
+        "p = subprocess.Popen([sys.executable, '-m', 'pointwear', 'serve', '--port', '0', '--work', sys.argv[1],"
+        " '--threads', '1', '--parent-pid', str(__import__('os').getpid())], stdout=subprocess.PIPE)\n"
+        "line = p.stdout.readline()\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(600)\n")
+    env = dict(os.environ, **{P.TOKEN_ENV: TOKEN})
+    parent = subprocess.Popen([sys.executable, "-c", starter, str(tmp_path / "work")], stdout=subprocess.PIPE,
+                              env=env)
+    child = None
+    try:
+        ready, _, _ = select.select([parent.stdout], [], [], START_TIMEOUT)
+        assert ready, "the starter never reported the server's pid"
+        child = int(parent.stdout.readline())
+        os.kill(child, 0)                         # the server runs
+        parent.kill()
+        parent.wait(30)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the server outlived its killed parent by 20 s")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        if child is not None:
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -130,6 +130,8 @@ class BackendLauncher:
             cmd += ["--host", self.host]
         if self.threads:
             cmd += ["--threads", str(int(self.threads))]
+        # The backend stops by itself if this process dies without a shutdown (crash, kill -9).
+        cmd += ["--parent-pid", str(os.getpid())]
         return cmd + self.extra_args
 
     # -- start ---------------------------------------------------------------------------------

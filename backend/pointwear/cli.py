@@ -154,7 +154,7 @@ def cmd_motion_export(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .server import serve
     return serve(host=args.host, port=args.port, work=args.work, token_file=args.token_file,
-                 device=args.device, threads=args.threads)
+                 device=args.device, threads=args.threads, parent_pid=args.parent_pid)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "$POINTWEAR_TOKEN sets the token, else it is random")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (torch.set_num_threads)")
+    p.add_argument("--parent-pid", type=int, default=None,
+                   help="stop when this process is gone (the add-on passes Blender's pid, so a killed "
+                        "Blender leaves no backend behind)")
     p.set_defaults(func=cmd_serve)
 
     subj = sub.add_parser("subject", help="subject folders").add_subparsers(dest="subject_command", required=True)

@@ -80,6 +80,8 @@ class Server:
         self.stopping = False
         self._stop = asyncio.Event()
         self.queue: JobQueue | None = None
+        self.parent_pid: int | None = None
+        self.started_by = os.getppid()
         self.handlers = {P.MSG_HELLO: self.on_hello, P.MSG_SUBMIT: self.on_submit, P.MSG_CANCEL: self.on_cancel,
                          P.MSG_STATUS: self.on_status, P.MSG_WATCH: self.on_watch, P.MSG_PING: self.on_ping,
                          P.MSG_SHUTDOWN: self.on_shutdown}
@@ -94,6 +96,7 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.on_signal, sig)
         queue_task = asyncio.create_task(self.queue.run_forever())
+        watch_task = asyncio.create_task(self.watch_parent()) if self.parent_pid else None
         if announce:
             announce(self)
         try:
@@ -104,12 +107,29 @@ class Server:
             for conn in list(self.conns):
                 await conn.close()
             queue_task.cancel()
+            if watch_task is not None:
+                watch_task.cancel()
             try:
                 await server.wait_closed()
             except Exception:
                 pass
         log("stopped")
         return 0
+
+    async def watch_parent(self, every_s: float = 1.0) -> None:
+        """Stop when the process that started us is gone: a Blender that crashed or was killed
+        never sends `shutdown`, and an orphaned backend would hold the device and the port."""
+        while not self.stopping:
+            await asyncio.sleep(every_s)
+            try:
+                os.kill(self.parent_pid, 0)
+                gone = self.parent_pid == self.started_by and os.getppid() != self.started_by  # reparented
+            except ProcessLookupError:
+                gone = True
+            except PermissionError:   # alive, owned by someone else
+                gone = False
+            if gone:
+                self.request_stop(f"parent process {self.parent_pid} is gone")
 
     def request_stop(self, reason: str) -> None:
         if not self.stopping:
@@ -336,7 +356,8 @@ def _with_id(reply: dict, rid) -> dict:
 
 
 def serve(host: str = P.DEFAULT_HOST, port: int = 0, work: str | Path | None = None,
-          token_file: str | Path | None = None, device: str = "auto", threads: int | None = None) -> int:
+          token_file: str | Path | None = None, device: str = "auto", threads: int | None = None,
+          parent_pid: int | None = None) -> int:
     """Run the server until `shutdown`, SIGTERM or SIGINT; 0 on a clean stop, 2 if it cannot start."""
     import torch
 
@@ -376,6 +397,7 @@ def serve(host: str = P.DEFAULT_HOST, port: int = 0, work: str | Path | None = N
         log(f"listening on {server.host}:{server.port} (device {dev}, work {work}, pid {os.getpid()})")
 
     server = Server(host, port, work, token, dev, threads)
+    server.parent_pid = parent_pid
     try:
         return asyncio.run(server.run(announce))
     except OSError as exc:
