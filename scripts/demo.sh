@@ -1,20 +1,52 @@
 #!/usr/bin/env bash
-# The main job, end to end on the default body: make a synthetic subject (and a contact sheet of
-# its frames, masks and garment labels), fit an outfit to it, score the fit against the truth,
-# and re-drape the outfit on a taller body. The Blender stage extends this script later.
+# The main job, end to end on the default body and a synthetic subject:
+#   1. make a synthetic subject (and a contact sheet of its frames, masks and garment labels);
+#   2. Blender (the bpy module) + the add-on start the backend, fit the outfit, import it onto an
+#      SMPL armature with the subject's camera, save subject.blend and render frame 2 with Cycles,
+#      which is put beside the subject's own frame 2 (compare_frame.png);
+#   3. Blender again: the fitted result on a new motion (a procedural walk), saved as scene.blend
+#      and rendered to walk.gif;
+#   4. score the fit against the synthetic truth, and re-drape it on a taller body from the CLI.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash scripts/setup_env.sh
-out="${1:-$root/out/demo}"
-mkdir -p "$out"
-.venv/bin/pointwear body export default --out "$out/body.npz"
-.venv/bin/pointwear synth "$out/subject" --frames "${DEMO_FRAMES:-8}" --size "${DEMO_SIZE:-256}" \
+out="$(mkdir -p "${1:-$root/out/demo}" && cd "${1:-$root/out/demo}" && pwd)"
+export BLENDER_USER_RESOURCES="${BLENDER_USER_RESOURCES:-$root/.venv/blender-user}"
+export POINTWEAR_BACKEND_PYTHON="$root/.venv/bin/python"
+pw=.venv/bin/pointwear
+frame="${DEMO_FRAME:-2}"
+
+$pw body export default --out "$out/body.npz"
+$pw synth "$out/subject" --frames "${DEMO_FRAMES:-8}" --size "${DEMO_SIZE:-256}" \
   --outfit "${DEMO_OUTFIT:-tshirt-shorts}" --motion "${DEMO_MOTION:-turntable}" --seed "${DEMO_SEED:-1}"
-.venv/bin/pointwear subject check "$out/subject"
-.venv/bin/pointwear subject sheet "$out/subject" --out "$out/contact_sheet.png"
-.venv/bin/pointwear fit-outfit "$out/subject" --out "$out/fit" ${DEMO_FIT_ARGS:-}
-.venv/bin/pointwear eval-outfit "$out/fit" "$out/subject"
-.venv/bin/pointwear drape "$out/fit" --betas "2.0" --out "$out/redrape"
-echo "demo: subject $out/subject (contact sheet $out/contact_sheet.png); fitted outfit $out/fit"
-echo "      (outfit.npz, posed.npz, outfit.ply, result.json, fit_frames.gif); re-draped on a taller body: $out/redrape"
+$pw subject check "$out/subject"
+$pw subject sheet "$out/subject" --out "$out/contact_sheet.png"
+$pw motion export walk --frames "${DEMO_WALK_FRAMES:-48}" --out "$out/walk.npz"
+
+rm -rf "$out/fit"
+.venv/bin/python scripts/pointwear_batch.py --subject "$out/subject" --work "$out/work" \
+  --copy-result "$out/fit" --out "$out/subject.blend" --render "$out/render_frame.png" --frame "$frame" \
+  ${DEMO_FIT_ARGS:-}
+.venv/bin/python - "$out" "$frame" <<'PY'
+import sys
+from pathlib import Path
+import imageio.v3 as iio
+import numpy as np
+out, k = Path(sys.argv[1]), int(sys.argv[2])
+photo = iio.imread(out / "subject" / "frames" / f"{k:06d}.png")[..., :3]
+render = iio.imread(out / "render_frame.png")[..., :3]
+iio.imwrite(out / "compare_frame.png", np.concatenate([photo, render], axis=1))
+PY
+.venv/bin/python scripts/pointwear_batch.py --result "$out/fit" --motion "$out/walk.npz" --up Y \
+  --out "$out/scene.blend" --animation "$out/walk.gif" --scale "${DEMO_ANIM_SCALE:-100}"
+
+$pw eval-outfit "$out/fit" "$out/subject"
+$pw drape "$out/fit" --betas "2.0" --out "$out/redrape"
+cat <<MSG
+demo: subject         $out/subject (contact sheet $out/contact_sheet.png)
+      fitted outfit   $out/fit (outfit.npz, posed.npz, body.npz, result.json, fit_frames.gif)
+      Blender         $out/subject.blend (subject motion, subject camera), $out/scene.blend (walk)
+      renders         $out/compare_frame.png (subject frame $frame | Cycles), $out/walk.gif
+      re-draped       $out/redrape (beta1 = 2)
+MSG

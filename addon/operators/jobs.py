@@ -207,7 +207,8 @@ class POINTWEAR_OT_fit_outfit(JobOperatorMixin, Operator):
 
     def job_request(self, context):
         props = context.scene.pointwear
-        tag = {"auto_import": props.auto_import}
+        tag = {"auto_import": props.auto_import,
+               "name": os.path.basename(os.path.normpath(bpy.path.abspath(props.subject_folder)))}
         if getattr(self, "resume", False):
             if props.job_kind != "fit_outfit" or props.job_state not in RESUMABLE or not props.job_id:
                 raise ValueError("No cancelled or failed fit to resume")

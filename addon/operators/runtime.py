@@ -236,7 +236,7 @@ def finish_job(context, job):
                 props.result_folder = job.folder
             if not job.tag.get("auto_import", True):
                 return True, "Fitted: result in " + job.folder
-            objects = import_result(context, job.folder, scene=scene)
+            objects = import_result(context, job.folder, scene=scene, name=job.tag.get("name") or None)
             return True, "Fitted and imported {}".format(objects["armature"].name)
         if after == AFTER_REDRAPE:
             armature = bpy.data.objects.get(job.tag.get("armature") or "")
@@ -256,7 +256,7 @@ def finish_job(context, job):
         sync()
 
 
-def import_result(context, folder, scene=None):
+def import_result(context, folder, scene=None, name=None):
     """Import a result folder with the scene's import options; the armature becomes the
     scene's Pointwear armature (and the active object when possible)."""
     from ..scene import importer
@@ -265,7 +265,7 @@ def import_result(context, folder, scene=None):
     props = scene.pointwear
     objects = importer.import_result(
         context, folder, point_radius=props.point_radius, with_camera=props.import_camera,
-        with_motion=props.import_motion)
+        with_motion=props.import_motion, collection_name=name)
     armature = objects.get("armature")
     if armature is not None:
         props.armature = armature

@@ -1,0 +1,291 @@
+"""Pointwear without the UI: fit a subject, build the Blender scene, key a motion, save, render.
+
+    blender -b -P scripts/pointwear_batch.py -- --subject DIR --out scene.blend [--motion m.npz] [--render out.png]
+    python scripts/pointwear_batch.py --subject DIR --out scene.blend ...      (the bpy module)
+
+It drives the real add-on through its operators, as an artist's clicks would: the add-on starts
+the backend (or connects to a running one with --port/--token), fits the outfit (blocking, since
+timers never fire in background mode), imports the result onto an SMPL armature, keys the motion,
+saves the .blend and renders with Cycles on the CPU when asked. The add-on is used from an
+installed Pointwear extension when there is one, else staged from this repository into a
+temporary extension repository (nothing is installed into the user's Blender).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ADDON_ID = "pointwear"
+TEMP_REPO_MODULE = "pointwear_batch"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="pointwear_batch.py", description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--subject", type=Path, help="subject folder to fit")
+    src.add_argument("--result", type=Path, help="an existing fit result folder to import (no fit)")
+    p.add_argument("--out", type=Path, required=True, help="the .blend to write")
+    p.add_argument("--copy-result", type=Path, help="also copy the fit's result folder here (e.g. beside the .blend)")
+    p.add_argument("--motion", type=Path, help="AMASS-style .npz to key onto the armature")
+    p.add_argument("--up", default="Z", type=str.upper, choices=["Y", "Z"], help="the motion's up axis (AMASS: Z)")
+    p.add_argument("--render", type=Path, help="render one frame with Cycles (CPU) to this PNG")
+    p.add_argument("--frame", type=int, default=0, help="frame to render (subject frame k is Blender frame k)")
+    p.add_argument("--animation", type=Path, help="render the motion to this .mp4 or .gif (or a folder of PNGs)")
+    p.add_argument("--anim-frames", type=int, default=0, help="render only the first N frames (0: all)")
+    p.add_argument("--samples", type=int, default=16, help="Cycles samples")
+    p.add_argument("--scale", type=int, default=100, help="render resolution percentage")
+    p.add_argument("--backend-python", default=os.environ.get("POINTWEAR_BACKEND_PYTHON", ""),
+                   help="Python of the backend environment (default: $POINTWEAR_BACKEND_PYTHON, else "
+                        "the add-on preference, else <repo>/.venv/bin/python)")
+    p.add_argument("--host", default="127.0.0.1", help="host of a running backend (with --port)")
+    p.add_argument("--port", type=int, default=0, help="port of a running backend; 0 starts one")
+    p.add_argument("--token", default=os.environ.get("POINTWEAR_TOKEN", ""), help="token of a running backend")
+    p.add_argument("--work", type=Path, help="backend work folder (job folders)")
+    p.add_argument("--device", default="AUTO", type=str.upper, choices=["AUTO", "CPU", "CUDA"])
+    p.add_argument("--drape", default="parametric", choices=["parametric", "neural"])
+    p.add_argument("--template", default="AUTO", help="parametric template, or AUTO to try all")
+    p.add_argument("--codes", type=int, default=4)
+    p.add_argument("--coarse-steps", type=int, default=100)
+    p.add_argument("--fine-steps", type=int, default=100)
+    args = p.parse_args(argv)
+    for name in ("subject", "result", "motion"):
+        path = getattr(args, name)
+        if path is not None and not path.exists():
+            p.error(f"--{name}: {path} does not exist")
+    return args
+
+
+def script_argv() -> list[str]:
+    """Arguments after `--` under `blender -b -P`, else everything after the script name."""
+    return sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else sys.argv[1:]
+
+
+def enable_addon() -> tuple[str, Path | None]:
+    """Enable an installed Pointwear extension, else this repository's add-on through a temporary
+    local extension repository. Returns (module name, temporary folder to remove or None)."""
+    import bpy
+    import addon_utils
+
+    for mod in addon_utils.modules(refresh=True):
+        if mod.__name__.startswith("bl_ext.") and mod.__name__.endswith("." + ADDON_ID):
+            addon_utils.enable(mod.__name__, default_set=True)
+            return mod.__name__, None
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import build_extension
+
+    temp = Path(tempfile.mkdtemp(prefix="pointwear-batch-ext-"))
+    build_extension.stage(temp / ADDON_ID)
+    bpy.context.preferences.extensions.repos.new(
+        name="Pointwear (batch)", module=TEMP_REPO_MODULE, custom_directory=str(temp), source="USER")
+    name = f"bl_ext.{TEMP_REPO_MODULE}.{ADDON_ID}"
+    addon_utils.enable(name, default_set=True)
+    if name not in bpy.context.preferences.addons:
+        raise SystemExit(f"pointwear_batch: could not enable the add-on from {temp}")
+    return name, temp
+
+
+def configure(module: str, args: argparse.Namespace) -> None:
+    import bpy
+
+    prefs = bpy.context.preferences.addons[module].preferences
+    python = args.backend_python or prefs.backend_python or str(ROOT / ".venv" / "bin" / "python")
+    prefs.backend_python = python
+    prefs.host, prefs.port, prefs.device = args.host, args.port, args.device
+    if args.token:
+        prefs.token = args.token
+    if args.work:
+        prefs.work_folder = str(args.work.resolve())
+
+
+def check(result: set, what: str) -> None:
+    if "FINISHED" not in result:
+        raise SystemExit(f"pointwear_batch: {what} did not finish ({', '.join(sorted(result))})")
+
+
+def run_pointwear(args: argparse.Namespace) -> None:
+    """Backend -> fit (or a given result) -> import -> motion, through the add-on's operators."""
+    import bpy
+
+    props = bpy.context.scene.pointwear
+    if args.subject is not None:
+        props.subject_folder = str(args.subject.resolve())
+        props.fit_drape = args.drape.upper()
+        props.fit_template = args.template.upper().replace("-", "_")
+        props.fit_codes, props.fit_coarse_steps, props.fit_fine_steps = args.codes, args.coarse_steps, args.fine_steps
+        props.auto_import = True
+        check(bpy.ops.pointwear.start_backend(), "starting the backend")
+        check(bpy.ops.pointwear.fit_outfit(), "the outfit fit")
+    else:
+        props.result_folder = str(args.result.resolve())
+        check(bpy.ops.pointwear.import_result(), "importing the result")
+    if args.motion is not None:
+        check(bpy.ops.pointwear.load_motion(filepath=str(args.motion.resolve()), up=args.up), "loading the motion")
+
+
+def pointwear_objects(kind: str) -> list:
+    import bpy
+    return [o for o in bpy.data.objects if o.get("pointwear_kind") == kind]
+
+
+def copy_result(dest: Path) -> None:
+    """Copy the imported result folder to `dest` and point the scene's objects at the copy."""
+    armature = pointwear_objects("armature")[0]
+    source = Path(armature["pointwear_result"])
+    shutil.copytree(source, dest, dirs_exist_ok=True)
+    for obj in pointwear_objects("armature") + pointwear_objects("body") + \
+            pointwear_objects("clothing_points") + pointwear_objects("clothing_mesh"):
+        obj["pointwear_result"] = str(dest.resolve())
+    print(f"pointwear_batch: result {source} copied to {dest}")
+
+
+def light_scene() -> None:
+    """A sun, a soft fill and a grey world, so renders read without any setup."""
+    import bpy
+
+    scene = bpy.context.scene
+    if scene.world is None:
+        scene.world = bpy.data.worlds.new("Pointwear World")
+    scene.world.use_nodes = True
+    background = scene.world.node_tree.nodes.get("Background")
+    if background is not None:
+        background.inputs["Color"].default_value = (0.32, 0.34, 0.38, 1.0)
+        background.inputs["Strength"].default_value = 0.8
+    for name, energy, rot in (("Pointwear Key", 3.0, (50, 10, 30)), ("Pointwear Fill", 0.8, (60, 0, -140))):
+        if name in bpy.data.objects:
+            continue
+        light = bpy.data.lights.new(name, "SUN")
+        light.energy = energy
+        obj = bpy.data.objects.new(name, light)
+        obj.rotation_euler = [math.radians(a) for a in rot]
+        scene.collection.objects.link(obj)
+
+
+def motion_camera(scene) -> object:
+    """A camera that keeps the whole keyed motion in view: looks at the pelvis path's middle from
+    the front-right, far enough for the path's extent plus a body height."""
+    import bpy
+    from mathutils import Vector
+
+    armature = pointwear_objects("armature")[0]
+    pelvis = armature.pose.bones[0]
+    points = []
+    for frame in range(scene.frame_start, scene.frame_end + 1, max(1, (scene.frame_end - scene.frame_start) // 16)):
+        scene.frame_set(frame)
+        points.append(armature.matrix_world @ pelvis.head)
+    lo = Vector([min(p[i] for p in points) for i in range(3)])
+    hi = Vector([max(p[i] for p in points) for i in range(3)])
+    centre = (lo + hi) / 2
+    centre.z = max(centre.z, 0.9)
+    # Frame the pelvis path plus a body on either side, and at least a standing person.
+    extent = max((hi - lo).xy.length + 1.2, 2.4)
+    cam = bpy.data.cameras.new("Pointwear Motion Camera")
+    cam.lens, cam.sensor_width = 50.0, 36.0
+    half_fov = math.atan(cam.sensor_width / 2 / cam.lens)
+    obj = bpy.data.objects.new("Pointwear Motion Camera", cam)
+    scene.collection.objects.link(obj)
+    direction = Vector((0.55, -1.0, 0.25)).normalized()
+    obj.location = centre + direction * (1.45 * extent / 2 / math.tan(half_fov))
+    obj.rotation_euler = (centre - obj.location).to_track_quat("-Z", "Y").to_euler()
+    scene.frame_set(scene.frame_start)
+    return obj
+
+
+def setup_cycles(scene, samples: int, scale: int) -> None:
+    scene.render.engine = "CYCLES"
+    scene.cycles.device = "CPU"
+    scene.cycles.samples = samples
+    scene.cycles.use_denoising = False
+    scene.render.resolution_percentage = scale
+    scene.render.film_transparent = False
+
+
+def render_still(scene, path: Path, frame: int) -> None:
+    import bpy
+
+    cameras = pointwear_objects("camera") or [o for o in scene.objects if o.type == "CAMERA"]
+    if scene.camera is None and cameras:
+        scene.camera = cameras[0]
+    scene.frame_set(frame)
+    scene.render.image_settings.file_format = "PNG"
+    scene.render.filepath = str(path.resolve())
+    bpy.ops.render.render(write_still=True)
+    print(f"pointwear_batch: rendered frame {frame} -> {path}")
+
+
+def render_animation(scene, path: Path, frames: int) -> None:
+    import bpy
+
+    previous = scene.camera
+    scene.camera = motion_camera(scene)
+    end = scene.frame_end if frames <= 0 else min(scene.frame_end, scene.frame_start + frames - 1)
+    saved_end, scene.frame_end = scene.frame_end, end
+    if path.suffix.lower() == ".mp4":
+        scene.render.image_settings.file_format = "FFMPEG"
+        scene.render.ffmpeg.format = "MPEG4"
+        scene.render.ffmpeg.codec = "H264"
+        scene.render.filepath = str(path.resolve())
+    else:  # a .gif, or a folder: PNG frames first
+        frames_dir = path.with_suffix(".frames") if path.suffix.lower() == ".gif" else path
+        frames_dir.mkdir(parents=True, exist_ok=True)
+        scene.render.image_settings.file_format = "PNG"
+        scene.render.filepath = str(frames_dir.resolve() / "######")
+    bpy.ops.render.render(animation=True)
+    scene.frame_end, scene.camera = saved_end, previous
+    if path.suffix.lower() == ".gif":
+        write_gif(frames_dir, path, scene.render.fps / scene.render.fps_base)
+    print(f"pointwear_batch: rendered frames {scene.frame_start}-{end} -> {path}")
+
+
+def write_gif(frames_dir: Path, path: Path, fps: float) -> None:
+    """Assemble the PNG frames into a looping GIF with imageio when this Python has it (the bpy
+    module in the backend venv does; a stock Blender does not: then the frames stay as PNGs)."""
+    try:
+        import imageio.v3 as iio
+    except ImportError:
+        print(f"pointwear_batch: no imageio in this Python; the frames are in {frames_dir}")
+        return
+    frames = [iio.imread(f)[..., :3] for f in sorted(frames_dir.glob("*.png"))]
+    iio.imwrite(path, frames, duration=1000.0 / max(fps, 1.0), loop=0)
+    shutil.rmtree(frames_dir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(script_argv() if argv is None else argv)
+    import bpy  # first: with the bpy module, Blender's own modules (addon_utils) exist only after it
+    import addon_utils
+
+    for obj in list(bpy.data.objects):  # `blender -b` starts with the default cube, camera, light
+        bpy.data.objects.remove(obj)
+    module, temp = enable_addon()
+    try:
+        configure(module, args)
+        run_pointwear(args)
+        scene = bpy.context.scene
+        light_scene()
+        setup_cycles(scene, args.samples, args.scale)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        if args.copy_result is not None:
+            copy_result(args.copy_result)
+        bpy.ops.wm.save_as_mainfile(filepath=str(args.out.resolve()))
+        print(f"pointwear_batch: saved {args.out}")
+        if args.render is not None:
+            render_still(scene, args.render, args.frame)
+        if args.animation is not None:
+            render_animation(scene, args.animation, args.anim_frames)
+    finally:
+        if hasattr(bpy.ops.pointwear, "stop_backend") and bpy.ops.pointwear.stop_backend.poll():
+            bpy.ops.pointwear.stop_backend()
+        addon_utils.disable(module, default_set=True)  # removes its timers/handlers: the process can exit
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
