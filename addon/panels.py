@@ -151,9 +151,9 @@ class VIEW3D_PT_pointwear_job(_PointwearPanel, Panel):
             layout.template_icon(icon_value=icon_id, scale=8.0)
         row = layout.row(align=True)
         row.operator("pointwear.cancel_job", icon="CANCEL")
-        if props.job_kind == "fit_outfit" and props.job_state in ("cancelled", "failed",
-                                                                  "interrupted"):
-            op = row.operator("pointwear.fit_outfit", text="Resume", icon="RECOVER_LAST")
+        if props.job_kind in ("fit_outfit", "fit_appearance") and props.job_state in (
+                "cancelled", "failed", "interrupted"):
+            op = row.operator("pointwear." + props.job_kind, text="Resume", icon="RECOVER_LAST")
             if op is not None:  # None only in a recording layout (tests)
                 op.resume = True
 
@@ -196,6 +196,53 @@ class VIEW3D_PT_pointwear_redrape(_PointwearPanel, Panel):
         layout.operator("pointwear.redrape", icon="MOD_CLOTH")
 
 
+class VIEW3D_PT_pointwear_appearance(_PointwearPanel, Panel):
+    bl_idname = "VIEW3D_PT_pointwear_appearance"
+    bl_label = "Appearance"
+    bl_parent_id = "VIEW3D_PT_pointwear"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        import os
+
+        layout = self.layout
+        props = context.scene.pointwear
+        armature = runtime.target_armature(context)
+        folder = armature.get("pointwear_appearance", "") if armature is not None else ""
+        box = layout.box()
+        if folder:
+            box.label(text="Appearance: " + os.path.basename(os.path.normpath(folder)),
+                      icon="SHADING_TEXTURE")
+        else:
+            box.label(text="No appearance fitted", icon="SHADING_SOLID")
+        layout.operator("pointwear.fit_appearance", icon="BRUSH_DATA")
+        layout.separator()
+        row = layout.row(align=True)
+        row.operator("pointwear.neural_render", icon="RENDER_ANIMATION")
+        row.prop(props, "neural_composite", text="", icon="NODE_COMPOSITING")
+        if props.neural_output:
+            layout.label(text="Frames: " + props.neural_output, icon="FILE_IMAGE")
+
+
+class VIEW3D_PT_pointwear_appearance_options(_PointwearPanel, Panel):
+    bl_idname = "VIEW3D_PT_pointwear_appearance_options"
+    bl_label = "Options"
+    bl_parent_id = "VIEW3D_PT_pointwear_appearance"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        layout = self.layout
+        props = context.scene.pointwear
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+        col = layout.column(align=True)
+        col.prop(props, "app_epochs")
+        col.prop(props, "app_size")
+        col.prop(props, "app_minutes")
+        layout.prop(props, "app_seed")
+        layout.prop(props, "neural_composite")
+
+
 CLASSES = (
     VIEW3D_PT_pointwear,
     VIEW3D_PT_pointwear_fit,
@@ -203,4 +250,6 @@ CLASSES = (
     VIEW3D_PT_pointwear_job,
     VIEW3D_PT_pointwear_result,
     VIEW3D_PT_pointwear_redrape,
+    VIEW3D_PT_pointwear_appearance,
+    VIEW3D_PT_pointwear_appearance_options,
 )

@@ -135,6 +135,34 @@ class POINTWEAR_SceneProperties(PropertyGroup):
         size=10, default=(0.0,) * 10, soft_min=-3.0, soft_max=3.0,
     )
 
+    # -- appearance (docs/appearance.md) --------------------------------------------------------
+    app_epochs: IntProperty(
+        name="Epochs", description="Passes over the subject's training frames",
+        default=300, min=0, soft_max=2000,
+    )
+    app_size: IntProperty(
+        name="Size",
+        description="Training image size, longer side in pixels (0: the frames' own, at most 512)",
+        default=0, min=0, soft_max=1024,
+    )
+    app_minutes: FloatProperty(
+        name="Minutes", description="Stop training after this many minutes (0: no limit)",
+        default=0.0, min=0.0, soft_max=600.0,
+    )
+    app_seed: IntProperty(name="Seed", description="Random seed of the appearance fit",
+                          default=0, min=0)
+    neural_composite: BoolProperty(
+        name="Composite",
+        description="After a neural render, lay the rendered frames over the render layer in "
+                    "the compositor (alpha over)",
+        default=False,
+    )
+    neural_output: StringProperty(
+        name="Neural Frames",
+        description="Folder of the last neural render's frames (written by the add-on)",
+        default="", subtype="DIR_PATH",
+    )
+
     # -- mirror of the backend (written by the add-on) ---------------------------------------
     backend_state: StringProperty(
         name="Backend State",

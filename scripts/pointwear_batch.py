@@ -1,12 +1,16 @@
 """Pointwear without the UI: fit a subject, build the Blender scene, key a motion, save, render.
 
     blender -b -P scripts/pointwear_batch.py -- --subject DIR --out scene.blend [--motion m.npz] [--render out.png]
+        [--appearance [--app-epochs N] [--app-minutes M] [--app-size S]] [--neural-render DIR]
     python scripts/pointwear_batch.py --subject DIR --out scene.blend ...      (the bpy module)
 
 It drives the real add-on through its operators, as an artist's clicks would: the add-on starts
 the backend (or connects to a running one with --port/--token), fits the outfit (blocking, since
 timers never fire in background mode), imports the result onto an SMPL armature, keys the motion,
-saves the .blend and renders with Cycles on the CPU when asked. The add-on is used from an
+saves the .blend and renders with Cycles on the CPU when asked. With --appearance it also fits the
+subject's appearance after the outfit (the clothing gets its baked colours), and --neural-render
+renders that appearance with the backend over the keyed motion (scene frame range, the subject's
+camera, or with --motion a camera framing it) into a folder of RGBA PNGs. The add-on is used from an
 installed Pointwear extension when there is one, else staged from this repository into a
 temporary extension repository (nothing is installed into the user's Blender).
 """
@@ -53,7 +57,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--codes", type=int, default=4)
     p.add_argument("--coarse-steps", type=int, default=100)
     p.add_argument("--fine-steps", type=int, default=100)
+    p.add_argument("--appearance", action="store_true",
+                   help="after the outfit, fit the subject's appearance (needs --subject, or --app-subject "
+                        "with --result)")
+    p.add_argument("--app-subject", type=Path, help="the subject folder of --result for --appearance")
+    p.add_argument("--app-epochs", type=int, default=300, help="appearance fit epochs")
+    p.add_argument("--app-minutes", type=float, default=0.0, help="appearance fit time limit (0: none)")
+    p.add_argument("--app-size", type=int, default=0, help="appearance training size in px (0: the frames')")
+    p.add_argument("--neural-render", type=Path, metavar="DIR",
+                   help="after the motion is keyed, neural-render the appearance into DIR (RGBA PNGs); "
+                        "needs --appearance or a --result with an appearance")
+    p.add_argument("--neural-frames", type=int, default=0, help="neural-render only the first N frames (0: all)")
     args = p.parse_args(argv)
+    if args.appearance and args.subject is None and args.app_subject is None:
+        p.error("--appearance needs --subject (or --app-subject with --result)")
+    if args.app_subject is not None and not args.app_subject.exists():
+        p.error(f"--app-subject: {args.app_subject} does not exist")
     for name in ("subject", "result", "motion"):
         path = getattr(args, name)
         if path is not None and not path.exists():
@@ -124,8 +143,53 @@ def run_pointwear(args: argparse.Namespace) -> None:
     else:
         props.result_folder = str(args.result.resolve())
         check(bpy.ops.pointwear.import_result(), "importing the result")
+    if args.appearance:
+        if args.subject is None:
+            props.subject_folder = str(args.app_subject.resolve())
+        props.app_epochs, props.app_size, props.app_minutes = args.app_epochs, args.app_size, args.app_minutes
+        ensure_backend()
+        check(bpy.ops.pointwear.fit_appearance(), "the appearance fit")
     if args.motion is not None:
         check(bpy.ops.pointwear.load_motion(filepath=str(args.motion.resolve()), up=args.up), "loading the motion")
+
+
+def ensure_backend() -> None:
+    import bpy
+
+    if bpy.ops.pointwear.start_backend.poll():
+        check(bpy.ops.pointwear.start_backend(), "starting the backend")
+
+
+def neural_render(scene, dest: Path, frames: int, new_camera: bool) -> None:
+    """Neural-render the armature's appearance over the scene range (the first `frames` when > 0)
+    into `dest` (000000.png ...); the loaded image sequence then points at `dest`."""
+    import bpy
+
+    armature = pointwear_objects("armature")[0]
+    if not armature.get("pointwear_appearance"):
+        raise SystemExit("pointwear_batch: --neural-render needs an appearance (--appearance, or a --result "
+                         "folder from fit-appearance)")
+    ensure_backend()
+    previous = scene.camera
+    if new_camera or scene.camera is None:
+        scene.camera = motion_camera(scene)
+    saved_end = scene.frame_end
+    if frames > 0:
+        scene.frame_end = min(scene.frame_end, scene.frame_start + frames - 1)
+    try:
+        check(bpy.ops.pointwear.neural_render(), "the neural render")
+    finally:
+        scene.frame_end, scene.camera = saved_end, previous
+    source = Path(scene.pointwear.neural_output)
+    dest.mkdir(parents=True, exist_ok=True)
+    pngs = sorted(source.glob("[0-9]*.png"))
+    for png in pngs:
+        shutil.copy2(png, dest / png.name)
+    image = bpy.data.images.get("Pointwear Neural Render")
+    if image is not None and pngs:
+        image.filepath = str((dest / pngs[0].name).resolve())
+    scene.pointwear.neural_output = str(dest.resolve())
+    print(f"pointwear_batch: neural-rendered {len(pngs)} frames -> {dest}")
 
 
 def pointwear_objects(kind: str) -> list:
@@ -267,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         configure(module, args)
         run_pointwear(args)
         scene = bpy.context.scene
+        if args.neural_render is not None:
+            neural_render(scene, args.neural_render, args.neural_frames, new_camera=args.motion is not None)
         light_scene()
         setup_cycles(scene, args.samples, args.scale)
         args.out.parent.mkdir(parents=True, exist_ok=True)

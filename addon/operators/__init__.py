@@ -4,11 +4,14 @@
 - :mod:`.backend`   ``check_backend``, ``start_backend``, ``stop_backend``
 - :mod:`.jobs`      ``fit_outfit``, ``cancel_job``, ``wait_job`` (modal in the UI, blocking in
   scripts and background mode)
+- :mod:`.appearance` ``fit_appearance``, ``neural_render`` (job operators, as above)
 - :mod:`.scene_ops` ``import_result``, ``load_motion``, ``redrape``
 - :mod:`.runtime`   the backend session, the event pump (timer) and the scene mirror
 """
 
 from . import runtime
+from .appearance import POINTWEAR_OT_fit_appearance, POINTWEAR_OT_neural_render
+from .appearance import CLASSES as _APPEARANCE_CLASSES
 from .backend import (
     POINTWEAR_OT_check_backend,
     POINTWEAR_OT_start_backend,
@@ -21,12 +24,13 @@ from .runtime import backend_python_path
 from .scene_ops import POINTWEAR_OT_import_result, POINTWEAR_OT_load_motion, POINTWEAR_OT_redrape
 from .scene_ops import CLASSES as _SCENE_CLASSES
 
-CLASSES = _BACKEND_CLASSES + _JOB_CLASSES + _SCENE_CLASSES
+CLASSES = _BACKEND_CLASSES + _JOB_CLASSES + _APPEARANCE_CLASSES + _SCENE_CLASSES
 
 __all__ = [
     "CLASSES", "backend_python_path", "runtime",
     "POINTWEAR_OT_check_backend", "POINTWEAR_OT_start_backend", "POINTWEAR_OT_stop_backend",
     "POINTWEAR_OT_fit_outfit", "POINTWEAR_OT_cancel_job", "POINTWEAR_OT_wait_job",
+    "POINTWEAR_OT_fit_appearance", "POINTWEAR_OT_neural_render",
     "POINTWEAR_OT_import_result", "POINTWEAR_OT_load_motion", "POINTWEAR_OT_redrape",
 ]
 

@@ -49,6 +49,8 @@ IDLE_INTERVAL = 1.0          # pump period while the backend idles (notices a de
 
 AFTER_IMPORT = "import"      # a finished fit: import its result
 AFTER_REDRAPE = "redrape"    # a finished drape job: update the armature's clothing in place
+AFTER_APPEARANCE = "appearance"  # a finished fit_appearance: colour the clothing (or import)
+AFTER_NEURAL_RENDER = "neural_render"  # a finished render: load the frames (and composite)
 
 _session = None
 _preview_loaded = ""
@@ -246,6 +248,12 @@ def finish_job(context, job):
             from ..scene import importer
             importer.apply_redrape(context, armature, job.folder)
             return True, "Re-draped {} (result in {})".format(armature.name, job.folder)
+        if after == AFTER_APPEARANCE:
+            from . import appearance
+            return True, appearance.finish_fit_appearance(context, job, scene)
+        if after == AFTER_NEURAL_RENDER:
+            from . import appearance
+            return True, appearance.finish_neural_render(context, job, scene)
         return True, "{} done".format(job.kind)
     except Exception as ex:
         traceback.print_exc()

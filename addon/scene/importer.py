@@ -7,7 +7,8 @@ Object roles are recorded as custom properties, which is how later steps (and th
 find the pieces again: ``pointwear_kind`` ("armature", "body", "clothing_points",
 "clothing_mesh", "camera") and ``pointwear_result`` (absolute result folder) on every object;
 on the armature also ``pointwear_betas``, ``pointwear_drape``, ``pointwear_code``,
-``pointwear_world_from_camera`` (16 floats, row-major 4x4) and ``pointwear_body`` (body.npz path).
+``pointwear_world_from_camera`` (16 floats, row-major 4x4), ``pointwear_body`` (body.npz path) and,
+for a fit_appearance result (appearance.pt), ``pointwear_appearance`` (that folder).
 """
 
 import os
@@ -26,6 +27,8 @@ from . import motion as motion_keys
 KIND = "pointwear_kind"
 RESULT = "pointwear_result"
 CHILD_KINDS = ("body", "clothing_points", "clothing_mesh")
+APPEARANCE = "pointwear_appearance"     # armature: its fitted appearance folder (appearance.pt)
+APPEARANCE_FILE = "appearance.pt"
 
 
 def _new_collection(scene, name):
@@ -87,6 +90,8 @@ def import_result(context, result_folder, *, point_radius=clothing.DEFAULT_RADIU
     _store_result_props(arm, data)
     w = posed.world_from_camera if posed is not None else np.eye(4)
     arm["pointwear_world_from_camera"] = [float(v) for v in np.asarray(w).ravel()]
+    if os.path.isfile(os.path.join(data.folder, APPEARANCE_FILE)):
+        arm[APPEARANCE] = data.folder  # a fit_appearance result: ready for a neural render
     _select_only(context, arm)
     return {"armature": arm, "body": body, "clothing_points": points, "clothing_mesh": garment,
             "camera": camera, "collection": collection, "action": action}

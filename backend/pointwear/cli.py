@@ -1,4 +1,5 @@
-"""The `pointwear` command line: body export, synthetic subjects, subject checks and import."""
+"""The `pointwear` command line: body export, synthetic subjects, subject checks and import, outfit and
+appearance fitting, re-draping, neural rendering and the job server."""
 from __future__ import annotations
 
 import argparse
@@ -123,6 +124,48 @@ def cmd_fit_outfit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit_appearance(args: argparse.Namespace) -> int:
+    from .appearance.fit import AppearanceOptions, fit_appearance
+    options = AppearanceOptions(epochs=args.epochs, size=args.size, frames=args.frames, minutes=args.minutes,
+                                vgg=args.vgg, seed=args.seed, device=args.device)
+    if (Path(args.out) / "checkpoint.pt").exists():
+        print(f"resuming from {Path(args.out) / 'checkpoint.pt'}")
+    progress = _TqdmProgress()
+    try:
+        result = fit_appearance(args.subject, args.outfit, args.out, options, progress)
+    finally:
+        progress.close()
+    m = result["metrics"]
+    print(f"fitted the appearance ({result['epochs']} epochs, {result['steps']} steps, "
+          f"{result['train_seconds']:.0f} s of training) -> {args.out}")
+    for split in ("train", "heldout"):
+        if m.get(split):
+            r = m[split]
+            print(f"  {split}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}, mask IoU {r['iou']:.3f} "
+                  "(inside the clothing mask)")
+    b = m["baseline"].get("heldout") or m["baseline"].get("train")
+    if b:
+        print(f"  baked-colour baseline ({'heldout' if m['baseline'].get('heldout') else 'train'}): "
+              f"PSNR {b['psnr']:.2f} dB, SSIM {b['ssim']:.3f}, mask IoU {b['iou']:.3f}")
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from .appearance.neural_render import render_sequence
+    progress = _TqdmProgress()
+    try:
+        summary = render_sequence(args.app, args.out, motion=args.motion, camera=args.camera,
+                                  outfit_dir=args.outfit, betas=args.betas, up=args.up, progress=progress,
+                                  device=args.device)
+    finally:
+        progress.close()
+    print(f"wrote {summary['frames']} frames {Path(args.out) / summary['pattern']} "
+          f"({summary['image_size'][1]}x{summary['image_size'][0]} RGBA, "
+          f"{summary['compute_frames_per_second']} frames/s without file writing, "
+          f"{summary['frames_per_second']} with it)")
+    return 0
+
+
 def cmd_drape(args: argparse.Namespace) -> int:
     from .drape.redrape import redrape
     out = redrape(args.result, args.out, betas=args.betas, motion=args.motion, up=args.up,
@@ -199,6 +242,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_fit_outfit)
+
+    p = sub.add_parser("fit-appearance", help="fit neural point descriptors and a rendering U-Net to a "
+                       "subject's frames for a fitted outfit; bake per-point colours")
+    p.add_argument("subject")
+    p.add_argument("--outfit", required=True, help="the fit-outfit result folder of this subject")
+    p.add_argument("--out", required=True, help="result folder (resumes from its checkpoint.pt if present)")
+    p.add_argument("--epochs", type=int, default=300, help="passes over the training frames (default 300)")
+    p.add_argument("--size", type=int, default=None,
+                   help="training image size, longer side in px (default: the frames' own, at most 512)")
+    p.add_argument("--frames", type=_frame_list, default=None,
+                   help="training frames, e.g. 0-5; the rest are held out (default: every fourth held out)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="stop training after this many minutes (counted over resumes); default: no limit")
+    p.add_argument("--vgg", default=None, help="a local VGG19 state dict (e.g. torchvision's "
+                   "vgg19-dcbb9e9d.pth) for the perceptual loss; never downloaded")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_fit_appearance)
+
+    p = sub.add_parser("render", help="render a fitted appearance on a motion, body shape and camera "
+                       "(RGBA PNG sequence)")
+    p.add_argument("app", help="a fit-appearance result folder (or its appearance.pt)")
+    p.add_argument("--outfit", default=None, help="the outfit result the appearance was fitted on "
+                   "(default: the appearance folder itself, which holds a copy)")
+    _add_betas(p)
+    p.add_argument("--motion", required=True, help="AMASS-style .npz (poses, trans, mocap_framerate)")
+    p.add_argument("--up", default="z", choices=["y", "z"], help="the motion file's up axis (AMASS: z)")
+    p.add_argument("--camera", required=True, help="camera.npz: K, image_size, camera_from_world "
+                   "(see docs/appearance.md)")
+    p.add_argument("--out", required=True, help="folder for NNNNNN.png and render.json")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("drape", help="re-drape a fitted outfit on a new body shape and motion")
     p.add_argument("result", help="a fit-outfit result folder")

@@ -105,3 +105,28 @@ def test_batch_names_a_missing_subject(tmp_path):
     proc = subprocess.run([sys.executable, str(BATCH), "--subject", tmp_path / "nope", "--out", tmp_path / "x.blend"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2 and "--subject" in proc.stderr and "nope" in proc.stderr
+
+
+def test_batch_appearance_and_neural_render(tmp_path, fit_result, walk):
+    """--appearance fits the subject's appearance after importing the result; --neural-render
+    renders it over the keyed motion (first 3 frames) into a folder of RGBA PNGs."""
+    import numpy as np
+    import bpy
+
+    blend, frames = tmp_path / "app.blend", tmp_path / "neural"
+    proc = run_batch(tmp_path, "--result", fit_result, "--app-subject", fit_result.parent / "subject",
+                     "--appearance", "--app-epochs", 20, "--app-size", 64, "--motion", walk, "--up", "Y",
+                     "--neural-render", frames, "--neural-frames", 3, "--out", blend, "--work", tmp_path / "work")
+    assert "fit_appearance" in proc.stdout and "neural-rendered 3 frames" in proc.stdout
+    summary = read_blend(tmp_path, blend)
+    assert (summary["frame_start"], summary["frame_end"]) == (0, 5)  # the motion's range is kept
+    rendered = sorted(frames.glob("*.png"))
+    assert [p.name for p in rendered] == ["000000.png", "000001.png", "000002.png"]
+    img = bpy.data.images.load(str(rendered[1]), check_existing=False)
+    try:
+        w, h = img.size
+        px = np.empty(w * h * 4, np.float32)
+        img.pixels.foreach_get(px)
+    finally:
+        bpy.data.images.remove(img)
+    assert 0.002 < float((px.reshape(-1, 4)[:, 3] > 0.5).mean()) < 0.9  # clothing in view

@@ -28,6 +28,27 @@ def load_outfit(result_dir: str | Path) -> dict[str, np.ndarray]:
 
 
 @torch.no_grad()
+def redraped_points(outfit: dict[str, np.ndarray], body, betas=None, checkpoint: str | None = None,
+                    file: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The outfit's rest-pose points re-draped for `betas` (None: the outfit's own) with its drape
+    model and code, free-form offsets carried over: points (P,3), weights (P,24), betas (1,S).
+    The point order is the drape's, the same for every body, so per-point data (colours,
+    descriptors) follows each point."""
+    drape = drape_from_id(str(outfit["drape"]), body, checkpoint)
+    new_betas = body.betas_tensor(outfit["betas"] if betas is None else betas)
+    code = torch.as_tensor(outfit["code"], dtype=torch.float32, device=body.device)[None]
+    d = drape(drape.constrain(code), new_betas)
+    rest = d.points[0]
+    if "offsets" in outfit and outfit["offsets"].shape == tuple(rest.shape):
+        rest = rest + torch.as_tensor(outfit["offsets"], device=rest.device)
+    weights = d.weights[0] if d.weights.dim() == 3 else d.weights
+    if rest.shape[0] != outfit["points"].shape[0]:
+        raise InputError(f"the drape gives {rest.shape[0]} points but the fit had {outfit['points'].shape[0]}",
+                         file=file, field="points")
+    return rest, weights, new_betas
+
+
+@torch.no_grad()
 def redrape(result_dir: str | Path, out: str | Path, betas=None, motion: str | Path | None = None,
             up: str = "z", checkpoint: str | None = None, chunk: int = 128) -> Path:
     """Write OUT/outfit.npz (rest pose for the new betas), OUT/body.npz and, with a motion,
@@ -35,18 +56,10 @@ def redrape(result_dir: str | Path, out: str | Path, betas=None, motion: str | P
     outfit = load_outfit(result_dir)
     out = Path(out)
     body = load_body(str(outfit.get("body", "default")), str(outfit.get("gender", "neutral")), device="cpu")
-    drape = drape_from_id(str(outfit["drape"]), body, checkpoint)
-    new_betas = body.betas_tensor(outfit["betas"] if betas is None else betas)
-    code = torch.as_tensor(outfit["code"], dtype=torch.float32)[None]
-    d = drape(drape.constrain(code), new_betas)
-    rest = d.points[0]
-    if "offsets" in outfit and outfit["offsets"].shape == tuple(rest.shape):
-        rest = rest + torch.as_tensor(outfit["offsets"])
-    weights = d.weights[0] if d.weights.dim() == 3 else d.weights
-    if rest.shape[0] != outfit["points"].shape[0]:
-        raise InputError(f"the drape gives {rest.shape[0]} points but the fit had {outfit['points'].shape[0]}",
-                         file=Path(result_dir) / "outfit.npz", field="points")
-    extra = {k: outfit[k] for k in ("faces", "garment", "params", "body", "gender") if k in outfit}
+    rest, weights, new_betas = redraped_points(outfit, body, betas, checkpoint, Path(result_dir) / "outfit.npz")
+    # Per-point data follows the point index: an appearance result keeps its colours and descriptors.
+    extra = {k: outfit[k] for k in ("faces", "garment", "params", "body", "gender", "colors", "descriptors")
+             if k in outfit}
     save_npz(out / "outfit.npz", points=rest.numpy().astype(np.float32), weights=weights.numpy().astype(np.float32),
              code=outfit["code"], drape=outfit["drape"], betas=new_betas[0].numpy(), **extra)
     export_body(body, out / "body.npz", new_betas)

@@ -2,7 +2,7 @@
 event loop: cheap checks only, errors name the field) and a runner (in the worker thread)
 calling the backend's own functions, with outputs in the job's `out/` folder.
 
-Adding a kind (e.g. `fit_appearance`, `render`):
+Adding a kind (as `fit_appearance` and `render` at the end of this file):
 
     def _validate_render(p: Params, ctx: SubmitContext) -> dict:
         return {"result": p.path("result", required=True, kind="dir"), "size": p.int("size", 512, 16, 4096)}
@@ -362,3 +362,117 @@ def _run_drape(job: JobContext) -> dict[str, Path]:
 
 
 register(JobKind("drape", _validate_drape, _run_drape, "re-drape a fitted outfit on a new body and motion"))
+
+
+# -- fit_appearance -----------------------------------------------------------------------------
+
+APPEARANCE_FILES = {"outfit": "outfit.npz", "appearance": "appearance.pt", "result_json": "result.json",
+                    "heldout": "heldout", "sheet": "heldout_sheet.png", "body": "body.npz", "posed": "posed.npz"}
+
+
+def check_result_folder(name: str, value: Any, needs: tuple[str, ...]) -> str:
+    """An existing folder holding the files `needs` (e.g. a fit result's outfit.npz, posed.npz)."""
+    folder = check_path(name, value, "dir")
+    missing = [f for f in needs if not (Path(folder) / f).is_file()]
+    if missing:
+        raise ParamError(name, f"not a finished result folder (no {', '.join(missing)}): {folder}")
+    return folder
+
+
+def _validate_fit_appearance(p: Params, ctx: SubmitContext) -> Validated:
+    from ..appearance.fit import AppearanceOptions
+    d = AppearanceOptions()
+    base, out, resumed = {}, None, None
+    resume = p._get("resume_job", None)
+    if resume is not None:
+        prev = ctx.store.get(resume)
+        if prev is None:
+            raise ParamError("resume_job", f"no such job: {_short(resume)}", "status lists the jobs")
+        if prev.kind != "fit_appearance":
+            raise ParamError("resume_job", f"job {resume} is a {prev.kind} job, not fit_appearance")
+        if prev.state in P.ACTIVE_STATES or prev.out in ctx.store.active_outs():
+            raise ParamError("resume_job", f"job {resume} (or another job on its folder) is still {prev.state}",
+                             "cancel it first, or wait for it to end")
+        base = {k: v for k, v in prev.params.items() if k != "resume_job"}
+        out, resumed = prev.out, prev.job_id
+    subject = p.path("subject", required=True, default=base.get("subject"), kind="dir")
+    if not (Path(subject) / "subject.json").is_file():
+        raise ParamError("subject", f"not a subject folder (no subject.json): {subject}")
+    outfit = p._get("outfit", base.get("outfit"))
+    if outfit is None:
+        raise ParamError("outfit", "is required", "the fit_outfit result folder of this subject")
+    outfit = check_result_folder("outfit", outfit, ("outfit.npz", "posed.npz"))
+    minutes = p._get("minutes", base.get("minutes", d.minutes))
+    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float))
+                                or not math.isfinite(minutes) or not 0 < minutes <= 100000):
+        raise ParamError("minutes", f"must be a number of minutes > 0, got {_short(minutes)}")
+    vgg = p._get("vgg", base.get("vgg"))
+    params = {
+        "subject": subject, "outfit": outfit,
+        "epochs": p.int("epochs", base.get("epochs", d.epochs), 0, 1_000_000),
+        "size": p.int("size", base.get("size", d.size), 32, 4096),
+        "frames": p.frames("frames", base.get("frames", d.frames)),
+        "minutes": None if minutes is None else float(minutes),
+        "vgg": None if vgg is None else check_path("vgg", vgg, "file", (".pth", ".pt")),
+        "seed": p.int("seed", base.get("seed", d.seed), 0, 2**32 - 1),
+        "resume_job": resumed,
+    }
+    return Validated(params, out=out, resumed_from=resumed)
+
+
+def _run_fit_appearance(job: JobContext) -> dict[str, Path]:
+    from ..appearance.fit import AppearanceFitter, AppearanceOptions, FitCancelled
+    from ..data.subject import read_subject
+    prm = job.params
+    options = AppearanceOptions(epochs=prm["epochs"], size=prm["size"], frames=prm["frames"], minutes=prm["minutes"],
+                                vgg=prm["vgg"], seed=prm["seed"], device=job.device,
+                                threads=job.threads or AppearanceOptions.threads)
+    if (job.out / "checkpoint.pt").exists():
+        job.status(f"resuming from {job.out / 'checkpoint.pt'}")
+    subject = read_subject(prm["subject"])
+    job.check_cancel()
+    fitter = AppearanceFitter(subject, prm["outfit"], job.out, options, job.progress, job.should_stop,
+                              preview=job.preview, preview_every_s=FIT_PREVIEW_EVERY_S)
+    try:
+        fitter.run()
+    except FitCancelled as exc:
+        raise JobCancelled(str(exc)) from exc
+    return {name: job.out / f for name, f in APPEARANCE_FILES.items()}
+
+
+register(JobKind("fit_appearance", _validate_fit_appearance, _run_fit_appearance,
+                 "fit neural point descriptors + a rendering U-Net to a subject's frames; bake colours"))
+
+
+# -- render -------------------------------------------------------------------------------------
+
+def _validate_render(p: Params, ctx: SubmitContext) -> dict:
+    app = p._get("app", None)
+    if app is None:
+        raise ParamError("app", "is required", "a fit_appearance result folder")
+    app = check_result_folder("app", app, ("appearance.pt",))
+    outfit = p._get("outfit", None)
+    outfit = app if outfit is None else check_result_folder("outfit", outfit, ("outfit.npz",))
+    if not (Path(outfit) / "outfit.npz").is_file():
+        raise ParamError("outfit", f"no outfit.npz in {outfit}: pass the outfit result the appearance was fitted on")
+    return {"app": app, "outfit": outfit, "betas": p.betas(),
+            "motion": p.path("motion", required=True, kind="file", suffixes=(".npz",)),
+            "up": p.choice("up", "z", ["y", "z"]),
+            "camera": p.path("camera", required=True, kind="file", suffixes=(".npz",))}
+
+
+def _run_render(job: JobContext) -> dict[str, Path]:
+    from ..appearance.neural_render import render_sequence
+    prm = job.params
+    frames = job.out / "frames"
+    summary = render_sequence(prm["app"], frames, motion=prm["motion"], camera=prm["camera"], outfit_dir=prm["outfit"],
+                              betas=prm["betas"], up=prm["up"], progress=job.progress, should_stop=job.should_stop,
+                              device=job.device, threads=job.threads or 1)
+    if summary["cancelled"]:
+        raise JobCancelled(f"render cancelled after {summary['frames']} of {summary['of']} frames")
+    first = frames / summary["first"] if summary["first"] else None
+    return {"frames": frames, "first": first, "render_json": frames / "render.json"}
+
+
+register(JobKind("render", _validate_render, _run_render,
+                 "neural render of a fitted appearance on a motion, body shape and camera (RGBA PNGs)"))

@@ -1,0 +1,411 @@
+"""Fitting an outfit's appearance to a subject's frames (Point-Based Clothing, stage 2): the
+per-point neural descriptors and the rendering U-Net are trained together so that the splatted
+descriptors of the fitted outfit's points render each frame's clothing pixels.
+
+Per step, a batch of training frames, each as a random window around its clothing:
+
+- input: the outfit's posed points that the body does not hide, splatted with their descriptors
+  by a camera that already includes the window and a random affine (rotation, scale, shift);
+- target: the frame where its clothing mask is on, a random colour elsewhere, resampled by the
+  same affine; the prediction is the network's RGB composited over that colour by its mask;
+- loss: L1 + (1 - SSIM) on the composites, Dice on the mask (the paper's -log form), plus the
+  VGG19 perceptual loss when a local VGG19 weights file is given.
+
+Every fourth frame is held out by default (`--frames` picks the training frames). A checkpoint is
+written after every epoch (and when cancelled); running the same command again continues from
+it. Adam, network 1e-3 and descriptors 1e-2 (the paper: 1e-4 and 1e-2 over ~80 much longer
+epochs) with a cosine decay to 5 % over the run, batch 2.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..body import BodyModel, load_body
+from ..data.subject import Subject, read_subject
+from ..device import pick_device
+from ..errors import InputError
+from ..fileio import atomic_path
+from ..fit.outfit_fit import FitCancelled, split_frames
+from .frames import AppearanceFrames, load_appearance_frames, read_outfit_result, training_size
+from .losses import VGGPerceptual, dice_loss, ssim_loss
+from .model import APPEARANCE_VISIBILITY, AppearanceConfig, AppearanceModel
+
+__all__ = ["AppearanceOptions", "AppearanceFitter", "fit_appearance", "FitCancelled"]
+
+Progress = Callable[[str, int, int], None]
+Preview = Callable[[np.ndarray, str, int], None]
+CHECKPOINT_FORMAT = "pointwear-appearance-checkpoint"
+
+
+@dataclass
+class AppearanceOptions:
+    epochs: int = 300                  # passes over the training frames
+    size: int | None = None            # training image size (longer side); None: the frames' own, <= 512
+    frames: list[int] | None = None    # training frames; the rest are held out (default: every 4th held out)
+    minutes: float | None = None       # time budget for training (over resumes); None: epochs only
+    batch: int = 2
+    lr_net: float = 1e-3
+    lr_descriptors: float = 1e-2
+    lr_final: float = 0.05             # cosine decay to this fraction of the learning rates
+    descriptor_dim: int = 16
+    widths: tuple[int, ...] = (16, 32, 64, 128, 256)
+    radius_px: float = 1.5
+    crop: int | None = None            # training window side (square); None: fits the clothing (H, W)
+    l1_weight: float = 1.0
+    ssim_weight: float = 1.0
+    dice_weight: float = 1.0
+    vgg: str | None = None             # path of a local VGG19 state dict; None: no perceptual loss
+    vgg_weight: float = 0.1
+    augment: bool = True
+    rotate_deg: float = 15.0
+    scale: tuple[float, float] = (0.85, 1.15)
+    shift: float = 0.1                 # fraction of the window
+    visibility_threshold: float = APPEARANCE_VISIBILITY
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 1                   # CPU threads for torch (0: torch's default)
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0                     # completed epochs
+    step: int = 0                      # optimiser steps so far
+    pos: int = 0                       # steps done in the current epoch
+    order: Tensor | None = None        # the current epoch's frame order
+    elapsed: float = 0.0               # training seconds so far (over resumes)
+    history: list = field(default_factory=list)
+    resumed_from: dict | None = None
+    losses: list = field(default_factory=list)   # this epoch's step losses
+
+
+def _round_up(x: float, m: int = 16) -> int:
+    return int(math.ceil(x / m) * m)
+
+
+class AppearanceFitter:
+    def __init__(self, subject: Subject, outfit_dir: str | Path, out: str | Path, options: AppearanceOptions,
+                 progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
+                 preview: Preview | None = None, preview_every_s: float = 2.0,
+                 body: BodyModel | None = None) -> None:
+        self.subject, self.outfit_dir, self.out, self.options = subject, Path(outfit_dir), Path(out), options
+        self.progress = progress or (lambda stage, i, n: None)
+        self.should_stop = should_stop or (lambda: False)
+        # Previews (target | render of the first training frame) go to APP/preview/latest.png after
+        # the first step and then at most every `preview_every_s` seconds, and to `preview` if given.
+        self.preview, self.preview_every_s, self._preview_at = preview, preview_every_s, None
+        self.previews = True
+        self.device = pick_device(options.device)
+        if self.device.type == "cpu" and options.threads > 0:
+            torch.set_num_threads(options.threads)
+        if options.epochs < 0 or options.batch < 1:
+            raise InputError(f"epochs must be >= 0 and batch >= 1, got {options.epochs}, {options.batch}",
+                             field="--epochs")
+        self.outfit, posed = read_outfit_result(self.outfit_dir, subject)
+        self.body = body or load_body(subject.meta.get("body", "default"), subject.meta.get("gender", "neutral"),
+                                      device=self.device)
+        self.train_ids, self.held_ids = split_frames(subject.num_frames, options.frames)
+        self._check_masks()
+        self.size = training_size(subject.image_size, options.size)
+        load = lambda ids: load_appearance_frames(subject, self.body, posed["points"], ids, self.size,  # noqa: E731
+                                                  self.device, options.visibility_threshold)
+        self.train = load(self.train_ids)
+        self.held = load(self.held_ids) if self.held_ids else None
+        self._check_points()
+        self.crop = self._crop_size()
+        self.config = AppearanceConfig(
+            num_points=int(self.outfit["points"].shape[0]), descriptor_dim=options.descriptor_dim,
+            widths=tuple(options.widths), radius_px=options.radius_px, size=self.size, crop=self.crop,
+            px_per_m=self._px_per_m(), visibility_threshold=options.visibility_threshold,
+            drape=str(self.outfit["drape"]), code=[float(c) for c in np.asarray(self.outfit["code"]).reshape(-1)],
+            betas=[float(b) for b in np.asarray(self.outfit["betas"]).reshape(-1)],
+            body=str(self.outfit.get("body", "default")), gender=str(self.outfit.get("gender", "neutral")))
+        self.rng = torch.Generator().manual_seed(options.seed)
+        self.model = AppearanceModel(self.config, seed=options.seed).to(self.device)
+        self.optimizer = torch.optim.Adam([
+            {"params": self.model.net.parameters(), "lr": options.lr_net, "base_lr": options.lr_net},
+            {"params": self.model.descriptors.parameters(), "lr": options.lr_descriptors,
+             "base_lr": options.lr_descriptors}], betas=(0.9, 0.999))
+        self.vgg = VGGPerceptual(options.vgg).to(self.device) if options.vgg else None
+        self.ckpt_path = self.out / "checkpoint.pt"
+
+    # -- checks ---------------------------------------------------------------------------------
+    def _check_masks(self) -> None:
+        empty = [i for i in self.train_ids if not self.subject.mask(i).any()]
+        if empty:
+            raise InputError(f"clothing masks of training frames {empty} are empty: no clothing pixels to learn "
+                             "the appearance from", file=self.subject.root / "masks",
+                             hint="leave them out with --frames")
+        held_empty = [i for i in self.held_ids if not self.subject.mask(i).any()]
+        if held_empty:
+            warnings.warn(f"{self.subject.root / 'masks'}: held-out frames {held_empty} have no clothing pixels; "
+                          "they are left out of the held-out scores")
+            self.held_ids = [i for i in self.held_ids if i not in held_empty]
+
+    def _check_points(self) -> None:
+        none = [i for k, i in enumerate(self.train.ids) if not bool(self.train.visible[k].any())]
+        if none:
+            raise InputError(f"no outfit point is visible in training frames {none}",
+                             file=self.outfit_dir / "posed.npz", field="points",
+                             hint="is this the outfit fitted on this subject? leave those frames out with --frames")
+
+    def _crop_size(self) -> tuple[int, int]:
+        """Training window (height, width): the largest clothing mask's height and width plus a
+        16 px margin each side, multiples of 16, at most the image's (rounded up to 16). The
+        U-Net's cost grows with the window's area, so it is as small as holds the clothing;
+        scaled-up or rotated items may lose a few pixels at the edge (one more augmentation).
+        Points outside the mask (a fitted outfit may reach past the clothing, e.g. trouser legs
+        over shorts) are covered by moving the window over them (see `_affines`): the network
+        must learn to give them no mask."""
+        if self.options.crop:
+            return _round_up(self.options.crop), _round_up(self.options.crop)
+        boxes = self.train.mask_boxes
+        ext = (boxes[:, 2:] - boxes[:, :2]).max(0).values + 1            # (width, height)
+        h, w = self.size
+        return (min(_round_up(float(ext[1]) + 32), _round_up(h)), min(_round_up(float(ext[0]) + 32), _round_up(w)))
+
+    def _px_per_m(self) -> float:
+        f = 0.5 * (self.train.K[:, 0, 0] + self.train.K[:, 1, 1])
+        z = torch.stack([self.train.points[k, self.train.visible[k], 2].median() for k in range(len(self.train))])
+        return float((f / z).median())
+
+    # -- one batch ------------------------------------------------------------------------------
+    def _affines(self, frames: AppearanceFrames, idx: Tensor, augment: bool) -> Tensor:
+        """(B, 3, 3) pixel transforms from image to window: window centre on the clothing's
+        centre, then a random rotation, scale and shift (about the window centre). When the
+        clothing and its points reach beyond the window, the centre moves randomly over them."""
+        B = idx.numel()
+        C = torch.tensor([self.crop[1], self.crop[0]], dtype=torch.float32)    # (width, height)
+        o = self.options
+        g = self.rng
+        box = frames.boxes[idx].cpu()
+        centre = 0.5 * (box[:, :2] + box[:, 2:])
+        if augment:
+            room = ((box[:, 2:] - box[:, :2]) - 0.75 * C).clamp(min=0) / 2       # (B, 2) px either way
+            centre = centre + (torch.rand(B, 2, generator=g) * 2 - 1) * room
+            angle = (torch.rand(B, generator=g) * 2 - 1) * math.radians(o.rotate_deg)
+            scale = o.scale[0] + torch.rand(B, generator=g) * (o.scale[1] - o.scale[0])
+            shift = (torch.rand(B, 2, generator=g) * 2 - 1) * o.shift * C
+        else:
+            angle, scale, shift = torch.zeros(B), torch.ones(B), torch.zeros(B, 2)
+        cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+        A = torch.zeros(B, 3, 3)
+        A[:, 0, 0], A[:, 0, 1], A[:, 1, 0], A[:, 1, 1] = cos, -sin, sin, cos
+        A[:, 2, 2] = 1
+        c_win = (C - 1) / 2 + shift
+        A[:, :2, 2] = c_win - torch.einsum("bij,bj->bi", A[:, :2, :2], centre)
+        return A.to(self.device)
+
+    def _targets(self, frames: AppearanceFrames, idx: Tensor, A: Tensor) -> tuple[Tensor, Tensor]:
+        """The frames' RGB and masks resampled into the windows: (B,3,ch,cw), (B,1,ch,cw)."""
+        ch, cw = self.crop
+        h, w = frames.size
+        inv = torch.linalg.inv(A)
+        ys, xs = torch.meshgrid(torch.arange(ch, device=self.device, dtype=torch.float32),
+                                torch.arange(cw, device=self.device, dtype=torch.float32), indexing="ij")
+        q = torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(-1, 3)            # (ch*cw, 3)
+        p = torch.einsum("bij,nj->bni", inv, q)[..., :2]                              # image px
+        grid = torch.stack([(2 * p[..., 0] + 1) / w - 1, (2 * p[..., 1] + 1) / h - 1], -1).reshape(-1, ch, cw, 2)
+        src = torch.cat([frames.images[idx], frames.masks[idx]], 1)
+        out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return out[:, :3], out[:, 3:].clamp(0, 1)
+
+    def batch_loss(self, frames: AppearanceFrames, idx: Tensor, augment: bool = True) -> tuple[Tensor, dict]:
+        A = self._affines(frames, idx, augment and self.options.augment)
+        K = A @ frames.K[idx]
+        rgb, mask = self.model(frames.points[idx], frames.visible[idx], K, self.crop)
+        with torch.no_grad():
+            image, target_mask = self._targets(frames, idx, A)
+            if augment:
+                bg = torch.rand(idx.numel(), 3, 1, 1, generator=self.rng).to(self.device) * 2 - 1
+            else:
+                bg = torch.zeros(idx.numel(), 3, 1, 1, device=self.device)
+            target = image * target_mask + bg * (1 - target_mask)
+        pred = rgb * mask + bg * (1 - mask)
+        o = self.options
+        terms = {"l1": (pred - target).abs().mean(), "ssim": ssim_loss(pred, target),
+                 "dice": dice_loss(mask, target_mask)}
+        total = o.l1_weight * terms["l1"] + o.ssim_weight * terms["ssim"] + o.dice_weight * terms["dice"]
+        if self.vgg is not None:
+            terms["vgg"] = self.vgg(pred, target)
+            total = total + o.vgg_weight * terms["vgg"]
+        return total, {k: float(v.detach()) for k, v in terms.items()}
+
+    # -- training -------------------------------------------------------------------------------
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, math.ceil(len(self.train) / self.options.batch))
+
+    def _lr_factor(self, state: TrainState) -> float:
+        o = self.options
+        total = max(1, o.epochs * self.steps_per_epoch)
+        p = state.step / total
+        if o.minutes:
+            p = max(p, state.elapsed / (60.0 * o.minutes))
+        p = min(max(p, 0.0), 1.0)
+        return o.lr_final + (1 - o.lr_final) * 0.5 * (1 + math.cos(math.pi * p))
+
+    def _batch_ids(self, state: TrainState) -> Tensor:
+        B, n = self.options.batch, len(self.train)
+        idx = state.order[state.pos * B:(state.pos + 1) * B]
+        if idx.numel() < B:      # the epoch's last, short batch: fill it with other frames (BatchNorm wants > 1)
+            extra = torch.randint(0, n, (B - idx.numel(),), generator=self.rng)
+            idx = torch.cat([idx, extra])
+        return idx.to(self.device)
+
+    def _out_of_time(self, state: TrainState) -> bool:
+        return self.options.minutes is not None and state.elapsed >= 60.0 * self.options.minutes
+
+    def train_loop(self, state: TrainState) -> None:
+        o = self.options
+        total = o.epochs * self.steps_per_epoch
+        self.model.train()
+        t_last = time.monotonic()
+        while state.epoch < o.epochs and not self._out_of_time(state):
+            if state.order is None:
+                state.order = torch.randperm(len(self.train), generator=self.rng)
+            while state.pos < self.steps_per_epoch:
+                if self.should_stop():
+                    self.save_checkpoint(state)
+                    raise FitCancelled(f"appearance fit cancelled in epoch {state.epoch + 1} at step {state.step}")
+                now = time.monotonic()
+                state.elapsed += now - t_last
+                t_last = now
+                if self._out_of_time(state):
+                    break
+                factor = self._lr_factor(state)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = group["base_lr"] * factor
+                loss, terms = self.batch_loss(self.train, self._batch_ids(state))
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                state.losses.append(terms | {"total": float(loss.detach())})
+                state.pos += 1
+                state.step += 1
+                self.progress("train", state.step, total)
+                if self.previews:
+                    self._maybe_preview(state)
+            now = time.monotonic()
+            state.elapsed += now - t_last
+            t_last = now
+            if state.pos >= self.steps_per_epoch:
+                state.epoch += 1
+                state.pos, state.order = 0, None
+                state.history.append(self._epoch_summary(state))
+                state.losses = []
+            self.save_checkpoint(state)
+
+    def _epoch_summary(self, state: TrainState) -> dict:
+        keys = state.losses[0].keys() if state.losses else []
+        row = {"epoch": state.epoch, "step": state.step, "seconds": round(state.elapsed, 1)}
+        row.update({k: round(float(np.mean([s[k] for s in state.losses])), 5) for k in keys})
+        return row
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def save_checkpoint(self, state: TrainState) -> None:
+        payload = {"format": CHECKPOINT_FORMAT, "model": self.model.payload(),
+                   "optimizer": self.optimizer.state_dict(), "epoch": state.epoch, "step": state.step,
+                   "pos": state.pos, "order": state.order, "elapsed": state.elapsed, "history": state.history,
+                   "losses": state.losses, "rng": self.rng.get_state(),
+                   "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.options).items()},
+                   "train_ids": self.train_ids}
+        with atomic_path(self.ckpt_path) as tmp:
+            torch.save(payload, tmp)
+
+    def load_checkpoint(self) -> TrainState:
+        state = TrainState()
+        if not self.ckpt_path.exists():
+            return state
+        path = self.ckpt_path
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"cannot read the appearance checkpoint ({type(exc).__name__}: {exc}); delete it "
+                             "to start over", file=path) from None
+        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise InputError("not an appearance fit checkpoint; delete it to start over", file=path, field="format")
+        saved = AppearanceModel.from_payload(ckpt["model"], path)
+        saved.descriptors.check(self.config.num_points, self.config.descriptor_dim, file=path, field="descriptors")
+        if list(saved.config.widths) != list(self.config.widths):
+            raise InputError(f"network widths {list(saved.config.widths)} differ from this fit's "
+                             f"{list(self.config.widths)}", file=path, field="widths",
+                             hint="delete the checkpoint to start over")
+        if saved.config.drape != self.config.drape or tuple(saved.config.size) != tuple(self.config.size):
+            raise InputError(f"the checkpoint was fitted for drape {saved.config.drape!r} at "
+                             f"{tuple(saved.config.size)} px, this fit is {self.config.drape!r} at "
+                             f"{tuple(self.config.size)} px", file=path, field="config",
+                             hint="use the same --outfit and --size, or delete the checkpoint to start over")
+        if list(ckpt.get("train_ids", self.train_ids)) != list(self.train_ids):
+            raise InputError(f"the checkpoint trained on frames {ckpt.get('train_ids')}, this fit on "
+                             f"{self.train_ids}", file=path, field="train_ids",
+                             hint="use the same --frames, or delete the checkpoint to start over")
+        self.crop = tuple(saved.config.crop)
+        self.config = saved.config
+        self.model = saved.to(self.device)
+        self.optimizer = torch.optim.Adam([
+            {"params": self.model.net.parameters(), "lr": self.options.lr_net, "base_lr": self.options.lr_net},
+            {"params": self.model.descriptors.parameters(), "lr": self.options.lr_descriptors,
+             "base_lr": self.options.lr_descriptors}], betas=(0.9, 0.999))
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        for group, base in zip(self.optimizer.param_groups, (self.options.lr_net, self.options.lr_descriptors)):
+            group["base_lr"] = base
+        self.rng.set_state(ckpt["rng"])
+        state = TrainState(epoch=int(ckpt["epoch"]), step=int(ckpt["step"]), pos=int(ckpt["pos"]),
+                           order=ckpt.get("order"), elapsed=float(ckpt["elapsed"]), history=list(ckpt["history"]),
+                           losses=list(ckpt.get("losses") or []))
+        state.resumed_from = {"epoch": state.epoch, "step": state.step, "pos": state.pos}
+        return state
+
+    # -- previews -------------------------------------------------------------------------------
+    def _maybe_preview(self, state: TrainState) -> None:
+        now = time.monotonic()
+        if self._preview_at is not None and now - self._preview_at < self.preview_every_s:
+            return
+        self._preview_at = now
+        try:
+            image = self.preview_image()
+            from .outputs import write_png
+            write_png(self.out / "preview" / "latest.png", image)
+        except Exception as exc:  # noqa: BLE001 - a preview never stops a fit
+            warnings.warn(f"appearance preview failed, previews are off: {type(exc).__name__}: {exc}")
+            self.previews = False
+            return
+        if self.preview is not None:
+            self.preview(image, "train", state.step)
+
+    @torch.no_grad()
+    def preview_image(self, k: int = 0) -> np.ndarray:
+        """Target | render of training frame k over grey, cut to the clothing and enlarged to
+        >= 256 px high: (h, 2w, 3) uint8."""
+        from .outputs import side_by_side
+        f = self.train
+        rgb, mask = self.model.render(f.points[k:k + 1], f.visible[k:k + 1], f.K[k:k + 1], f.size)
+        return side_by_side(f.images[k], f.masks[k], rgb[0], mask[0], f.mask_boxes[k], self.crop)
+
+    # -- the whole fit --------------------------------------------------------------------------
+    def run(self) -> dict:
+        t0 = time.time()
+        self.out.mkdir(parents=True, exist_ok=True)
+        state = self.load_checkpoint()
+        self.train_loop(state)
+        from .outputs import write_outputs
+        return write_outputs(self, state, time.time() - t0)
+
+
+def fit_appearance(subject_dir: str | Path, outfit_dir: str | Path, out: str | Path, options: AppearanceOptions,
+                   progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
+                   preview: Preview | None = None) -> dict:
+    """Fit the appearance of the outfit in `outfit_dir` (a fit-outfit result) to the subject's frames
+    and write the result folder `out` (see outputs.py)."""
+    subject = read_subject(subject_dir)
+    return AppearanceFitter(subject, outfit_dir, out, options, progress, should_stop, preview).run()

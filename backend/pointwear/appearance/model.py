@@ -1,0 +1,294 @@
+"""The fitted appearance of one outfit: per-point descriptors + the rendering U-Net + the settings
+they were fitted with, and how they render clothing points seen by any camera.
+
+Rendering (training, evaluation and `pointwear render` share it):
+
+1. The posed clothing points (camera space) that the body does not hide (`visible_points` with
+   the paper's appearance threshold, 2.5 x 2e-3 x 10 m = 5 cm behind the rasterised body) are
+   splatted with their descriptors (`render.splat`, radius 1.5 px, 8 points per pixel): 16
+   descriptor channels + coverage.
+2. The U-Net (eval mode) turns that into RGB in [-1, 1] and a clothing mask in [0, 1].
+
+Only a window around the projected points is rendered: the points' bounding box plus a margin
+(`RENDER_MARGIN_PX` at the training scale), clipped to the image; outside it the mask is 0. The
+network is fully convolutional and was trained on such windows (random crops around the
+clothing), so this is what it knows, and it is much cheaper than the whole frame when the
+clothing covers a small part of it. The predicted mask is also cut to 0 farther than
+`MASK_REACH_PX` from every splatted point (a network leaves a faint haze over empty background).
+
+Scale: the network learned descriptors splatted at the training images' pixel density (pixels
+per metre at the clothing, `px_per_m` in the config). When a camera sees the clothing at a very
+different density (more than 1.25x or less than 0.8x), the window is rendered at the training
+density (0.25x .. 4x) and resampled to the camera's pixels, so the splats stay as dense as in
+training.
+
+`appearance.pt` (torch.save, loaded with ``weights_only=True``)::
+
+    {"format": "pointwear-appearance", "version": 1,
+     "config": {descriptor_dim, widths, radius_px, k, size [H, W], crop [H, W], px_per_m,
+                visibility_threshold, num_points, drape, code, betas, body, gender},
+     "net": RenderNet state dict, "descriptors": (P, descriptor_dim) float32}
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import InputError
+from ..fileio import atomic_path
+from ..render.rasterizer import project
+from ..render.splat import splat
+from .descriptors import PointDescriptors
+from .unet import RenderNet
+
+__all__ = ["AppearanceConfig", "AppearanceModel", "APPEARANCE_VISIBILITY", "RENDER_MARGIN_PX",
+           "scale_intrinsics", "load_appearance", "FORMAT"]
+
+FORMAT = "pointwear-appearance"
+VERSION = 1
+# The paper's appearance rule: hidden when more than 2.5 x visibility_thr (2e-3) x the depth range
+# (10 m) behind the body, i.e. 5 cm (see fit/visibility.py for the metric form).
+APPEARANCE_VISIBILITY = 2.5 * 2e-3 * 10.0
+RENDER_MARGIN_PX = 24     # window margin around the projected points, at the training scale
+MASK_REACH_PX = 8         # the rendered mask is cut farther than this from every splatted point
+SCALE_TOLERANCE = (0.8, 1.25)
+SCALE_RANGE = (0.25, 4.0)
+
+
+@dataclass
+class AppearanceConfig:
+    num_points: int
+    descriptor_dim: int = 16
+    widths: tuple[int, ...] = (16, 32, 64, 128, 256)
+    radius_px: float = 1.5
+    k: int = 8
+    size: tuple[int, int] = (256, 256)        # training images (H, W)
+    crop: tuple[int, int] = (128, 128)         # training windows (H, W) px
+    px_per_m: float = 0.0                      # median fx / z of the clothing in training frames
+    visibility_threshold: float = APPEARANCE_VISIBILITY
+    drape: str = ""
+    code: list[float] = field(default_factory=list)
+    betas: list[float] = field(default_factory=list)
+    body: str = "default"
+    gender: str = "neutral"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["widths"], d["size"], d["crop"] = list(self.widths), list(self.size), list(self.crop)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, file: str | Path | None = None) -> "AppearanceConfig":
+        try:
+            out = cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+            out.widths = tuple(int(w) for w in out.widths)
+            out.size = (int(out.size[0]), int(out.size[1]))
+            out.crop = (int(out.crop[0]), int(out.crop[1]))
+            out.num_points, out.descriptor_dim = int(out.num_points), int(out.descriptor_dim)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise InputError(f"not an appearance config ({type(exc).__name__}: {exc})", file=file,
+                             field="config") from None
+        return out
+
+
+def scale_intrinsics(K: Tensor, sx: float, sy: float | None = None) -> Tensor:
+    """K for an image resized by (sx, sy), pixel centres at integer coordinates:
+    u' = sx (u + 0.5) - 0.5."""
+    sy = sx if sy is None else sy
+    S = torch.tensor([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]],
+                     dtype=K.dtype, device=K.device)
+    return S @ K
+
+
+def shift_intrinsics(K: Tensor, x0: float, y0: float) -> Tensor:
+    """K of the window whose top-left pixel is (x0, y0) of the image."""
+    K = K.clone()
+    K[..., 0, 2] -= x0
+    K[..., 1, 2] -= y0
+    return K
+
+
+class AppearanceModel(nn.Module):
+    """Descriptors + network + config. `forward` is the training path (splat + net on given
+    cameras and window sizes); `render` the inference path (windows, eval mode, no grad)."""
+
+    def __init__(self, config: AppearanceConfig, seed: int | None = None) -> None:
+        """seed: the descriptors' and the network's initial values (None: torch's global RNG)."""
+        super().__init__()
+        self.config = config
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            self.descriptors = PointDescriptors(config.num_points, config.descriptor_dim)
+            self.net = RenderNet(config.descriptor_dim + 1, config.widths)
+
+    # -- training path --------------------------------------------------------------------------
+    def splat_input(self, points: Tensor, visible: Tensor, K: Tensor, size: tuple[int, int]) -> Tensor:
+        """(B, dim + 1, h, w): descriptors splatted by cameras K (B,3,3) into (h, w) images."""
+        c = self.config
+        return splat(points, self.descriptors(), K, size, radius_px=c.radius_px, k=c.k, visible=visible)
+
+    def forward(self, points: Tensor, visible: Tensor, K: Tensor, size: tuple[int, int]
+                ) -> tuple[Tensor, Tensor]:
+        return self.net(self.splat_input(points, visible, K, size))
+
+    # -- inference ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def render(self, points: Tensor, visible: Tensor, K: Tensor, image_size: tuple[int, int],
+               margin: int = RENDER_MARGIN_PX, rescale: bool = True) -> tuple[Tensor, Tensor]:
+        """RGB (B,3,H,W) in [-1,1] (0 outside the window) and mask (B,1,H,W) for posed points
+        (B,P,3) in camera space, visibility (B,P) bool and intrinsics K (B,3,3) or (3,3).
+        The network runs in eval mode; its train/eval mode is restored afterwards."""
+        was = self.net.training
+        self.net.eval()
+        try:
+            B = points.shape[0]
+            K = K.to(points).expand(B, 3, 3)
+            H, W = (int(s) for s in image_size)
+            rgb = points.new_zeros(B, 3, H, W)
+            mask = points.new_zeros(B, 1, H, W)
+            for b in range(B):
+                self._render_one(points[b], visible[b], K[b], (H, W), margin, rescale, rgb[b], mask[b])
+            return rgb, mask
+        finally:
+            self.net.train(was)
+
+    def render_scale(self, points: Tensor, visible: Tensor, K: Tensor) -> float:
+        """Factor to bring this view to the training pixel density (1 when close enough)."""
+        target = float(self.config.px_per_m)
+        z = points[visible, 2]
+        z = z[z > 1e-3]
+        if not rescale_possible(target, z):
+            return 1.0
+        here = float(0.5 * (K[0, 0] + K[1, 1])) / float(z.median())
+        r = target / here
+        if SCALE_TOLERANCE[0] <= r <= SCALE_TOLERANCE[1]:
+            return 1.0
+        return float(min(max(r, SCALE_RANGE[0]), SCALE_RANGE[1]))
+
+    def _render_one(self, pts: Tensor, vis: Tensor, K: Tensor, size: tuple[int, int], margin: int,
+                    rescale: bool, rgb_out: Tensor, mask_out: Tensor) -> None:
+        H, W = size
+        r = self.render_scale(pts, vis, K) if rescale else 1.0
+        h, w = max(1, round(H * r)), max(1, round(W * r))
+        Ks = scale_intrinsics(K, w / W, h / H) if r != 1.0 else K
+        window = _window(pts, vis, Ks, (h, w), margin)
+        if window is None:
+            return
+        x0, y0, x1, y1 = window
+        x = splat(pts[None], self.descriptors(), shift_intrinsics(Ks, x0, y0)[None], (y1 - y0, x1 - x0),
+                  radius_px=self.config.radius_px, k=self.config.k, visible=vis[None])
+        c_rgb, c_mask = self.net(x)
+        c_mask = c_mask * near_points(x[:, -1:])
+        if r == 1.0:
+            rgb_out[:, y0:y1, x0:x1] = c_rgb[0]
+            mask_out[:, y0:y1, x0:x1] = c_mask[0]
+            return
+        # Paste into the training-density canvas, then resample that canvas to the camera's pixels.
+        canvas = pts.new_zeros(1, 4, h, w)
+        canvas[0, :3, y0:y1, x0:x1] = c_rgb[0] * c_mask[0]        # premultiplied: clean edges
+        canvas[0, 3:, y0:y1, x0:x1] = c_mask[0]
+        mode = "area" if r > 1.0 else "bilinear"
+        out = F.interpolate(canvas, size=(H, W), mode=mode, **({} if mode == "area" else {"align_corners": False}))
+        m = out[0, 3:].clamp(0, 1)
+        mask_out.copy_(m)
+        rgb_out.copy_(torch.where(m > 1e-4, out[0, :3] / m.clamp(min=1e-4), torch.zeros_like(out[0, :3])).clamp(-1, 1))
+
+    # -- files ----------------------------------------------------------------------------------
+    def payload(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "config": self.config.to_dict(),
+                "net": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+                "descriptors": self.descriptors.descriptors.detach().cpu().clone()}
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            torch.save(self.payload(), tmp)
+        return path
+
+    @classmethod
+    def from_payload(cls, payload: dict, file: str | Path | None = None,
+                     device: torch.device | str = "cpu") -> "AppearanceModel":
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise InputError("not a Pointwear appearance checkpoint (no 'format': "
+                             f"'{FORMAT}')", file=file, field="format")
+        config = AppearanceConfig.from_dict(payload.get("config") or {}, file)
+        desc = payload.get("descriptors")
+        if not isinstance(desc, Tensor):
+            raise InputError("missing descriptors", file=file, field="descriptors")
+        loaded = PointDescriptors.from_tensor(desc, file=file, field="descriptors")
+        # The config and the stored descriptors must agree (a hand-edited or mixed-up file).
+        loaded.check(config.num_points, config.descriptor_dim, file=file, field="descriptors")
+        model = cls(config)
+        model.descriptors = loaded
+        try:
+            model.net.load_state_dict(payload["net"])
+        except (KeyError, RuntimeError) as exc:
+            raise InputError(f"network weights do not fit the configured network "
+                             f"(in_channels {config.descriptor_dim + 1}, widths {list(config.widths)}): "
+                             f"{str(exc).splitlines()[0]}", file=file, field="net") from None
+        return model.to(device)
+
+
+def near_points(coverage: Tensor, reach: int = MASK_REACH_PX) -> Tensor:
+    """(B,1,h,w) 1 within `reach` px (Chebyshev) of a splatted point, else 0: the mask is cut
+    there, so the faint haze a network leaves over empty background never shows in a render."""
+    k = 2 * reach + 1
+    return (F.max_pool2d(coverage, k, stride=1, padding=reach) > 1e-3).to(coverage.dtype)
+
+
+def rescale_possible(target: float, z: Tensor) -> bool:
+    return target > 0 and math.isfinite(target) and z.numel() > 0
+
+
+def _window(pts: Tensor, vis: Tensor, K: Tensor, size: tuple[int, int], margin: int
+            ) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) pixel window around the visible points that project into the image
+    (their bounding box + margin, clipped to the image), or None when none does."""
+    H, W = size
+    ok = vis & (pts[:, 2] > 1e-3)
+    if not bool(ok.any()):
+        return None
+    uv, _ = project(pts[ok], K)
+    inside = (uv[:, 0] > -margin) & (uv[:, 0] < W - 1 + margin) & (uv[:, 1] > -margin) & (uv[:, 1] < H - 1 + margin)
+    if not bool(inside.any()):
+        return None
+    uv = uv[inside]
+    lo = torch.floor(uv.min(0).values).long() - margin
+    hi = torch.ceil(uv.max(0).values).long() + margin + 1
+    x0, y0 = max(0, int(lo[0])), max(0, int(lo[1]))
+    x1, y1 = min(W, int(hi[0])), min(H, int(hi[1]))
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return x0, y0, x1, y1
+
+
+def load_appearance(path: str | Path, device: torch.device | str = "cpu") -> AppearanceModel:
+    """Read `appearance.pt` (weights_only=True) into an AppearanceModel."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "appearance.pt"
+    if not path.is_file():
+        raise InputError("no appearance.pt here: is this a finished fit-appearance result folder?", file=path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"cannot read the appearance checkpoint ({type(exc).__name__}: {exc})", file=path) from None
+    return AppearanceModel.from_payload(payload, path, device)
+
+
+def to_uint8(rgb: Tensor) -> np.ndarray:
+    """(3,H,W) in [-1,1] -> (H,W,3) uint8."""
+    return ((rgb.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def rgba_uint8(rgb: Tensor, mask: Tensor) -> np.ndarray:
+    """(3,H,W) in [-1,1] and (1,H,W) in [0,1] -> (H,W,4) uint8, straight (not premultiplied) alpha."""
+    a = (mask.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return np.concatenate([to_uint8(rgb), a], -1)

@@ -1,0 +1,185 @@
+"""Appearance fitting quality and neural rendering speed on 2 CPU cores.
+
+A synthetic subject of 16 frames at 256 x 256 (tshirt-shorts; frames 3, 7, 11, 15 held out) with
+its outfit fitted by `pointwear fit-outfit` at default settings (both cached in
+out/bench_appearance/), then `pointwear fit-appearance` at its default settings, timed wall clock
+as a command (setup, training, baking, evaluation, outputs). Targets: held-out SSIM >= 0.85 and
+PSNR >= 24 dB inside the clothing mask after at most 10 minutes; better held-out SSIM than the
+baked-colour baseline. Then `pointwear render` of a 48-frame walk (tracking camera, 256 x 256),
+on the subject's body and on another body shape: >= 5 frames/s, measured per frame as pose +
+visibility + splat + U-Net (file writing excluded; the rate with writing is reported too).
+Writes the section "Appearance fitting and neural rendering" of docs/benchmarks.md.
+
+    .venv/bin/python scripts/bench_appearance.py [--seeds 1] [--no-write] [--fresh]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from benchdoc import machine, publish  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTION = "Appearance fitting and neural rendering"
+CACHE = ROOT / "out" / "bench_appearance"
+EXE = [sys.executable, "-m", "pointwear"]
+TARGETS = {"ssim": 0.85, "psnr": 24.0, "minutes": 10.0, "fps": 5.0}
+
+
+def run(args: list[str], **kw) -> subprocess.CompletedProcess:
+    r = subprocess.run(EXE + args, capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        raise SystemExit(f"failed: pointwear {' '.join(args)}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+def prepare(seed: int, fresh: bool) -> tuple[Path, Path, dict]:
+    """The cached subject and its default outfit fit (made once per seed)."""
+    base = CACHE / f"seed{seed}"
+    subject, outfit = base / "subject", base / "outfit"
+    if fresh:
+        shutil.rmtree(base, ignore_errors=True)
+    if not (subject / "subject.json").is_file():
+        shutil.rmtree(subject, ignore_errors=True)
+        run(["synth", str(subject), "--frames", "16", "--size", "256", "--seed", str(seed),
+             "--outfit", "tshirt-shorts", "--sheet"])
+    info = {"textures": json.loads((subject / "truth" / "outfit.json").read_text())["textures"]}
+    if not (outfit / "result.json").is_file():
+        t0 = time.perf_counter()
+        run(["fit-outfit", str(subject), "--out", str(outfit)])
+        info["outfit_seconds"] = time.perf_counter() - t0
+    result = json.loads((outfit / "result.json").read_text())
+    info |= {"drape": result["drape"], "points": result["points"], "outfit_iou": result["metrics"]["heldout"]["iou"]}
+    return subject, outfit, info
+
+
+def walk_and_camera(folder: Path, app: Path, frames: int = 48) -> tuple[Path, Path]:
+    """A travelling walk (Y-up) and a camera following it at the training pixel density."""
+    import torch
+
+    from pointwear.appearance.camera import intrinsics, look_at, write_camera
+    from pointwear.data.motion import walking_motion, write_motion
+    motion = walking_motion(frames, fps=24.0, speed=1.0, seed=0)
+    motion_path = write_motion(folder / "walk.npz", motion, up="y")
+    from pointwear.body import load_body
+    config = torch.load(app / "appearance.pt", weights_only=True)["config"]
+    body = load_body(config["body"], config["gender"], device="cpu")
+    pelvis = body.shaped(config["betas"])[1][0, 0].numpy()
+    K = intrinsics((256, 256), 40.0)
+    distance = K[0, 0] / config["px_per_m"]           # the clothing as dense in pixels as in training
+    mats = []
+    for t in range(frames):
+        target = motion.transl[t] + pelvis + np.array([0.0, 0.15, 0.0])   # mid-torso
+        angle = np.deg2rad(30.0 * np.sin(2 * np.pi * t / frames))     # swing around the walker
+        eye = target + distance * np.array([np.sin(angle), 0.05, np.cos(angle)])
+        mats.append(look_at(eye, target))
+    camera = write_camera(folder / "camera.npz", K, (256, 256), np.stack(mats))
+    return motion_path, camera
+
+
+def bench_seed(seed: int, fresh: bool, extra: list[str]) -> dict:
+    subject, outfit, info = prepare(seed, fresh)
+    app = CACHE / f"seed{seed}" / "app"
+    shutil.rmtree(app, ignore_errors=True)
+    t0 = time.perf_counter()
+    run(["fit-appearance", str(subject), "--outfit", str(outfit), "--out", str(app), *extra])
+    fit_seconds = time.perf_counter() - t0
+    result = json.loads((app / "result.json").read_text())
+    folder = CACHE / f"seed{seed}"
+    motion, camera = walk_and_camera(folder, app)
+    renders = {}
+    for name, betas in (("subject body", None), ("betas 2 -1.5", "2 -1.5")):
+        out = folder / f"render_{name.split()[0]}"
+        shutil.rmtree(out, ignore_errors=True)
+        args = ["render", str(app), "--motion", str(motion), "--up", "y", "--camera", str(camera), "--out", str(out)]
+        run(args + (["--betas", betas] if betas else []))
+        renders[name] = json.loads((out / "render.json").read_text())
+    strip(folder, app)
+    return {"seed": seed, **info, "fit_seconds": fit_seconds, "result": result, "renders": renders}
+
+
+def strip(folder: Path, app: Path) -> None:
+    """docs-sized pictures: the held-out sheet and a strip of rendered walk frames."""
+    import imageio.v3 as iio
+    frames = []
+    for sub in ("render_subject", "render_betas"):
+        for i in (0, 12, 24, 36):
+            rgba = iio.imread(folder / sub / f"{i:06d}.png").astype(np.float32)
+            a = rgba[..., 3:] / 255
+            ys, xs = np.nonzero(a[..., 0] > 0.5)
+            cy, cx = (int(ys.mean()), int(xs.mean())) if len(ys) else (128, 128)
+            y0, x0 = min(max(cy - 80, 0), 256 - 160), min(max(cx - 56, 0), 256 - 112)
+            frames.append((rgba[..., :3] * a + 235 * (1 - a)).astype(np.uint8)[y0:y0 + 160, x0:x0 + 112])
+    iio.imwrite(folder / "render_strip.png", np.concatenate(frames, 1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1])
+    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--fresh", action="store_true", help="re-make the cached subject and outfit fit")
+    ap.add_argument("--images", action="store_true", help="copy the first seed's pictures to docs/images/")
+    ap.add_argument("fit_args", nargs="*", help="extra fit-appearance arguments (after --)")
+    args = ap.parse_args()
+    rows = []
+    for seed in args.seeds:
+        rows.append(bench_seed(seed, args.fresh, args.fit_args))
+        r = rows[-1]
+        print(json.dumps({k: v for k, v in r.items() if k not in ("result", "renders")}), flush=True)
+        print(json.dumps(r["result"]["metrics"]), flush=True)
+    if args.images:
+        folder = CACHE / f"seed{args.seeds[0]}"
+        shutil.copyfile(folder / "app" / "heldout_sheet.png", ROOT / "docs" / "images" / "appearance_heldout.png")
+        shutil.copyfile(folder / "render_strip.png", ROOT / "docs" / "images" / "appearance_render.png")
+
+    opts = rows[0]["result"]["options"]
+    lines = [f"`.venv/bin/python scripts/bench_appearance.py --seeds {' '.join(map(str, args.seeds))}` on "
+             f"{time.strftime('%Y-%m-%d')}; {machine()}; 1 torch thread; load average at the end "
+             f"{os.getloadavg()[0]:.1f} (the machine is shared, so wall times vary).", "",
+             "Subjects: `pointwear synth DIR --frames 16 --size 256 --outfit tshirt-shorts --seed S` (textures as "
+             "listed), outfit by `pointwear fit-outfit` at default settings (all four templates, the best kept); "
+             "then `pointwear fit-appearance SUBJECT --outfit OUT --out APP` at its defaults "
+             f"({opts['epochs']} epochs, batch {opts['batch']}, Adam net {opts['lr_net']:g} / descriptors "
+             f"{opts['lr_descriptors']:g}, cosine decay, L1 + SSIM + Dice, no VGG19 file), frames 3, 7, 11, 15 held "
+             "out. Fit time = the whole command, wall clock. Metrics at 256 x 256 inside the clothing mask over grey: "
+             "PSNR over the mask's pixels, SSIM = the SSIM map averaged over the mask's pixels (mask-weighted, "
+             "`losses.masked_ssim`), IoU of the predicted mask; baseline = the baked per-point colours splatted "
+             "(same splatter), no network.", "",
+             "| seed | textures | outfit fit (held-out IoU) | points | fit time | epochs (steps) | held-out SSIM | "
+             "held-out PSNR | held-out IoU | baseline SSIM | baseline PSNR | train SSIM / PSNR | targets |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        m = r["result"]["metrics"]
+        h, b, t = m["heldout"], m["baseline"]["heldout"], m["train"]
+        ok = (h["ssim"] >= TARGETS["ssim"] and h["psnr"] >= TARGETS["psnr"]
+              and r["fit_seconds"] <= 60 * TARGETS["minutes"] and h["ssim"] > b["ssim"])
+        lines.append(f"| {r['seed']} | {' + '.join(r['textures'])} | {r['drape'].split(':')[-1]} "
+                     f"({r['outfit_iou']:.3f}) | {r['points']} | {r['fit_seconds'] / 60:.1f} min | "
+                     f"{r['result']['epochs']} ({r['result']['steps']}) | **{h['ssim']:.3f}** | "
+                     f"**{h['psnr']:.2f} dB** | {h['iou']:.3f} | {b['ssim']:.3f} | {b['psnr']:.2f} dB | "
+                     f"{t['ssim']:.3f} / {t['psnr']:.2f} dB | {'met' if ok else 'MISSED'} |")
+    lines += ["", "Neural render (`pointwear render`, 48-frame travelling walk, a camera swinging around the walker "
+              "at the training pixel density, 256 x 256 RGBA): frames per second per frame, pose + visibility "
+              "(body rasterised with that camera) + splat + U-Net, without file writing (target >= 5), and with "
+              "writing the PNGs.", "",
+              "| seed | body | frames/s (no file writing) | frames/s (with PNG writing) | target |",
+              "|---|---|---|---|---|"]
+    for r in rows:
+        for name, s in r["renders"].items():
+            ok = "met" if s["compute_frames_per_second"] >= TARGETS["fps"] else "MISSED"
+            lines.append(f"| {r['seed']} | {name} | **{s['compute_frames_per_second']:.1f}** | "
+                         f"{s['frames_per_second']:.1f} | {ok} |")
+    publish(SECTION, lines, write=not args.no_write)
+
+
+if __name__ == "__main__":
+    main()
