@@ -27,7 +27,7 @@ from ..io import export
 from ..io import results
 from ..properties import is_pointwear_armature
 from . import runtime
-from .jobs import RESUMABLE, JobOperatorMixin, poll_backend_free
+from .jobs import RESUMABLE, JobOperatorMixin, poll_backend_free, poll_subject_job
 
 APPEARANCE_PROP = "pointwear_appearance"
 APPEARANCE_FILE = "appearance.pt"
@@ -259,17 +259,7 @@ class POINTWEAR_OT_fit_appearance(JobOperatorMixin, Operator):
 
     @classmethod
     def poll(cls, context):
-        props = getattr(context.scene, "pointwear", None)
-        if props is None:
-            cls.poll_message_set("The Pointwear add-on is not enabled")
-            return False
-        if not poll_backend_free(cls):
-            return False
-        if not props.subject_folder.strip():
-            cls.poll_message_set("Set a subject folder")
-            return False
-        if not os.path.isdir(runtime.abspath(props.subject_folder.strip())):
-            cls.poll_message_set("The subject folder does not exist")
+        if not poll_subject_job(cls, context):
             return False
         if not outfit_folder(context):
             cls.poll_message_set("Fit an outfit first")

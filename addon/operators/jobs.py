@@ -174,6 +174,23 @@ class JobOperatorMixin:
                 job.kind, job.progress_text, 100.0 * job.fraction))
 
 
+def poll_subject_job(cls, context):
+    """Shared poll of the jobs that fit a subject folder: add-on on, backend free, folder set."""
+    props = getattr(context.scene, "pointwear", None)
+    if props is None:
+        cls.poll_message_set("The Pointwear add-on is not enabled")
+        return False
+    if not poll_backend_free(cls):
+        return False
+    if not props.subject_folder.strip():
+        cls.poll_message_set("Set a subject folder")
+        return False
+    if not os.path.isdir(runtime.abspath(props.subject_folder.strip())):
+        cls.poll_message_set("The subject folder does not exist")
+        return False
+    return True
+
+
 class POINTWEAR_OT_fit_outfit(JobOperatorMixin, Operator):
     """Fit an outfit to the subject folder on the backend; the result is imported when the fit
     ends (Import When Done). Esc cancels"""
@@ -191,19 +208,7 @@ class POINTWEAR_OT_fit_outfit(JobOperatorMixin, Operator):
 
     @classmethod
     def poll(cls, context):
-        props = getattr(context.scene, "pointwear", None)
-        if props is None:
-            cls.poll_message_set("The Pointwear add-on is not enabled")
-            return False
-        if not poll_backend_free(cls):
-            return False
-        if not props.subject_folder.strip():
-            cls.poll_message_set("Set a subject folder")
-            return False
-        if not os.path.isdir(runtime.abspath(props.subject_folder.strip())):
-            cls.poll_message_set("The subject folder does not exist")
-            return False
-        return True
+        return poll_subject_job(cls, context)
 
     def job_request(self, context):
         props = context.scene.pointwear
