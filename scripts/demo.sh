@@ -4,9 +4,10 @@
 #   2. Blender (the bpy module) + the add-on start the backend, fit the outfit, import it onto an
 #      SMPL armature with the subject's camera, save subject.blend and render frame 2 with Cycles,
 #      which is put beside the subject's own frame 2 (compare_frame.png);
-#   3. Blender again: the fitted result on a new motion (a procedural walk), saved as scene.blend
-#      and rendered to walk.gif;
-#   4. score the fit against the synthetic truth, and re-drape it on a taller body from the CLI.
+#   3. the appearance fitted to the frames (neural descriptors + U-Net; baked point colours);
+#   4. Blender again: the fitted result with its colours on a new motion (a procedural walk),
+#      saved as scene.blend, rendered with Cycles to walk.gif and neurally to neural_walk.gif;
+#   5. score the fit against the synthetic truth, and re-drape it on a taller body from the CLI.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -38,8 +39,25 @@ photo = iio.imread(out / "subject" / "frames" / f"{k:06d}.png")[..., :3]
 render = iio.imread(out / "render_frame.png")[..., :3]
 iio.imwrite(out / "compare_frame.png", np.concatenate([photo, render], axis=1))
 PY
-.venv/bin/python scripts/pointwear_batch.py --result "$out/fit" --motion "$out/walk.npz" --up Y \
-  --out "$out/scene.blend" --animation "$out/walk.gif" --scale "${DEMO_ANIM_SCALE:-100}"
+$pw fit-appearance "$out/subject" --outfit "$out/fit" --out "$out/app" --minutes "${DEMO_APP_MINUTES:-4}"
+rm -rf "$out/neural"
+.venv/bin/python scripts/pointwear_batch.py --result "$out/app" --motion "$out/walk.npz" --up Y \
+  --out "$out/scene.blend" --animation "$out/walk.gif" --scale "${DEMO_ANIM_SCALE:-100}" \
+  --neural-render "$out/neural"
+.venv/bin/python - "$out" <<'PY'
+import sys
+from pathlib import Path
+import imageio.v3 as iio
+import numpy as np
+out = Path(sys.argv[1])
+frames = []
+for f in sorted((out / "neural").glob("*.png")):
+    rgba = iio.imread(f).astype(np.float32) / 255.0
+    grey = np.full(rgba.shape[:2] + (3,), 0.45, np.float32)
+    frames.append((255 * (rgba[..., :3] * rgba[..., 3:] + grey * (1 - rgba[..., 3:]))).astype(np.uint8))
+iio.imwrite(out / "neural_walk.gif", frames, duration=1000 / 24, loop=0)
+print(f"wrote {out / 'neural_walk.gif'} ({len(frames)} frames)")
+PY
 
 $pw eval-outfit "$out/fit" "$out/subject"
 $pw drape "$out/fit" --betas "2.0" --out "$out/redrape"
@@ -47,6 +65,8 @@ cat <<MSG
 demo: subject         $out/subject (contact sheet $out/contact_sheet.png)
       fitted outfit   $out/fit (outfit.npz, posed.npz, body.npz, result.json, fit_frames.gif)
       Blender         $out/subject.blend (subject motion, subject camera), $out/scene.blend (walk)
-      renders         $out/compare_frame.png (subject frame $frame | Cycles), $out/walk.gif
+      appearance      $out/app (appearance.pt, outfit.npz with colours, heldout/, heldout_sheet.png, result.json)
+      renders         $out/compare_frame.png (subject frame $frame | Cycles), $out/walk.gif (Cycles),
+                      $out/neural_walk.gif (neural render of the walk)
       re-draped       $out/redrape (beta1 = 2)
 MSG
