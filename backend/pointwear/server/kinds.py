@@ -281,26 +281,36 @@ def check_drape(name: str, value: Any) -> str:
     raise ParamError(name, f'must be "parametric", "neural" or the path of a .pt drape checkpoint, got {_short(value)}')
 
 
+def _resume_base(p: Params, ctx: SubmitContext, kind: str) -> tuple[dict, Path | None, str | None]:
+    """For `resume_job`: the earlier job's params (the defaults of this one), its out folder and id;
+    ({}, None, None) for a fresh job. Refuses other kinds and jobs still running on that folder."""
+    resume = p._get("resume_job", None)
+    if resume is None:
+        return {}, None, None
+    prev = ctx.store.get(resume)
+    if prev is None:
+        raise ParamError("resume_job", f"no such job: {_short(resume)}", "status lists the jobs")
+    if prev.kind != kind:
+        raise ParamError("resume_job", f"job {resume} is a {prev.kind} job, not {kind}")
+    if prev.state in P.ACTIVE_STATES or prev.out in ctx.store.active_outs():
+        raise ParamError("resume_job", f"job {resume} (or another job on its folder) is still {prev.state}",
+                         "cancel it first, or wait for it to end")
+    return {k: v for k, v in prev.params.items() if k != "resume_job"}, prev.out, prev.job_id
+
+
+def _subject_folder(p: Params, base: dict) -> str:
+    subject = p.path("subject", required=True, default=base.get("subject"), kind="dir")
+    if not (Path(subject) / "subject.json").is_file():
+        raise ParamError("subject", f"not a subject folder (no subject.json): {subject}")
+    return subject
+
+
 def _validate_fit(p: Params, ctx: SubmitContext) -> Validated:
     from ..drape.parametric import TEMPLATES
     from ..fit.outfit_fit import FitOptions
     d = FitOptions()
-    base, out, resumed = {}, None, None
-    resume = p._get("resume_job", None)
-    if resume is not None:
-        prev = ctx.store.get(resume)
-        if prev is None:
-            raise ParamError("resume_job", f"no such job: {_short(resume)}", "status lists the jobs")
-        if prev.kind != "fit_outfit":
-            raise ParamError("resume_job", f"job {resume} is a {prev.kind} job, not fit_outfit")
-        if prev.state in P.ACTIVE_STATES or prev.out in ctx.store.active_outs():
-            raise ParamError("resume_job", f"job {resume} (or another job on its folder) is still {prev.state}",
-                             "cancel it first, or wait for it to end")
-        base = {k: v for k, v in prev.params.items() if k != "resume_job"}
-        out, resumed = prev.out, prev.job_id
-    subject = p.path("subject", required=True, default=base.get("subject"), kind="dir")
-    if not (Path(subject) / "subject.json").is_file():
-        raise ParamError("subject", f"not a subject folder (no subject.json): {subject}")
+    base, out, resumed = _resume_base(p, ctx, "fit_outfit")
+    subject = _subject_folder(p, base)
     drape = check_drape("drape", p._get("drape", base.get("drape", d.drape)))
     template = p.choice("template", base.get("template", d.template), list(TEMPLATES))
     if template is not None and drape != "parametric":
@@ -382,22 +392,8 @@ def check_result_folder(name: str, value: Any, needs: tuple[str, ...]) -> str:
 def _validate_fit_appearance(p: Params, ctx: SubmitContext) -> Validated:
     from ..appearance.fit import AppearanceOptions
     d = AppearanceOptions()
-    base, out, resumed = {}, None, None
-    resume = p._get("resume_job", None)
-    if resume is not None:
-        prev = ctx.store.get(resume)
-        if prev is None:
-            raise ParamError("resume_job", f"no such job: {_short(resume)}", "status lists the jobs")
-        if prev.kind != "fit_appearance":
-            raise ParamError("resume_job", f"job {resume} is a {prev.kind} job, not fit_appearance")
-        if prev.state in P.ACTIVE_STATES or prev.out in ctx.store.active_outs():
-            raise ParamError("resume_job", f"job {resume} (or another job on its folder) is still {prev.state}",
-                             "cancel it first, or wait for it to end")
-        base = {k: v for k, v in prev.params.items() if k != "resume_job"}
-        out, resumed = prev.out, prev.job_id
-    subject = p.path("subject", required=True, default=base.get("subject"), kind="dir")
-    if not (Path(subject) / "subject.json").is_file():
-        raise ParamError("subject", f"not a subject folder (no subject.json): {subject}")
+    base, out, resumed = _resume_base(p, ctx, "fit_appearance")
+    subject = _subject_folder(p, base)
     outfit = p._get("outfit", base.get("outfit"))
     if outfit is None:
         raise ParamError("outfit", "is required", "the fit_outfit result folder of this subject")
