@@ -194,6 +194,34 @@ def cmd_motion_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    import logging
+
+    from .perception.options import PrepareOptions
+    from .perception.prepare import Hooks, prepare_subject
+    logging.basicConfig(format="pointwear: warning: %(message)s", level=logging.WARNING)
+    options = PrepareOptions(every=args.every, start=args.start, end=args.end,
+                             max_frames=args.max_frames, size=args.size, person=args.person,
+                             focal=args.focal, masks=args.masks, body=args.body, gender=args.gender,
+                             device=args.device)
+    options.check()
+    progress = _TqdmProgress()
+    try:
+        report = prepare_subject(args.input, args.out, options, Hooks(progress=progress))
+    finally:
+        progress.close()
+    out = Path(args.out)
+    print(f"wrote subject {out}: {report['frames_kept']} of {report['frames_seen']} frames kept, "
+          f"{report['input']['size'][1]}x{report['input']['size'][0]}, focal "
+          f"{report['camera']['focal']:.0f} px ({report['camera']['focal_from']}), "
+          f"{report['seconds']['total']:.1f} s")
+    for d in report["dropped"]:
+        print(f"  dropped {d['name']}: {d['reason']} ({d['detail']})")
+    print(f"  report {out / 'prepare' / 'report.json'}, contact sheet "
+          f"{out / 'prepare' / 'contact_sheet.png'}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .server import serve
     return serve(host=args.host, port=args.port, work=args.work, token_file=args.token_file,
@@ -298,6 +326,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("result")
     p.add_argument("subject")
     p.set_defaults(func=cmd_eval_outfit)
+
+    p = sub.add_parser("prepare", help="make a subject from a video, an image folder or one photo "
+                       "(frames, clothing masks, labels, SMPL body, camera; docs/prepare.md)")
+    p.add_argument("input", help="a video (mp4/mov/avi/webm/mkv), a folder of images, or one image")
+    p.add_argument("--out", required=True, help="subject folder to write (new or an earlier subject)")
+    p.add_argument("--every", type=int, default=1, help="keep every Nth frame")
+    p.add_argument("--start", default=None, help="first frame: a frame number (12) or seconds (1.5s)")
+    p.add_argument("--end", default=None, help="end (exclusive): a frame number or seconds (4s)")
+    p.add_argument("--max-frames", type=int, default=None, help="at most this many frames, evenly spread")
+    p.add_argument("--size", type=int, default=None, help="long side in px (default: the input's, at most 1024)")
+    p.add_argument("--person", default="auto", help='"auto" (largest, most central, most often seen) or a '
+                   "track number when several people are seen")
+    p.add_argument("--focal", type=float, default=None, help="focal length in px of the prepared frames "
+                   "(default: EXIF, else a phone camera's 69 deg field of view, refined by the fit)")
+    p.add_argument("--masks", default=None, help="folder of your own clothing masks (override Pointwear's)")
+    p.add_argument("--body", default="default", help='"default" or a path to an SMPL model')
+    p.add_argument("--gender", default="neutral", choices=["neutral", "male", "female"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("serve", help="run the job server the Blender add-on talks to (docs/protocol.md)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (other than this machine: a warning)")
