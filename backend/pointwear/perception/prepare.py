@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 PREPARE_DIR = "prepare"          # SUBJECT/prepare/: what prepare saw and decided
 REPORT_JSON = "report.json"
 SHEET_PNG = "contact_sheet.png"
+PERSON_DIR = "person"            # prepare/person/000000.png: the person mask of each subject frame
 LANDMARKS_NPZ = "landmarks.npz"  # kept frames' landmarks (N,33,4) and world (N,33,3)
 MIN_SCORE = 0.5                  # a frame whose person's mean limb visibility is lower is dropped
 BLUR_RATIO = 0.35                # sharpness below this share of the clip's median = motion blur
@@ -103,17 +104,20 @@ def prepare_subject(source: str | Path, out: str | Path, options: PrepareOptions
             for k in kept:
                 user_masks.path_for(seen[k].index, seen[k].name)
         focal, focal_from = _focal(options, info)
-        fit = _fit_body([chosen[k] for k in kept], [seen[k] for k in kept], info, focal,
-                        focal_from, options, hooks)
+        people = [chosen[k] for k in kept]
+        person_masks = [_person_mask(chosen[k], seen[k]) for k in kept]
+        fit = _fit_body(people, [seen[k] for k in kept], person_masks, info, focal, focal_from,
+                        options, hooks)
         t_fit = time.perf_counter()
-        masks, labels, clothing_conf = _clothing([seen[k] for k in kept], [chosen[k] for k in kept],
+        masks, labels, clothing_conf = _clothing([seen[k] for k in kept], people, person_masks,
                                                  stage_dir, user_masks, hooks)
         t_cloth = time.perf_counter()
         report = _report(source, info, options, seen, kept, chosen, fit, focal, focal_from,
                          clothing_conf, warnings, user_masks is not None,
                          {"detect": t_detect - t0, "body_fit": t_fit - t_detect,
                           "clothing": t_cloth - t_fit})
-        _write(partial, out, info, options, seen, kept, chosen, fit, masks, labels, report, hooks)
+        _write(partial, out, info, options, seen, kept, chosen, fit, masks, labels, person_masks,
+               report, hooks)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -230,8 +234,9 @@ def _focal(options: PrepareOptions, info: T.InputInfo) -> tuple[float, str]:
     return default_focal_px(max(info.size)), "default"
 
 
-def _fit_body(people: list[T.PersonObs], seen: list[_Seen], info: T.InputInfo, focal: float,
-              focal_from: str, options: PrepareOptions, hooks: Hooks):
+def _fit_body(people: list[T.PersonObs], seen: list[_Seen], person_masks: list[np.ndarray],
+              info: T.InputInfo, focal: float, focal_from: str, options: PrepareOptions,
+              hooks: Hooks):
     from ..body import load_body
     from ..device import pick_device
     from .body_fit import fit_body
@@ -239,7 +244,6 @@ def _fit_body(people: list[T.PersonObs], seen: list[_Seen], info: T.InputInfo, f
     body = load_body(options.body, gender=options.gender, device=device)
     landmarks = np.stack([p.landmarks for p in people]).astype(np.float32)
     world = np.stack([p.world for p in people]).astype(np.float32)
-    person_masks = [_person_mask(p, s) for p, s in zip(people, seen)]
     times = np.array([s.time for s in seen], dtype=np.float64)
     return fit_body(body, landmarks, world, person_masks, info.size, focal,
                     refine_focal=(focal_from == "default" and info.kind == "video"),
@@ -257,12 +261,12 @@ def _person_mask(person: T.PersonObs, s: _Seen) -> np.ndarray:
     return mask
 
 
-def _clothing(seen: list[_Seen], people: list[T.PersonObs], stage_dir: Path,
-              user_masks, hooks: Hooks):
+def _clothing(seen: list[_Seen], people: list[T.PersonObs], person_masks: list[np.ndarray],
+              stage_dir: Path, user_masks, hooks: Hooks):
     """Clothing masks and labels per kept frame, staged as PNGs; user masks override ours."""
     from .clothing import clothing_mask
     masks, labels, conf = [], [], []
-    for k, (s, p) in enumerate(zip(seen, people)):
+    for k, (s, p, person) in enumerate(zip(seen, people, person_masks)):
         hooks.step("clothing", k, len(seen))
         if user_masks is not None:
             m = user_masks.load(s.index, s.name)
@@ -270,7 +274,7 @@ def _clothing(seen: list[_Seen], people: list[T.PersonObs], stage_dir: Path,
             c = 1.0
         else:
             rgb = np.asarray(Image.open(s.staged))[..., :3]
-            result = clothing_mask(rgb, _person_mask(p, s), p.landmarks)
+            result = clothing_mask(rgb, person, p.landmarks)
             m, lab, c = result.mask, result.labels, float(result.confidence)
         mp = stage_dir / f"mask_{k:06d}.png"
         Image.fromarray(np.where(m, 255, 0).astype(np.uint8)).save(mp, compress_level=1)
@@ -313,7 +317,8 @@ def _read_grey(path: str) -> np.ndarray:
 
 
 def _write(partial: Path, out: Path, info: T.InputInfo, options: PrepareOptions,
-           seen: list[_Seen], kept: list[int], chosen, fit, masks, labels, report, hooks) -> None:
+           seen: list[_Seen], kept: list[int], chosen, fit, masks, labels, person_masks,
+           report, hooks) -> None:
     from ..data.subject import write_subject
     from ..fileio import save_npz
     from .overlay import contact_sheet
@@ -334,6 +339,10 @@ def _write(partial: Path, out: Path, info: T.InputInfo, options: PrepareOptions,
              world=np.stack([chosen[k].world for k in kept]).astype(np.float32),
              joints2d=np.asarray(fit.joints2d, dtype=np.float32),
              frame_ids=np.array([seen[k].index for k in kept], dtype=np.int64))
+    (pdir / PERSON_DIR).mkdir(exist_ok=True)
+    for j, m in enumerate(person_masks):
+        with atomic_path(pdir / PERSON_DIR / f"{j:06d}.png") as tmp:
+            Image.fromarray(np.where(m, 255, 0).astype(np.uint8)).save(tmp, format="PNG")
     contact_sheet(partial, fit, pdir / SHEET_PNG)
     _save_json(pdir / REPORT_JSON, report)
     shutil.rmtree(partial / ".staged", ignore_errors=True)
