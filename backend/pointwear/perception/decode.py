@@ -300,7 +300,7 @@ def _probe_video(container, p: Path, options: PrepareOptions, tuning: DecodeOpti
     size, scale = _output_size(original[0], original[1], options.size, notes)
     info = InputInfo(source=str(p), kind="video", fps=_kept_fps(fps, picks), size=size,
                      original_size=original, scale=scale, rotation=rotation, focal_px=None,
-                     frame_count=count, notes=notes)
+                     frame_count=count, selected=len(picks), notes=notes)
     return info, _video_frames(container, stream, decoded, first, picks, info, fps, tuning)
 
 
@@ -576,7 +576,7 @@ def _open_images(p: Path, files: list[Path], kind: str, options: PrepareOptions,
     focal = _focal_px(headers[0], size, scale, tuning, notes, chosen[0].name)
     info = InputInfo(source=str(p), kind=kind, fps=_kept_fps(fps, picks), size=size,
                      original_size=ref, scale=scale, rotation=0, focal_px=focal,
-                     frame_count=len(files), notes=notes)
+                     frame_count=len(files), selected=len(picks), notes=notes)
     return info, _image_frames(chosen, picks, info, fps, tuning)
 
 

@@ -145,7 +145,7 @@ def _detect(frames, info: T.InputInfo, stage_dir: Path, hooks: Hooks) -> list[_S
     """Decode, stage and run the pose model on every selected frame."""
     from .pose import PoseDetector
     seen: list[_Seen] = []
-    total = info.frame_count or 0
+    total = info.selected or 0
     with PoseDetector() as detector:
         for frame in frames:
             n = max(total, len(seen) + 1)

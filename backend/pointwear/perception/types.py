@@ -44,6 +44,7 @@ class InputInfo:
     rotation: int = 0               # degrees the video's display matrix asked for (0/90/180/270)
     focal_px: float | None = None   # from EXIF (35 mm equivalent or focal + sensor), in output px
     frame_count: int | None = None  # frames in the container (videos), when known
+    selected: int | None = None     # frames the options select (what the stream will yield at most)
     notes: list[str] = field(default_factory=list)   # what was adjusted (resized, converted, ...)
 
 
