@@ -204,6 +204,22 @@ def test_two_people_found_and_tracked_apart(detector, ryota):
     assert err.value.field == "person" and "track 1" in str(err.value)
 
 
+@needs_real
+def test_overlapping_people_told_apart(detector, ryota):
+    """Two people whose boxes overlap (one half in front of the other): both found, each mask on
+    its own person (the later one was found with the first blanked out)."""
+    rgb, mask = ryota
+    canvas = _background(620, 960)
+    back = _paste(canvas, rgb, mask, 1.1, 20, 20)
+    front = _paste(canvas, rgb, mask, 1.0, 240, 40)
+    people = detector.detect(canvas, max_people=3)
+    assert len(people) == 2
+    a, b = sorted(people, key=lambda p: p.bbox[0])
+    assert a.bbox[2] > b.bbox[0]                         # the boxes overlap
+    assert _iou(a.mask > 0.5, back & ~front) > 0.85
+    assert _iou(b.mask > 0.5, front) > 0.85
+
+
 def test_synthetic_subject_person_found(tmp_path, pointwear_exe, detector):
     subject = tmp_path / "syn"
     subprocess.run([pointwear_exe, "synth", str(subject), "--frames", "2", "--size", "256",

@@ -5,15 +5,21 @@ MediaPipe's legacy Pose finds ONE person per call. Several people are found hone
 the other: after each detection that person is blanked out of a working copy of the frame (their
 segmentation mask, dilated, filled with the frame's mean colour) and the model runs again on what
 is left, until `max_people` are found, nothing more is found, or the new detection is one already
-found (its landmarks fall on the blanked pixels).
+found or a ghost of one (its landmarks or mask fall on the blanked pixels, or its box lies inside
+an earlier person's). A person's mask excludes the pixels claimed by people found after them.
+Limits: two people overlapping so much that MediaPipe sees one get one detection whose mask covers
+both; the detector sometimes calls an object (a ball) a person for a frame or two: track.py drops
+such brief tracks.
 
 Two modes:
     image (default)   every call is independent: a static-image Pose graph (detector + landmarks)
     video=True        consecutive frames of one clip: the k-th person of a frame comes from the
                       k-th tracking Pose graph, which follows "its" person from frame to frame
                       (faster: it re-detects only when it loses them, and it smooths landmarks
-                      and masks over time). Call `reset()` when the next frame does not follow
-                      the previous one (a cut, a skipped stretch); people are re-found from scratch.
+                      and masks over time: landmark jitter on single_person_demo.mp4 about 2/3
+                      of image mode's). A graph that loses its person this frame is backed by
+                      the static graph on the same frame. Call `reset()` when the next frame does
+                      not follow the previous one (a cut); people are re-found from scratch.
 
 Large frames are handed to MediaPipe as a downscaled copy (long side <= PoseOptions.max_side);
 landmarks come back in the full frame's pixels and the mask at the full frame's size.
@@ -72,9 +78,13 @@ class PoseOptions:
     # A new detection with more than this share of its seen landmarks on already blanked pixels is
     # a person found before (or a remnant of one): the search stops.
     max_overlap: float = 0.5
-    # ... or one whose box lies more than this share inside an earlier person's box (the detector
-    # sees a person in the blanked silhouette: measured 0.83 on single_person_demo.mp4 frame 28).
-    # A real person standing mostly behind the first one is not found (the documented limit).
+    # ... or with more than this share of its mask on blanked pixels (measured: the detector
+    # seeing a person in a blanked silhouette 0.56 and 0.74 on single_person_demo.mp4; a real
+    # second person overlapping the first 0.15 to 0.27),
+    max_mask_overlap: float = 0.4
+    # ... or whose box lies more than this share inside the box of an earlier person's seen
+    # landmarks (silhouette remnants 0.68 and 0.77 on the demo video; real overlapping people
+    # <= 0.36). A person standing mostly behind another is not found (the documented limit).
     max_containment: float = 0.75
     # People after the first are kept only with at least this score (a detection on a blanked
     # frame with barely visible limbs is the detector seeing shapes, not a person).
@@ -87,7 +97,7 @@ class PoseOptions:
         if self.max_side < 64:
             raise InputError(f"must be at least 64 px, got {self.max_side}", field="max_side")
         for name in ("min_detection_confidence", "min_tracking_confidence", "mask_threshold",
-                     "min_visibility", "max_overlap", "max_containment",
+                     "min_visibility", "max_overlap", "max_mask_overlap", "max_containment",
                      "min_extra_score"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -202,18 +212,19 @@ class PoseDetector:
         return _result_arrays(result, work.shape[:2])
 
     def _is_new(self, lm: np.ndarray, mask: np.ndarray, box, blanked: np.ndarray,
-                boxes: list) -> bool:
+                cores: list) -> bool:
         """Is a detection on the blanked frame a person not found before (and not the detector
-        seeing a person in the blanked silhouette or in an object)?"""
+        seeing a person in the blanked silhouette or in an object)? box: its person_box; cores:
+        the boxes of the seen landmarks of the people found before."""
         o = self.options
         if person_score(lm) < o.min_extra_score:
             return False
         if _overlap(lm, blanked, o.min_visibility) > o.max_overlap:
             return False
         seen = mask > o.mask_threshold
-        if seen.any() and float(blanked[seen].mean()) > o.max_overlap:
+        if seen.any() and float(blanked[seen].mean()) > o.max_mask_overlap:
             return False
-        return all(containment(box, earlier) <= o.max_containment for earlier in boxes)
+        return all(containment(box, core) <= o.max_containment for core in cores)
 
     def detect(self, rgb: np.ndarray, max_people: int = 3) -> list[PersonObs]:
         """People in one frame, in the order found (the most prominent first).
@@ -230,7 +241,7 @@ class PoseDetector:
         h, w = work.shape[:2]
         blanked = np.zeros((h, w), bool)
         found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []   # (landmarks, world, mask) small
-        boxes: list[tuple[float, float, float, float]] = []            # their boxes, small px
+        cores: list[tuple[float, float, float, float]] = []   # their seen landmarks' boxes, small px
         for k in range(max_people):
             arrays = self._find(k, work)
             if arrays is None:
@@ -238,11 +249,11 @@ class PoseDetector:
                 break
             lm, world, mask = arrays
             box = person_box(lm, mask, o)
-            if found and not self._is_new(lm, mask, box, blanked, boxes):
+            if found and not self._is_new(lm, mask, box, blanked, cores):
                 self._drop_trackers(k)
                 break
             found.append(arrays)
-            boxes.append(box)
+            cores.append(landmark_extent(lm, (h, w), o.min_visibility) or box)
             if k + 1 < max_people:
                 blanked |= blank_region(lm, mask, box, o)
                 work = fill_blanked(work, blanked, o)
