@@ -146,7 +146,7 @@ def _detect(frames, info: T.InputInfo, stage_dir: Path, hooks: Hooks) -> list[_S
     from .pose import PoseDetector
     seen: list[_Seen] = []
     total = info.selected or 0
-    with PoseDetector() as detector:
+    with PoseDetector(video=info.kind == "video") as detector:   # tracking graphs for a video
         for frame in frames:
             n = max(total, len(seen) + 1)
             hooks.step("detect", len(seen), n)
