@@ -114,9 +114,12 @@ def test_load_errors(tmp_path):
 
 # -- BVH -> SMPL --------------------------------------------------------------------------------------
 
-def smpl_as_bvh(body, pose: np.ndarray, trans: np.ndarray, unit: float, up: str = "y") -> Bvh:
+def smpl_as_bvh(body, pose: np.ndarray, trans: np.ndarray, unit: float, up: str = "y",
+                orders: list[str] | None = None) -> Bvh:
     """A BVH of the body's own skeleton (joints named as SMPL's) playing `pose` (T, 24, 3) with
-    `trans` (T, 3), in units of `unit` metres, Y-up or Z-up."""
+    `trans` (T, 3), in units of `unit` metres, Y-up or Z-up, each joint's Euler channels in
+    `orders[j]` (default "ZYX")."""
+    orders = orders or ["ZYX"] * 24
     with torch.no_grad():
         rest = body.shaped(None)[1][0].double().numpy()
     turn = np.eye(3) if up == "y" else Z_UP_TO_Y_UP.inv().as_matrix()   # Y-up world -> file
@@ -125,28 +128,32 @@ def smpl_as_bvh(body, pose: np.ndarray, trans: np.ndarray, unit: float, up: str 
     offsets = offsets @ turn.T / unit
     local = R.from_rotvec(pose.reshape(-1, 3)).as_matrix().reshape(len(pose), 24, 3, 3)
     local = turn @ local @ turn.T
-    euler = R.from_matrix(local.reshape(-1, 3, 3)).as_euler("ZYX", degrees=True).reshape(len(pose), 24, 3)
+    euler = [R.from_matrix(local[:, j]).as_euler(orders[j], degrees=True) for j in range(24)]
     root = (rest[0] + trans) @ turn.T / unit
-    motion = np.concatenate([root, euler.reshape(len(pose), -1)], 1).astype(np.float32)
-    rot = ("Zrotation", "Yrotation", "Xrotation")
-    channels = [("Xposition", "Yposition", "Zposition") + rot] + [rot] * 23
+    motion = np.concatenate([root] + euler, 1).astype(np.float32)
+    channels = [tuple(f"{a}rotation" for a in order) for order in orders]
+    channels[0] = ("Xposition", "Yposition", "Zposition") + channels[0]
     return Bvh(list(JOINT_NAMES), PARENTS.copy(), offsets, channels, 1 / 30, motion)
 
 
 IDENTITY_MAP = {n: JointSource(((n,),), (n,), 1.0) for n in JOINT_NAMES}
 
 
-@pytest.mark.parametrize("up", ["y", "z"])
-def test_smpl_skeleton_round_trips_exactly(default_body, tmp_path, up):
-    """A BVH made from the body's own skeleton and known poses converts back to those poses."""
-    rng = np.random.default_rng(3)
-    pose = rng.normal(scale=0.3, size=(5, 24, 3))
-    pose[:, 0] = R.from_euler("y", rng.uniform(-180, 180, 5), degrees=True).as_rotvec()
-    trans = rng.normal(scale=0.5, size=(5, 3))
-    bvh = read_bvh(write_bvh(tmp_path / "smpl.bvh", smpl_as_bvh(default_body, pose, trans, 0.01, up)))
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**31), unit=st.sampled_from([0.01, 0.0254, 0.0564, 1.0]),
+       up=st.sampled_from("yz"), orders=st.lists(st.permutations("XYZ").map("".join), min_size=24, max_size=24))
+def test_smpl_skeleton_round_trips_exactly(default_body, tmp_path, seed, unit, up, orders):
+    """A BVH made from the body's own skeleton and known poses (any units, up axis, Euler
+    orders) converts back to those poses."""
+    rng = np.random.default_rng(seed)
+    pose = rng.normal(scale=0.3, size=(4, 24, 3))
+    pose[:, 0] = R.from_euler("y", rng.uniform(-180, 180, 4), degrees=True).as_rotvec()
+    trans = rng.normal(scale=0.5, size=(4, 3))
+    path = write_bvh(tmp_path / "smpl.bvh", smpl_as_bvh(default_body, pose, trans, unit, up, orders))
+    bvh = read_bvh(path)
     options = BvhSmplOptions(up=up, hinge_min_angle=None)
     out = bvh_to_smpl(bvh, default_body, joint_map=IDENTITY_MAP, options=options)
-    assert out["bvh_scale"] == pytest.approx(0.01, rel=1e-5)
+    assert out["bvh_scale"] == pytest.approx(unit, rel=1e-5)
     assert out["mocap_framerate"] == pytest.approx(30)
     got = R.from_rotvec(out["poses"].reshape(-1, 3).astype(np.float64))
     angle = (got.inv() * R.from_rotvec(pose.reshape(-1, 3))).magnitude()
@@ -160,7 +167,7 @@ def test_smpl_skeleton_round_trips_exactly(default_body, tmp_path, up):
                              torch.as_tensor(trans, dtype=torch.float32)).double().numpy()
     turn = np.eye(3) if up == "y" else Z_UP_TO_Y_UP.as_matrix()
     order = [bvh.index(n) for n in JOINT_NAMES]          # the file lists joints depth-first
-    np.testing.assert_allclose(bvh_global_positions(bvh)[:, order] @ turn.T * 0.01, joints, atol=1e-4)
+    np.testing.assert_allclose(bvh_global_positions(bvh)[:, order] @ turn.T * unit, joints, atol=1e-4)
 
 
 @pytest.fixture(scope="module")

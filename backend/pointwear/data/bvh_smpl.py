@@ -266,16 +266,21 @@ def _calibrate_hinges(align: np.ndarray, grot: np.ndarray, bvh: Bvh, resolved: d
         for k, child in ((p, j), (j, c)):
             bone = _unit(target_rest[child] - target_rest[k])
             base = _shortest_arc(_unit(smpl_rest[child] - smpl_rest[k]), bone)
-            align[k] = _twist_onto(base, bone, np.asarray(axis), hinge)
+            turned = _twist_onto(base, bone, np.asarray(axis), hinge)
+            if turned is not None:
+                align[k] = turned
     return align
 
 
-def _twist_onto(base: np.ndarray, bone: np.ndarray, smpl_axis: np.ndarray, hinge: np.ndarray) -> np.ndarray:
-    """`base` turned about unit `bone` so base @ smpl_axis points along +-hinge (the smaller turn)."""
+def _twist_onto(base: np.ndarray, bone: np.ndarray, smpl_axis: np.ndarray, hinge: np.ndarray
+                ) -> np.ndarray | None:
+    """`base` turned about unit `bone` so base @ smpl_axis points along +-hinge (the smaller
+    turn); None when either axis lies within 30 degrees of the bone (the mocap mostly rolls
+    the limb, or the skeletons disagree too much to tell a twist)."""
     h = base @ smpl_axis
     h, g = h - bone * (h @ bone), hinge - bone * (hinge @ bone)
-    if np.linalg.norm(h) < 1e-6 or np.linalg.norm(g) < 1e-6:
-        return base
+    if np.linalg.norm(h) < 0.5 or np.linalg.norm(g) < 0.5:   # sin(30 deg)
+        return None
     h, g = _unit(h), _unit(g)
     angle = np.arctan2(np.cross(h, g) @ bone, h @ g)
     if abs(angle) > np.pi / 2:    # a hinge axis has no sign: turn onto -g instead
