@@ -13,7 +13,7 @@ from scipy.spatial.transform import Rotation as R
 from pointwear.body.joints import JOINT_INDEX, JOINT_NAMES, PARENTS
 from pointwear.data.bvh import Bvh, bvh_global_positions, read_bvh, write_bvh
 from pointwear.data.bvh_smpl import (CMU_JOINT_MAP, BvhSmplOptions, JointSource, bvh_to_smpl,
-                                     conversion_errors, smpl_joints, to_motion)
+                                     bvh_up_axis, conversion_errors, smpl_joints, to_motion)
 from pointwear.data.motion import Z_UP_TO_Y_UP, read_motion, write_motion
 from pointwear.errors import InputError
 from pointwear.fileio import save_npz
@@ -151,7 +151,8 @@ def test_smpl_skeleton_round_trips_exactly(default_body, tmp_path, seed, unit, u
     trans = rng.normal(scale=0.5, size=(4, 3))
     path = write_bvh(tmp_path / "smpl.bvh", smpl_as_bvh(default_body, pose, trans, unit, up, orders))
     bvh = read_bvh(path)
-    options = BvhSmplOptions(up=up, hinge_min_angle=None)
+    assert bvh_up_axis(bvh, IDENTITY_MAP) == up
+    options = BvhSmplOptions(hinge_min_angle=None)     # up="auto" finds the file's up axis
     out = bvh_to_smpl(bvh, default_body, joint_map=IDENTITY_MAP, options=options)
     assert out["bvh_scale"] == pytest.approx(unit, rel=1e-5)
     assert out["mocap_framerate"] == pytest.approx(30)
@@ -233,6 +234,17 @@ def test_cmu_elbows_and_knees_are_hinges(default_body):
         assert bent.sum() > 10, joint
         along = np.abs(rotvec[bent, axis]) / np.linalg.norm(rotvec[bent], axis=1)
         assert along.mean() > 0.97, (joint, along.mean())
+
+
+def test_up_axis_of_a_lying_skeleton_is_refused(default_body):
+    bvh = read_bvh(CMU)
+    assert bvh_up_axis(bvh) == "y"
+    lying = Bvh(bvh.names, bvh.parents, bvh.offsets[:, [1, 0, 2]], bvh.channels, bvh.frame_time,
+                bvh.motion[:8], path=str(CMU))
+    with pytest.raises(InputError, match="up axis") as info:
+        bvh_to_smpl(lying, default_body)
+    assert str(CMU) in str(info.value)
+    bvh_to_smpl(lying, default_body, options=BvhSmplOptions(up="y", iterations=0))   # told: converts
 
 
 def test_missing_joints_are_named(default_body, tmp_path):

@@ -19,7 +19,7 @@ both. `fit_betas=True` also fits one shared `betas` to the positions.
 
 Units: the BVH is scaled to metres by its leg length against the body's (hip -> knee -> ankle),
 so any unit (CMU's ~5.6 cm, centimetres, inches) works. Axes: BVH files are Y-up like Pointwear's
-SMPL world; `up="z"` turns a Z-up file.
+SMPL world; a Z-up file is found from its rest skeleton (`bvh_up_axis`) and turned.
 """
 from __future__ import annotations
 
@@ -97,7 +97,8 @@ _HINGE_CHILD = {"left_elbow": "left_wrist", "right_elbow": "right_wrist",
 @dataclass(frozen=True)
 class BvhSmplOptions:
     fps: float = 30.0               # output frame rate: the BVH is subsampled by round(fps_in / fps)
-    up: str = "y"                   # the BVH's up axis: "y" (the BVH convention) or "z"
+    up: str = "auto"                # the BVH's up axis: "y" (the BVH convention), "z", or "auto":
+                                    # the axis its rest skeleton's legs hang down along
     hinge_min_angle: float | None = 20.0  # degrees: elbow/knee bends that find the hinge axes
                                     # (None: trust the rest pose's limb twist)
     iterations: int = 60            # L-BFGS iterations of the refinement (0: rotation transfer only)
@@ -298,10 +299,24 @@ def _rows(bvh: Bvh, fps: float, frames: slice | None) -> tuple[np.ndarray, int]:
     return rows, step
 
 
-def _up(options: BvhSmplOptions) -> np.ndarray:
-    if options.up not in ("y", "z"):
-        raise InputError(f"up must be 'y' or 'z', got {options.up!r}", field="up")
-    return np.eye(3) if options.up == "y" else Z_UP_TO_Y_UP.as_matrix()
+def bvh_up_axis(bvh: Bvh, joint_map: dict[str, JointSource] | None = None) -> str:
+    """"y" or "z": the axis the rest skeleton's legs hang down along (ankles -> hips). Raises
+    InputError naming the file when the legs point along neither -Y nor -Z."""
+    target, _, _ = _targets(_rest_bvh(bvh), bvh, match_joints(bvh, joint_map))
+    up = _unit(target[JOINT_INDEX["pelvis"]] - target[[JOINT_INDEX["left_ankle"], JOINT_INDEX["right_ankle"]]].mean(0))
+    axis = int(np.argmax(np.abs(up)))
+    if axis == 0 or up[axis] < 0.7:
+        raise InputError(f"cannot tell the up axis: the rest skeleton's legs point along {np.round(-up, 2).tolist()}, "
+                         "not down -Y or -Z", file=bvh.path, field="up", hint="pass up='y' or up='z'")
+    return "xyz"[axis]
+
+
+def _up(options: BvhSmplOptions, bvh: Bvh, joint_map) -> np.ndarray:
+    """(3, 3) the turn from the file's axes to Pointwear's Y-up world."""
+    up = bvh_up_axis(bvh, joint_map) if options.up == "auto" else options.up
+    if up not in ("y", "z"):
+        raise InputError(f"up must be 'y', 'z' or 'auto', got {options.up!r}", field="up")
+    return np.eye(3) if up == "y" else Z_UP_TO_Y_UP.as_matrix()
 
 
 def bvh_to_smpl(bvh: Bvh, body, joint_map: dict[str, JointSource] | None = None, fps: float | None = None,
@@ -316,8 +331,8 @@ def bvh_to_smpl(bvh: Bvh, body, joint_map: dict[str, JointSource] | None = None,
     `read_motion(path, up="y")`."""
     if fps is not None:
         options = BvhSmplOptions(**{**asdict(options), "fps": fps})
-    up = _up(options)
     resolved = match_joints(bvh, joint_map)
+    up = _up(options, bvh, joint_map)
     rows, step = _rows(bvh, options.fps, frames)
     # the whole file turned into the Y-up world (rest rotations stay the identity)
     grot, gpos = bvh_global_transforms(bvh, rows)                 # (T, J, 3, 3), (T, J, 3)
@@ -432,7 +447,7 @@ def conversion_errors(bvh: Bvh, converted: dict, body, joint_map: dict[str, Join
     resolved = match_joints(bvh, joint_map)
     rows, _ = _rows(bvh, float(converted["mocap_framerate"]), frames)
     target, has, _ = _targets(bvh_global_transforms(bvh, rows)[1], bvh, resolved)
-    target = np.einsum("ij,tkj->tki", _up(options), target) * float(converted["bvh_scale"])
+    target = np.einsum("ij,tkj->tki", _up(options, bvh, joint_map), target) * float(converted["bvh_scale"])
     poses = torch.as_tensor(converted["poses"], dtype=torch.float32, device=body.device)
     with torch.no_grad():
         joints = smpl_joints(body, body.betas_tensor(converted["betas"]), poses.reshape(-1, NUM_JOINTS, 3),
