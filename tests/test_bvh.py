@@ -246,6 +246,7 @@ def test_good_sample_reads(tmp_path):
     (lambda t: t.replace("JOINT Leg", "JOINT Hips"), 6, "used twice"),
     (lambda t: t.replace("Frame Time: 0.0333", "Frame Time: 0"), 18, "t > 0"),
     (lambda t: t.replace("HIERARCHY", "HIERARCHIE"), 1, "HIERARCHY"),
+    (lambda t: t.replace("End Site", "End Sight"), 10, "'End Sight'"),
     (lambda t: t[:t.index("MOTION")], 15, "MOTION"),
     (lambda t: t.replace("  }\n}\nMOTION", "  }\nMOTION"), 15, "'}' is missing"),
     (lambda t: t.replace("}\nMOTION", "}\nROOT Other\nMOTION"), 16, "only one ROOT"),

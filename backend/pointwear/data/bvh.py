@@ -189,8 +189,9 @@ def _parse_hierarchy(tokens: _Tokens, max_joints: int):
             channels.append(chans)
             stack.append(len(names) - 1)
         else:  # End Site
-            if tokens.next("'Site'")[0].upper() != "SITE":
-                raise tokens.error("expected 'End Site'")
+            word, line = tokens.next("'Site'")
+            if word.upper() != "SITE":
+                raise tokens.error(f"expected 'End Site', got 'End {word}'", line)
             tokens.expect("{")
             tokens.expect("OFFSET")
             offset = tuple(tokens.number("End Site OFFSET") for _ in range(3))
