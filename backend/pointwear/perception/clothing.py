@@ -34,7 +34,7 @@ HAND_IDS = {"left": (_L["left_wrist"], _L["left_pinky"], _L["left_index"], _L["l
 
 @dataclass
 class ClothingOptions:
-    work_height: int = 320          # person height (px) at the working resolution
+    work_height: int = 280          # person height (px) at the working resolution
     crop_margin: float = 0.06       # margin around the person's box, share of its long side
     min_visibility: float = 0.5     # a landmark counts when its visibility is at least this
     # Geometry, in units of the torso length (shoulder centre to hip centre).
@@ -74,8 +74,12 @@ class ClothingOptions:
     limb_soft: float = 0.08         # the prior ramps over this much of the limb around the cut
     limb_cloth_share: float = 0.35  # a limb bin is clothed when more of its pixels look like clothing
     evidence_clip: float = 4.0      # colour log-likelihood ratios are clipped to +- this
+    # Held objects: colours near a hand that the rest of the clothing never shows.
+    object_reach: float = 0.5       # within this of a hand's centre (torso units)
+    object_seed_gap: float = 0.5    # clothing seeds closer than this to a hand are not trusted
+    object_margin: float = 0.0      # log-likelihood below the flat density by at least this
     # GrabCut and refinement.
-    grabcut_height: int = 320       # GrabCut runs where the person is at most this tall (px)
+    grabcut_height: int = 280       # GrabCut runs where the person is at most this tall (px)
     grabcut_iterations: int = 1     # 0 = no GrabCut: threshold the colour likelihood ratio
     guided_radius: float = 0.012    # guided filter radius, share of the person's height
     guided_eps: float = 1e-3        # guided filter regulariser (intensities in 0..1)
@@ -561,8 +565,45 @@ def _analyse(rgb: np.ndarray, person: np.ndarray, landmarks: np.ndarray, o: Clot
         if fg is not None:
             prob = np.where(fg > 0.5, np.maximum(prob, 0.75), np.minimum(prob, 0.25)).astype(np.float32)
     prob[~small_person | head | hands] = 0.0
+    held = held_objects(b, feats, prob, small_person, cloth_seed, o, rng)
+    prob[held] = 0.0
     return _Work((y0, y1, x0, x1), height, small, small_person, feats, b, head, hands, cloth_seed,
                  skin_seed, ratio, logit, prob, parts, skin_seen)
+
+
+def held_objects(b: _Body, feats: np.ndarray, prob: np.ndarray, person: np.ndarray, seeds: np.ndarray,
+                 o: ClothingOptions, rng: np.random.Generator) -> np.ndarray:
+    """(H, W) bool: things held in the hands (a ball, a bag) that the person mask took in.
+
+    Regions of colours that neither the clothing away from the hands nor the clothing seeds away
+    from them (torso, thighs) show (less likely under their colour model than under the flat
+    "unseen" density) and that reach within `object_reach` of a hand."""
+    near = np.zeros(person.shape, bool)
+    close = np.zeros(person.shape, bool)
+    for ids in HAND_IDS.values():
+        if b.ok(*ids[1:]):
+            centre = b.pts[list(ids[1:])].mean(0)
+            r, r_seed = o.object_reach * b.torso, o.object_seed_gap * b.torso
+            near |= ellipse_mask(centre, (r, r), person.shape)
+            close |= ellipse_mask(centre, (r_seed, r_seed), person.shape)
+    near &= person
+    if not near.any():
+        return near
+    far = ((prob > 0.5) & person & ~near) | (seeds & ~close)
+    flat = feats.reshape(-1, 3)
+    g = fit_gmm(_samples(flat, far, o.max_seed_pixels, rng), o.clothing_components + 1, o.covariance_floor, rng)
+    if g is None:
+        return np.zeros(person.shape, bool)
+    idx = np.flatnonzero(((prob > 0.5) & person).ravel())
+    unseen = np.zeros(person.size, np.uint8)
+    unseen[idx] = gmm_loglik(g, flat[idx]) < o.unseen_log_density - o.object_margin
+    unseen = unseen.reshape(person.shape)
+    # an object is an unseen-colour region that reaches into a hand's reach
+    n, lab = cv2.connectedComponents(unseen, connectivity=8)
+    hit = np.zeros(n, bool)
+    hit[np.unique(lab[near & (unseen > 0)])] = True
+    hit[0] = False
+    return hit[lab]
 
 
 def _samples(flat: np.ndarray, sel: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
