@@ -240,6 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'mean':8} {'':20} {'':9} {mean['iou']:6.3f} {min(r['iou'] for r in rows):6.3f} "
           f"{mean['iou_tp']:6.3f} {mean['person']:6.3f} {mean['fn_person']:6.3f} {mean['fn_removal']:6.3f} "
           f"{mean['fp_person']:6.3f} {mean['fp_removal']:6.3f} {mean['label']:6.3f} {mean['ms']:6.1f}")
+    person_err = mean["fn_person"] + mean["fp_person"]
+    removal_err = mean["fn_removal"] + mean["fp_removal"]
+    total = max(person_err + removal_err, 1e-9)
+    print(f"error pixels (share of the truth clothing area): person mask {person_err:.3f} "
+          f"({100 * person_err / total:.0f} %), skin/hair removal {removal_err:.3f} "
+          f"({100 * removal_err / total:.0f} %)")
+    print(f"target: mean IoU >= 0.85 ({'met' if mean['iou'] >= 0.85 else 'MISSED'}), "
+          f"each subject >= 0.8 ({'met' if min(r['iou'] for r in rows) >= 0.8 else 'MISSED'})")
     if args.json:
         args.json.write_text(json.dumps(dict(rows=rows, mean=mean), indent=1))
     return 0

@@ -1,24 +1,30 @@
 """Clothing masks and garment labels: clothing = person minus skin, face and hair.
 
-Method (all numbers in ClothingOptions, measured by scripts/tune_clothing.py):
+Method (every number is in ClothingOptions; scripts/tune_clothing.py measures it against the
+truth masks of synthetic subjects):
 
-1. Crop the person's box and downscale it so the person is about `work_height` px tall.
-2. Seeds from the landmarks: not-clothing = the head (an ellipse around the face landmarks sized
-   from the torso) and the hands (discs past the wrists); clothing = the torso core (inside the
-   shoulder-hip quad) and the tops of the thighs.
-3. One Gaussian mixture per class in a lightness-damped Lab space, fitted to the seed pixels;
-   each person pixel gets the log-likelihood ratio clothing : not-clothing.
-4. GrabCut (OpenCV) refines the split with its own colour models and a contrast-sensitive
-   smoothness term; head and hands are forced out, the seed cores forced in.
-5. The clothing probability is upsampled and edge-refined on the full-resolution crop with a
-   guided filter, cut with the person mask, and cleaned (small islands dropped, small holes
+1. Crop the person's box and downscale it so the person is `work_height` px tall.
+2. Seeds from the landmarks. Always not clothing: the head (an ellipse around the face landmarks,
+   sized from the torso) and the hands (discs past the wrists). Skin colour: the face centre
+   (unless MediaPipe's depths say we see the back of the head) and the hands. Clothing: the torso
+   core (inside the shoulder-hip quad, away from the arms) and the tops of the thighs.
+3. Colour evidence: Gaussian mixtures in a lightness-damped Lab space; the clothing density is
+   mixed with a flat one, so colours unlike skin count as clothing even if no seed showed them.
+4. Limbs: along each arm and leg the garment runs from the body to one cut, skin beyond it. The
+   cut maximises the colour evidence before it minus after it, per bin along the limb; a limb
+   prior (+ before the cut, - after it) is added to the colour log-odds.
+5. GrabCut (OpenCV) refines the split with a contrast-sensitive smoothness term; regions of
+   colours the clothing elsewhere never shows that reach into a hand are held objects (a ball).
+6. The clothing probability is upsampled and edge-refined on the full-resolution crop with a
+   guided filter, cut with the person mask and cleaned (small islands dropped, small holes
    filled, head and hands always excluded).
-6. Labels: upper / lower split near the hip line by two colour models (chest vs thighs); when the
-   two agree the clothing is one piece (a dress).
+7. Labels: upper / lower garment colour models seeded above / below the hip line; when their
+   colour histograms agree the clothing is one piece (a dress), else each clothing pixel takes
+   the likelier garment, weighted by its distance from the hip line.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -109,7 +115,8 @@ class ClothingResult:
 
 
 def polygon_mask(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Filled convex hull of points (K, 2) px as a (H, W) bool mask; non-finite points skipped."""
+    """Filled convex hull of points (K, 2) px as a (H, W) bool mask; non-finite points skipped.
+    Points are clamped to 4x the image size first (OpenCV's int32 fixed-point coordinates)."""
     h, w = shape
     out = np.zeros((h, w), np.uint8)
     pts = np.asarray(points, np.float64).reshape(-1, 2)
@@ -252,7 +259,8 @@ def _body(pts: np.ndarray, z: np.ndarray, vis: np.ndarray, person_height: float,
 def head_region(b: _Body, shape: tuple[int, int], o: ClothingOptions) -> np.ndarray:
     """(H, W) bool: an ellipse around the face landmarks, head-sized, plus their convex hull."""
     face = b.pts[list(FACE_IDS)]
-    if not np.isfinite(face).all():
+    face = face[np.isfinite(face).all(1)]
+    if len(face) == 0:
         return np.zeros(shape, bool)
     r = o.head_radius * b.torso
     centre = face.mean(0) - np.array([0.0, o.head_lift * b.torso])
@@ -322,6 +330,7 @@ def arms(b: _Body, shape: tuple[int, int], o: ClothingOptions) -> np.ndarray:
 
 
 def thigh_core(b: _Body, shape: tuple[int, int], o: ClothingOptions) -> np.ndarray:
+    """(H, W) bool: the tops of the thighs (hip towards knee), clothed in every outfit we know."""
     out = np.zeros(shape, bool)
     for side in ("left", "right"):
         hip, knee = b.p(f"{side}_hip"), b.p(f"{side}_knee")
