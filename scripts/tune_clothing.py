@@ -24,14 +24,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+os.environ.setdefault("GLOG_minloglevel", "2")      # MediaPipe's C++ logging
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "backend"))
 
@@ -104,8 +107,9 @@ def truth_person(folder: Path, clothing: np.ndarray) -> np.ndarray:
     return frags.mask.numpy() | clothing
 
 
-def load_cached(folder: Path) -> dict:
-    """Frames, truth and MediaPipe results of a subject (MediaPipe cached in mp.npz)."""
+def load_cached(folder: Path, pose: str = "mediapipe") -> dict:
+    """Frames, truth and pose results of a subject (cached in mp.npz / mp_detector.npz).
+    pose: "mediapipe" (MediaPipe Pose directly) or "detector" (perception.pose.PoseDetector)."""
     meta = json.loads((folder / "subject.json").read_text())
     n = meta["frames"]
     frames = np.stack([np.asarray(Image.open(folder / "frames" / f"{i:06d}.png").convert("RGB")) for i in range(n)])
@@ -114,21 +118,29 @@ def load_cached(folder: Path) -> dict:
     lut = np.zeros(256, np.uint8)
     for k, name in meta.get("labels", {}).items():
         lut[int(k)] = GARMENT_CLASS.get(name, 0)
-    cache = folder / "mp.npz"
+    cache = folder / ("mp.npz" if pose == "mediapipe" else "mp_detector.npz")
     if cache.is_file():
         z = np.load(cache)
         lms, persons, found, tperson = z["landmarks"], z["person"], z["found"], z["truth_person"]
     else:
-        import mediapipe as mp
         lms = np.zeros((n, 33, 4), np.float32)
         persons = np.zeros(masks.shape, bool)
         found = np.zeros(n, bool)
-        with mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1,
-                                    enable_segmentation=True) as pose:
-            for i in range(n):
-                r = run_mediapipe(frames[i], pose)
-                if r is not None:
-                    lms[i], persons[i], found[i] = r[0], r[1], True
+        if pose == "mediapipe":
+            import mediapipe as mp
+            with mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1,
+                                        enable_segmentation=True) as graph:
+                for i in range(n):
+                    r = run_mediapipe(frames[i], graph)
+                    if r is not None:
+                        lms[i], persons[i], found[i] = r[0], r[1], True
+        else:       # prepare's own detector, image mode (as for an image folder)
+            from pointwear.perception.pose import PoseDetector
+            with PoseDetector(video=False) as det:
+                for i in range(n):
+                    people = det.detect(frames[i], max_people=1)
+                    if people:
+                        lms[i], persons[i], found[i] = people[0].landmarks, people[0].mask > 0.5, True
         tperson = truth_person(folder, masks)
         np.savez_compressed(cache, landmarks=lms, person=persons, found=found, truth_person=tperson)
     return dict(meta=meta, frames=frames, masks=masks, classes=lut[labels], landmarks=lms,
@@ -157,8 +169,9 @@ def overlay(rgb: np.ndarray, mask: np.ndarray, labels: np.ndarray, truth: np.nda
     return np.concatenate(panels, 1)
 
 
-def evaluate(folder: Path, options: ClothingOptions, overlays: Path | None, with_truth_person: bool) -> dict:
-    d = load_cached(folder)
+def evaluate(folder: Path, options: ClothingOptions, overlays: Path | None, with_truth_person: bool,
+             pose: str = "mediapipe") -> dict:
+    d = load_cached(folder, pose)
     ious, ious_tp, p_ious, label_acc, times = [], [], [], [], []
     err = dict(fn_person=0, fn_removal=0, fp_person=0, fp_removal=0, area=0)
     for i in range(len(d["frames"])):
@@ -203,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="100-119")
     ap.add_argument("--overlays", type=Path, default=None, help="save per-frame overlay PNGs here")
     ap.add_argument("--truth-person", action="store_true", help="also run with the truth person mask")
+    ap.add_argument("--pose", choices=("mediapipe", "detector"), default="mediapipe",
+                    help="landmarks + person mask from MediaPipe directly or from prepare's PoseDetector")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="override a ClothingOptions field (repeatable)")
     ap.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
@@ -229,14 +244,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{'fnP':>6} {'fnR':>6} {'fpP':>6} {'fpR':>6} {'label':>6} {'ms':>6}")
     print(head)
     for s in seeds:
-        row = evaluate(ensure_subject(args.root, s), options, args.overlays, args.truth_person)
+        row = evaluate(ensure_subject(args.root, s), options, args.overlays, args.truth_person, args.pose)
         rows.append(row)
         print(f"{row['subject']:8} {row['outfit']:20} {row['motion']:9} {row['iou']:6.3f} {row['iou_min']:6.3f} "
               f"{row['iou_tp']:6.3f} {row['person']:6.3f} {row['fn_person']:6.3f} {row['fn_removal']:6.3f} "
               f"{row['fp_person']:6.3f} {row['fp_removal']:6.3f} {row['label']:6.3f} {row['ms']:6.1f}",
               flush=True)
     keys = ("iou", "iou_tp", "person", "fn_person", "fn_removal", "fp_person", "fp_removal", "label", "ms")
-    mean = {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # all-nan columns (no --truth-person)
+        mean = {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
     print(f"{'mean':8} {'':20} {'':9} {mean['iou']:6.3f} {min(r['iou'] for r in rows):6.3f} "
           f"{mean['iou_tp']:6.3f} {mean['person']:6.3f} {mean['fn_person']:6.3f} {mean['fn_removal']:6.3f} "
           f"{mean['fp_person']:6.3f} {mean['fp_removal']:6.3f} {mean['label']:6.3f} {mean['ms']:6.1f}")
