@@ -65,6 +65,11 @@ class ClothingOptions:
     facing_min: float = -0.1        # the face seeds are used when the nose is this much nearer the
                                     # camera than the ears (MediaPipe z, torso units): a front view
     hand_seed_radius: float = 0.5   # hand skin seed: disc at the finger centre, wrist-finger units
+    skin_min_chroma: float = 5.0    # skin's Lab chroma is at least this (synthetic skin in the
+                                    # deepest shade: 6.4; dark jeans ~2-4)
+    skin_hue_range: tuple[float, float] = (0.0, 100.0)   # and its Lab hue (deg) lies in here
+                                    # (skin 24-62 measured; blue jeans about -80)
+    implausible_bonus: float = 2.0  # log-odds for clothing added where a colour cannot be skin
     covariance_floor: float = 4.0   # added to each covariance's diagonal (Lab units squared)
     max_seed_pixels: int = 4000     # seeds are subsampled to at most this many per class
     # Clothing of colours never seen in its seeds (a lower garment hidden at the thighs) must still
@@ -214,6 +219,14 @@ def gmm_loglik(g: _Gmm, x: np.ndarray) -> np.ndarray:
         ll[:, k] = g.log_norm[k] - 0.5 * (y * y).sum(1)
     top = ll.max(1)
     return top + np.log(np.exp(ll - top[:, None]).sum(1))
+
+
+def skin_plausible(feats: np.ndarray, o: ClothingOptions) -> np.ndarray:
+    """(H, W) bool: colours skin can have under any lighting: a warm hue (red to yellow) with some
+    chroma. feats (H, W, 3) from colour_features (a, b unscaled)."""
+    a, b = feats[..., 1], feats[..., 2]
+    hue = np.degrees(np.arctan2(b, a))
+    return (a * a + b * b >= o.skin_min_chroma ** 2) & (hue >= o.skin_hue_range[0]) & (hue <= o.skin_hue_range[1])
 
 
 def colour_features(rgb: np.ndarray, lightness_weight: float) -> np.ndarray:
@@ -536,13 +549,15 @@ def _analyse(rgb: np.ndarray, person: np.ndarray, landmarks: np.ndarray, o: Clot
     inner = cv2.erode(small_person.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     cloth_seed = ((torso_core(b, shape, o) | thigh_core(b, shape, o)) & inner
                   & ~head & ~hands & ~arms(b, shape, o))
-    skin_seed = skin_seeds(b, shape, o) & inner & ~cloth_seed
+    feats = colour_features(small, o.lightness_weight)
+    plausible = skin_plausible(feats, o)
+    # a face in deep shadow or a gloved hand must not teach the skin model dark jeans
+    skin_seed = skin_seeds(b, shape, o) & inner & ~cloth_seed & plausible
     skin_seen = int(skin_seed.sum()) >= 16
-    if not skin_seen:                  # no face or hand seen: the head's colours stand in
-        skin_seed = head & inner
+    if not skin_seen:                  # no face or hand seen: the head's skin-like colours stand in
+        skin_seed = head & inner & plausible
 
     # 3. colour models
-    feats = colour_features(small, o.lightness_weight)
     flat = feats.reshape(-1, 3)
     rng = np.random.default_rng(0)
     g_cloth = fit_gmm(_samples(flat, cloth_seed, o.max_seed_pixels, rng), o.clothing_components,
@@ -558,7 +573,8 @@ def _analyse(rgb: np.ndarray, person: np.ndarray, landmarks: np.ndarray, o: Clot
         ratio[inside] = lc - gmm_loglik(g_skin, flat[inside])
     elif g_cloth is not None:
         ratio[inside] = o.evidence_clip
-    ratio = np.clip(ratio.reshape(shape), -o.evidence_clip, o.evidence_clip)
+    ratio = ratio.reshape(shape) + np.where(plausible, 0.0, o.implausible_bonus)
+    ratio = np.clip(ratio, -o.evidence_clip, o.evidence_clip).astype(np.float32)
     prior, parts = limb_prior(b, small_person, ratio, o)
     logit = ratio + prior
 
