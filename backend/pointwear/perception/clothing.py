@@ -92,6 +92,7 @@ class ClothingOptions:
     # GrabCut and refinement.
     grabcut_height: int = 280       # GrabCut runs where the person is at most this tall (px)
     grabcut_iterations: int = 1     # 0 = no GrabCut: threshold the colour likelihood ratio
+    refine_height: int = 1200       # edges are refined where the person is at most this tall (px)
     guided_radius: float = 0.012    # guided filter radius, share of the person's height
     guided_eps: float = 1e-3        # guided filter regulariser (intensities in 0..1)
     min_island: float = 0.01        # drop clothing islands smaller than this share of the clothing
@@ -657,11 +658,15 @@ def clothing_mask(rgb: np.ndarray, person: np.ndarray, landmarks: np.ndarray,
     ch, cw = y1 - y0, x1 - x0
     crop_rgb, crop_person = rgb[y0:y1, x0:x1], person[y0:y1, x0:x1]
 
-    # 5. upsample, refine edges on the full-resolution crop, clean
-    radius = max(1, int(round(o.guided_radius * work.height)))
-    guide = crop_rgb.astype(np.float32) / 255.0
-    up = cv2.resize(work.prob, (cw, ch), interpolation=cv2.INTER_LINEAR)
-    up = cv2.ximgproc.guidedFilter(guide, up, radius, o.guided_eps)
+    # 5. upsample, refine edges on the full-resolution crop (at most refine_height), clean
+    rs = min(1.0, o.refine_height / work.height)
+    rw, rh = max(8, int(round(cw * rs))), max(8, int(round(ch * rs)))
+    guide = crop_rgb if rs == 1.0 else cv2.resize(crop_rgb, (rw, rh), interpolation=cv2.INTER_AREA)
+    radius = max(1, int(round(o.guided_radius * work.height * rs)))
+    up = cv2.resize(work.prob, (rw, rh), interpolation=cv2.INTER_LINEAR)
+    up = cv2.ximgproc.guidedFilter(guide.astype(np.float32) / 255.0, up, radius, o.guided_eps)
+    if rs < 1.0:
+        up = cv2.resize(up, (cw, ch), interpolation=cv2.INTER_LINEAR)
     forbidden = cv2.resize((work.head | work.hands).astype(np.uint8), (cw, ch),
                            interpolation=cv2.INTER_NEAREST).astype(bool)
     crop_mask = _clean((up > 0.5) & crop_person & ~forbidden, crop_person, forbidden, o)
