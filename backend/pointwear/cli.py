@@ -97,7 +97,7 @@ class _TqdmProgress:
         from tqdm import tqdm
         if stage != self.stage:
             self.close()
-            self.bar, self.stage = tqdm(total=n, desc=stage, leave=False), stage
+            self.bar, self.stage = tqdm(total=n, desc=stage, leave=False, disable=None), stage
         self.bar.n = i
         self.bar.refresh()
 

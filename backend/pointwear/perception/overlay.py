@@ -21,7 +21,7 @@ _BONES = [("left_shoulder", "right_shoulder"), ("left_hip", "right_hip"),
           ("right_hip", "right_knee"), ("right_knee", "right_ankle"),
           ("left_ankle", "left_foot_index"), ("right_ankle", "right_foot_index"),
           ("left_ankle", "left_heel"), ("right_ankle", "right_heel")]
-_LEFT, _RIGHT, _MID = (60, 200, 255), (255, 150, 40), (240, 240, 240)
+_LEFT, _RIGHT, _MID = (90, 235, 90), (255, 150, 40), (240, 240, 240)
 _PERSON_COLOURS = [(255, 60, 200), (60, 220, 120), (250, 200, 40)]
 VISIBLE = 0.5           # landmarks less visible than this are drawn hollow
 SHEET_FRAMES = 8        # columns of the contact sheet
@@ -81,10 +81,31 @@ def body_silhouettes(subject_dir: Path, smpl, K: np.ndarray, image_size: tuple[i
     return out
 
 
+def _person_box(subject_dir: Path, frames: list[int], image_size: tuple[int, int],
+                margin: float = 0.08) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1): the box holding the person in all `frames` (prepare/person masks)
+    plus a margin, so the sheet shows the person rather than the scenery."""
+    h, w = image_size
+    ys, xs = [], []
+    for i in frames:
+        path = subject_dir / "prepare" / "person" / f"{i:06d}.png"
+        m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) if path.is_file() else None
+        if m is not None and (m > 127).any():
+            r, c = np.nonzero(m > 127)
+            ys += [r.min(), r.max()]
+            xs += [c.min(), c.max()]
+    if not ys:
+        return 0, h, 0, w
+    pad = int(margin * (max(ys) - min(ys) + 1))
+    return (max(0, min(ys) - pad), min(h, max(ys) + pad + 1),
+            max(0, min(xs) - pad), min(w, max(xs) + pad + 1))
+
+
 def contact_sheet(subject_dir: str | Path, fit, out: str | Path,
                   max_frames: int = SHEET_FRAMES, height: int = SHEET_HEIGHT) -> Path:
-    """Columns are frames (evenly spread); rows: the frame with its landmarks and the fitted
-    body's outline (cyan), the clothing mask over the dimmed frame, the garment labels."""
+    """Columns are frames (evenly spread), cropped to the person; rows: the frame with its
+    landmarks (person's left green, right orange) and the fitted body's outline (cyan), the
+    clothing mask over the dimmed frame, the garment labels."""
     from ..data.subject import read_subject
     subject_dir = Path(subject_dir)
     s = read_subject(subject_dir, check_images=False)
@@ -93,12 +114,14 @@ def contact_sheet(subject_dir: str | Path, fit, out: str | Path,
     idx = [int(i) for i in np.unique(np.linspace(0, n - 1, min(max_frames, n)).round())]
     sil = body_silhouettes(subject_dir, s.smpl, s.K, s.image_size, s.meta["body"],
                            s.meta["gender"], idx)
-    scale = height / s.image_size[0]
-    size = (max(1, int(round(s.image_size[1] * scale))), height)
+    y0, y1, x0, x1 = _person_box(subject_dir, idx, s.image_size)
+    scale = height / (y1 - y0)
+    size = (max(1, int(round((x1 - x0) * scale))), height)
     columns = []
     for i, silhouette in zip(idx, sil):
-        rgb = s.frame(i)
-        mask = s.mask(i)
+        rgb = s.frame(i)[y0:y1, x0:x1]
+        mask = s.mask(i)[y0:y1, x0:x1]
+        silhouette = silhouette[y0:y1, x0:x1]
         top = rgb.copy()
         edge = cv2.morphologyEx(silhouette.astype(np.uint8), cv2.MORPH_GRADIENT,
                                 np.ones((3, 3), np.uint8)).astype(bool)
@@ -106,10 +129,11 @@ def contact_sheet(subject_dir: str | Path, fit, out: str | Path,
                                                          np.uint8)).astype(bool)
         top[edge] = (0, 230, 255)
         top = cv2.resize(top, size, interpolation=cv2.INTER_AREA)
-        draw_landmarks(top, lm[i], scale)
+        draw_landmarks(top, lm[i] - np.array([x0, y0, 0, 0], np.float32), scale)
         mid = (rgb * 0.35).astype(np.uint8)
         mid[mask] = (0.5 * rgb[mask] + 0.5 * np.array([255, 60, 200])).astype(np.uint8)
         labels = s.labels(i)
+        labels = None if labels is None else labels[y0:y1, x0:x1]
         low = (LABEL_COLORS[np.minimum(labels, len(LABEL_COLORS) - 1)] if labels is not None
                else np.repeat(mask[..., None] * np.uint8(255), 3, -1))
         column = np.concatenate([top] + [cv2.resize(a, size, interpolation=cv2.INTER_AREA)

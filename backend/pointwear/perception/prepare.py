@@ -239,16 +239,20 @@ def _fit_body(people: list[T.PersonObs], seen: list[_Seen], person_masks: list[n
               hooks: Hooks):
     from ..body import load_body
     from ..device import pick_device
-    from .body_fit import fit_body
+    from .body_fit import FitCancelled, fit_body
     device = pick_device(options.device)
     body = load_body(options.body, gender=options.gender, device=device)
     landmarks = np.stack([p.landmarks for p in people]).astype(np.float32)
     world = np.stack([p.world for p in people]).astype(np.float32)
     times = np.array([s.time for s in seen], dtype=np.float64)
-    return fit_body(body, landmarks, world, person_masks, info.size, focal,
-                    refine_focal=(focal_from == "default" and info.kind == "video"),
-                    times=times if info.kind == "video" else None,
-                    progress=hooks.progress, should_stop=hooks.should_stop, device=device)
+    video = info.kind == "video"
+    try:
+        return fit_body(body, landmarks, world, person_masks, info.size, focal,
+                        refine_focal=(focal_from == "default" and video), temporal=video,
+                        times=times if video else None, progress=hooks.progress,
+                        should_stop=hooks.should_stop, device=device)
+    except FitCancelled as exc:
+        raise PrepareCancelled(str(exc)) from exc
 
 
 def _person_mask(person: T.PersonObs, s: _Seen) -> np.ndarray:
