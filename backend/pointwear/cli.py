@@ -202,8 +202,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     logging.basicConfig(format="pointwear: warning: %(message)s", level=logging.WARNING)
     options = PrepareOptions(every=args.every, start=args.start, end=args.end,
                              max_frames=args.max_frames, size=args.size, person=args.person,
-                             focal=args.focal, masks=args.masks, body=args.body, gender=args.gender,
-                             device=args.device)
+                             focal=args.focal, masks=args.masks, sequence=args.sequence, body=args.body,
+                             gender=args.gender, device=args.device)
     options.check()
     progress = _TqdmProgress()
     try:
@@ -341,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--focal", type=float, default=None, help="focal length in px of the prepared frames "
                    "(default: EXIF, else a phone camera's 69 deg field of view, refined by the fit)")
     p.add_argument("--masks", default=None, help="folder of your own clothing masks (override Pointwear's)")
+    p.add_argument("--sequence", default="auto", choices=["auto", "yes", "no"],
+                   help="the frames are one continuous shot (smooth the body over time): auto = a video, "
+                        "or images whose names end in consecutive numbers")
     p.add_argument("--body", default="default", help='"default" or a path to an SMPL model')
     p.add_argument("--gender", default="neutral", choices=["neutral", "male", "female"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

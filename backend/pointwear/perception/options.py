@@ -3,7 +3,7 @@ fields), plus each stage's own tuning numbers in its options object (defined in 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # Without --focal or EXIF, the camera is assumed to have a phone main camera's field of view:
 # 26 mm full-frame equivalent, i.e. focal = 26 / 36 of the image's long side (69 deg across it).
@@ -37,6 +37,7 @@ class PrepareOptions:
     masks: str | None = None         # folder of the user's own clothing masks (override ours)
     body: str = "default"
     gender: str = "neutral"
+    sequence: str = "auto"          # frames are one shot: "auto" (video; numbered images), "yes", "no"
     device: str = "auto"
     seed: int = 0
 
@@ -58,6 +59,8 @@ class PrepareOptions:
         if self.focal is not None and not (math.isfinite(self.focal) and 1.0 <= self.focal <= 1e6):
             raise InputError(f"must be a focal length in px (1..1e6), got {self.focal!r}",
                              field="--focal")
+        if self.sequence not in ("auto", "yes", "no"):
+            raise InputError(f"must be auto, yes or no, got {self.sequence!r}", field="--sequence")
         if self.gender not in ("neutral", "male", "female"):
             raise InputError(f"must be neutral, male or female, got {self.gender!r}", field="--gender")
         return self

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -245,14 +246,32 @@ def _fit_body(people: list[T.PersonObs], seen: list[_Seen], person_masks: list[n
     landmarks = np.stack([p.landmarks for p in people]).astype(np.float32)
     world = np.stack([p.world for p in people]).astype(np.float32)
     times = np.array([s.time for s in seen], dtype=np.float64)
-    video = info.kind == "video"
+    clip = is_sequence(info, [s.name for s in seen], options.sequence)
     try:
         return fit_body(body, landmarks, world, person_masks, info.size, focal,
-                        refine_focal=(focal_from == "default" and video), temporal=video,
-                        times=times if video else None, progress=hooks.progress,
+                        refine_focal=(focal_from == "default" and clip), temporal=clip,
+                        times=times if clip else None, progress=hooks.progress,
                         should_stop=hooks.should_stop, device=device)
     except FitCancelled as exc:
         raise PrepareCancelled(str(exc)) from exc
+
+
+def is_sequence(info: T.InputInfo, names: list[str], sequence: str = "auto") -> bool:
+    """Are these frames one continuous shot (temporal smoothing, focal refinement)? A video is;
+    an image folder is when its file names end in consecutive numbers (frame_0001.png,
+    frame_0002.png, ... as extracted from a clip); one image is not. `sequence` "yes"/"no" decide."""
+    if sequence != "auto":
+        return sequence == "yes"
+    if info.kind != "images" or len(names) < 2:
+        return info.kind == "video"
+    numbers = []
+    for name in names:
+        m = re.search(r"(\d+)$", Path(name).stem)
+        if m is None:
+            return False
+        numbers.append(int(m.group(1)))
+    steps = np.diff(numbers)
+    return bool((steps > 0).all() and steps.max() <= 2 * steps.min())
 
 
 def _person_mask(person: T.PersonObs, s: _Seen) -> np.ndarray:
