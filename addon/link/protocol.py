@@ -61,6 +61,7 @@ KIND_BODY = "body"
 KIND_SYNTH = "synth"
 KIND_FIT_OUTFIT = "fit_outfit"
 KIND_DRAPE = "drape"
+KIND_PREPARE = "prepare"           # a subject from a video, an image folder or one image
 
 # -- error codes ------------------------------------------------------------------------------------
 # Answers to a bad message (no job_id); the connection is closed after the first three.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,16 @@ class Params:
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             raise ParamError(name, f"must be within {lo}..{hi}, got {value}")
         return value
+
+    def float(self, name: str, default: float | None, lo: float, hi: float) -> float | None:
+        value = self._get(name, default)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ParamError(name, f"must be a number, got {_short(value)}")
+        if not lo <= value <= hi:
+            raise ParamError(name, f"must be within {lo:g}..{hi:g}, got {value:g}")
+        return float(value)
 
     def bool(self, name: str, default: bool) -> bool:
         value = self._get(name, default)
@@ -472,3 +483,91 @@ def _run_render(job: JobContext) -> dict[str, Path]:
 
 register(JobKind("render", _validate_render, _run_render,
                  "neural render of a fitted appearance on a motion, body shape and camera (RGBA PNGs)"))
+
+
+# -- prepare ------------------------------------------------------------------------------------
+
+PREPARE_FILES = {"subject": "", "sheet": "prepare/contact_sheet.png", "report": "prepare/report.json"}
+PREPARE_PREVIEW_EVERY_S = 0.5     # at most two detection previews a second (the first always)
+_TIME_POINT = re.compile(r"^(\d+|\d+(\.\d+)?s)$")
+
+
+def _time_point(p: Params, name: str) -> str | None:
+    """--start / --end: a frame number (12 or "12") or seconds ("1.5s")."""
+    value = p._get(name, None)
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)
+    if isinstance(value, str) and _TIME_POINT.match(value.strip()):
+        return value.strip()
+    raise ParamError(name, f'must be a frame number (12) or seconds ("1.5s"), got {_short(value)}')
+
+
+def _person(p: Params) -> str:
+    """ "auto" or a track number 0..999 (an integer or its digits)."""
+    value = p._get("person", "auto")
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1000:
+        return str(value)
+    if value == "auto" or (isinstance(value, str) and value.isdigit() and int(value) < 1000):
+        return value
+    raise ParamError("person", f'must be "auto" or a track number 0..999, got {_short(value)}')
+
+
+def _validate_prepare(p: Params, ctx: SubmitContext) -> dict:
+    from ..errors import InputError
+    from ..perception.options import MAX_FRAMES_LIMIT, PrepareOptions
+    d = PrepareOptions()
+    params = {
+        "input": p.path("input", required=True),
+        "every": p.int("every", d.every, 1, 10_000),
+        "start": _time_point(p, "start"), "end": _time_point(p, "end"),
+        "max_frames": p.int("max_frames", d.max_frames, 1, MAX_FRAMES_LIMIT),
+        "size": p.int("size", d.size, 64, 8192),
+        "person": _person(p),
+        "focal": p.float("focal", d.focal, 1.0, 1e6),
+        "masks": p.path("masks", kind="dir"),
+        "sequence": p.choice("sequence", d.sequence, ("auto", "yes", "no")),
+        "body": p.model("body", d.body),
+        "gender": p.choice("gender", d.gender, GENDERS),
+        "seed": p.int("seed", d.seed, 0, 2**32 - 1),
+    }
+    try:   # the CLI's own checks too, so the two can never disagree
+        PrepareOptions(**params_options(params)).check()
+    except InputError as exc:
+        raise ParamError((exc.field or "params").lstrip("-").replace("-", "_"), exc.message,
+                         exc.hint or "") from None
+    return params
+
+
+def params_options(params: dict) -> dict:
+    """The PrepareOptions fields of a prepare job's checked params (all but `input`)."""
+    return {k: v for k, v in params.items() if k != "input"}
+
+
+def _run_prepare(job: JobContext) -> dict[str, Path]:
+    import time
+
+    from ..perception.options import PrepareOptions
+    from ..perception.prepare import Hooks, PrepareCancelled, prepare_subject
+    options = PrepareOptions(**params_options(job.params), device=job.device)
+    last = [-math.inf]
+
+    def preview(rgb) -> None:
+        now = time.monotonic()
+        if now - last[0] >= PREPARE_PREVIEW_EVERY_S:
+            last[0] = now
+            job.preview(rgb)
+
+    # prepare writes the subject atomically itself: "subject" appears whole or not at all.
+    subject = job.out / "subject"
+    try:
+        prepare_subject(job.params["input"], subject, options,
+                        Hooks(progress=job.progress, should_stop=job.should_stop, preview=preview))
+    except PrepareCancelled as exc:
+        raise JobCancelled(str(exc)) from exc
+    return {name: subject / rel if rel else subject for name, rel in PREPARE_FILES.items()}
+
+
+register(JobKind("prepare", _validate_prepare, _run_prepare,
+                 "a subject from a video, an image folder or one image (masks, labels, SMPL body, camera)"))
