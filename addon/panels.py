@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Sidebar UI: View3D > Sidebar (N) > Pointwear.
 
-The main panel shows the backend (state, Start / Stop) and the subject folder; sub-panels hold
+The main panel shows the backend (state, Start / Stop) and the subject folder (New Subject from
+Video or Images, and a prepared subject's contact sheet); sub-panels hold
 the fit (with its options collapsed), the running job (progress bar, stage, preview, Cancel),
 the result (import, motion) and re-draping. Buttons that cannot run stay visible but greyed out,
 with the reason in their tooltip (each operator's ``poll`` sets a poll message).
@@ -14,7 +15,7 @@ import textwrap
 
 from bpy.types import Panel
 
-from .operators import runtime
+from .operators import runtime, subject
 from .preferences import get_preferences
 from .properties import BACKEND_STATE_NOT_STARTED
 
@@ -75,6 +76,13 @@ class VIEW3D_PT_pointwear(_PointwearPanel, Panel):
         box.operator("pointwear.check_backend", icon="CONSOLE")
         layout.separator()
         layout.prop(props, "subject_folder")
+        layout.operator("pointwear.new_subject", icon="FILE_MOVIE")
+        sheet = subject.subject_sheet(props)
+        if sheet is not None:
+            layout.label(text="Contact sheet: " + sheet.name, icon="IMAGE_DATA")
+            icon_id = runtime.image_icon_id(sheet)
+            if icon_id:
+                layout.template_icon(icon_value=icon_id, scale=8.0)
 
 
 class VIEW3D_PT_pointwear_fit(_PointwearPanel, Panel):

@@ -51,6 +51,7 @@ AFTER_IMPORT = "import"      # a finished fit: import its result
 AFTER_REDRAPE = "redrape"    # a finished drape job: update the armature's clothing in place
 AFTER_APPEARANCE = "appearance"  # a finished fit_appearance: colour the clothing (or import)
 AFTER_NEURAL_RENDER = "neural_render"  # a finished render: load the frames (and composite)
+AFTER_PREPARE = "prepare"    # a finished prepare: the new subject becomes the scene's
 
 _session = None
 _preview_loaded = ""
@@ -254,6 +255,9 @@ def finish_job(context, job):
         if after == AFTER_NEURAL_RENDER:
             from . import appearance
             return True, appearance.finish_neural_render(context, job, scene)
+        if after == AFTER_PREPARE:
+            from . import subject
+            return True, subject.finish_new_subject(context, job, scene)
         return True, "{} done".format(job.kind)
     except Exception as ex:
         traceback.print_exc()
@@ -438,22 +442,27 @@ def load_preview(path):
     # The backend keeps only its newest few previews: show a copy of our own, which Blender may
     # read whenever it likes.
     local = _preview_copy_path()
-    image = None
     try:
         shutil.copyfile(path, local)
-        image = bpy.data.images.get(PREVIEW_IMAGE)
-        if image is None:
-            image = bpy.data.images.load(local, check_existing=False)
-            image.name = PREVIEW_IMAGE
-        else:
-            image.filepath = local
-            image.reload()
-        preview = image.preview_ensure()
-        if preview is not None:
-            preview.reload()
+        return show_image(PREVIEW_IMAGE, local)
     except (OSError, RuntimeError, ReferenceError) as ex:
         print("Pointwear: cannot show the preview {}: {}".format(path, ex), file=sys.stderr)
         return None
+
+
+def show_image(name, path):
+    """The image ``name`` showing the file ``path``: made, or re-pointed and reloaded, with its
+    preview icon refreshed. Returns it (RuntimeError if Blender cannot read the file)."""
+    image = bpy.data.images.get(name)
+    if image is None:
+        image = bpy.data.images.load(path, check_existing=False)
+        image.name = name
+    else:
+        image.filepath = path
+        image.reload()
+    preview = image.preview_ensure()
+    if preview is not None:
+        preview.reload()
     return image
 
 
@@ -463,10 +472,12 @@ def _preview_copy_path():
 
 def preview_icon_id():
     """Icon id of the preview image for ``template_icon`` (0 when none or in background)."""
-    if bpy.app.background:
-        return 0
-    image = bpy.data.images.get(PREVIEW_IMAGE)
-    if image is None or image.preview is None:
+    return image_icon_id(bpy.data.images.get(PREVIEW_IMAGE))
+
+
+def image_icon_id(image):
+    """Icon id of an image (or None) for ``template_icon``; 0 when none or in background."""
+    if bpy.app.background or image is None or image.preview is None:
         return 0
     return image.preview.icon_id
 
