@@ -2,12 +2,16 @@
 
     blender -b -P scripts/pointwear_batch.py -- --subject DIR --out scene.blend [--motion m.npz] [--render out.png]
         [--appearance [--app-epochs N] [--app-minutes M] [--app-size S]] [--neural-render DIR]
+    blender -b -P scripts/pointwear_batch.py -- --video FILE | --images DIR [--subject DIR] --out scene.blend ...
+        [--every N] [--max-frames N] [--size PX] [--person auto|N] [--focal PX] [--masks DIR]
     python scripts/pointwear_batch.py --subject DIR --out scene.blend ...      (the bpy module)
 
 It drives the real add-on through its operators, as an artist's clicks would: the add-on starts
 the backend (or connects to a running one with --port/--token), fits the outfit (blocking, since
 timers never fire in background mode), imports the result onto an SMPL armature, keys the motion,
-saves the .blend and renders with Cycles on the CPU when asked. With --appearance it also fits the
+saves the .blend and renders with Cycles on the CPU when asked. With --video or --images (a folder
+or one image) it first makes the subject from that footage (the add-on's New Subject, the backend's
+`prepare`) and keeps it in --subject DIR, else beside --out (`<out stem>_subject/`). With --appearance it also fits the
 subject's appearance after the outfit (the clothing gets its baked colours), and --neural-render
 renders that appearance with the backend over the keyed motion (scene frame range, the subject's
 camera, or with --motion a camera framing it) into a folder of RGBA PNGs. The add-on is used from an
@@ -27,13 +31,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ADDON_ID = "pointwear"
 TEMP_REPO_MODULE = "pointwear_batch"
+SHEET_IMAGE = "Pointwear Contact Sheet"    # the add-on's image of the subject's contact sheet
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="pointwear_batch.py", description=__doc__.split("\n\n")[0])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--subject", type=Path, help="subject folder to fit")
-    src.add_argument("--result", type=Path, help="an existing fit result folder to import (no fit)")
+    p.add_argument("--subject", type=Path, help="subject folder to fit; with --video/--images, where the new "
+                   "subject is kept (default: beside --out)")
+    p.add_argument("--result", type=Path, help="an existing fit result folder to import (no fit)")
+    footage = p.add_mutually_exclusive_group()
+    footage.add_argument("--video", type=Path, metavar="FILE", help="make the subject from this video first")
+    footage.add_argument("--images", type=Path, metavar="DIR",
+                         help="make the subject from this folder of images (or one image) first")
+    p.add_argument("--every", type=int, default=1, help="prepare: keep every Nth frame")
+    p.add_argument("--max-frames", type=int, default=0, help="prepare: at most N frames, evenly spread (0: all)")
+    p.add_argument("--size", type=int, default=0, help="prepare: long side in px (0: the input's, at most 1024)")
+    p.add_argument("--person", default="auto", help='prepare: "auto" or the track number of the person to follow')
+    p.add_argument("--focal", type=float, default=0.0, help="prepare: focal length in px (0: EXIF or the default)")
+    p.add_argument("--masks", type=Path, help="prepare: a folder of your own clothing masks")
     p.add_argument("--out", type=Path, required=True, help="the .blend to write")
     p.add_argument("--copy-result", type=Path, help="also copy the fit's result folder here (e.g. beside the .blend)")
     p.add_argument("--motion", type=Path, help="AMASS-style .npz to key onto the armature")
@@ -69,15 +84,43 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "needs --appearance or a --result with an appearance")
     p.add_argument("--neural-frames", type=int, default=0, help="neural-render only the first N frames (0: all)")
     args = p.parse_args(argv)
+    args.footage = args.video or args.images
+    if args.footage is not None:
+        check_footage(p, args)
+    elif (args.subject is None) == (args.result is None):
+        p.error("give one of --subject, --result, --video or --images")
     if args.appearance and args.subject is None and args.app_subject is None:
         p.error("--appearance needs --subject (or --app-subject with --result)")
     if args.app_subject is not None and not args.app_subject.exists():
         p.error(f"--app-subject: {args.app_subject} does not exist")
     for name in ("subject", "result", "motion"):
         path = getattr(args, name)
-        if path is not None and not path.exists():
+        if path is not None and not path.exists() and not (name == "subject" and args.footage):
             p.error(f"--{name}: {path} does not exist")
     return args
+
+
+def check_footage(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--video / --images: the footage exists, and the subject folder it makes (--subject, else
+    `<out stem>_subject` beside --out) is new, empty or an earlier subject (then replaced)."""
+    flag = "--video" if args.video is not None else "--images"
+    if args.result is not None:
+        p.error(f"{flag} makes a subject to fit: it does not go with --result")
+    if not args.footage.exists():
+        p.error(f"{flag}: {args.footage} does not exist")
+    if args.video is not None and not args.video.is_file():
+        p.error(f"--video: {args.video} is not a file")
+    if args.masks is not None and not args.masks.is_dir():
+        p.error(f"--masks: {args.masks} is not a folder")
+    for name, ok in (("every", args.every >= 1), ("max-frames", args.max_frames >= 0),
+                     ("size", args.size == 0 or 64 <= args.size <= 8192), ("focal", args.focal >= 0)):
+        if not ok:   # (the operator's properties would clamp them silently)
+            p.error(f"--{name}: out of range: {getattr(args, name.replace('-', '_'))}")
+    if args.subject is None:
+        args.subject = args.out.with_name(args.out.stem + "_subject")
+    dest = args.subject
+    if dest.exists() and not (dest.is_dir() and (not any(dest.iterdir()) or (dest / "subject.json").is_file())):
+        p.error(f"--subject: {dest} exists and is not an empty or subject folder (the new subject goes there)")
 
 
 def script_argv() -> list[str]:
@@ -132,13 +175,15 @@ def run_pointwear(args: argparse.Namespace) -> None:
     import bpy
 
     props = bpy.context.scene.pointwear
+    if args.footage is not None:
+        prepare_subject(args)
     if args.subject is not None:
         props.subject_folder = str(args.subject.resolve())
         props.fit_drape = args.drape.upper()
         props.fit_template = args.template.upper().replace("-", "_")
         props.fit_codes, props.fit_coarse_steps, props.fit_fine_steps = args.codes, args.coarse_steps, args.fine_steps
         props.auto_import = True
-        check(bpy.ops.pointwear.start_backend(), "starting the backend")
+        ensure_backend()
         check(bpy.ops.pointwear.fit_outfit(), "the outfit fit")
     else:
         props.result_folder = str(args.result.resolve())
@@ -151,6 +196,31 @@ def run_pointwear(args: argparse.Namespace) -> None:
         check(bpy.ops.pointwear.fit_appearance(), "the appearance fit")
     if args.motion is not None:
         check(bpy.ops.pointwear.load_motion(filepath=str(args.motion.resolve()), up=args.up), "loading the motion")
+
+
+def prepare_subject(args: argparse.Namespace) -> None:
+    """The add-on's New Subject on the footage (the backend's prepare job, blocking), then the
+    subject is kept in args.subject (the scene's subject folder and contact sheet point there)."""
+    import bpy
+
+    ensure_backend()
+    try:
+        check(bpy.ops.pointwear.new_subject(
+            filepath=str(args.footage.resolve()), every=args.every, max_frames=args.max_frames, size=args.size,
+            person=args.person, focal=args.focal, masks=str(args.masks.resolve()) if args.masks else ""),
+            "preparing the subject")
+    except RuntimeError as ex:   # the operator's error report: what is wrong with the footage
+        raise SystemExit(f"pointwear_batch: preparing the subject failed: {ex}") from None
+    made, dest = Path(bpy.context.scene.pointwear.subject_folder), args.subject.resolve()
+    partial = dest.with_name(f".{dest.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(made, partial)
+    shutil.rmtree(dest, ignore_errors=True)      # an earlier subject (checked in parse_args)
+    os.replace(partial, dest)
+    sheet = bpy.data.images.get(SHEET_IMAGE)
+    if sheet is not None:
+        sheet.filepath = str(dest / "prepare" / "contact_sheet.png")
+    print(f"pointwear_batch: subject {made} kept in {dest}")
 
 
 def ensure_backend() -> None:

@@ -14,6 +14,7 @@ import pytest
 from blender_support import REPO, backend_python, blender_env, run_backend, run_python
 
 BATCH = REPO / "scripts" / "pointwear_batch.py"
+PHOTO = Path("/work/shared/data/real/ryota.png")
 
 
 def run_batch(tmp_path: Path, *args) -> subprocess.CompletedProcess:
@@ -43,6 +44,7 @@ def read_blend(tmp_path: Path, blend: Path) -> dict:
             "fps": scene.render.fps / scene.render.fps_base, "bones": len(arm.data.bones),
             "action": arm.animation_data.action.name if arm.animation_data and arm.animation_data.action else None,
             "result": arm.get("pointwear_result"), "camera": scene.camera.name if scene.camera else None,
+            "images": {{im.name: bpy.path.abspath(im.filepath) for im in bpy.data.images if im.filepath}},
         }}))
     """
     proc = run_python(code, env=blender_env(tmp_path / "reader-user", home=tmp_path / "home"))
@@ -107,6 +109,41 @@ def test_batch_names_a_missing_subject(tmp_path):
     assert proc.returncode == 2 and "--subject" in proc.stderr and "nope" in proc.stderr
 
 
+@pytest.mark.parametrize("args, names", [
+    (["--video", "{tmp}/nope.mp4"], ["--video", "nope.mp4"]),
+    (["--images", "{tmp}/nope"], ["--images", "nope"]),
+    (["--images", str(PHOTO), "--masks", "{tmp}/no-masks"], ["--masks", "no-masks"]),
+    (["--images", str(PHOTO), "--subject", str(PHOTO)], ["--subject", "ryota.png"]),
+    (["--images", str(PHOTO), "--result", "{tmp}"], ["--images", "--result"]),
+    (["--video", str(PHOTO), "--every", "0"], ["--every", "0"]),
+    ([], ["--subject", "--video", "--images"]),
+], ids=["video", "images", "masks", "subject", "result", "every", "none"])
+def test_batch_names_bad_footage_arguments(tmp_path, args, names):
+    env = blender_env(tmp_path / "blender-user", home=tmp_path / "home")
+    args = [a.format(tmp=tmp_path) for a in args]
+    proc = subprocess.run([sys.executable, str(BATCH), *args, "--out", tmp_path / "x.blend"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2 and all(n in proc.stderr for n in names), proc.stderr
+
+
+def test_batch_prepares_a_photo_fits_and_imports(tmp_path):
+    """--images on one real photo: prepare (the add-on's New Subject) -> fit -> import; the subject
+    is kept beside the .blend and the saved scene shows its contact sheet."""
+    blend = tmp_path / "ryota.blend"
+    proc = run_batch(tmp_path, "--images", PHOTO, "--out", blend, "--work", tmp_path / "work",
+                     "--template", "longsleeve-trousers", "--codes", 1, "--coarse-steps", 2, "--fine-steps", 2)
+    assert "Pointwear prepare" in proc.stdout and "fit_outfit" in proc.stdout, proc.stdout[-3000:]
+    subject = tmp_path / "ryota_subject"
+    meta = json.loads((subject / "subject.json").read_text())
+    assert meta["frames"] == 1 and meta["image_size"] == [512, 512] and Path(meta["source"]) == PHOTO
+    sheet = subject / "prepare" / "contact_sheet.png"
+    assert sheet.is_file() and not list(tmp_path.glob(".*partial*"))
+    summary = read_blend(tmp_path, blend)
+    assert set(summary["kinds"]) >= {"armature", "body", "clothing_points", "camera"}
+    assert (summary["frame_start"], summary["frame_end"]) == (0, 0)        # the photo is frame 0
+    assert Path(summary["images"]["Pointwear Contact Sheet"]) == sheet
+
+
 def test_batch_appearance_and_neural_render(tmp_path, fit_result, walk):
     """--appearance fits the subject's appearance after importing the result; --neural-render
     renders it over the keyed motion (first 3 frames) into a folder of RGBA PNGs."""
@@ -130,3 +167,27 @@ def test_batch_appearance_and_neural_render(tmp_path, fit_result, walk):
     finally:
         bpy.data.images.remove(img)
     assert 0.002 < float((px.reshape(-1, 4)[:, 3] > 0.5).mean()) < 0.9  # clothing in view
+
+
+def test_batch_says_why_prepare_failed(tmp_path):
+    """Footage with nobody in it: the batch ends (status 1) with prepare's own words, and no
+    subject folder or .blend is left behind."""
+    import numpy as np
+    import bpy
+
+    folder = tmp_path / "empty-room"
+    folder.mkdir()
+    img = bpy.data.images.new("grey", 256, 256)
+    try:
+        img.pixels.foreach_set(np.full(256 * 256 * 4, 0.5, np.float32))
+        img.filepath_raw, img.file_format = str(folder / "000.png"), "PNG"
+        img.save()
+    finally:
+        bpy.data.images.remove(img)
+    env = blender_env(tmp_path / "blender-user", home=tmp_path / "home")
+    env["POINTWEAR_BACKEND_PYTHON"] = str(backend_python())
+    proc = subprocess.run([sys.executable, str(BATCH), "--images", folder, "--out", tmp_path / "room.blend",
+                           "--work", tmp_path / "work"], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 1, (proc.stdout[-3000:], proc.stderr[-3000:])
+    assert "preparing the subject failed" in proc.stderr and "no person" in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "room_subject").exists() and not (tmp_path / "room.blend").exists()
