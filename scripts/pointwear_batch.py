@@ -55,7 +55,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--up", default="Z", type=str.upper, choices=["Y", "Z"], help="the motion's up axis (AMASS: Z)")
     p.add_argument("--render", type=Path, help="render one frame with Cycles (CPU) to this PNG")
     p.add_argument("--frame", type=int, default=0, help="frame to render (subject frame k is Blender frame k)")
-    p.add_argument("--animation", type=Path, help="render the motion to this .mp4 or .gif (or a folder of PNGs)")
+    p.add_argument("--animation", type=Path, help="render the motion to this .mp4 or .gif (or a folder of PNGs); "
+                   "with --motion through a camera framing it, else through the subject's camera")
     p.add_argument("--anim-frames", type=int, default=0, help="render only the first N frames (0: all)")
     p.add_argument("--samples", type=int, default=16, help="Cycles samples")
     p.add_argument("--scale", type=int, default=100, help="render resolution percentage")
@@ -352,11 +353,14 @@ def render_still(scene, path: Path, frame: int) -> None:
     print(f"pointwear_batch: rendered frame {frame} -> {path}")
 
 
-def render_animation(scene, path: Path, frames: int) -> None:
+def render_animation(scene, path: Path, frames: int, new_camera: bool = True) -> None:
+    """Render the keyed frames; through a camera framing the motion (`new_camera`, as for a new
+    --motion) or else through the scene's camera (the subject's, so renders line up with its frames)."""
     import bpy
 
     previous = scene.camera
-    scene.camera = motion_camera(scene)
+    if new_camera or scene.camera is None:
+        scene.camera = motion_camera(scene)
     end = scene.frame_end if frames <= 0 else min(scene.frame_end, scene.frame_start + frames - 1)
     saved_end, scene.frame_end = scene.frame_end, end
     if path.suffix.lower() == ".mp4":
@@ -413,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.render is not None:
             render_still(scene, args.render, args.frame)
         if args.animation is not None:
-            render_animation(scene, args.animation, args.anim_frames)
+            render_animation(scene, args.animation, args.anim_frames, new_camera=args.motion is not None)
     finally:
         if hasattr(bpy.ops.pointwear, "stop_backend") and bpy.ops.pointwear.stop_backend.poll():
             bpy.ops.pointwear.stop_backend()
