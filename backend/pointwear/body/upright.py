@@ -15,7 +15,7 @@ from scipy.spatial.transform import Rotation
 from .model import BodyModel
 
 
-def _rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The smallest rotation matrix taking unit vector a onto unit vector b."""
     axis = np.cross(a, b)
     s, c = np.linalg.norm(axis), float(np.dot(a, b))
@@ -33,7 +33,7 @@ def upright_rotation(global_orient: np.ndarray) -> np.ndarray:
     body_rot = Rotation.from_rotvec(np.asarray(global_orient, np.float64)).as_matrix()
     up = body_rot[:, :, 1].mean(0)
     up /= np.linalg.norm(up)
-    tilt = _rotation_between(up, np.array([0.0, 1.0, 0.0]))
+    tilt = rotation_between(up, np.array([0.0, 1.0, 0.0]))
     facing = tilt @ body_rot[0][:, 2]
     yaw = np.arctan2(facing[0], facing[2])  # angle of facing from +Z towards +X
     turn = Rotation.from_rotvec([0.0, -yaw, 0.0]).as_matrix() if np.hypot(facing[0], facing[2]) > 1e-6 else np.eye(3)

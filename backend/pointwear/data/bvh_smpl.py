@@ -31,6 +31,7 @@ from scipy.spatial.transform import Rotation as R
 from smplx.lbs import batch_rigid_transform, batch_rodrigues
 
 from ..body.joints import JOINT_INDEX, JOINT_NAMES, NUM_JOINTS, PARENTS
+from ..body.upright import rotation_between
 from ..errors import InputError
 from .bvh import Bvh, bvh_global_transforms
 from .motion import Z_UP_TO_Y_UP, Motion
@@ -183,18 +184,6 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v, axis=-1, keepdims=True)
 
 
-def _shortest_arc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(3, 3) the smallest rotation turning unit a onto unit b."""
-    axis = np.cross(a, b)
-    sin, cos = np.linalg.norm(axis), float(np.dot(a, b))
-    if sin < 1e-9:
-        if cos > 0:
-            return np.eye(3)
-        ortho = np.cross(a, [1.0, 0, 0] if abs(a[0]) < 0.9 else [0, 1.0, 0])
-        return R.from_rotvec(np.pi * _unit(ortho)).as_matrix()
-    return R.from_rotvec(axis / sin * np.arctan2(sin, cos)).as_matrix()
-
-
 def _align(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """(3, 3) rotation C minimising sum ||C src_i - dst_i||^2 over unit directions (K, 3); the
     shortest arc of the mean direction when the directions are (nearly) collinear."""
@@ -202,7 +191,7 @@ def _align(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     u, sing, vt = np.linalg.svd(dst.T @ src)
     if len(src) == 1 or sing[1] < 1e-3 * sing[0]:
         i = int(np.argmax(np.linalg.norm(src, axis=1)))
-        return _shortest_arc(src[i], dst[i])
+        return rotation_between(src[i], dst[i])
     return u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
 
 
@@ -266,7 +255,7 @@ def _calibrate_hinges(align: np.ndarray, grot: np.ndarray, bvh: Bvh, resolved: d
         hinge = np.linalg.svd(bent, full_matrices=False)[2][0]
         for k, child in ((p, j), (j, c)):
             bone = _unit(target_rest[child] - target_rest[k])
-            base = _shortest_arc(_unit(smpl_rest[child] - smpl_rest[k]), bone)
+            base = rotation_between(_unit(smpl_rest[child] - smpl_rest[k]), bone)
             turned = _twist_onto(base, bone, np.asarray(axis), hinge)
             if turned is not None:
                 align[k] = turned
