@@ -7,7 +7,10 @@
 #   3. the appearance fitted to the frames (neural descriptors + U-Net; baked point colours);
 #   4. Blender again: the fitted result with its colours on a new motion (a procedural walk),
 #      saved as scene.blend, rendered with Cycles to walk.gif and neurally to neural_walk.gif;
-#   5. score the fit against the synthetic truth, and re-drape it on a taller body from the CLI.
+#   5. score the fit against the synthetic truth, and re-drape it on a taller body from the CLI;
+#   6. real footage: the real video ../shared/data/real/single_person_demo.mp4 through prepare ->
+#      fit-outfit -> fit-appearance -> Blender: the overlay contact sheet (real_sheet.png) and the
+#      fitted clothing rendered by Cycles with the video's camera beside each frame (real.gif).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -61,6 +64,39 @@ PY
 
 $pw eval-outfit "$out/fit" "$out/subject"
 $pw drape "$out/fit" --betas "2.0" --out "$out/redrape"
+
+video="${DEMO_VIDEO:-$root/../shared/data/real/single_person_demo.mp4}"
+if [ -f "$video" ]; then
+  $pw prepare "$video" --out "$out/real" --size "${DEMO_REAL_SIZE:-512}" ${DEMO_PREPARE_ARGS:-}
+  $pw subject check "$out/real"
+  cp "$out/real/prepare/contact_sheet.png" "$out/real_sheet.png"
+  rm -rf "$out/real_fit" "$out/real_app"
+  $pw fit-outfit "$out/real" --out "$out/real_fit" ${DEMO_REAL_FIT_ARGS:-}
+  $pw fit-appearance "$out/real" --outfit "$out/real_fit" --out "$out/real_app" \
+    --minutes "${DEMO_REAL_APP_MINUTES:-3}"
+  rm -rf "$out/real_frames"
+  .venv/bin/python scripts/pointwear_batch.py --result "$out/real_app" --out "$out/real.blend" \
+    --animation "$out/real_frames/" --scale "${DEMO_REAL_ANIM_SCALE:-100}"
+  .venv/bin/python - "$out" <<'PY'
+import sys
+from pathlib import Path
+import imageio.v3 as iio
+import numpy as np
+out = Path(sys.argv[1])
+renders = sorted((out / "real_frames").glob("*.png"))
+frames = []
+for k, f in enumerate(renders):
+    photo = iio.imread(out / "real" / "frames" / f"{k:06d}.png")[..., :3]
+    render = iio.imread(f)[..., :3]
+    if render.shape != photo.shape:
+        render = np.asarray(__import__("PIL.Image", fromlist=["Image"]).fromarray(render).resize(photo.shape[1::-1]))
+    frames.append(np.concatenate([photo, render], axis=1)[::2, ::2])
+iio.imwrite(out / "real.gif", frames, duration=1000 / 12, loop=0)
+print(f"wrote {out / 'real.gif'} ({len(frames)} frames)")
+PY
+else
+  echo "demo: $video not found; skipping the real-video part" >&2
+fi
 cat <<MSG
 demo: subject         $out/subject (contact sheet $out/contact_sheet.png)
       fitted outfit   $out/fit (outfit.npz, posed.npz, body.npz, result.json, fit_frames.gif)
@@ -69,4 +105,6 @@ demo: subject         $out/subject (contact sheet $out/contact_sheet.png)
       renders         $out/compare_frame.png (subject frame $frame | Cycles), $out/walk.gif (Cycles),
                       $out/neural_walk.gif (neural render of the walk)
       re-draped       $out/redrape (beta1 = 2)
+      real video      $out/real (prepared subject; overlay sheet $out/real_sheet.png), $out/real_fit,
+                      $out/real_app, $out/real.blend, $out/real.gif (video | Cycles render of the fit)
 MSG
