@@ -425,13 +425,14 @@ def cmd_sheet(seeds, options: BodyFitOptions) -> None:
         obs = cached_observations(seed)
         ok = obs["ok"]
         res = fit_body(body, obs["landmarks"][ok], obs["world"][ok], list(obs["masks"][ok]),
-                       subject.image_size, float(subject.K[0, 0, 0]), options=options)
+                       subject.image_size, float(subject.K[0, 0, 0]), options=options,
+                       facing=obs["facing"][ok] if USE_FACES else None)
         truth2d = project_points(truth_joints(body, subject).numpy(), subject.K)
         tiles = []
         for k, i in enumerate(np.flatnonzero(ok)):
             img = draw_overlay(subject.frame(i), res, k, obs["landmarks"][i])
             for x, y in truth2d[i]:
-                cv2.circle(img, (int(x), int(y)), 3, (255, 0, 0), -1)
+                cv2.circle(img, (int(x), int(y)), 3, (255, 0, 255), -1)
             tiles.append(img)
         Image.fromarray(np.concatenate(tiles, 1)).save(WORK / f"sheet_s{seed}.png")
         print(f"wrote {WORK / f'sheet_s{seed}.png'}")

@@ -117,7 +117,8 @@ def test_mask_term_pulls_the_body_inside_the_person(default_body):
         for side in ("left", "right"):
             lm[:, LANDMARK_NAMES.index(f"{side}_{name}"), 3] = 0.0
     masks = _silhouettes(default_body, truth)
-    opts = replace(QUICK, stage3_steps=0)
+    # a weak pose prior, so that only the mask can place the arms
+    opts = replace(QUICK, stage3_steps=0, w_pose_start=0.01, w_pose_end=0.01)
 
     def outside(w_mask: float) -> float:
         res = fit_body(default_body, lm, None, masks, SIZE, FOCAL, temporal=False,
@@ -169,12 +170,16 @@ def test_real_photo_fit_lies_inside_the_person(default_body, ryota):
     h, w = mask.shape
     focal = 26 / 36 * max(h, w)
     res = fit_body(default_body, lm, world, [mask], (h, w), focal, temporal=False)
+    import cv2
+    outside = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 5)
     j = np.round(res.joints2d[0]).astype(int)
-    inside = mask[j[:, 1].clip(0, h - 1), j[:, 0].clip(0, w - 1)]
-    assert inside.mean() >= 0.95, np.flatnonzero(~inside)
+    dist = outside[j[:, 1].clip(0, h - 1), j[:, 0].clip(0, w - 1)]
+    hands = [JOINT_INDEX["left_hand"], JOINT_INDEX["right_hand"]]   # knuckles: the mask's edge
+    assert (np.delete(dist, hands) == 0).all(), np.flatnonzero(dist)
+    assert dist[hands].max() < 8.0, dist[hands]
     sil = res.silhouette(0)
     assert (sil & mask).sum() / sil.sum() > 0.9
-    assert res.joint_error_px[0] < 6.0            # measured ~2-3 px at 512 px
+    assert res.joint_error_px[0] < 3.0            # measured 0.9 px at 512 px
     assert res.confidence[0] > 0.5
 
 

@@ -1,23 +1,31 @@
 """SMPLify-style fit of the body model and the camera to MediaPipe landmarks, batched over frames.
 
-The 33 MediaPipe landmarks map onto 21 *targets* on the body: SMPL joints (shoulders, elbows,
+The 33 MediaPipe landmarks map onto 23 *targets* on the body: SMPL joints (shoulders, elbows,
 wrists, hands, hips, knees, ankles) and surface points picked on the rest mesh by geometry (nose,
 eyes, ears, heels, toes; any SMPL-layout topology, no vertex indices). MediaPipe's hips and
 shoulders are not SMPL's joint centres, so every target carries a fixed offset (metres, in the
-body's rest frame, turned with the joint that carries it), learnt on synthetic tuning subjects.
+body's rest frame, turned with the joint that carries it), learnt on synthetic tuning subjects
+(scripts/tune_body_fit.py offsets).
 
 Energy (per frame, averaged over frames; residuals in units of the landmark noise):
     confidence-weighted Geman-McClure 2D reprojection of the targets
-  + world-landmark bone directions (weak 3D prior)
-  + joint-angle limits (knees and elbows bend one way, limited twist; hinge signs are also
-    projected after every step so a knee never bends backwards)
-  + Gaussian pose prior (pose_prior.py; an isotropic placeholder until it exists)
+  + joint-angle limits (knees and elbows bend one way, limited off-axis bend and spine twist;
+    the hinge signs are also projected after every step: a knee never bends backwards)
+  + Gaussian pose prior (pose_prior.py; a zero-mean isotropic stand-in when it is missing)
   + body inside the person mask (distance transform outside the mask, sampled at projected
-    body vertices with grid_sample)
-  + temporal smoothness of joints and root (robust, so genuine fast motion is not flattened)
-  + shape prior on the one shared `betas` (+ a prior keeping the focal near its start value).
-Stages: 1) global orientation + root from several yaw hypotheses per frame (facing, turned,
-facing away; the best is kept), 2) + body pose, 3) + betas (+ focal when refine_focal).
+    body vertices with grid_sample) and the mask covered by the body (robust Chamfer)
+  + temporal smoothness of the pose (joints in the pelvis' frame, robust per joint) and root
+  + shape prior on the one shared `betas` (+ a prior keeping the focal near its start value)
+  + optional depth slopes of MediaPipe's world bones (off by default, see w_world).
+Stages:
+  1) global orientation + root for every hypothesis per frame: MediaPipe's labelling as is or
+     left/right swapped (a person seen from behind is often labelled as if facing the camera,
+     the depth-mirrored body), times several yaws. Kept: per frame the cheapest (photos) or the
+     cheapest path with turns between frames costing (sequences, Viterbi); face hints
+     (face_hints) tell front from back where the landmarks cannot.
+  1b) lift: the body pose turned to MediaPipe's world-landmark bone directions (the limbs'
+     depth, which the image cannot tell), no image terms;
+  2) + body pose with all image terms; 3) + betas (+ focal when refine_focal).
 
 Camera: OpenCV at the origin (x right, y down, z forward), K per frame from the focal and the
 image centre ((W-1)/2, (H-1)/2: pixel centres at integers).
@@ -33,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from smplx.lbs import batch_rigid_transform, batch_rodrigues
 
-from ..body.joints import JOINT_INDEX, JOINT_NAMES, NUM_JOINTS
+from ..body.joints import JOINT_INDEX, NUM_JOINTS
 from ..body.model import BodyModel
 from ..body.regions import region_mask
 from ..data.subject import SmplParams
@@ -41,9 +49,9 @@ from ..errors import InputError
 from ..fit.outfit_fit import FitCancelled
 from .types import LANDMARK_INDEX, LANDMARK_NAMES, NUM_LANDMARKS, Progress
 
-__all__ = ["BodyFitOptions", "BodyFitResult", "fit_body", "procrustes_mpjpe", "project_points",
-           "similarity_align", "silhouette_mask", "landmark_targets", "surface_points", "body_landmarks", "TARGETS",
-           "FitCancelled"]
+__all__ = ["BodyFitOptions", "BodyFitResult", "fit_body", "face_hints", "procrustes_mpjpe",
+           "project_points", "similarity_align", "silhouette_mask", "landmark_targets",
+           "surface_points", "body_landmarks", "TARGETS", "FitCancelled"]
 
 # (target, MediaPipe landmarks averaged into its observation, weight group)
 TARGETS: tuple[tuple[str, tuple[str, ...], str], ...] = (
@@ -137,7 +145,7 @@ class BodyFitOptions:
     # -- observations ----------------------------------------------------------------------
     pixel_shift: float = 0.5          # MediaPipe's x*W puts pixel centres at i + 0.5; K at i
     min_visibility: float = 0.2       # landmarks below this visibility are ignored
-    noise: float = 0.012              # landmark noise, share of the person's height (residual unit)
+    noise: float = 0.02               # landmark noise, share of the person's height (residual unit)
     robust_scale: float = 4.0         # Geman-McClure scale, in noise units
     group_weights: dict[str, float] = field(default_factory=lambda: {
         "face": 0.5, "torso": 1.0, "limb": 1.0, "hand": 0.3, "foot": 0.5})
@@ -145,7 +153,8 @@ class BodyFitOptions:
         default_factory=lambda: dict(DEFAULT_OFFSETS))
     # -- weights ---------------------------------------------------------------------------
     w_reproj: float = 1.0             # 2D reprojection (per target, in noise units squared)
-    w_world: float = 0.3              # bone directions vs MediaPipe's world landmarks
+    w_world: float = 0.0              # stages 2-3: depth slopes of MediaPipe's world bones (off:
+                                      # once lifted, it only made the tuning fits worse)
     w_world_rigid: float = 0.3        # the same in stage 1 (torso and head bones only)
     world_sigma: dict[str, float] = field(default_factory=lambda: {   # typical error of the
         "upper_arm": 0.3, "forearm": 0.45, "thigh": 0.12, "shin": 0.17,  # depth slope dz/|d| of
@@ -153,8 +162,8 @@ class BodyFitOptions:
     world_robust: float = 10.0        # Geman-McClure scale of the world term (sigma units)
     world_ray_correction: bool = True  # world landmarks are seen along the person's ray
     w_limits: float = 10.0            # joint-angle limits (squared excess over the limit, rad)
-    w_pose_start: float = 0.1         # pose prior weight at the start of stage 2 ...
-    w_pose_end: float = 0.01          # ... decaying to this (log-linearly) and kept in stage 3
+    w_pose_start: float = 1.0         # pose prior weight at the start of stage 2 ...
+    w_pose_end: float = 0.1           # ... decaying to this (log-linearly) and kept in stage 3
     w_shape: float = 0.05             # betas L2
     w_mask: float = 0.5               # projected body vertices outside the person mask
     mask_margin: float = 0.005        # tolerated distance outside the mask (share of height)
@@ -521,10 +530,9 @@ def _observations(lm: np.ndarray, wl: np.ndarray | None, masks, image_size, foca
     pair = np.zeros(max(n - 1, 0))
     if temporal and n > 1:
         pair[:] = 1.0
-        if times is not None:
-            gaps = np.diff(np.asarray(times, np.float64))
-            ref = np.median(gaps) if len(gaps) else 1.0
-            pair = np.clip(ref / np.maximum(gaps, 1e-9), 0.0, 1.0)
+        gaps = np.diff(np.asarray(times, np.float64)) if times is not None else None
+        if gaps is not None and len(gaps) == n - 1 and np.isfinite(gaps).all() and (gaps > 0).all():
+            pair = np.clip(np.median(gaps) / gaps, 0.0, 1.0)     # weaker across long gaps
     t = lambda a: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
     return _Obs(t(uv), t(conf), t(scale), world_dir, world_conf, dt, cover, cover_w, t(pair))
 
