@@ -240,15 +240,18 @@ def _fit_body(people: list[T.PersonObs], seen: list[_Seen], person_masks: list[n
               hooks: Hooks):
     from ..body import load_body
     from ..device import pick_device
-    from .body_fit import FitCancelled, fit_body
+    from .body_fit import FitCancelled, face_hints, fit_body
     device = pick_device(options.device)
     body = load_body(options.body, gender=options.gender, device=device)
     landmarks = np.stack([p.landmarks for p in people]).astype(np.float32)
     world = np.stack([p.world for p in people]).astype(np.float32)
     times = np.array([s.time for s in seen], dtype=np.float64)
     clip = is_sequence(info, [s.name for s in seen], options.sequence)
+    # A face seen on the person's head says they face the camera (MediaPipe labels a person seen
+    # from behind as if facing it); frames are read back from the stage one at a time.
+    facing = face_hints(_Lazy([s.staged for s in seen], _read_rgb), landmarks)
     try:
-        return fit_body(body, landmarks, world, person_masks, info.size, focal,
+        return fit_body(body, landmarks, world, person_masks, info.size, focal, facing=facing,
                         refine_focal=(focal_from == "default" and clip), temporal=clip,
                         times=times if clip else None, progress=hooks.progress,
                         should_stop=hooks.should_stop, device=device)
