@@ -15,7 +15,9 @@ import textwrap
 
 from bpy.types import Panel
 
+from .link import protocol
 from .operators import runtime, subject
+from .operators.jobs import RESUMABLE
 from .preferences import get_preferences
 from .properties import BACKEND_STATE_NOT_STARTED
 
@@ -149,9 +151,9 @@ class VIEW3D_PT_pointwear_job(_PointwearPanel, Panel):
             layout.label(text="{} ({:.0f} %)".format(text, 100.0 * props.job_progress))
         if props.job_message:
             col = layout.column()
-            col.alert = props.job_state == "failed"
+            col.alert = props.job_state == protocol.FAILED
             _wrapped(col, props.job_message, context,
-                     icon="ERROR" if props.job_state == "failed" else "INFO")
+                     icon="ERROR" if props.job_state == protocol.FAILED else "INFO")
             if props.job_hint:
                 _wrapped(col, props.job_hint, context, icon="BLANK1")
         icon_id = runtime.preview_icon_id() if props.preview_path else 0
@@ -159,8 +161,7 @@ class VIEW3D_PT_pointwear_job(_PointwearPanel, Panel):
             layout.template_icon(icon_value=icon_id, scale=8.0)
         row = layout.row(align=True)
         row.operator("pointwear.cancel_job", icon="CANCEL")
-        if props.job_kind in ("fit_outfit", "fit_appearance") and props.job_state in (
-                "cancelled", "failed", "interrupted"):
+        if props.job_kind in ("fit_outfit", "fit_appearance") and props.job_state in RESUMABLE:
             op = row.operator("pointwear." + props.job_kind, text="Resume", icon="RECOVER_LAST")
             if op is not None:  # None only in a recording layout (tests)
                 op.resume = True

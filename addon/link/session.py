@@ -34,7 +34,7 @@ STATE_BUSY = "busy"
 STATE_ERROR = "error"
 STATES = (STATE_NOT_STARTED, STATE_NOT_FOUND, STATE_STARTING, STATE_READY, STATE_BUSY, STATE_ERROR)
 
-JOB_FINISHED_STATES = ("done", "failed", "cancelled", "interrupted")
+JOB_FINISHED_STATES = protocol.FINAL_STATES
 MAX_WARNINGS = 20
 
 
@@ -46,7 +46,7 @@ class JobState:
         self.kind = kind
         self.params = dict(params or {})
         self.tag = dict(tag or {})  # the caller's own data (e.g. which scene asked for it)
-        self.state = "queued"
+        self.state = protocol.QUEUED
         self.message = ""
         self.stage = ""
         self.i = 0
@@ -64,7 +64,7 @@ class JobState:
     @property
     def fraction(self):
         """Progress of the current stage in [0, 1] (1 once done)."""
-        if self.done and self.state == "done":
+        if self.done and self.state == protocol.STATE_DONE:
             return 1.0
         if self.n and self.n > 0:
             return max(0.0, min(1.0, float(self.i) / float(self.n)))
@@ -73,9 +73,9 @@ class JobState:
     @property
     def progress_text(self):
         if self.done:
-            if self.state == "done":
+            if self.state == protocol.STATE_DONE:
                 return "Done"
-            if self.state == "cancelled":
+            if self.state == protocol.CANCELLED:
                 return "Cancelled"
             return "Failed: " + self.error_message if self.error_message else "Failed"
         if self.stage:
@@ -97,7 +97,7 @@ class JobState:
             self.state = str(event.get("state") or self.state)
             self.message = str(event.get("message") or "")
         elif kind == protocol.EVENT_PROGRESS:
-            self.state = "running"
+            self.state = protocol.RUNNING
             self.stage = str(event.get("stage") or "")
             self.i = int(event.get("i") or 0)
             self.n = int(event.get("n") or 0)
@@ -112,7 +112,7 @@ class JobState:
             self.folder = str(event.get("folder") or "")
             self.files = dict(event.get("files") or {})
         elif kind == protocol.EVENT_DONE:
-            self.state = str(event.get("state") or "done")
+            self.state = str(event.get("state") or protocol.STATE_DONE)
             self.done = True
             self.finished = time.monotonic()
             return True
@@ -123,7 +123,7 @@ class JobState:
         if self.done:
             return
         self.error = {"type": protocol.EVENT_ERROR, "code": "lost", "message": message, "hint": hint}
-        self.state = "failed"
+        self.state = protocol.FAILED
         self.done = True
         self.finished = time.monotonic()
 

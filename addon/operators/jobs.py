@@ -21,11 +21,12 @@ from bpy.props import BoolProperty, FloatProperty
 from bpy.types import Operator
 
 from ..link.client import BackendError
+from ..link import protocol
 from ..properties import backend_name
 from . import runtime
 
 MODAL_INTERVAL = 0.1
-RESUMABLE = ("cancelled", "failed", "interrupted")
+RESUMABLE = (protocol.CANCELLED, protocol.FAILED, protocol.INTERRUPTED)
 
 
 def parse_frames(text):
@@ -110,7 +111,7 @@ class JobOperatorMixin:
         if ok:
             self.report({"INFO"}, message)
             return {"FINISHED"}
-        if job.done and job.state == "cancelled":
+        if job.done and job.state == protocol.CANCELLED:
             self.report({"WARNING"}, message)
         else:
             self.report({"ERROR"}, message)

@@ -215,7 +215,7 @@ class _ProgressPrinter:
 
 def job_failure(job):
     """(message, hint) of a job that did not end 'done'."""
-    if job.state == "cancelled":
+    if job.state == protocol.CANCELLED:
         return "The {} job was cancelled".format(job.kind or "backend"), ""
     return (job.error_message or "The {} job {}".format(job.kind or "backend", job.state),
             job.error_hint)
@@ -225,10 +225,10 @@ def finish_job(context, job):
     """Run a finished job's follow-up once (in ``context``): set the result folder, import the
     fit (if auto import), apply a re-drape. Returns (ok, message)."""
     if job.handled:
-        return job.state == "done", ""
+        return job.state == protocol.STATE_DONE, ""
     job.handled = True
     try:
-        if job.state != "done":
+        if job.state != protocol.STATE_DONE:
             message, hint = job_failure(job)
             return False, message + (" ({})".format(hint) if hint else "")
         scene = bpy.data.scenes.get(job.tag.get("scene") or "") or context.scene

@@ -42,6 +42,7 @@ def test_new_subject_needs_the_backend(addon):  # noqa: F811
 
 def test_new_subject_from_a_photo_a_folder_or_a_video(addon, tmp_path):  # noqa: F811
     bpy, props, ops, runtime = addon.bpy, addon.props, addon.bpy.ops.pointwear, addon.runtime
+    P = runtime.protocol    # the add-on's own copy of the wire protocol
     assert ops.start_backend() == {"FINISHED"}
     assert poll_message(ops.fit_outfit).endswith("Set a subject folder")
 
@@ -67,17 +68,17 @@ def test_new_subject_from_a_photo_a_folder_or_a_video(addon, tmp_path):  # noqa:
     for kwargs, params in cases:
         assert ops.new_subject(wait=False, **kwargs) == {"FINISHED"}
         job = runtime.session().current_job
-        assert job.kind == "prepare" and job.params == {"every": 1, "person": "auto", **params}, kwargs
+        assert job.kind == P.KIND_PREPARE and job.params == {"every": 1, "person": "auto", **params}, kwargs
         assert poll_message(ops.new_subject).endswith("A job is running")
         assert ops.cancel_job() == {"FINISHED"}
         assert ops.wait_job(timeout=300) == {"CANCELLED"}
-        assert job.state == "cancelled" and not job.files and not props.subject_folder
+        assert job.state == P.CANCELLED and not job.files and not props.subject_folder
 
     # The photo, to the end: the scene's subject folder is the new subject, its contact sheet is
     # loaded, and Fit Outfit is ready.
     assert ops.new_subject(filepath=str(PHOTO), size=512) == {"FINISHED"}
     job = runtime.session().jobs[props.job_id]
-    assert job.kind == "prepare" and props.job_state == "done"
+    assert job.kind == P.KIND_PREPARE and props.job_state == P.STATE_DONE
     assert job.params == {"input": str(PHOTO), "every": 1, "person": "auto", "size": 512}
     subject = Path(props.subject_folder)
     assert subject == Path(job.files["subject"]) and subject.name == "subject"

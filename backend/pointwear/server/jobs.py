@@ -343,13 +343,13 @@ class JobQueue:
 
     def _report(self, job: Job, outcome: str, value: Any) -> None:
         if outcome == "ok" and job.cancel.is_set():
-            outcome, value = "cancelled", f"{job.kind} job cancelled"
+            outcome, value = P.CANCELLED, f"{job.kind} job cancelled"
         if outcome == "ok":
             files = {name: str(Path(p).resolve()) for name, p in value.items() if p is not None and Path(p).exists()}
             job.files = files
             self.publish(job, {"type": P.RESULT, "folder": str(job.out), "files": files})
             self._finish(job, P.STATE_DONE, message=f"{job.kind} finished")
-        elif outcome == "cancelled":
+        elif outcome == P.CANCELLED:
             ckpt = job.out / "checkpoint.pt"
             message = value + (f"; checkpoint kept: {ckpt}" if ckpt.exists() else "")
             self._finish(job, P.CANCELLED, message=message)
@@ -376,7 +376,7 @@ class JobQueue:
                 ctx.check_cancel()
                 result = ("ok", kind.run(ctx) or {})
         except JobCancelled as exc:
-            result = ("cancelled", str(exc))
+            result = (P.CANCELLED, str(exc))
         except PointwearError as exc:
             result = ("error", job_error(exc))
         except Exception as exc:
