@@ -52,6 +52,9 @@ class PrepareOptions:
                              field="--max-frames")
         if self.size is not None and not (isinstance(self.size, int) and 64 <= self.size <= 8192):
             raise InputError(f"must be an integer 64..8192 px, got {self.size!r}", field="--size")
+        from .decode import parse_time
+        for name in ("start", "end"):    # syntax only here; frames from seconds once fps is known
+            parse_time(getattr(self, name), 1.0, f"--{name}")
         person = str(self.person)
         if person != "auto" and not (person.isdigit() and int(person) < 1000):
             raise InputError(f'must be "auto" or a track number 0..999, got {self.person!r}',

@@ -130,7 +130,7 @@ def prepare_subject(source: str | Path, out: str | Path, options: PrepareOptions
 # -- stages --------------------------------------------------------------------------------------
 
 def _check_out(out: Path, source: Path) -> None:
-    if out == source or source in out.parents and source.is_dir() and out.parent == source:
+    if out == source or (source.is_dir() and source in out.parents):
         raise InputError("the output folder must not be the input or inside an input image folder",
                          file=out, field="--out")
     if out.exists():

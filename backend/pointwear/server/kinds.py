@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -489,19 +488,17 @@ register(JobKind("render", _validate_render, _run_render,
 
 PREPARE_FILES = {"subject": "", "sheet": "prepare/contact_sheet.png", "report": "prepare/report.json"}
 PREPARE_PREVIEW_EVERY_S = 0.5     # at most two detection previews a second (the first always)
-_TIME_POINT = re.compile(r"^(\d+|\d+(\.\d+)?s)$")
 
 
 def _time_point(p: Params, name: str) -> str | None:
-    """--start / --end: a frame number (12 or "12") or seconds ("1.5s")."""
+    """--start / --end as text: a frame number (12 or "12") or a time ("1.5s", "00:01.5"); the
+    syntax is checked once, by PrepareOptions.check (decode.parse_time)."""
     value = p._get(name, None)
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    if value is None or (isinstance(value, str) and len(value) <= 64):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    if isinstance(value, str) and _TIME_POINT.match(value.strip()):
-        return value.strip()
-    raise ParamError(name, f'must be a frame number (12) or seconds ("1.5s"), got {_short(value)}')
+    raise ParamError(name, f'must be a frame number (12) or a time ("1.5s"), got {_short(value)}')
 
 
 def _person(p: Params) -> str:
