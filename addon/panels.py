@@ -101,6 +101,9 @@ class VIEW3D_PT_pointwear_fit(_PointwearPanel, Panel):
         row = layout.row()
         row.active = props.fit_drape == "PARAMETRIC"
         row.prop(props, "fit_template")
+        row = layout.row()
+        row.active = props.fit_drape == "PARAMETRIC"
+        row.prop(props, "fit_garments")
         layout.prop(props, "auto_import")
         layout.operator("pointwear.fit_outfit", icon="MOD_CLOTH")
 
@@ -183,6 +186,12 @@ class VIEW3D_PT_pointwear_result(_PointwearPanel, Panel):
         col.prop(props, "import_camera")
         col.prop(props, "import_motion")
         layout.operator("pointwear.import_result", icon="IMPORT")
+        arm = props.armature
+        if arm is not None and arm.get("pointwear_garments"):
+            box = layout.box()
+            box.label(text="Garments (inner first)", icon="MATCLOTH")
+            for name in str(arm["pointwear_garments"]).split(", "):
+                box.label(text=name)
         layout.separator()
         layout.prop(props, "armature")
         layout.operator("pointwear.load_motion", icon="ARMATURE_DATA")

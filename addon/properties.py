@@ -29,7 +29,7 @@ DRAPE_ITEMS = (
     ("NEURAL", "Neural", "The learned 8-D outfit code drape (Point-Based Modeling of Human Clothing)"),
 )
 TEMPLATE_ITEMS = (
-    ("AUTO", "Auto", "Try every template and keep the best (parametric drape)"),
+    ("AUTO", "Auto", "Choose the garments from every family (per label when the subject has labels)"),
     ("TSHIRT_SHORTS", "T-shirt and Shorts", ""),
     ("LONGSLEEVE_TROUSERS", "Long Sleeves and Trousers", ""),
     ("TANK_SKIRT", "Tank Top and Skirt", ""),
@@ -82,6 +82,13 @@ class POINTWEAR_SceneProperties(PropertyGroup):
         description="Garment template of the parametric drape (Auto tries each)",
         items=TEMPLATE_ITEMS,
         default="AUTO",
+    )
+    fit_garments: StringProperty(
+        name="Garments",
+        description="Fix the garments: families joined by '+' (tank, tshirt, longsleeve, hoodie, jacket, "
+                    "shorts, trousers, skirt, dress, jumpsuit), e.g. jacket+tshirt+trousers. Empty: the fit "
+                    "chooses them (per label when the subject has labels) or uses the Template",
+        default="",
     )
     fit_frames: StringProperty(
         name="Frames",

@@ -46,6 +46,7 @@ class OutfitData:
     faces: np.ndarray = None     # (F, 3) int32, or None: points only
     garment: np.ndarray = None   # (P,) int32 garment index per point, or None
     colors: np.ndarray = None    # (P, 3) float32 in 0..1, or None
+    garment_names: list = None   # names of the garments `garment` indexes (inner layer first), or None
 
 
 @dataclass
@@ -226,6 +227,19 @@ def read_outfit(path):
         params = json.loads(params)
     except ValueError as exc:
         raise ResultFileError(path, "params", "not JSON ({})".format(exc)) from exc
+    garment_names = None
+    if "garment_names" in data:
+        try:
+            garment_names = json.loads(_string(data, path, "garment_names", "[]"))
+        except ValueError as exc:
+            raise ResultFileError(path, "garment_names", "not JSON ({})".format(exc)) from exc
+        if not (isinstance(garment_names, list) and all(isinstance(n, str) for n in garment_names)):
+            raise ResultFileError(path, "garment_names", "must be a JSON list of names")
+        if garment is not None and len(garment) and int(garment.max()) >= len(garment_names):
+            raise ResultFileError(path, "garment", "indexes garment {} but garment_names has {}".format(
+                int(garment.max()), len(garment_names)))
+    elif isinstance(params, list):     # results before garment_names: the names in params
+        garment_names = [str(g.get("name", g.get("kind", "?"))) for g in params if isinstance(g, dict)]
     code = np.asarray(_require(data, path, "code"))
     code = _array({"code": code.reshape(-1)}, path, "code", (None,))  # any shape, flattened
     return OutfitData(
@@ -233,7 +247,7 @@ def read_outfit(path):
         drape=_string(data, path, "drape", ""), betas=_array(data, path, "betas", (None,)),
         params=params, body=_string(data, path, "body", "default"),
         gender=_string(data, path, "gender", "neutral"), faces=faces, garment=garment,
-        colors=None if colors is None else np.clip(colors, 0.0, 1.0))
+        colors=None if colors is None else np.clip(colors, 0.0, 1.0), garment_names=garment_names)
 
 
 def read_body(path):

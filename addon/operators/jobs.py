@@ -224,8 +224,8 @@ class POINTWEAR_OT_fit_outfit(JobOperatorMixin, Operator):
         params = {
             "subject": subject,
             "drape": drape,
-            "template": None if props.fit_template == "AUTO" or drape != "parametric"
-            else backend_name(props.fit_template),
+            "template": None if drape != "parametric"
+            else props.fit_garments.strip() or (None if props.fit_template == "AUTO" else backend_name(props.fit_template)),
             "codes": props.fit_codes,
             "coarse_steps": props.fit_coarse_steps,
             "fine_steps": props.fit_fine_steps,

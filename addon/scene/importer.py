@@ -6,7 +6,8 @@ file leaves the scene as it was.
 Object roles are recorded as custom properties, which is how later steps (and the operators)
 find the pieces again: ``pointwear_kind`` ("armature", "body", "clothing_points",
 "clothing_mesh", "camera") and ``pointwear_result`` (absolute result folder) on every object;
-on the armature also ``pointwear_betas``, ``pointwear_drape``, ``pointwear_code``,
+on the armature also ``pointwear_betas``, ``pointwear_drape``, ``pointwear_garments`` (names,
+comma-separated, inner layer first), ``pointwear_code``,
 ``pointwear_world_from_camera`` (16 floats, row-major 4x4), ``pointwear_body`` (body.npz path) and,
 for a fit_appearance result (appearance.pt), ``pointwear_appearance`` (that folder).
 """
@@ -45,6 +46,7 @@ def _tag(obj, kind, folder):
 def _store_result_props(arm, data):
     arm["pointwear_betas"] = [float(b) for b in data.outfit.betas]
     arm["pointwear_drape"] = data.outfit.drape
+    arm["pointwear_garments"] = ", ".join(data.outfit.garment_names or [])
     arm["pointwear_code"] = [float(c) for c in data.outfit.code]
     arm["pointwear_body"] = os.path.abspath(data.body.path)
 

@@ -106,11 +106,24 @@ class _TqdmProgress:
             self.bar.close()
 
 
+def _outfit_spec(value: str) -> str:
+    from .garment.families import outfit_spec_error
+    problem = outfit_spec_error(value, allow_random=True)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return value
+
+
 def cmd_fit_outfit(args: argparse.Namespace) -> int:
     from .fit.outfit_fit import FitOptions, fit_outfit
-    options = FitOptions(drape=args.drape, template=args.template, frames=args.frames, codes=args.codes,
+    garments = args.garments or args.template
+    if garments is not None:
+        from .fit.selection import check_outfit
+        garments = check_outfit(garments)
+    options = FitOptions(drape=args.drape, template=garments, frames=args.frames, codes=args.codes,
                          coarse_steps=args.coarse_steps, fine_steps=args.fine_steps,
-                         refine_steps=args.refine_steps, seed=args.seed, device=args.device)
+                         refine_steps=args.refine_steps, seed=args.seed, device=args.device,
+                         labels="off" if args.no_labels else "auto")
     progress = _TqdmProgress()
     try:
         result = fit_outfit(args.subject, args.out, options, progress)
@@ -247,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="subject folder to write")
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--size", type=int, default=512, help="image width and height in pixels")
-    p.add_argument("--outfit", default="random", choices=[*OUTFITS, "random"])
+    p.add_argument("--outfit", default="random", type=_outfit_spec,
+                   help=f"{', '.join(OUTFITS)}, random, or garments joined by '+' (e.g. tshirt, jacket+tshirt+trousers)")
     p.add_argument("--motion", default="turntable", choices=list(MOTIONS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--body", default="default", help='"default" or a path to an SMPL model')
@@ -260,8 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("subject")
     p.add_argument("--out", required=True, help="result folder (resumes from its checkpoint if present)")
     p.add_argument("--drape", default="parametric", help='"parametric", "neural" or a neural checkpoint path')
-    p.add_argument("--template", default=None, help="parametric only: tshirt-shorts, longsleeve-trousers, "
-                   "tank-skirt or dress (default: try all)")
+    p.add_argument("--garments", default=None, help="parametric only: fix the garments, families joined by '+' "
+                   "(tank, tshirt, longsleeve, hoodie, jacket, shorts, trousers, skirt, dress, jumpsuit; e.g. "
+                   "jacket+tshirt+trousers); default: chosen by the fit (per label with labels/)")
+    p.add_argument("--template", default=None, help=argparse.SUPPRESS)   # the older name of --garments
+    p.add_argument("--no-labels", action="store_true", help="ignore labels/: fit every garment to the clothing mask")
     p.add_argument("--frames", type=_frame_list, default=None, help="frames to fit, e.g. 0-5; the rest are held out")
     p.add_argument("--codes", type=int, default=4, help="random codes per template in the coarse stage")
     p.add_argument("--coarse-steps", type=int, default=100)

@@ -8,6 +8,8 @@ posed.npz, through the armature, the keyed motion and world_from_camera.
 
 from __future__ import annotations
 
+import json
+
 import math
 import shutil
 import sys
@@ -373,6 +375,10 @@ def test_import_builds_armature_clothing_body_and_camera(scene_api, fit_result):
     assert list(arm["pointwear_betas"]) == pytest.approx(outfit_npz["betas"].tolist())
     assert list(arm["pointwear_code"]) == pytest.approx(outfit_npz["code"].tolist())
     assert arm["pointwear_drape"] == str(outfit_npz["drape"])
+    # The Result panel's garment list: outfit.npz garment_names (older results: params' names).
+    names = json.loads(str(outfit_npz["garment_names"])) if "garment_names" in outfit_npz.files else \
+        [g.get("name", g["kind"]) for g in json.loads(str(outfit_npz["params"]))]
+    assert arm["pointwear_garments"] == ", ".join(names) and names
     assert list(arm["pointwear_world_from_camera"]) == pytest.approx(posed_npz["world_from_camera"].ravel().tolist())
     assert arm["pointwear_body"] == str(fit_result.resolve() / "body.npz")
 

@@ -2,7 +2,7 @@
 small interpretable code. Each entry of the code is a logit mapped into that parameter's range
 (sleeve length, hem, waist, neckline, ease, flare), so any real vector is a valid outfit and the
 prior is simply a standard normal on the logits. An outfit template (which garments) is fixed per
-model; fitting tries every template and keeps the best."""
+model; fitting chooses the garments (fit/selection.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,54 +10,61 @@ import torch
 
 from ..body import BodyModel
 from ..garment.body_frame import BodyFrame
-from ..garment.outfit import OUTFITS, GarmentMesh, GarmentParams, build_outfit
+from ..garment.families import FAMILIES, LEGACY_OUTFITS, outfit_families, outfit_name
+from ..garment.outfit import GarmentMesh, GarmentParams, build_outfit
 from .base import DrapeModel, DrapeOutput
 
-# (name, low, high) of every parameter of a garment kind; the code holds their logits in order.
-PARAM_RANGES: dict[str, tuple[tuple[str, float, float], ...]] = {
-    "top": (("sleeve", 0.0, 1.0), ("hem", 0.5, 1.05), ("neckline", 0.02, 0.14), ("ease", 0.003, 0.06)),
-    "trousers": (("hem", 0.15, 1.0), ("waist", 0.5, 0.75), ("ease", 0.003, 0.06)),
-    "skirt": (("hem", 0.05, 0.9), ("waist", 0.5, 0.7), ("ease", 0.003, 0.05), ("flare", 0.0, 0.6)),
-    "dress": (("sleeve", 0.0, 0.5), ("hem", 0.05, 0.9), ("neckline", 0.02, 0.14), ("ease", 0.003, 0.05),
-              ("flare", 0.0, 0.6)),
-}
-TEMPLATES: dict[str, tuple[str, ...]] = {name: kinds for name, kinds in OUTFITS.items()}
+TEMPLATES: dict[str, tuple[str, ...]] = dict(LEGACY_OUTFITS)   # the four outfits of older results
 
 
 class ParametricDrape(DrapeModel):
     """Clothing points are the vertices of the generator's tube grids (fixed topology per
-    template), so the drape also yields a garment mesh (`faces`)."""
+    outfit), so the drape also yields a garment mesh (`faces`). `template` is an outfit spec:
+    garment families joined by '+' ("jacket+tshirt+trousers", families.py) or a legacy outfit
+    name ("tshirt-shorts"). The code is the garments' codes one after the other, inner layer
+    first; `segments[g]` is garment g's slice of it."""
 
     def __init__(self, body: BodyModel, template: str = "tshirt-shorts") -> None:
         super().__init__(body)
-        if template not in TEMPLATES:
-            raise ValueError(f"parametric drape template must be one of {sorted(TEMPLATES)}, got {template!r}")
-        self.template = template
-        self.kinds = TEMPLATES[template]
-        self.drape_id = f"parametric:{template}"
-        self.code_dim = sum(len(PARAM_RANGES[k]) for k in self.kinds)
+        try:
+            self.families = outfit_families(template)
+        except ValueError as exc:
+            raise ValueError(f"parametric drape: {exc}") from None
+        legacy = template in LEGACY_OUTFITS and template not in FAMILIES
+        self.template = template if legacy else outfit_name(self.families)
+        self.kinds = tuple(f.name for f in self.families)        # garment names, inner layer first
+        self.slots = tuple(f.slot for f in self.families)
+        self.drape_id = f"parametric:{self.template}"
+        bounds = np.cumsum([0] + [f.code_dim for f in self.families])
+        self.segments = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        self.code_dim = int(bounds[-1])
         self._frames: dict[tuple, BodyFrame] = {}
         self._weights: dict[tuple, np.ndarray] = {}
         self.faces: np.ndarray | None = None
         self.garment_index: np.ndarray | None = None
 
     def random_codes(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return torch.randn(n, self.code_dim, generator=generator) * 0.8
+        """The first code is every parameter at the middle of its range (a fair start for every
+        family when only one code per candidate competes); the rest are random."""
+        codes = torch.randn(n, self.code_dim, generator=generator) * 0.8
+        codes[0] = 0.0
+        return codes
 
     def params(self, code: torch.Tensor) -> list[GarmentParams]:
         """Garment parameters of one (code_dim,) code; entries stay tensors (differentiable)."""
-        out, k = [], 0
-        for kind in self.kinds:
-            values = {}
-            for name, lo, hi in PARAM_RANGES[kind]:
-                values[name] = lo + (hi - lo) * torch.sigmoid(code[k])
-                k += 1
-            out.append(GarmentParams(kind, **values))
+        out = []
+        for fam, seg in zip(self.families, self.segments):
+            values = dict(fam.fixed)
+            for (name, lo, hi), logit in zip(fam.ranges, code[seg]):
+                values[name] = lo + (hi - lo) * torch.sigmoid(logit)
+            out.append(GarmentParams(fam.kind, **values))
         return out
 
     def describe(self, code: torch.Tensor) -> list[dict]:
-        return [{"kind": p.kind, **{n: float(getattr(p, n)) for n, _, _ in PARAM_RANGES[p.kind]}}
-                for p in self.params(code.detach())]
+        """Each garment: its name, family slot and layer, geometry kind and parameter values."""
+        return [{"name": fam.name, "kind": p.kind, "slot": fam.slot, "layer": fam.layer,
+                 **{n: float(getattr(p, n)) for n, _, _ in fam.ranges}}
+                for fam, p in zip(self.families, self.params(code.detach()))]
 
     def body_frame(self, betas: torch.Tensor) -> BodyFrame:
         key = tuple(np.round(betas.detach().cpu().numpy().astype(np.float64), 5))

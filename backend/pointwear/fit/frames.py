@@ -22,12 +22,20 @@ class FrameSet:
     depth: torch.Tensor             # (F, H, W) body depth, +inf off the body
     targets: MaskTargets
     masks: list                     # bool (H, W) numpy masks
+    label_targets: dict = None      # label id -> MaskTargets of that garment label (fits with labels)
+
+    def target(self, key: int) -> MaskTargets:
+        """The clothing mask (key < 0) or one garment label's masks."""
+        return self.targets if key < 0 else self.label_targets[key]
 
     def __len__(self) -> int:
         return len(self.ids)
 
 
-def load_frames(subject: Subject, body: BodyModel, ids: list[int], device: torch.device) -> FrameSet:
+def load_frames(subject: Subject, body: BodyModel, ids: list[int], device: torch.device,
+                labels: list[int] | None = None) -> FrameSet:
+    """`labels`: garment label ids whose masks (labels/ == id) to load as targets too; a label
+    absent from a frame is an empty target there (it adds nothing to that frame's loss)."""
     t = lambda a: torch.as_tensor(a[ids], dtype=torch.float32, device=device)  # noqa: E731
     smpl = subject.smpl
     go, bp, tr, K = t(smpl.global_orient), t(smpl.body_pose), t(smpl.transl), t(subject.K)
@@ -35,4 +43,8 @@ def load_frames(subject: Subject, body: BodyModel, ids: list[int], device: torch
     with torch.no_grad():
         verts = body(torch.as_tensor(smpl.betas, device=device), go, bp, tr).vertices
         depth = body_depth(verts, body.faces_t, K, subject.image_size)
-    return FrameSet(list(ids), go, bp, tr, K, depth, MaskTargets.from_masks(masks, device), masks)
+    label_targets = {}
+    if labels:
+        maps = [subject.labels(i) for i in ids]
+        label_targets = {k: MaskTargets.from_masks([m == k for m in maps], device, allow_empty=True) for k in labels}
+    return FrameSet(list(ids), go, bp, tr, K, depth, MaskTargets.from_masks(masks, device), masks, label_targets)

@@ -23,6 +23,8 @@ from ..errors import InputError
 from ..render.rasterizer import project
 from .frames import FrameSet, load_frames
 from .losses import chamfer_2d, soft_coverage_loss
+from .selection import (UNION, CandidateSpec, assign_labels, join_winners, label_groups, labelled_candidates,
+                        unlabelled_candidates)
 from .visibility import visible_points
 
 Progress = Callable[[str, int, int], None]
@@ -36,7 +38,12 @@ class FitCancelled(Exception):
 @dataclass
 class FitOptions:
     drape: str = "parametric"          # "parametric" | "neural" | a neural checkpoint path
-    template: str | None = None        # parametric only: fix the outfit template
+    template: str | None = None        # parametric only: fix the garments ("tshirt+skirt", families.py)
+    labels: str = "auto"               # "auto": fit each garment to its own label mask when labels/ exists; "off"
+    prune_after: int = 20              # coarse step at which the outfit candidates are pruned ...
+    keep: int = 3                      # ... to this many per label (or overall without labels)
+    select_codes: int = 2              # random codes per candidate while more than `keep` compete
+    garment_penalty: float = 0.04      # unlabelled selection: score x (1 + this per extra garment)
     frames: list[int] | None = None    # frames to fit; the rest are held out
     codes: int = 4                     # random codes per template (coarse stage)
     coarse_steps: int = 100
@@ -56,10 +63,25 @@ class FitOptions:
 
 @dataclass
 class Candidate:
-    """One drape model (a template) and the codes optimised for it."""
+    """One drape model (an outfit) and the codes optimised for it; `spec` says which mask each
+    of its garments is scored against (None: the whole clothing mask)."""
     drape: DrapeModel
     codes: torch.Tensor
     optimizer: torch.optim.Optimizer | None = None
+    spec: CandidateSpec | None = None
+
+    @property
+    def key(self) -> str:
+        return self.spec.key if self.spec is not None else self.drape.drape_id
+
+    @property
+    def targets(self) -> tuple[int, ...] | None:
+        return None if self.spec is None else self.spec.targets
+
+    @property
+    def extra_garments(self) -> int:
+        """Garments beyond the first of an unlabelled candidate (the complexity penalised)."""
+        return 0 if self.spec is None or UNION not in self.spec.targets else len(self.spec.targets) - 1
 
 
 @dataclass
@@ -76,6 +98,12 @@ class FitState:
     step: int = 0
     best: Best = field(default_factory=Best)
     history: list = field(default_factory=list)
+    cand_best: dict = field(default_factory=dict)   # candidate key -> its best held-out score
+
+
+def _groups(key: str) -> str:
+    """The masks a candidate key is scored on ("" = the clothing mask, "1" = label 1, ...)."""
+    return key.partition("@")[2]
 
 
 def split_frames(n: int, frames: list[int] | None) -> tuple[list[int], list[int]]:
@@ -123,16 +151,24 @@ class OutfitFitter:
         self.train_ids, self.held_ids = split_frames(subject.num_frames, options.frames)
         self._check_masks()
         self._drop_frames_out_of_view()
-        self.train = load_frames(subject, self.body, self.train_ids, self.device)
-        self.val = load_frames(subject, self.body, self.held_ids, self.device) if self.held_ids else self.train
+        self.groups = []
+        if options.drape == "parametric" and options.labels == "auto" and subject.has_labels:
+            self.groups = label_groups(subject, self.train_ids + self.held_ids)
+        labels = [g.label for g in self.groups]
+        self.train = load_frames(subject, self.body, self.train_ids, self.device, labels)
+        self.val = load_frames(subject, self.body, self.held_ids, self.device, labels) if self.held_ids else self.train
+        self.final_targets = None
         self.rng = torch.Generator().manual_seed(options.seed)
         self.ckpt_path = self.out / "checkpoint.pt"
         self.snapshots: list[tuple[str, int, torch.Tensor, str]] = []
 
     # -- losses ---------------------------------------------------------------------------------
     def frame_losses(self, drape: DrapeModel, codes: torch.Tensor, frames: FrameSet, ids: torch.Tensor,
-                     offsets: torch.Tensor | None = None, refresh_weights: bool = True) -> torch.Tensor:
-        """(C,) loss of each code, averaged over the frames `ids` (indices into `frames`)."""
+                     offsets: torch.Tensor | None = None, refresh_weights: bool = True,
+                     targets: tuple[int, ...] | None = None) -> torch.Tensor:
+        """(C,) loss of each code, averaged over the frames `ids` (indices into `frames`).
+        `targets`: the mask each garment of the drape is scored against (a label id, or UNION
+        for the clothing mask); None scores all points against the clothing mask."""
         out = drape(drape.constrain(codes), self.betas, refresh_weights=refresh_weights)
         points, weights = out.points, out.weights
         if offsets is not None:
@@ -146,19 +182,48 @@ class OutfitFitter:
         uv, _ = project(posed, frames.K[fi])
         with torch.no_grad():
             vis = visible_points(posed, frames.depth[fi], frames.K[fi], threshold=self.options.visibility_threshold)
-        cham = chamfer_2d(uv, vis, frames.targets, fi, reduction="none")["total"]
-        cov = soft_coverage_loss(uv, vis, frames.targets, fi, reduction="none")
-        per_pair = cham + self.options.coverage_weight * cov
+        per_pair = torch.zeros(c * f, dtype=uv.dtype, device=uv.device)
+        for key, valid in self._garment_visibility(drape, uv, vis, frames, fi, targets):
+            target = frames.target(key)
+            cham = chamfer_2d(uv, valid, target, fi, reduction="none")["total"]
+            cov = soft_coverage_loss(uv, valid, target, fi, reduction="none")
+            per_pair = per_pair + cham + self.options.coverage_weight * cov
         return per_pair.reshape(c, f).mean(1)
+
+    def _garment_visibility(self, drape: DrapeModel, uv: torch.Tensor, vis: torch.Tensor, frames: FrameSet,
+                            fi: torch.Tensor, targets: tuple[int, ...] | None) -> list[tuple[int, torch.Tensor]]:
+        """(target key, (B, P) bool visible points scored against it) per distinct target. A
+        garment under another (a shirt under a jacket) is seen only where its pixel is not the
+        outer garment's label: elsewhere its points are hidden."""
+        keys = sorted(set(targets)) if targets else [UNION]
+        if len(keys) == 1:
+            return [(keys[0], vis)]
+        garment = torch.as_tensor(drape.garment_index, device=uv.device)
+        layers = [f.layer for f in drape.families]
+        px = uv.round().long()
+        h, w = frames.targets.masks.shape[1:]
+        inside = (px[..., 0] >= 0) & (px[..., 0] < w) & (px[..., 1] >= 0) & (px[..., 1] < h)
+        px = torch.stack([px[..., 0].clamp(0, w - 1), px[..., 1].clamp(0, h - 1)], -1)
+        out = []
+        for key in keys:
+            mine = [g for g, t in enumerate(targets) if t == key]
+            valid = vis & torch.isin(garment, torch.as_tensor(mine, device=uv.device))[None]
+            over = {t for g, t in enumerate(targets) if t != key and layers[g] > min(layers[m] for m in mine)}
+            for other in over:
+                masks = frames.target(other).masks
+                covered = masks[fi[:, None], px[..., 1], px[..., 0]] & inside
+                valid = valid & ~covered
+            out.append((key, valid))
+        return out
 
     def prior(self, drape: DrapeModel, codes: torch.Tensor) -> torch.Tensor:
         return self.options.prior_weight * (codes ** 2).sum(1)
 
     @torch.no_grad()
-    def score(self, drape: DrapeModel, codes: torch.Tensor) -> torch.Tensor:
+    def score(self, drape: DrapeModel, codes: torch.Tensor, targets: tuple[int, ...] | None = None) -> torch.Tensor:
         """Held-out score of each code: the Chamfer loss on every held-out frame."""
         ids = torch.arange(len(self.val), device=self.device)
-        return self.frame_losses(drape, codes, self.val, ids, refresh_weights=False)
+        return self.frame_losses(drape, codes, self.val, ids, refresh_weights=False, targets=targets)
 
     # -- stages -------------------------------------------------------------------------------
     def _sample_ids(self) -> torch.Tensor:
@@ -182,7 +247,8 @@ class OutfitFitter:
             ids = self._sample_ids()
             for cand in cands:
                 refresh = state.step % 10 == 0
-                loss = self.frame_losses(cand.drape, cand.codes, self.train, ids, refresh_weights=refresh)
+                loss = self.frame_losses(cand.drape, cand.codes, self.train, ids, refresh_weights=refresh,
+                                         targets=cand.targets)
                 total = (loss + self.prior(cand.drape, cand.codes)).sum()
                 cand.optimizer.zero_grad()
                 total.backward()
@@ -194,27 +260,49 @@ class OutfitFitter:
                 show = state.best if stage == "coarse" and state.best.code is not None else None
                 self._maybe_preview(stage, state.step, best=show, cand=cands[0])
             self.progress(stage, state.step, steps)
-            if state.step % self.options.score_every == 0 or state.step == steps:
+            prune = stage == "coarse" and state.step == self.options.prune_after
+            if prune or state.step % self.options.score_every == 0 or state.step == steps:
                 self._update_best(cands, state, stage)
+            if prune:
+                cands[:] = self._prune(cands, state)
             if state.step % self.options.checkpoint_every == 0:
                 self._save(cands, state)
 
+    def _penalised(self, cand: Candidate, scores: torch.Tensor) -> torch.Tensor:
+        return scores * (1.0 + self.options.garment_penalty * cand.extra_garments)
+
     def _update_best(self, cands: list[Candidate], state: FitState, stage: str) -> None:
+        """Score every code on the held-out frames; keep each candidate's best (`cand_best`)
+        and, among candidates scored on the same masks, the overall best in `state.best`."""
         for cand in cands:
-            scores = self.score(cand.drape, cand.codes.detach())
+            scores = self._penalised(cand, self.score(cand.drape, cand.codes.detach(), cand.targets))
             k = int(scores.argmin())
-            state.history.append({"stage": stage, "step": state.step, "drape": cand.drape.drape_id,
+            state.history.append({"stage": stage, "step": state.step, "drape": cand.key,
                                   "scores": [round(float(s), 5) for s in scores]})
-            if float(scores[k]) < state.best.score:
-                state.best = Best(float(scores[k]), cand.drape.drape_id, cand.codes[k].detach().clone(), stage)
+            state.cand_best[cand.key] = round(float(scores[k]), 6)
+            comparable = state.best.code is None or _groups(state.best.drape_id) == _groups(cand.key)
+            if comparable and float(scores[k]) < state.best.score:
+                state.best = Best(float(scores[k]), cand.key, cand.codes[k].detach().clone(), stage)
         self._snapshot(stage, state)
+
+    def _prune(self, cands: list[Candidate], state: FitState) -> list[Candidate]:
+        """Keep the `keep` best candidates of each label (or overall); the others stop here."""
+        state_best = state.cand_best
+        kept = []
+        for group in sorted({_groups(c.key) for c in cands}):
+            mine = sorted((c for c in cands if _groups(c.key) == group), key=lambda c: state_best[c.key])
+            kept += mine[:self.options.keep]
+        return [c for c in cands if c in kept]
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _save(self, cands: list[Candidate], state: FitState, offsets: torch.Tensor | None = None) -> None:
         from ..fileio import atomic_path
         payload = {"options": asdict(self.options), "stage": state.stage, "step": state.step,
                    "history": state.history, "best": asdict(state.best) if state.best.code is not None else None,
-                   "candidates": [{"drape": c.drape.drape_id, "codes": c.codes.detach().cpu(),
+                   "cand_best": state.cand_best,
+                   "candidates": [{"drape": c.key, "codes": c.codes.detach().cpu(),
+                                   "outfit": None if c.spec is None else c.spec.outfit,
+                                   "targets": None if c.spec is None else list(c.spec.targets),
                                    "optimizer": c.optimizer.state_dict() if c.optimizer else None}
                                   for c in cands],
                    "offsets": None if offsets is None else offsets.detach().cpu()}
@@ -233,20 +321,38 @@ class OutfitFitter:
 
     # -- the whole fit --------------------------------------------------------------------------
     def make_candidates(self) -> list[Candidate]:
+        """The neural drape; or the garments fixed by `template`; or, to choose the garments,
+        every family each label allows (labels/) or every plausible outfit (no labels)."""
         from ..drape import make_drapes
-        drapes = make_drapes(self.options.drape, self.body, self.options.template)
-        return [Candidate(d, d.random_codes(self.options.codes, self.rng)) for d in drapes]
+        from ..drape.parametric import ParametricDrape
+        if self.options.drape != "parametric":
+            drapes = make_drapes(self.options.drape, self.body)
+            return [Candidate(d, d.random_codes(self.options.codes, self.rng)) for d in drapes]
+        if self.options.template:
+            drape = ParametricDrape(self.body, self.options.template)
+            spec = assign_labels(drape.template, self.groups) if self.groups else None
+            return [Candidate(drape, drape.random_codes(self.options.codes, self.rng), spec=spec)]
+        specs = labelled_candidates(self.groups) if self.groups else unlabelled_candidates()
+        n = self.options.codes if len(specs) <= self.options.keep else min(self.options.codes, self.options.select_codes)
+        out = []
+        for spec in specs:
+            drape = ParametricDrape(self.body, spec.outfit)
+            out.append(Candidate(drape, drape.random_codes(n, self.rng), spec=spec))
+        return out
 
     def run(self) -> dict:
         t0 = time.time()
         self.out.mkdir(parents=True, exist_ok=True)
         cands = self.make_candidates()
-        by_id = {c.drape.drape_id: c for c in cands}
+        by_id = {c.key: c for c in cands}
         self.drapes = {k: c.drape for k, c in by_id.items()}
         state, fine, offsets0 = FitState(), None, None
         ckpt = self._load()
         if ckpt is not None:
             state, fine, offsets0 = self._restore(ckpt, by_id)
+            if state.stage == "coarse":   # candidates pruned before the checkpoint stay pruned
+                saved = [c["drape"] for c in ckpt["candidates"]]
+                cands = [by_id[k] for k in saved]
         if state.stage == "coarse":
             self._optimize(cands, state, "coarse", self.options.coarse_steps)
             if state.best.code is None:  # resumed past the last step before any scoring
@@ -258,38 +364,70 @@ class OutfitFitter:
             self._optimize([fine], state, "fine", self.options.fine_steps)
             state.stage, state.step = "refine", 0
             self._save([fine], state)
-        best_drape = by_id[state.best.drape_id].drape
+        best_drape = self.drapes[state.best.drape_id]
+        self.final_targets = fine.targets if fine is not None else None
         offsets = self._refine(best_drape, state, offsets0)
         return self._finish(best_drape, state, offsets, time.time() - t0)
 
     def _fine_candidate(self, state: FitState, by_id: dict[str, Candidate]) -> Candidate:
-        """The fine stage starts from the mean of the best template's codes (spherical for
-        codes in a ball; plain for the parametric logits)."""
-        group = by_id[state.best.drape_id]
-        codes = group.codes.detach()
-        start = codes.mean(0) if group.drape.drape_id.startswith("parametric") else slerp_mean(codes)
-        return Candidate(group.drape, start[None].clone())
+        """The fine stage starts from the mean of the best candidate's codes (spherical for
+        codes in a ball; plain for the parametric logits). With labels, the best candidate of
+        each label are joined into one outfit, each garment keeping its code and its label."""
+        if not self.groups or self.options.template:
+            group = by_id[state.best.drape_id]
+            return Candidate(group.drape, self._start_code(group)[None].clone(), spec=group.spec)
+        from ..drape.parametric import ParametricDrape
+        best = {}
+        for cand in by_id.values():
+            g = _groups(cand.key)
+            if cand.key in state.cand_best and (g not in best or state.cand_best[cand.key] < state.cand_best[best[g].key]):
+                best[g] = cand
+        winners = sorted(best.values(), key=lambda c: state.cand_best[c.key])
+        spec, notes = join_winners([(c.spec, state.cand_best[c.key]) for c in winners])
+        for note in notes:
+            warnings.warn(f"{self.subject.root}: {note}")
+        drape = ParametricDrape(self.body, spec.outfit)
+        parts = {}
+        for cand in winners:
+            code = self._start_code(cand)
+            for fam, seg in zip(cand.drape.families, cand.drape.segments):
+                parts.setdefault(fam.name, code[seg])
+        start = torch.cat([parts[f.name] for f in drape.families])
+        self.drapes[spec.key] = drape
+        # Scores of the joined outfit are on all labels at once: not comparable with one label's.
+        state.best = Best()
+        return Candidate(drape, start[None].clone(), spec=spec)
+
+    def _start_code(self, cand: Candidate) -> torch.Tensor:
+        codes = cand.codes.detach()
+        return codes.mean(0) if cand.drape.drape_id.startswith("parametric") else slerp_mean(codes)
 
     def _restore(self, ckpt: dict, by_id: dict[str, Candidate]
                  ) -> tuple[FitState, Candidate | None, torch.Tensor | None]:
-        state = FitState(ckpt["stage"], ckpt["step"], Best(), ckpt["history"])
+        state = FitState(ckpt["stage"], ckpt["step"], Best(), ckpt["history"], ckpt.get("cand_best", {}))
         if ckpt["best"] is not None:
             state.best = Best(**ckpt["best"])
         restored = []
         for saved in ckpt["candidates"]:
-            if saved["drape"] not in by_id:
+            drape = by_id[saved["drape"]].drape if saved["drape"] in by_id else None
+            spec = None if saved.get("targets") is None else CandidateSpec(saved["outfit"], tuple(saved["targets"]))
+            if drape is None and state.stage != "coarse" and spec is not None:   # a joined outfit
+                from ..drape.parametric import ParametricDrape
+                drape = ParametricDrape(self.body, spec.outfit)
+                self.drapes[spec.key] = drape
+            if drape is None:
                 raise InputError(f"checkpoint drape {saved['drape']!r} does not match this fit "
                                  f"({sorted(by_id)}); delete it to start over", file=self.ckpt_path)
-            cand = Candidate(by_id[saved["drape"]].drape, saved["codes"].to(self.device).requires_grad_())
+            cand = Candidate(drape, saved["codes"].to(self.device).requires_grad_(), spec=spec)
             cand.optimizer = torch.optim.Adam([cand.codes], lr=self._lr(cand.drape), betas=(0.5, 0.9), eps=1e-4)
             if saved["optimizer"]:
                 cand.optimizer.load_state_dict(saved["optimizer"])
             restored.append(cand)
         if state.stage == "coarse":
             for cand in restored:
-                by_id[cand.drape.drape_id].codes = cand.codes
-                by_id[cand.drape.drape_id].optimizer = cand.optimizer
-        fine = restored[0] if state.stage == "fine" else None
+                by_id[cand.key].codes = cand.codes
+                by_id[cand.key].optimizer = cand.optimizer
+        fine = restored[0] if state.stage != "coarse" and restored else None
         return state, fine, ckpt.get("offsets")
 
     # -- free-form refinement -------------------------------------------------------------------
@@ -313,7 +451,8 @@ class OutfitFitter:
         opt = torch.optim.Adam([amount], lr=2e-4)
         val_ids = torch.arange(len(self.val), device=self.device)
         with torch.no_grad():
-            base = self.frame_losses(drape, code, self.val, val_ids, refresh_weights=False).item()
+            base = self.frame_losses(drape, code, self.val, val_ids, refresh_weights=False,
+                                     targets=self.final_targets).item()
         best_amount, best_score = None, base
         while state.step < steps:
             offsets = amount[:, None] * normals
@@ -321,7 +460,7 @@ class OutfitFitter:
                 self._save([Candidate(drape, code)], state, offsets)
                 raise FitCancelled(f"fit cancelled during refine at step {state.step}")
             data = self.frame_losses(drape, code, self.train, self._sample_ids(), offsets=offsets[None],
-                                     refresh_weights=False).sum()
+                                     refresh_weights=False, targets=self.final_targets).sum()
             smooth = ((amount - amount[neighbours].mean(1)) ** 2).mean()
             loss = data + 100.0 * smooth + 10.0 * (amount ** 2).mean()
             opt.zero_grad()
@@ -335,7 +474,7 @@ class OutfitFitter:
             if state.step % self.options.score_every == 0 or state.step == steps:
                 with torch.no_grad():
                     s = self.frame_losses(drape, code, self.val, val_ids, offsets=(amount[:, None] * normals)[None],
-                                          refresh_weights=False).item()
+                                          refresh_weights=False, targets=self.final_targets).item()
                 state.history.append({"stage": "refine", "step": state.step, "scores": [round(s, 5)]})
                 if s < best_score:
                     best_score, best_amount = s, amount.detach().clone()

@@ -100,6 +100,7 @@ def write_outputs(fitter: "OutfitFitter", drape: DrapeModel, state: "FitState",
     if faces is not None:
         extra["faces"] = np.asarray(faces, np.int32)
         extra["garment"] = np.asarray(drape.garment_index, np.int32)
+        extra["garment_names"] = np.array(json.dumps(list(getattr(drape, "kinds", ()))))
     if offsets is not None:
         extra["offsets"] = offsets.cpu().numpy().astype(np.float32)
     params = drape.describe(code[0]) if hasattr(drape, "describe") else None
@@ -122,6 +123,7 @@ def write_outputs(fitter: "OutfitFitter", drape: DrapeModel, state: "FitState",
         row["split"] = "train" if row["frame"] in fitter.train_ids else "heldout"
     result = {
         "drape": drape.drape_id, "code": [float(c) for c in code[0]], "params": params,
+        "garments": garment_list(drape, code[0], fitter.final_targets, fitter.subject.label_names),
         "score": state.best.score, "best_stage": state.best.stage, "seconds": round(seconds, 2),
         "points": int(rest_np.shape[0]), "train_frames": fitter.train_ids, "heldout_frames": fitter.held_ids,
         "metrics": {split: _means([r for r in per_frame if r["split"] == split]) for split in ("train", "heldout")},
@@ -132,6 +134,24 @@ def write_outputs(fitter: "OutfitFitter", drape: DrapeModel, state: "FitState",
         tmp.write_text(json.dumps(result, indent=1))
     write_gifs(fitter, posed, frames)
     return result
+
+
+def garment_list(drape: DrapeModel, code: torch.Tensor, targets: tuple[int, ...] | None,
+                 label_names: dict[int, str]) -> list[dict] | None:
+    """result.json "garments": each garment of a parametric outfit (inner layer first) with
+    its family, slot, layer, its own code, its parameters, the label it was fitted to (None:
+    the whole clothing mask) and its index in outfit.npz "garment"."""
+    if not hasattr(drape, "families"):
+        return None
+    params = drape.describe(code)
+    out = []
+    for g, (fam, seg) in enumerate(zip(drape.families, drape.segments)):
+        label = None if targets is None or targets[g] < 0 else int(targets[g])
+        out.append({"index": g, "name": fam.name, "slot": fam.slot, "layer": fam.layer,
+                    "code": [round(float(c), 6) for c in code[seg]],
+                    "params": {k: v for k, v in params[g].items() if k not in ("name", "slot", "layer")},
+                    "label": label, "label_name": label_names.get(label) if label is not None else None})
+    return out
 
 
 def _means(rows: list[dict]) -> dict:

@@ -12,19 +12,17 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter1d
 
+from ..body.joints import JOINT_INDEX as J
 from .body_frame import BodyFrame
 from .fields import Axis, RadiusField
 
-GARMENT_KINDS = ("top", "trousers", "skirt", "dress")
-OUTFITS: dict[str, tuple[str, ...]] = {
-    "tshirt-shorts": ("top", "trousers"),
-    "longsleeve-trousers": ("top", "trousers"),
-    "tank-skirt": ("top", "skirt"),
-    "dress": ("dress",),
-}
+from .families import FAMILIES, LEGACY_OUTFITS as OUTFITS, outfit_families, outfit_name
+
+GARMENT_KINDS = ("top", "trousers", "skirt", "dress", "jacket", "hoodie", "jumpsuit")
 # Grid resolution (along the axis, around it) of each kind of piece: fixed, so a garment's
 # topology never changes with its parameters.
-GRID = {"torso": (56, 64), "sleeve": (24, 24), "waist": (12, 64), "leg": (44, 32), "hang": (64, 72)}
+GRID = {"torso": (56, 64), "sleeve": (24, 24), "waist": (12, 64), "leg": (44, 32), "hang": (64, 72),
+        "hood": (20, 32)}
 
 
 @dataclass
@@ -32,7 +30,9 @@ class GarmentParams:
     """Interpretable garment parameters. Lengths are fractions: `sleeve` of shoulder->wrist
     (0 = sleeveless), `hem` of neck->crotch for tops and of hip->ankle (trousers) or
     crotch->ankle (skirts, dresses) for the rest; `waist` of neck->crotch; `neckline` and
-    `ease` in metres; `flare` is the skirt's outward slope below the hips."""
+    `ease` in metres; `flare` is the skirt's outward slope below the hips; `opening` the angle
+    (radians) of a jacket's open front (0 = closed); `hood` a hood's height as a fraction of the
+    neck -> crown distance (0 = none)."""
     kind: str
     sleeve: float = 0.0
     hem: float = 1.0
@@ -40,6 +40,8 @@ class GarmentParams:
     neckline: float = 0.06
     ease: float = 0.015
     flare: float = 0.0
+    opening: float = 0.0
+    hood: float = 0.0
 
 
 @dataclass
@@ -61,6 +63,9 @@ class Piece:
     ease: Callable[[torch.Tensor], torch.Tensor]
     regions: tuple[str, ...]
     hanging: bool = False
+    # (start, end) angle around the axis for a piece that is not a closed tube (an open jacket
+    # front, a hood): the grid then spans it edge to edge instead of wrapping around.
+    phi_range: tuple | None = None
 
 
 @dataclass
@@ -86,51 +91,111 @@ class GarmentMesh:
 def garment_pieces(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool = False) -> list[Piece]:
     """The tube pieces of one garment. `keep_sleeves` keeps sleeves of any length (down to a
     3 cm stub) so the topology never depends on the parameters, as a drape model needs."""
-    torso = frame.torso_axis
-    crotch, floor = frame.crotch_s, frame.floor_s
-    ankle_s = frame.torso_s(frame.joints[[7, 8], 1].mean())
-    const = lambda value: (lambda s: torch.zeros_like(s) + value)  # noqa: E731
-    pieces: list[Piece] = []
-    if p.kind in ("top", "dress"):
-        top_s = p.neckline
-        if p.kind == "top":
-            end = p.hem * crotch
-            ease = lambda s, e=p.ease: e * (1.0 + 0.4 * (s / crotch).clamp(0, 1))  # noqa: E731
-            pieces.append(Piece("torso", torso, frame.field(torso, ("torso", "neck"), (0.0, crotch + 0.15)),
-                                top_s, end, GRID["torso"], ease, ("torso", "neck")))
-        else:
-            end = crotch + p.hem * (ankle_s - crotch)
-            regions = ("torso", "neck", "left_upper_leg", "right_upper_leg", "left_lower_leg", "right_lower_leg")
-            fld = frame.field(torso, regions, (0.0, floor)).hanging(frame.hip_s)
-            ease = _hanging_ease(p.ease, p.flare, frame.hip_s)
-            pieces.append(Piece("dress", torso, fld, top_s, end, GRID["hang"], ease, regions, hanging=True))
-        if keep_sleeves or p.sleeve > 0.02:
-            for side in ("left", "right"):
-                axis, length = frame.limb_axis(f"{side}_shoulder", f"{side}_wrist")
-                regions = (f"{side}_upper_arm", f"{side}_lower_arm")
-                fld = frame.field(axis, regions, (-0.05, length))
-                pieces.append(Piece(f"{side}_sleeve", axis, fld, -0.03, p.sleeve * length,
-                                    GRID["sleeve"], const(p.ease * 0.8), regions))
-    elif p.kind == "trousers":
-        waist_s = p.waist * crotch
-        regions = ("torso", "left_upper_leg", "right_upper_leg")
-        pieces.append(Piece("waist", torso, frame.field(torso, regions, (0.0, crotch + 0.05)),
-                            waist_s, crotch + 0.02, GRID["waist"], const(p.ease), regions))
-        for side in ("left", "right"):
-            axis, length = frame.limb_axis(f"{side}_hip", f"{side}_ankle")
-            regions = (f"{side}_upper_leg", f"{side}_lower_leg")
-            start = frame.leg_s_at_crotch(side) - 0.02
-            fld = frame.field(axis, regions, (start - 0.05, length + 0.02))
-            pieces.append(Piece(f"{side}_leg", axis, fld, start, p.hem * length, GRID["leg"],
-                                const(p.ease), regions))
-    elif p.kind == "skirt":
-        regions = ("torso", "left_upper_leg", "right_upper_leg", "left_lower_leg", "right_lower_leg")
-        fld = frame.field(torso, regions, (0.0, floor)).hanging(frame.hip_s)
-        pieces.append(Piece("skirt", torso, fld, p.waist * crotch, crotch + p.hem * (ankle_s - crotch),
-                            GRID["hang"], _hanging_ease(p.ease, p.flare, frame.hip_s), regions, hanging=True))
-    else:
+    if p.kind not in _PIECES:
         raise ValueError(f"garment kind must be one of {GARMENT_KINDS}, got {p.kind!r}")
+    return _PIECES[p.kind](frame, p, keep_sleeves)
+
+
+def _const(value):
+    return lambda s: torch.zeros_like(s) + value
+
+
+def _torso_piece(frame: BodyFrame, p: GarmentParams, end, phi_range=None) -> Piece:
+    crotch = frame.crotch_s
+    ease = lambda s, e=p.ease: e * (1.0 + 0.4 * (s / crotch).clamp(0, 1))  # noqa: E731
+    fld = frame.field(frame.torso_axis, ("torso", "neck"), (0.0, crotch + 0.15))
+    return Piece("torso", frame.torso_axis, fld, p.neckline, end, GRID["torso"], ease, ("torso", "neck"),
+                 phi_range=phi_range)
+
+
+def _sleeves(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Piece]:
+    if not (keep_sleeves or p.sleeve > 0.02):
+        return []
+    pieces = []
+    for side in ("left", "right"):
+        axis, length = frame.limb_axis(f"{side}_shoulder", f"{side}_wrist")
+        regions = (f"{side}_upper_arm", f"{side}_lower_arm")
+        fld = frame.field(axis, regions, (-0.05, length))
+        pieces.append(Piece(f"{side}_sleeve", axis, fld, -0.03, p.sleeve * length,
+                            GRID["sleeve"], _const(p.ease * 0.8), regions))
     return pieces
+
+
+def _legs(frame: BodyFrame, p: GarmentParams) -> list[Piece]:
+    pieces = []
+    for side in ("left", "right"):
+        axis, length = frame.limb_axis(f"{side}_hip", f"{side}_ankle")
+        regions = (f"{side}_upper_leg", f"{side}_lower_leg")
+        start = frame.leg_s_at_crotch(side) - 0.02
+        fld = frame.field(axis, regions, (start - 0.05, length + 0.02))
+        pieces.append(Piece(f"{side}_leg", axis, fld, start, p.hem * length, GRID["leg"], _const(p.ease), regions))
+    return pieces
+
+
+def _top(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Piece]:
+    return [_torso_piece(frame, p, p.hem * frame.crotch_s)] + _sleeves(frame, p, keep_sleeves)
+
+
+def _jacket(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Piece]:
+    """A top whose front is open by `opening` radians (phi 0 faces front); closed at 0."""
+    half = torch.as_tensor(p.opening, dtype=torch.float32) / 2
+    torso = _torso_piece(frame, p, p.hem * frame.crotch_s, phi_range=(half, 2 * np.pi - half))
+    return [torso] + _sleeves(frame, p, keep_sleeves)
+
+
+def _hoodie(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Piece]:
+    """A long-sleeved top with a hood: a half tube behind the head from the neck up to `hood`
+    of the neck -> crown height, standing off the head by the ease plus 2 cm."""
+    pieces = _top(frame, p, keep_sleeves)
+    neck = frame.joints[J["neck"]]
+    crown = float(frame.vertices[:, 1].max() - neck[1])
+    axis = Axis.through(np.array([0.0, neck[1], neck[2]]), (0.0, 1.0, 0.0))
+    fld = frame.field(axis, ("head", "neck"), (-0.05, crown + 0.02))
+    pieces.append(Piece("hood", axis, fld, 0.0, p.hood * crown, GRID["hood"], _const(p.ease + 0.02),
+                        ("head", "neck"), phi_range=(0.6 * np.pi, 1.4 * np.pi)))
+    return pieces
+
+
+def _trousers(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Piece]:
+    crotch = frame.crotch_s
+    regions = ("torso", "left_upper_leg", "right_upper_leg")
+    waist = Piece("waist", frame.torso_axis, frame.field(frame.torso_axis, regions, (0.0, crotch + 0.05)),
+                  p.waist * crotch, crotch + 0.02, GRID["waist"], _const(p.ease), regions)
+    return [waist] + _legs(frame, p)
+
+
+def _jumpsuit(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Piece]:
+    """One piece: a top down to the crotch joined to trouser legs (`hem` is the legs')."""
+    crotch = frame.crotch_s
+    torso = _torso_piece(frame, p, crotch + 0.02)
+    return [torso] + _sleeves(frame, p, keep_sleeves) + _legs(frame, p)
+
+
+def _ankle_s(frame: BodyFrame) -> float:
+    return frame.torso_s(frame.joints[[7, 8], 1].mean())
+
+
+def _skirt(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Piece]:
+    crotch = frame.crotch_s
+    regions = ("torso", "left_upper_leg", "right_upper_leg", "left_lower_leg", "right_lower_leg")
+    fld = frame.field(frame.torso_axis, regions, (0.0, frame.floor_s)).hanging(frame.hip_s)
+    return [Piece("skirt", frame.torso_axis, fld, p.waist * crotch, crotch + p.hem * (_ankle_s(frame) - crotch),
+                  GRID["hang"], _hanging_ease(p.ease, p.flare, frame.hip_s), regions, hanging=True)]
+
+
+def _dress(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Piece]:
+    crotch = frame.crotch_s
+    end = crotch + p.hem * (_ankle_s(frame) - crotch)
+    regions = ("torso", "neck", "left_upper_leg", "right_upper_leg", "left_lower_leg", "right_lower_leg")
+    fld = frame.field(frame.torso_axis, regions, (0.0, frame.floor_s)).hanging(frame.hip_s)
+    ease = _hanging_ease(p.ease, p.flare, frame.hip_s)
+    return [Piece("dress", frame.torso_axis, fld, p.neckline, end, GRID["hang"], ease, regions, hanging=True)] \
+        + _sleeves(frame, p, keep_sleeves)
+
+
+_PIECES: dict[str, Callable[[BodyFrame, GarmentParams, bool], list[Piece]]] = {
+    "top": _top, "jacket": _jacket, "hoodie": _hoodie, "trousers": _trousers, "skirt": _skirt,
+    "dress": _dress, "jumpsuit": _jumpsuit}
 
 
 def _hanging_ease(ease: float, flare: float, hip_s: float) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -153,7 +218,7 @@ def build_outfit(frame: BodyFrame, params: list[GarmentParams], names: list[str]
             v = _piece_vertices(piece, detail, rng)
             n_s, n_phi = piece.grid
             verts.append(v.reshape(-1, 3))
-            faces.append(_grid_faces(n_s, n_phi) + offset)
+            faces.append(_grid_faces(n_s, n_phi, periodic=piece.phi_range is None) + offset)
             garment.append(np.full(n_s * n_phi, g))
             if with_weights:
                 weights.append(_piece_weights(frame, piece, v.detach().cpu().numpy()))
@@ -166,7 +231,11 @@ def build_outfit(frame: BodyFrame, params: list[GarmentParams], names: list[str]
 def _piece_vertices(piece: Piece, detail: Detail, rng: np.random.Generator) -> torch.Tensor:
     n_s, n_phi = piece.grid
     u = torch.linspace(0.0, 1.0, n_s)[:, None]
-    phi = (torch.arange(n_phi) / n_phi * 2 * np.pi - np.pi)[None, :]
+    if piece.phi_range is None:
+        phi = (torch.arange(n_phi) / n_phi * 2 * np.pi - np.pi)[None, :]
+    else:
+        a, b = (torch.as_tensor(x, dtype=torch.float32) for x in piece.phi_range)
+        phi = (a + torch.linspace(0.0, 1.0, n_phi) * (b - a))[None, :]
     s_start = torch.as_tensor(piece.s_start, dtype=torch.float32)
     s_end = torch.as_tensor(piece.s_end, dtype=torch.float32)
     if detail.hem_asym > 0:
@@ -194,9 +263,10 @@ def _folds(s: torch.Tensor, phi: torch.Tensor, rng: np.random.Generator, vertica
     return out / np.sqrt(k)
 
 
-def _grid_faces(n_s: int, n_phi: int) -> np.ndarray:
-    """Triangles of an (n_s, n_phi) tube grid, periodic around the axis, normals outward."""
-    i, j = np.meshgrid(np.arange(n_s - 1), np.arange(n_phi), indexing="ij")
+def _grid_faces(n_s: int, n_phi: int, periodic: bool = True) -> np.ndarray:
+    """Triangles of an (n_s, n_phi) tube grid, normals outward; `periodic` closes it around
+    the axis, else its two phi edges stay open (a jacket's front, a hood)."""
+    i, j = np.meshgrid(np.arange(n_s - 1), np.arange(n_phi if periodic else n_phi - 1), indexing="ij")
     a = i * n_phi + j
     b = i * n_phi + (j + 1) % n_phi
     c = (i + 1) * n_phi + j
@@ -212,18 +282,24 @@ def _piece_weights(frame: BodyFrame, piece: Piece, v: np.ndarray) -> np.ndarray:
     n_s, n_phi = piece.grid
     w = frame.weights[idx[nearest]].reshape(n_s, n_phi, -1).astype(np.float64)
     sigma_phi = 4.0 if piece.hanging else 1.0
-    w = gaussian_filter1d(gaussian_filter1d(w, sigma_phi, axis=1, mode="wrap"), 1.5, axis=0, mode="nearest")
+    around = "wrap" if piece.phi_range is None else "nearest"
+    w = gaussian_filter1d(gaussian_filter1d(w, sigma_phi, axis=1, mode=around), 1.5, axis=0, mode="nearest")
     w = w.reshape(n_s * n_phi, -1)
     return w / w.sum(1, keepdims=True)
 
 
 # -- random outfits ---------------------------------------------------------------------------
 def sample_outfit(kind: str, rng: np.random.Generator) -> tuple[list[GarmentParams], list[str]]:
-    """Parameters of a random outfit of one of OUTFITS (or 'random')."""
+    """Parameters of a random outfit: one of the legacy OUTFITS, 'random' (one of those), or
+    garment families joined by '+' ("tshirt", "jacket+tshirt+trousers"; see families.py)."""
     if kind == "random":
         kind = str(rng.choice(list(OUTFITS)))
     if kind not in OUTFITS:
-        raise ValueError(f"outfit must be one of {sorted(OUTFITS) + ['random']}, got {kind!r}")
+        try:
+            return sample_garments(kind, rng)
+        except ValueError as exc:
+            raise ValueError(f"outfit must be one of {sorted(OUTFITS) + ['random']} or garments joined by "
+                             f"'+' ({', '.join(FAMILIES)}): {exc}") from None
     u = rng.uniform
     # Tops are worn over the bottoms: where the two overlap the top keeps a clear margin of ease.
     if kind == "tshirt-shorts":
@@ -245,4 +321,22 @@ def sample_outfit(kind: str, rng: np.random.Generator) -> tuple[list[GarmentPara
         garments = [GarmentParams("dress", sleeve=float(rng.choice([0.0, u(0.12, 0.3)])), hem=u(0.25, 0.7),
                                   neckline=u(0.04, 0.1), ease=u(0.01, 0.03), flare=u(0.1, 0.4))]
         names = ["dress"]
+    return garments, names
+
+
+def sample_garments(spec: str, rng: np.random.Generator, margin: float = 0.12) -> tuple[list[GarmentParams], list[str]]:
+    """Random parameters for the garments of `spec` (families joined by '+'), each drawn inside
+    its family's ranges (`margin` of each range kept off both ends); an outer layer keeps at
+    least 1.2 cm more ease than the garments under it, as real layers do."""
+    families = outfit_families(spec)
+    garments, names, inner_ease = [], [], 0.0
+    for fam in families:                                  # inner layer first
+        values = dict(fam.fixed)
+        for name, lo, hi in fam.ranges:
+            values[name] = float(rng.uniform(lo + margin * (hi - lo), hi - margin * (hi - lo)))
+        if fam.layer > 0 and inner_ease > 0:
+            values["ease"] = max(values.get("ease", 0.0), inner_ease + 0.012)
+        inner_ease = max(inner_ease, values.get("ease", 0.0))
+        garments.append(GarmentParams(fam.kind, **values))
+        names.append(fam.name)
     return garments, names

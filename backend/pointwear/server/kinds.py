@@ -233,13 +233,22 @@ register(JobKind("body", _validate_body, _run_body, "body.npz (rest pose, SMPL s
 
 # -- synth --------------------------------------------------------------------------------------
 
+def _outfit(p: Params, default: str) -> str:
+    """synth's outfit: a legacy outfit, "random" or garments joined by '+'."""
+    from ..garment.families import outfit_spec_error
+    value = p._get("outfit", default)
+    problem = outfit_spec_error(value, allow_random=True)
+    if problem:
+        raise ParamError("outfit", problem)
+    return value
+
+
 def _validate_synth(p: Params, ctx: SubmitContext) -> dict:
-    from ..garment.outfit import OUTFITS
     from ..synth.generate import SynthOptions
     from ..synth.motion import MOTIONS
     d = SynthOptions()
     return {"frames": p.int("frames", d.frames, 1, 10000), "size": p.int("size", d.size, 32, 4096),
-            "outfit": p.choice("outfit", d.outfit, [*OUTFITS, "random"]),
+            "outfit": _outfit(p, d.outfit),
             "motion": p.choice("motion", d.motion, list(MOTIONS)), "seed": p.int("seed", d.seed, 0, 2**32 - 1),
             "betas": p.betas(), "body": p.model("body", d.body), "points": p.int("points", d.points, 16, 1_000_000),
             "sheet": p.bool("sheet", True)}
@@ -316,13 +325,21 @@ def _subject_folder(p: Params, base: dict) -> str:
 
 
 def _validate_fit(p: Params, ctx: SubmitContext) -> Validated:
-    from ..drape.parametric import TEMPLATES
     from ..fit.outfit_fit import FitOptions
+    from ..errors import InputError
+    from ..fit.selection import check_outfit
     d = FitOptions()
     base, out, resumed = _resume_base(p, ctx, "fit_outfit")
     subject = _subject_folder(p, base)
     drape = check_drape("drape", p._get("drape", base.get("drape", d.drape)))
-    template = p.choice("template", base.get("template", d.template), list(TEMPLATES))
+    template = p._get("template", base.get("template", d.template))
+    if template is not None:
+        if not isinstance(template, str) or len(template) > 200:
+            raise ParamError("template", f"must be garments joined by '+', got {_short(template)}")
+        try:
+            template = check_outfit(template)
+        except InputError as exc:
+            raise ParamError("template", exc.message) from None
     if template is not None and drape != "parametric":
         raise ParamError("template", "applies to the parametric drape only")
     params = {
@@ -333,6 +350,7 @@ def _validate_fit(p: Params, ctx: SubmitContext) -> Validated:
         "fine_steps": p.int("fine_steps", base.get("fine_steps", d.fine_steps), 0, 1_000_000),
         "refine_steps": p.int("refine_steps", base.get("refine_steps", d.refine_steps), 0, 1_000_000),
         "seed": p.int("seed", base.get("seed", d.seed), 0, 2**32 - 1),
+        "labels": p.choice("labels", base.get("labels", d.labels), ("auto", "off")),
         "resume_job": resumed,
     }
     return Validated(params, out=out, resumed_from=resumed)
@@ -345,7 +363,7 @@ def _run_fit(job: JobContext) -> dict[str, Path]:
     options = FitOptions(drape=prm["drape"], template=prm["template"], frames=prm["frames"], codes=prm["codes"],
                          coarse_steps=prm["coarse_steps"], fine_steps=prm["fine_steps"],
                          refine_steps=prm["refine_steps"], seed=prm["seed"], device=job.device,
-                         threads=job.threads or FitOptions.threads)
+                         threads=job.threads or FitOptions.threads, labels=prm.get("labels", "auto"))
     if (job.out / "checkpoint.pt").exists():
         job.status(f"resuming from {job.out / 'checkpoint.pt'}")
     subject = read_subject(prm["subject"])

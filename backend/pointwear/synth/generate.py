@@ -17,7 +17,8 @@ from ..body.joints import JOINT_INDEX
 from ..data.subject import SmplParams, write_subject
 from ..fileio import atomic_path, save_npz
 from ..garment.body_frame import BodyFrame
-from ..garment.outfit import OUTFITS, Detail, GarmentMesh, build_outfit, sample_outfit
+from ..garment.families import outfit_spec_error
+from ..garment.outfit import Detail, GarmentMesh, build_outfit, sample_outfit
 from . import camera
 from .motion import MOTIONS, make_motion
 from .scene import SceneAssets, render_frame
@@ -44,8 +45,9 @@ class SynthOptions:
             raise ValueError(f"--frames must be >= 1, got {self.frames}")
         if not 32 <= self.size <= 4096:
             raise ValueError(f"--size must be within 32..4096 pixels, got {self.size}")
-        if self.outfit not in (*OUTFITS, "random"):
-            raise ValueError(f"--outfit must be one of {sorted(OUTFITS) + ['random']}, got {self.outfit!r}")
+        problem = outfit_spec_error(self.outfit, allow_random=True)
+        if problem:
+            raise ValueError(f"--outfit: {problem}")
         if self.motion not in MOTIONS:
             raise ValueError(f"--motion must be one of {list(MOTIONS)}, got {self.motion!r}")
 

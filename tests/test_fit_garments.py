@@ -1,0 +1,117 @@
+"""Compositional outfits: garment families and their meshes, garment selection with and
+without labels, per-garment fitting, bad labels, and results of the older four-outfit model."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from pointwear.data.subject import read_subject
+from pointwear.drape.parametric import ParametricDrape
+from pointwear.errors import InputError
+from pointwear.fit.outfit_fit import FitOptions, OutfitFitter
+from pointwear.fit.selection import unlabelled_candidates
+from pointwear.garment.families import FAMILIES, outfit_families, outfit_name, outfit_problem
+from pointwear.synth.generate import SynthOptions, generate_subject
+
+# Small but honest: every candidate outfit competes, pruned after a few scored steps.
+SMALL = dict(drape="parametric", codes=2, select_codes=1, coarse_steps=24, prune_after=8, keep=2, fine_steps=12,
+             score_every=4, checkpoint_every=8, frames_per_step=2, seed=3)
+
+
+def _subject(tmp_path_factory, default_body, outfit: str, seed: int, labels: dict | None = None):
+    out = tmp_path_factory.mktemp(outfit.replace("+", "_")) / "subject"
+    generate_subject(out, SynthOptions(frames=4, size=128, outfit=outfit, seed=seed, points=1024), body=default_body)
+    if labels is not None:       # relabel by slot, as `pointwear prepare` labels garments
+        meta = json.loads((out / "subject.json").read_text())
+        meta["labels"] = labels
+        (out / "subject.json").write_text(json.dumps(meta))
+    return read_subject(out)
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.sets(st.sampled_from(sorted(FAMILIES)), min_size=1, max_size=3))
+def test_any_wearable_set_of_garments_builds_one_mesh_with_a_garment_id_per_point(default_body, names):
+    families = tuple(FAMILIES[n] for n in names)
+    problem = outfit_problem(families)
+    spec = "+".join(sorted(names))
+    if problem:
+        with pytest.raises(ValueError):
+            outfit_families(spec)
+        return
+    drape = ParametricDrape(default_body, spec)
+    assert drape.template == outfit_name(families) and drape.code_dim == sum(f.code_dim for f in families)
+    layers = [f.layer for f in drape.families]
+    assert layers == sorted(layers)                                  # inner layer first
+    out = drape(torch.zeros(1, drape.code_dim), torch.zeros(10))
+    n = out.points.shape[1]
+    assert torch.isfinite(out.points).all() and drape.faces.max() < n
+    assert sorted(np.unique(drape.garment_index)) == list(range(len(families)))
+    assert torch.allclose(out.weights.sum(-1), torch.ones(()), atol=1e-4)
+
+
+def test_a_jacket_is_open_at_the_front_by_its_opening_parameter(default_body):
+    drape = ParametricDrape(default_body, "jacket")
+    names = [n for n, _, _ in drape.families[0].ranges]
+    closed, opened = torch.full((1, drape.code_dim), -6.0), torch.full((1, drape.code_dim), -6.0)
+    opened[0, names.index("opening")] = 6.0
+    # The jacket's points in front of the chest, near the midline: none when open.
+    for code, expect_front in ((closed, True), (opened, False)):
+        p = drape(code, torch.zeros(10)).points[0]
+        mid = (p[:, 0].abs() < 0.03) & (p[:, 2] > 0.05) & (p[:, 1] > 0.0)
+        assert bool(mid.any()) == expect_front
+
+
+def test_unlabelled_candidates_are_wearable_and_cover_every_family():
+    specs = unlabelled_candidates()
+    assert {s.outfit for s in specs} >= set(FAMILIES)
+    assert all(outfit_problem(outfit_families(s.outfit)) is None for s in specs)
+
+
+@pytest.mark.parametrize("outfit,seed,expect", [("tshirt", 21, "tshirt"), ("skirt", 22, "skirt")])
+def test_selection_without_labels_picks_the_garment_worn_alone(tmp_path_factory, tmp_path, default_body,
+                                                             outfit, seed, expect):
+    subject = _subject(tmp_path_factory, default_body, outfit, seed)
+    result = OutfitFitter(subject, tmp_path, FitOptions(**SMALL, labels="off"), body=default_body).run()
+    assert result["drape"] == f"parametric:{expect}"
+    assert [g["name"] for g in result["garments"]] == [expect] and result["garments"][0]["label"] is None
+    assert result["metrics"]["heldout"]["iou"] > 0.8
+
+
+def test_slot_labels_fit_each_garment_to_its_own_mask(tmp_path_factory, tmp_path, default_body):
+    """A T-shirt over trousers labelled only "upper" / "lower": each label picks its family."""
+    subject = _subject(tmp_path_factory, default_body, "tshirt+trousers", 23, labels={"1": "lower", "2": "upper"})
+    result = OutfitFitter(subject, tmp_path, FitOptions(**SMALL), body=default_body).run()
+    garments = {g["name"]: g for g in result["garments"]}
+    assert set(garments) == {"tshirt", "trousers"}, result["drape"]
+    assert garments["trousers"]["label"] == 1 and garments["tshirt"]["label"] == 2
+    npz = np.load(tmp_path / "outfit.npz")
+    ids = npz["garment"]
+    assert ids.shape == (npz["points"].shape[0],) and json.loads(str(npz["garment_names"])) == ["trousers", "tshirt"]
+    # Per-garment scores: each label's own held-out fit is good, not just their union.
+    assert result["metrics"]["heldout"]["iou"] > 0.8
+
+
+def test_label_ids_without_a_name_and_unknown_names_are_refused(tmp_path_factory, tmp_path, default_body):
+    subject = _subject(tmp_path_factory, default_body, "tshirt+skirt", 24, labels={"1": "lower"})
+    with pytest.raises(InputError) as err:
+        OutfitFitter(subject, tmp_path, FitOptions(**SMALL), body=default_body)
+    assert "labels" in str(err.value.file) and "[2]" in err.value.message
+    subject = _subject(tmp_path_factory, default_body, "tshirt+skirt", 24, labels={"1": "lower", "2": "cape"})
+    with pytest.raises(InputError) as err:
+        OutfitFitter(subject, tmp_path, FitOptions(**SMALL), body=default_body)
+    assert err.value.field == "labels.2" and "cape" in err.value.message
+
+
+def test_results_of_the_four_fixed_outfits_still_redrape(default_body):
+    """A code fitted with the legacy "tshirt-shorts" template gives the same geometry."""
+    drape = ParametricDrape(default_body, "tshirt-shorts")
+    assert drape.drape_id == "parametric:tshirt-shorts" and drape.kinds == ("top", "trousers")
+    code = torch.linspace(-1, 1, drape.code_dim)[None]
+    p = drape(code, torch.zeros(10)).points
+    params = drape.describe(code[0])
+    assert [g["kind"] for g in params] == ["top", "trousers"] and abs(params[0]["sleeve"] - 0.2689) < 1e-3
+    assert p.shape[1] == 8320
