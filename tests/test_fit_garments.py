@@ -91,8 +91,13 @@ def test_slot_labels_fit_each_garment_to_its_own_mask(tmp_path_factory, tmp_path
     npz = np.load(tmp_path / "outfit.npz")
     ids = npz["garment"]
     assert ids.shape == (npz["points"].shape[0],) and json.loads(str(npz["garment_names"])) == ["trousers", "tshirt"]
-    # Per-garment scores: each label's own held-out fit is good, not just their union.
     assert result["metrics"]["heldout"]["iou"] > 0.8
+    # A compositional result re-drapes on another body with its garments and their ids.
+    from pointwear.drape.redrape import redrape
+    tall = np.load(redrape(tmp_path, tmp_path / "tall", betas=[2.0]) / "outfit.npz")
+    assert str(tall["drape"]) == result["drape"] and np.array_equal(tall["garment"], ids)
+    assert str(tall["garment_names"]) == str(npz["garment_names"])
+    assert np.ptp(tall["points"][:, 1]) > np.ptp(npz["points"][:, 1]) + 0.02
 
 
 def test_label_ids_without_a_name_and_unknown_names_are_refused(tmp_path_factory, tmp_path, default_body):

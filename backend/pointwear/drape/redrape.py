@@ -58,7 +58,7 @@ def redrape(result_dir: str | Path, out: str | Path, betas=None, motion: str | P
     body = load_body(str(outfit.get("body", "default")), str(outfit.get("gender", "neutral")), device="cpu")
     rest, weights, new_betas = redraped_points(outfit, body, betas, checkpoint, Path(result_dir) / "outfit.npz")
     # Per-point data follows the point index: an appearance result keeps its colours and descriptors.
-    extra = {k: outfit[k] for k in ("faces", "garment", "params", "body", "gender", "colors", "descriptors")
+    extra = {k: outfit[k] for k in ("faces", "garment", "garment_names", "params", "body", "gender", "colors", "descriptors")
              if k in outfit}
     save_npz(out / "outfit.npz", points=rest.numpy().astype(np.float32), weights=weights.numpy().astype(np.float32),
              code=outfit["code"], drape=outfit["drape"], betas=new_betas[0].numpy(), **extra)
