@@ -13,7 +13,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from scipy.spatial import cKDTree
 
 from ..body import BodyModel, load_body
 from ..data.subject import Subject, read_subject
@@ -23,6 +22,7 @@ from ..errors import InputError
 from ..render.rasterizer import project
 from .frames import FrameSet, load_frames
 from .losses import chamfer_2d, soft_coverage_loss
+from .refine import RefineOptions
 from .selection import (UNION, CandidateSpec, assign_labels, join_winners, label_groups, labelled_candidates,
                         unlabelled_candidates)
 from .visibility import visible_points
@@ -49,6 +49,7 @@ class FitOptions:
     coarse_steps: int = 100
     fine_steps: int = 100
     refine_steps: int = 0              # free-form offsets along normals (kept if held-out improves)
+    refine: RefineOptions = field(default_factory=RefineOptions)
     score_every: int = 20
     frames_per_step: int = 4           # frames sampled per step (all when fewer)
     lr: float | None = None            # default: 0.1 (neural, as the paper) / 0.05 (parametric)
@@ -157,7 +158,7 @@ class OutfitFitter:
         labels = [g.label for g in self.groups]
         self.train = load_frames(subject, self.body, self.train_ids, self.device, labels)
         self.val = load_frames(subject, self.body, self.held_ids, self.device, labels) if self.held_ids else self.train
-        self.final_targets = None
+        self.final_targets, self._final_spec = None, None
         self.rng = torch.Generator().manual_seed(options.seed)
         self.ckpt_path = self.out / "checkpoint.pt"
         self.snapshots: list[tuple[str, int, torch.Tensor, str]] = []
@@ -366,6 +367,7 @@ class OutfitFitter:
             self._save([fine], state)
         best_drape = self.drapes[state.best.drape_id]
         self.final_targets = fine.targets if fine is not None else None
+        self._final_spec = fine.spec if fine is not None else None
         offsets = self._refine(best_drape, state, offsets0)
         return self._finish(best_drape, state, offsets, time.time() - t0)
 
@@ -432,57 +434,63 @@ class OutfitFitter:
 
     # -- free-form refinement -------------------------------------------------------------------
     def _refine(self, drape: DrapeModel, state: FitState, start: torch.Tensor | None) -> torch.Tensor | None:
-        """Free-form detail outside the code space: each point moves along its surface normal
-        (the one direction silhouettes constrain without depth ambiguity), regularised to be
-        smooth over its neighbours and small; kept only if the held-out score improves."""
-        steps = self.options.refine_steps
+        """Free-form detail outside the code space (fit/refine.py): offsets along the outward
+        normals of the rest-pose garment, in a smooth basis of the garment surface, kept
+        outside the body; kept only if the held-out score improves. Returns (P, 3) offsets."""
+        from .refine import Clearance, body_surface, harmonic_basis, surface_graph, vertex_normals
+        steps, ro = self.options.refine_steps, self.options.refine
         if steps <= 0:
             return None
         code = state.best.code.to(self.device)[None]
         with torch.no_grad():
             rest = drape(drape.constrain(code), self.betas).points[0]
-        normals, neighbours = surface_normals(rest.cpu().numpy())
-        normals = torch.as_tensor(normals, device=self.device)
-        neighbours = torch.as_tensor(neighbours, device=self.device)
-        amount = torch.zeros(rest.shape[0], device=self.device)
-        if start is not None:
-            amount = (start.to(self.device) * normals).sum(1)
-        amount.requires_grad_()
-        opt = torch.optim.Adam([amount], lr=2e-4)
+        rest_np = rest.cpu().numpy().astype(np.float64)
+        faces = getattr(drape, "faces", None)
+        body_v, body_n = body_surface(self.body, self.betas)
+        normals_np = vertex_normals(rest_np, faces, body_v, body_n, ro.knn + 1)
+        basis = torch.as_tensor(harmonic_basis(surface_graph(rest_np, faces, ro.knn), ro.basis), device=self.device)
+        normals = torch.as_tensor(normals_np, device=self.device)
+        clearance = Clearance.build(rest_np, body_v, body_n, self.device)
+        # Never deeper than at the start: the first-order distance misjudges creases (armpits).
+        floor = torch.minimum(clearance.signed_distance(rest), torch.tensor(ro.clearance, device=self.device))
+        coeff = torch.zeros(basis.shape[1], device=self.device)
+        if start is not None:     # resume: project the saved offsets back onto the basis
+            coeff = basis.T @ (start.to(self.device) * normals).sum(1)
+        coeff.requires_grad_()
+        opt = torch.optim.Adam([coeff], lr=ro.lr)
         val_ids = torch.arange(len(self.val), device=self.device)
+        offsets_of = lambda c: (basis @ c)[:, None] * normals  # noqa: E731
+        score = lambda c: self.frame_losses(drape, code, self.val, val_ids, offsets=offsets_of(c)[None],  # noqa: E731
+                                            refresh_weights=False, targets=self.final_targets)
         with torch.no_grad():
-            base = self.frame_losses(drape, code, self.val, val_ids, refresh_weights=False,
-                                     targets=self.final_targets).item()
-        best_amount, best_score = None, base
+            best_score, best_coeff = float(score(coeff)), None
         while state.step < steps:
-            offsets = amount[:, None] * normals
             if self.should_stop():
-                self._save([Candidate(drape, code)], state, offsets)
+                self._save([Candidate(drape, code, spec=self._final_spec)], state, offsets_of(coeff.detach()))
                 raise FitCancelled(f"fit cancelled during refine at step {state.step}")
+            offsets = offsets_of(coeff)
             data = self.frame_losses(drape, code, self.train, self._sample_ids(), offsets=offsets[None],
                                      refresh_weights=False, targets=self.final_targets).sum()
-            smooth = ((amount - amount[neighbours].mean(1)) ** 2).mean()
-            loss = data + 100.0 * smooth + 10.0 * (amount ** 2).mean()
+            inside = torch.relu(floor - clearance.signed_distance(rest + offsets))
+            loss = data + ro.prior_weight * offsets.square().sum(1).mean() + ro.clearance_weight * inside.square().mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
             state.step += 1
             if self.preview is not None:
-                self._maybe_preview("refine", state.step, cand=Candidate(drape, code),
-                                    offsets=amount.detach()[:, None] * normals)
+                self._maybe_preview("refine", state.step, cand=Candidate(drape, code), offsets=offsets_of(coeff.detach()))
             self.progress("refine", state.step, steps)
             if state.step % self.options.score_every == 0 or state.step == steps:
                 with torch.no_grad():
-                    s = self.frame_losses(drape, code, self.val, val_ids, offsets=(amount[:, None] * normals)[None],
-                                          refresh_weights=False, targets=self.final_targets).item()
+                    s = float(score(coeff))
                 state.history.append({"stage": "refine", "step": state.step, "scores": [round(s, 5)]})
                 if s < best_score:
-                    best_score, best_amount = s, amount.detach().clone()
-                self._save([Candidate(drape, code)], state, amount.detach()[:, None] * normals)
-        if best_amount is None:
+                    best_score, best_coeff = s, coeff.detach().clone()
+                self._save([Candidate(drape, code, spec=self._final_spec)], state, offsets_of(coeff.detach()))
+        if best_coeff is None:
             return None
         state.best.score, state.best.stage = best_score, "refine"
-        return best_amount[:, None] * normals
+        return offsets_of(best_coeff)
 
     def _maybe_preview(self, stage: str, step: int, best: Best | None = None, cand: Candidate | None = None,
                        offsets: torch.Tensor | None = None) -> None:
@@ -553,14 +561,6 @@ class OutfitFitter:
         if empty:
             raise InputError(f"clothing masks of frames {empty} are empty: nothing to fit there; "
                              f"leave them out with --frames", file=self.subject.root / "masks")
-
-
-def surface_normals(points: np.ndarray, k: int = 9) -> tuple[np.ndarray, np.ndarray]:
-    """Unit normals (unsigned) by local PCA over the k nearest points, and the neighbours."""
-    idx = cKDTree(points).query(points, k=k)[1]
-    local = points[idx] - points[idx].mean(1, keepdims=True)
-    _, vecs = np.linalg.eigh(np.einsum("pki,pkj->pij", local, local))
-    return vecs[:, :, 0].astype(np.float32), idx[:, 1:]
 
 
 def fit_outfit(subject_dir: str | Path, out: str | Path, options: FitOptions,

@@ -4,6 +4,7 @@ and GIFs of the fit's progress and of the fitted points over the frames."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -128,7 +129,7 @@ def write_outputs(fitter: "OutfitFitter", drape: DrapeModel, state: "FitState",
         "points": int(rest_np.shape[0]), "train_frames": fitter.train_ids, "heldout_frames": fitter.held_ids,
         "metrics": {split: _means([r for r in per_frame if r["split"] == split]) for split in ("train", "heldout")},
         "frames": per_frame, "history": state.history,
-        "options": {k: v for k, v in vars(fitter.options).items()},
+        "options": asdict(fitter.options),
     }
     with atomic_path(out / "result.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1))

@@ -1,0 +1,111 @@
+"""Free-form detail beyond the garment code: smooth offsets of the garment surface along its
+normals in the canonical (rest) pose, shared by every frame, so folds, flare and looseness
+outside the families are captured consistently across frames.
+
+The offsets live in a low-dimensional basis: the smoothest eigenvectors of the garment surface's
+graph Laplacian (manifold harmonics: mesh edges for parametric garments, a k-nearest-neighbour
+graph for point clouds). Each garment is its own component, so its constant vector (a uniform
+inflation) is in the basis, and no offset leaks from a jacket to the shirt under it. A clearance
+term keeps points outside the body (signed distance to the rest-pose body surface, from the
+nearest body vertex and its normal); a small prior keeps the coefficients small. Everything that
+needs scipy is computed once, before the optimisation."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from scipy.sparse.linalg import eigsh
+from scipy.spatial import cKDTree
+
+
+@dataclass
+class RefineOptions:
+    basis: int = 64                 # smooth basis vectors (over all garments)
+    lr: float = 2e-3                # Adam on the basis coefficients (metres)
+    prior_weight: float = 1.0       # x mean squared offset (m^2)
+    clearance_weight: float = 1e4   # x mean squared penetration (m^2) below `clearance`
+    clearance: float = 0.003        # the cloth stays at least this far outside the body (m)
+    knn: int = 8                    # graph neighbours for point clouds without faces
+
+
+def surface_graph(points: np.ndarray, faces: np.ndarray | None, knn: int = 8) -> sp.csr_matrix:
+    """(P, P) symmetric 0/1 adjacency: mesh edges, or each point's k nearest neighbours."""
+    n = len(points)
+    if faces is not None and len(faces):
+        f = np.asarray(faces, np.int64)
+        i = np.concatenate([f[:, 0], f[:, 1], f[:, 2]])
+        j = np.concatenate([f[:, 1], f[:, 2], f[:, 0]])
+    else:
+        _, idx = cKDTree(points).query(points, k=knn + 1)
+        i, j = np.repeat(np.arange(n), knn), idx[:, 1:].reshape(-1)
+    a = sp.coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n)).tocsr()
+    a = ((a + a.T) > 0).astype(np.float64)
+    a.setdiag(0)
+    a.eliminate_zeros()
+    return a
+
+
+def harmonic_basis(adjacency: sp.csr_matrix, k: int) -> np.ndarray:
+    """(P, k) float32: the k smoothest eigenvectors of the normalised graph Laplacian
+    (orthonormal columns), the first of each connected component constant on it."""
+    n = adjacency.shape[0]
+    k = int(min(k, n - 2))
+    deg = np.asarray(adjacency.sum(1)).ravel()
+    d = sp.diags(1.0 / np.sqrt(np.maximum(deg, 1e-12)))
+    lap = sp.identity(n) - d @ adjacency @ d
+    # Shift-invert around a small negative sigma: the smallest eigenvalues, robustly.
+    vals, vecs = eigsh(lap.tocsc(), k=k, sigma=-1e-3, which="LM")
+    order = np.argsort(vals)
+    vecs = d @ vecs[:, order]                        # back from the normalised form: smooth on the surface
+    vecs /= np.linalg.norm(vecs, axis=0, keepdims=True)
+    return vecs.astype(np.float32)
+
+
+def vertex_normals(points: np.ndarray, faces: np.ndarray | None, body_points: np.ndarray,
+                   body_normals: np.ndarray, knn: int = 9) -> np.ndarray:
+    """(P, 3) unit normals pointing away from the body: area-weighted face normals of the
+    mesh, or local PCA for point clouds; each turned to agree with the nearest body normal."""
+    if faces is not None and len(faces):
+        f = np.asarray(faces, np.int64)
+        fn = np.cross(points[f[:, 1]] - points[f[:, 0]], points[f[:, 2]] - points[f[:, 0]])
+        n = np.zeros_like(points, dtype=np.float64)
+        for c in range(3):
+            np.add.at(n, f[:, c], fn)
+    else:
+        idx = cKDTree(points).query(points, k=knn)[1]
+        local = points[idx] - points[idx].mean(1, keepdims=True)
+        n = np.linalg.eigh(np.einsum("pki,pkj->pij", local, local))[1][:, :, 0]
+    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+    near = cKDTree(body_points).query(points)[1]
+    flip = (n * body_normals[near]).sum(1) < 0
+    n[flip] *= -1
+    return n.astype(np.float32)
+
+
+@dataclass
+class Clearance:
+    """Signed distance of garment points to the rest-pose body, to first order: the distance
+    along the normal of the body vertex nearest to each point's starting position."""
+    anchor: torch.Tensor    # (P, 3) nearest body vertex
+    normal: torch.Tensor    # (P, 3) its outward unit normal
+
+    @classmethod
+    def build(cls, points: np.ndarray, body_points: np.ndarray, body_normals: np.ndarray,
+              device: torch.device) -> "Clearance":
+        near = cKDTree(body_points).query(points)[1]
+        t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
+        return cls(t(body_points[near]), t(body_normals[near]))
+
+    def signed_distance(self, points: torch.Tensor) -> torch.Tensor:
+        """(..., P) distance outside the body (negative inside) of (..., P, 3) points."""
+        return ((points - self.anchor) * self.normal).sum(-1)
+
+
+def body_surface(body, betas: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Rest-pose body vertices (V, 3) and outward unit vertex normals for these betas."""
+    import trimesh
+    verts = body.shaped(betas.reshape(1, -1))[0][0].detach().cpu().numpy()
+    mesh = trimesh.Trimesh(verts, np.asarray(body.faces), process=False)
+    return verts.astype(np.float64), np.asarray(mesh.vertex_normals, np.float64)
