@@ -43,7 +43,7 @@ class FitOptions:
     prune_after: int = 20              # coarse step at which the outfit candidates are pruned ...
     keep: int = 3                      # ... to this many per label (or overall without labels)
     select_codes: int = 2              # random codes per candidate while more than `keep` compete
-    garment_penalty: float = 0.04      # unlabelled selection: score x (1 + this per extra garment)
+    garment_penalty: float = 0.04      # selection: score x (1 + this per garment beyond one per mask)
     frames: list[int] | None = None    # frames to fit; the rest are held out
     codes: int = 4                     # random codes per template (coarse stage)
     coarse_steps: int = 100
@@ -81,8 +81,11 @@ class Candidate:
 
     @property
     def extra_garments(self) -> int:
-        """Garments beyond the first of an unlabelled candidate (the complexity penalised)."""
-        return 0 if self.spec is None or UNION not in self.spec.targets else len(self.spec.targets) - 1
+        """Garments beyond the first per mask (the complexity penalised: a jacket over a shirt
+        must explain its mask better than the jacket alone)."""
+        if self.spec is None:
+            return 0
+        return len(self.spec.targets) - len(set(self.spec.targets))
 
 
 @dataclass
