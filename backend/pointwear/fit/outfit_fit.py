@@ -19,6 +19,7 @@ from ..data.subject import Subject, read_subject
 from ..device import pick_device
 from ..drape.base import DrapeModel
 from ..errors import InputError
+from ..garment.families import outfit_families
 from ..render.rasterizer import project
 from .frames import FrameSet, load_frames
 from .losses import chamfer_2d, soft_coverage_loss
@@ -40,6 +41,7 @@ class FitOptions:
     drape: str = "parametric"          # "parametric" | "neural" | a neural checkpoint path
     template: str | None = None        # parametric only: fix the garments ("tshirt+skirt", families.py)
     labels: str = "auto"               # "auto": fit each garment to its own label mask when labels/ exists; "off"
+    outfits: tuple[str, ...] | None = None   # unlabelled selection among these outfits only (None: all)
     prune_after: int = 20              # coarse step at which the outfit candidates are pruned ...
     keep: int = 3                      # ... to this many per label (or overall without labels)
     select_codes: int = 2              # random codes per candidate while more than `keep` compete
@@ -336,7 +338,12 @@ class OutfitFitter:
             drape = ParametricDrape(self.body, self.options.template)
             spec = assign_labels(drape.template, self.groups) if self.groups else None
             return [Candidate(drape, drape.random_codes(self.options.codes, self.rng), spec=spec)]
-        specs = labelled_candidates(self.groups) if self.groups else unlabelled_candidates()
+        if self.groups:
+            specs = labelled_candidates(self.groups)
+        elif self.options.outfits:
+            specs = [CandidateSpec(o, (UNION,) * len(outfit_families(o))) for o in self.options.outfits]
+        else:
+            specs = unlabelled_candidates()
         n = self.options.codes if len(specs) <= self.options.keep else min(self.options.codes, self.options.select_codes)
         out = []
         for spec in specs:
