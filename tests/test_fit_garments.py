@@ -120,3 +120,12 @@ def test_results_of_the_four_fixed_outfits_still_redrape(default_body):
     params = drape.describe(code[0])
     assert [g["kind"] for g in params] == ["top", "trousers"] and abs(params[0]["sleeve"] - 0.2689) < 1e-3
     assert p.shape[1] == 8320
+
+
+def test_a_garment_no_label_supports_is_named_in_a_warning(tmp_path_factory, tmp_path, default_body):
+    subject = _subject(tmp_path_factory, default_body, "tshirt", 25, labels={"1": "upper"})
+    options = FitOptions(**(SMALL | {"coarse_steps": 4, "fine_steps": 0, "prune_after": 2}), template="tshirt+skirt")
+    with pytest.warns(UserWarning, match="no label of the subject is a lower garment"):
+        fitter = OutfitFitter(subject, tmp_path, options, body=default_body)
+        cand = fitter.make_candidates()[0]
+    assert cand.targets == (-1, 1)       # the skirt on the whole mask, the T-shirt on its label

@@ -6,6 +6,7 @@ whole outfits (single garments, tops over bottoms, jackets over both) compete on
 mask, with a complexity penalty, and most are pruned early in the coarse stage."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,7 +57,12 @@ def label_groups(subject: Subject, frames: list[int]) -> list[LabelGroup]:
                          '(e.g. {"1": "upper", "2": "lower"})', file=meta_file, field="labels")
     groups, seen = [], set()
     for i in frames:
-        ids = np.unique(subject.labels(i))
+        labels = subject.labels(i)
+        outside = float(((labels > 0) & ~subject.mask(i)).sum()) / max(1, int((labels > 0).sum()))
+        if outside > 0.05:
+            warnings.warn(f"{subject.root / LABELS_DIR / image_name(i)}: {outside:.0%} of the labelled pixels lie "
+                          "outside the clothing mask (masks/); garments are fitted to their labels as given")
+        ids = np.unique(labels)
         unknown = [int(v) for v in ids if v != 0 and int(v) not in names]
         if unknown:
             raise InputError(f"label ids {unknown} are not named in subject.json \"labels\" "
@@ -122,6 +128,10 @@ def assign_labels(outfit: str, groups: list[LabelGroup]) -> CandidateSpec:
     for fam in outfit_families(outfit):
         named = [g.label for g in groups if g.name == fam.name]
         slot = [g.label for g in groups if fam.slot in {f.slot for f in g.families}]
+        if not (named or slot):
+            warnings.warn(f"--garments {outfit}: no label of the subject is a {fam.slot} garment "
+                          f"({', '.join(f'{g.label}={g.name}' for g in groups)}), so {fam.name} is fitted to the "
+                          "whole clothing mask")
         targets.append((named or slot or [UNION])[0])
     return CandidateSpec(outfit, tuple(targets))
 
