@@ -25,6 +25,7 @@ import time
 from . import protocol
 from .client import EVENT_LOST, BackendClient, BackendConnectionError, BackendError
 from .launcher import BackendLauncher, LaunchError
+from .transfer import RemoteFiles
 
 STATE_NOT_STARTED = "not started"
 STATE_NOT_FOUND = "not found"
@@ -152,6 +153,7 @@ class BackendSession:
         self._start_thread = None
         self._launching = None       # the launcher of a start under way
         self._generation = 0         # bumps on stop(): a late start thread discards its result
+        self.remote = None           # RemoteFiles when the backend cannot see this machine's files
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -236,7 +238,7 @@ class BackendSession:
         """Drop what a failed or lost backend left (a dead client, a launcher whose process may
         still run) before starting or connecting anew. Caller holds the lock."""
         launcher, client = self.launcher, self.client
-        self.launcher, self.client, self.owned = None, None, False
+        self.launcher, self.client, self.owned, self.remote = None, None, False, None
         if client is not None:
             client.close()
         if launcher is not None:
@@ -286,8 +288,12 @@ class BackendSession:
             return False
         return True
 
-    def connect(self, host, port, token, timeout=10.0):
-        """Use a backend that is already running (blocking). Returns True when ready."""
+    def connect(self, host, port, token, timeout=10.0, fingerprint=None, transfer_root=None):
+        """Use a backend that is already running (blocking). Returns True when ready.
+
+        ``fingerprint``: TLS, with the server's certificate pinned. ``transfer_root``: the
+        backend cannot see this machine's files (another machine, or an SSH tunnel): local paths
+        in params are uploaded before a job and results downloaded under this folder after."""
         with self._lock:
             if self.ready:
                 return True
@@ -295,12 +301,13 @@ class BackendSession:
             self._set(STATE_STARTING, "Connecting to {}:{}".format(host, port))
         client = BackendClient(self.client_name)
         try:
-            hello = client.connect(host, port, token, timeout=timeout)
+            hello = client.connect(host, port, token, timeout=timeout, fingerprint=fingerprint or None)
         except BackendError as ex:
             self._set(STATE_ERROR, ex.message, ex.hint)
             return False
         with self._lock:
             self.client, self.launcher, self.owned = client, None, False
+            self.remote = RemoteFiles(client, transfer_root) if transfer_root else None
             self._adopt_hello(hello)
         return True
 
@@ -315,7 +322,7 @@ class BackendSession:
         with self._lock:
             self._generation += 1
             launcher, client = self.launcher, self.client
-            self.launcher, self.client, self.owned = None, None, False
+            self.launcher, self.client, self.owned, self.remote = None, None, False, None
             start_thread, self._start_thread = self._start_thread, None
             launching, self._launching = self._launching, None
             for job in self.jobs.values():
@@ -363,6 +370,12 @@ class BackendSession:
         """Submit a job; returns its :class:`JobState` (its events update it from now on)."""
         client = self._require_client()
         params = {k: v for k, v in dict(params or {}).items() if v is not None}
+        remote = self.remote
+        if remote is not None:   # the backend's copies of the local files named in params
+            try:
+                params = remote.upload_params(params)
+            except (OSError, ValueError) as ex:
+                raise BackendError("Cannot upload the job's files: {}".format(ex), code="upload") from ex
         job_id = client.submit(kind, params, timeout=timeout)
         with self._lock:
             job = self.jobs.get(job_id)
@@ -412,8 +425,27 @@ class BackendSession:
             if job is None:
                 job = JobState(job_id)
                 self.jobs[job_id] = job
-            job.apply(event)
+            ended = job.apply(event)
+        remote = self.remote
+        if remote is not None:
+            self._localize(remote, job, event, ended)
         return job
+
+    def _localize(self, remote, job, event, ended):
+        """A job of a backend that cannot see this machine: fetch its preview, and its results
+        once it is done (a failed download fails the job here; the results stay on the server)."""
+        if event.get("type") == protocol.EVENT_PROGRESS and job.preview:
+            job.preview = remote.fetch_preview(job.job_id, job.preview)
+        if not (ended and job.state == protocol.STATE_DONE and job.folder):
+            return
+        try:
+            job.folder, job.files = remote.fetch_result(job.job_id, job.folder, job.files)
+        except (BackendError, OSError, ValueError) as ex:
+            job.error = {"type": protocol.EVENT_ERROR, "code": "download",
+                         "message": "The job finished but its results could not be downloaded from {}: {}"
+                         .format(job.folder, ex),
+                         "hint": "They stay on the backend; connect again and watch job " + job.job_id}
+            job.state = protocol.FAILED
 
     def _on_lost(self, reason):
         launcher = self.launcher

@@ -223,9 +223,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.show_fingerprint:
+        from .server.tls import certificate_fingerprint, ensure_certificate
+        cert, _key, _made = ensure_certificate(Path(args.work).expanduser().resolve(), hosts=(args.host,))
+        print(certificate_fingerprint(cert))
+        return 0
     from .server import serve
     return serve(host=args.host, port=args.port, work=args.work, token_file=args.token_file,
-                 device=args.device, threads=args.threads, parent_pid=args.parent_pid)
+                 device=args.device, threads=args.threads, parent_pid=args.parent_pid, tls=args.tls)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -350,7 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("serve", help="run the job server the Blender add-on talks to (docs/protocol.md)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (other than this machine: a warning)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: other machines too; "
+                   "then use --tls or an SSH tunnel, see docs/protocol.md)")
+    p.add_argument("--tls", action="store_true", help="TLS with a self-signed certificate made at the first "
+                   "start in WORK/tls; its SHA-256 fingerprint is printed for the add-on to pin")
+    p.add_argument("--show-fingerprint", action="store_true",
+                   help="print the TLS certificate's fingerprint (made if missing) and exit")
     p.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one (printed on stdout)")
     p.add_argument("--work", default="~/.cache/pointwear/work", help="folder holding one folder per job")
     p.add_argument("--token-file", default=None, help="write the per-launch token here (mode 0600); "
