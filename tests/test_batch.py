@@ -1,0 +1,127 @@
+"""`pointwear batch` on a real local Ray instance with 2 workers: one worker is killed (SIGKILL)
+while it fits a subject; Ray runs that subject again, it resumes, and every subject finishes
+exactly once with its outputs; a rerun skips them all. Subjects are tiny (2 frames, 64 px) and
+the steps few, so the whole file takes about a minute on 2 shared cores."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pointwear.batch import BatchOptions, plan
+
+FIT = "--template tshirt-shorts --codes 1 --coarse-steps 4 --fine-steps 2 --device cpu"
+APPEARANCE = "--epochs 1 --size 32 --device cpu"
+RUN_TIMEOUT = 240.0
+
+
+@pytest.fixture(scope="module")
+def subjects(tmp_path_factory) -> list[Path]:
+    from pointwear.cli import main
+    base = tmp_path_factory.mktemp("batch-subjects")
+    out = []
+    for i in range(4):
+        path = base / f"person{i}"
+        assert main(["synth", str(path), "--frames", "2", "--size", "64", "--outfit", "tshirt-shorts",
+                     "--seed", str(i), "--points", "512"]) == 0
+        out.append(path)
+    return out
+
+
+def _batch(subjects, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pointwear", "batch", *map(str, subjects), "--out", str(out), "--cpus", "2",
+         "--steps", "fit-outfit,fit-appearance", "--fit-outfit-args", FIT, "--fit-appearance-args", APPEARANCE,
+         *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _first_attempt(out: Path, names: list[str], proc: subprocess.Popen) -> tuple[str, int]:
+    """(subject, worker pid) of the first task seen running."""
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while time.monotonic() < deadline and proc.poll() is None:
+        for name in names:
+            log = out / name / "attempts.log"
+            if log.is_file() and log.read_text().strip():
+                return name, int(log.read_text().split()[1])
+        time.sleep(0.05)
+    raise AssertionError(f"no task started; output:\n{proc.communicate()[0] if proc.poll() is not None else ''}")
+
+
+def test_batch_survives_a_killed_worker_and_skips_finished_subjects(subjects, tmp_path):
+    out = tmp_path / "batch"
+    names = [s.name for s in subjects]
+    proc = _batch(subjects, out)
+    try:
+        victim, pid = _first_attempt(out, names, proc)
+        assert pid != proc.pid
+        os.kill(pid, signal.SIGKILL)                     # a Ray worker dies in the middle of a fit
+        output = proc.communicate(timeout=RUN_TIMEOUT)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, output
+    summary = json.loads((out / "batch_summary.json").read_text())
+    rows = {r["name"]: r for r in summary["subjects"]}
+    assert sorted(rows) == sorted(names) and summary["batch"]["done"] == 4, summary     # each once
+    for name in names:
+        folder, row = out / name, rows[name]
+        assert row["state"] == "done" and row["steps"] == ["fit-outfit", "fit-appearance"], row
+        assert row["marked"] is True                                        # done.json written once, by it
+        done = json.loads((folder / "done.json").read_text())
+        assert done["pid"] == row["pid"] and done["state"] == "done"
+        assert (folder / "outfit" / "outfit.npz").is_file() and (folder / "appearance" / "appearance.pt").is_file()
+        attempts = (folder / "attempts.log").read_text().splitlines()
+        assert len(attempts) == (2 if name == victim else 1) == row["attempts"], (name, attempts)
+    assert rows[victim]["pid"] != pid                                       # finished by another worker
+    with open(out / "batch_summary.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert sorted(r["name"] for r in table) == sorted(names) and {r["state"] for r in table} == {"done"}
+    # a rerun (without Ray: nothing to do) skips every finished subject and keeps their markers
+    before = {n: (out / n / "done.json").read_bytes() for n in names}
+    again = _batch(subjects, out, "--no-ray")
+    output = again.communicate(timeout=RUN_TIMEOUT)[0]
+    assert again.returncode == 0, output
+    rows = json.loads((out / "batch_summary.json").read_text())["subjects"]
+    assert [r["state"] for r in rows] == ["skipped"] * 4, rows
+    assert before == {n: (out / n / "done.json").read_bytes() for n in names}
+
+
+def test_batch_failure_is_reported_and_does_not_stop_the_others(subjects, tmp_path):
+    from pointwear.batch import run_batch
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "subject.json").write_text("{not json")               # looks like a subject, is not one
+    rows = run_batch([str(subjects[0]), str(broken)], tmp_path / "out",
+                     BatchOptions(steps=("fit-outfit",), use_ray=False,
+                                  step_args={"fit-outfit": FIT.split()}))
+    by = {r["name"]: r for r in rows}
+    assert by["person0"]["state"] == "done"
+    assert by["broken"]["state"] == "failed" and "subject.json" in by["broken"]["error"], by["broken"]
+    assert (tmp_path / "out" / "broken" / "error.txt").is_file()
+    assert not (tmp_path / "out" / "broken" / "done.json").exists()
+
+
+def test_plan_and_options_checked_before_anything_runs(tmp_path):
+    a, b = tmp_path / "a" / "subj", tmp_path / "b" / "subj"
+    a.mkdir(parents=True)
+    b.mkdir(parents=True)
+    tasks = plan([str(a), str(b)], tmp_path / "out")
+    assert len({t.name for t in tasks}) == 2 and all(t.name.startswith("subj-") for t in tasks)
+    assert [t.name for t in plan([str(a), str(b)], tmp_path / "out")] == [t.name for t in tasks]   # stable
+    with pytest.raises(FileNotFoundError, match="nope"):
+        plan([str(tmp_path / "nope")], tmp_path / "out")
+    with pytest.raises(ValueError, match="twice"):
+        plan([str(a), str(a)], tmp_path / "out")
+    for bad, match in ((BatchOptions(steps=("fit",)), "--steps"), (BatchOptions(retries=-1), "--retries"),
+                       (BatchOptions(step_args={"fit-outfit": ["--coarse-stepz", "3"]}), "fit-outfit-args"),
+                       (BatchOptions(step_args={"fit-outfit": ["--out", "x"]}), "--out")):
+        with pytest.raises(ValueError, match=match):
+            bad.check()
