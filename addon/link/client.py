@@ -19,6 +19,7 @@ timeout.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import queue
 import select
@@ -235,6 +236,30 @@ class BackendClient:
 
         An ``ERROR`` reply raises :class:`BackendError`.
         """
+        return self._finish(self._start(message, timeout), timeout)
+
+    def request_stream(self, messages, window=8, timeout=DEFAULT_TIMEOUT):
+        """Send requests without waiting for each reply, at most ``window`` unanswered (the
+        server answers a connection in order); yields ``(message, reply)`` in order. An
+        ``ERROR`` reply raises :class:`BackendError` once the requests still under way have
+        been answered (their replies are dropped), so the connection stays in step."""
+        inflight = collections.deque()
+        try:
+            for message in messages:
+                inflight.append((message, self._start(message, timeout)))
+                if len(inflight) >= window:
+                    message, pending = inflight.popleft()
+                    yield message, self._finish(pending, timeout)
+            while inflight:
+                message, pending = inflight.popleft()
+                yield message, self._finish(pending, timeout)
+        finally:
+            for _message, pending in inflight:
+                pending.done.wait(timeout)
+                self._forget(pending)
+
+    def _start(self, message, timeout):
+        """Send a request; its _Pending (to wait on with _finish)."""
         message = dict(message)
         what = str(message.get("type"))
         pending = _Pending("c{}".format(next(self._ids)), what)
@@ -250,6 +275,11 @@ class BackendClient:
         except BackendError:
             self._forget(pending)
             raise
+        return pending
+
+    def _finish(self, pending, timeout):
+        """Wait for a request's reply; the reply, or BackendError."""
+        what = pending.what
         if not pending.done.wait(timeout):
             self._forget(pending)
             raise BackendConnectionError(

@@ -370,13 +370,13 @@ class BackendSession:
         """Submit a job; returns its :class:`JobState` (its events update it from now on)."""
         client = self._require_client()
         params = {k: v for k, v in dict(params or {}).items() if v is not None}
-        remote = self.remote
+        sent, remote = params, self.remote
         if remote is not None:   # the backend's copies of the local files named in params
             try:
-                params = remote.upload_params(params)
+                sent = remote.upload_params(params)
             except (OSError, ValueError) as ex:
                 raise BackendError("Cannot upload the job's files: {}".format(ex), code="upload") from ex
-        job_id = client.submit(kind, params, timeout=timeout)
+        job_id = client.submit(kind, sent, timeout=timeout)   # the job keeps the local params
         with self._lock:
             job = self.jobs.get(job_id)
             if job is None:
@@ -434,8 +434,8 @@ class BackendSession:
     def _localize(self, remote, job, event, ended):
         """A job of a backend that cannot see this machine: fetch its preview, and its results
         once it is done (a failed download fails the job here; the results stay on the server)."""
-        if event.get("type") == protocol.EVENT_PROGRESS and job.preview:
-            job.preview = remote.fetch_preview(job.job_id, job.preview)
+        if event.get("type") == protocol.EVENT_PROGRESS and event.get("preview"):
+            job.preview = remote.fetch_preview(job.job_id, str(event["preview"]))
         if not (ended and job.state == protocol.STATE_DONE and job.folder):
             return
         try:

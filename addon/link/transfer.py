@@ -22,6 +22,7 @@ from . import protocol
 from .client import BackendError
 
 _READ = 1 << 20
+WINDOW = 8          # requests under way at once in an upload or a download
 
 
 def check_rel_path(path):
@@ -105,10 +106,11 @@ def _progress(progress, done, total):
         progress(done, total)
 
 
-def upload(client, local, progress=None, timeout=60.0, attempts=3):
+def upload(client, local, progress=None, timeout=60.0, attempts=3, window=WINDOW):
     """Upload a local file or folder; returns ``{"path": the server's path of it, "sent": bytes
-    sent now, "total": its bytes, "upload_id"}``. Only what the server does not have is sent;
-    files the server found damaged (``checksum``) are sent again, up to ``attempts`` times.
+    sent now, "total": its bytes, "upload_id"}``. Only what the server does not have is sent
+    (``window`` chunks under way at a time); files the server found damaged (``checksum``) or
+    out of step (``bad_offset``) are asked for again, up to ``attempts`` times.
     ``progress(done, total)`` is called after every chunk. Raises BackendError."""
     local = os.path.abspath(local)
     files = manifest(local)
@@ -119,54 +121,44 @@ def upload(client, local, progress=None, timeout=60.0, attempts=3):
     for attempt in range(attempts):
         begin = client.request({"type": protocol.MSG_UPLOAD_BEGIN, "files": files}, timeout=timeout)
         uid = begin["upload_id"]
-        if not begin.get("done"):
-            have = begin.get("have") or {}
-            done = sum(min(int(have.get(f["path"], 0)), f["size"]) for f in files)
-            _progress(progress, done, total)
-            for f in files:
-                offset = int(have.get(f["path"], 0))
-                if offset < f["size"]:
-                    sent += _send_file(client, uid, f, os.path.join(base, *f["path"].split("/")),
-                                       offset, timeout, lambda n: _progress(progress, done + n, total))
-                    done += f["size"] - offset
-            try:
-                end = client.request({"type": protocol.MSG_UPLOAD_END, "upload_id": uid}, timeout=timeout)
-            except BackendError as ex:
-                if ex.code == protocol.E_CHECKSUM and attempt + 1 < attempts:
-                    continue
-                raise
-            folder = end["folder"]
-        else:
+        if begin.get("done"):
             folder = begin["folder"]
-        _progress(progress, total, total)
-        return {"path": posixpath.join(folder, top), "sent": sent, "total": total, "upload_id": uid}
-    raise BackendError("upload of {} failed".format(local), code=protocol.E_CHECKSUM)
+            break
+        have = {f["path"]: min(int((begin.get("have") or {}).get(f["path"], 0)), f["size"]) for f in files}
+        done = sum(have.values())
+        _progress(progress, done, total)
+        try:
+            for message, reply in client.request_stream(_chunks(files, have, base, uid), window, timeout):
+                n = int(reply["received"]) - message["offset"]
+                sent, done = sent + n, done + n
+                _progress(progress, done, total)
+            folder = client.request({"type": protocol.MSG_UPLOAD_END, "upload_id": uid},
+                                    timeout=timeout)["folder"]
+            break
+        except BackendError as ex:
+            if ex.code in (protocol.E_CHECKSUM, protocol.E_BAD_OFFSET) and attempt + 1 < attempts:
+                continue
+            raise
+    _progress(progress, total, total)
+    return {"path": posixpath.join(folder, top), "sent": sent, "total": total, "upload_id": uid}
 
 
-def _send_file(client, uid, entry, path, offset, timeout, progress):
-    """Send one file from ``offset`` in chunks; returns the bytes sent. A ``bad_offset`` answer
-    (the server has a different amount) moves to where the server is."""
-    sent, start, size = 0, offset, entry["size"]
-    with open(path, "rb") as fh:
-        while offset < size:
+def _chunks(files, have, base, uid):
+    """The upload_chunk messages of what the server lacks, read lazily, file by file."""
+    for f in files:
+        offset, size = have[f["path"]], f["size"]
+        if offset >= size:
+            continue
+        path = os.path.join(base, *f["path"].split("/"))
+        with open(path, "rb") as fh:
             fh.seek(offset)
-            data = fh.read(min(protocol.CHUNK_BYTES, size - offset))
-            if not data:
-                raise BackendError("{} became shorter while it was uploaded".format(path), code="changed")
-            try:
-                client.request({"type": protocol.MSG_UPLOAD_CHUNK, "upload_id": uid, "path": entry["path"],
-                                "offset": offset, "data": base64.b64encode(data).decode("ascii")},
-                               timeout=timeout)
-            except BackendError as ex:
-                expected = ex.reply.get("expected")
-                if ex.code == protocol.E_BAD_OFFSET and isinstance(expected, int) and 0 <= expected <= size:
-                    offset = expected
-                    continue
-                raise
-            offset += len(data)
-            sent += len(data)
-            progress(offset - start)
-    return sent
+            while offset < size:
+                data = fh.read(min(protocol.CHUNK_BYTES, size - offset))
+                if not data:
+                    raise BackendError("{} became shorter while it was uploaded".format(path), code="changed")
+                yield {"type": protocol.MSG_UPLOAD_CHUNK, "upload_id": uid, "path": f["path"],
+                       "offset": offset, "data": base64.b64encode(data).decode("ascii")}
+                offset += len(data)
 
 
 def list_remote(client, remote, timeout=60.0):
@@ -183,7 +175,7 @@ def list_remote(client, remote, timeout=60.0):
         start = nxt
 
 
-def download(client, remote, local_dir, progress=None, timeout=60.0, name=None):
+def download(client, remote, local_dir, progress=None, timeout=60.0, name=None, window=WINDOW):
     """Download a server file or folder into ``local_dir`` (as ``name``, default its own name);
     returns the local path. A file already there with the right size and SHA-256 is kept; a
     ``.part`` file left by an interrupted download is continued. Raises BackendError (code
@@ -191,49 +183,92 @@ def download(client, remote, local_dir, progress=None, timeout=60.0, name=None):
     kind, entries = list_remote(client, remote, timeout)
     target = os.path.join(os.path.abspath(local_dir), name or posixpath.basename(remote.rstrip("/")))
     total = sum(int(e["size"]) for e in entries)
-    done = 0
+    wanted, done = {}, 0
     for e in entries:
         if kind == "file":
             dest, source = target, remote
         else:
             rel = check_rel_path(e["path"])
             dest, source = os.path.join(target, *rel.split("/")), posixpath.join(remote, rel)
-        _fetch_file(client, source, dest, int(e["size"]), e["sha256"], timeout,
-                    lambda n, d=done: _progress(progress, d + n, total))
-        done += int(e["size"])
+        part = _Part(dest, int(e["size"]), e["sha256"])
+        if part.complete():
+            done += part.size
+        else:
+            done += part.offset
+            wanted[source] = part
     if kind != "file":
         os.makedirs(target, exist_ok=True)
-    _progress(progress, total, total)
+    _progress(progress, done, total)
+    try:
+        for message, reply in client.request_stream(_requests(wanted), window, timeout):
+            part = wanted[message["path"]]
+            n = part.write(message["offset"], base64.b64decode(reply.get("data") or ""), message["path"])
+            done += n
+            _progress(progress, done, total)
+    finally:
+        for part in wanted.values():
+            part.close()
     return target
 
 
-def _fetch_file(client, source, dest, size, sha, timeout, progress):
-    if os.path.isfile(dest) and os.path.getsize(dest) == size and sha256_file(dest) == sha:
-        progress(size)
-        return
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    part = dest + ".part"
-    offset = os.path.getsize(part) if os.path.isfile(part) else 0
-    if offset > size:
-        os.remove(part)
-        offset = 0
-    with open(part, "ab") as fh:
-        while offset < size:
-            reply = client.request({"type": protocol.MSG_DOWNLOAD, "path": source, "offset": offset,
-                                    "length": protocol.CHUNK_BYTES}, timeout=timeout)
-            data = base64.b64decode(reply.get("data") or "")
-            if not data or int(reply.get("offset", -1)) != offset:
-                raise BackendError("the server sent no data for {} at {}".format(source, offset), code="download")
-            fh.write(data[:size - offset])
-            offset += len(data)
-            progress(min(offset, size))
-        fh.flush()
-        os.fsync(fh.fileno())
-    if sha256_file(part) != sha:
-        os.remove(part)
-        raise BackendError("{} arrived damaged (SHA-256 differs); it was removed".format(dest),
-                           code=protocol.E_CHECKSUM, hint="Download it again")
-    os.replace(part, dest)
+def _requests(wanted):
+    """The download messages of every missing byte, file by file; files with nothing to fetch
+    (empty ones) are finished on the way."""
+    for source, part in wanted.items():
+        if part.offset >= part.size:
+            part.finish()
+        for offset in range(part.offset, part.size, protocol.CHUNK_BYTES):
+            yield {"type": protocol.MSG_DOWNLOAD, "path": source, "offset": offset,
+                   "length": protocol.CHUNK_BYTES}
+
+
+class _Part:
+    """One file being downloaded into ``<dest>.part``, renamed into place once its SHA-256 is
+    the listed one."""
+
+    def __init__(self, dest, size, sha):
+        self.dest, self.size, self.sha, self.path = dest, size, sha, dest + ".part"
+        self.offset = os.path.getsize(self.path) if os.path.isfile(self.path) else 0
+        if self.offset > size:
+            os.remove(self.path)
+            self.offset = 0
+        self.fh = None
+
+    def complete(self):
+        return os.path.isfile(self.dest) and os.path.getsize(self.dest) == self.size and \
+            sha256_file(self.dest) == self.sha
+
+    def write(self, offset, data, source):
+        """Append one chunk (the next one); returns its length; the last one finishes the file."""
+        if not data or offset != self.offset:
+            raise BackendError("the server sent no data for {} at {}".format(source, offset), code="download")
+        if self.fh is None:
+            os.makedirs(os.path.dirname(self.dest), exist_ok=True)
+            self.fh = open(self.path, "ab")
+        data = data[:self.size - offset]
+        self.fh.write(data)
+        self.offset += len(data)
+        if self.offset >= self.size:
+            self.finish()
+        return len(data)
+
+    def finish(self):
+        if self.fh is None:
+            os.makedirs(os.path.dirname(self.dest), exist_ok=True)
+            self.fh = open(self.path, "ab")
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.close()
+        if sha256_file(self.path) != self.sha:
+            os.remove(self.path)
+            raise BackendError("{} arrived damaged (SHA-256 differs); it was removed".format(self.dest),
+                               code=protocol.E_CHECKSUM, hint="Download it again")
+        os.replace(self.path, self.dest)
+
+    def close(self):
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
 
 
 class RemoteFiles:
