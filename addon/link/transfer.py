@@ -208,7 +208,24 @@ def download(client, remote, local_dir, progress=None, timeout=60.0, name=None, 
     finally:
         for part in wanted.values():
             part.close()
+    if wanted:
+        _sync(wanted.values())
     return target
+
+
+def _sync(parts):
+    """Flush what was downloaded to disk: one os.sync() where there is one (one journal commit
+    instead of one per file), else each file."""
+    if hasattr(os, "sync"):
+        os.sync()
+        return
+    for part in parts:
+        if os.path.isfile(part.dest):
+            fd = os.open(part.dest, os.O_RDWR | getattr(os, "O_BINARY", 0))   # Windows: fsync needs write access
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def _requests(wanted):
@@ -256,9 +273,7 @@ class _Part:
         if self.fh is None:
             os.makedirs(os.path.dirname(self.dest), exist_ok=True)
             self.fh = open(self.path, "ab")
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-        self.close()
+        self.close()   # made durable by download()'s one sync at the end
         if sha256_file(self.path) != self.sha:
             os.remove(self.path)
             raise BackendError("{} arrived damaged (SHA-256 differs); it was removed".format(self.dest),
