@@ -15,6 +15,7 @@ import os
 import select
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -79,6 +80,7 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=100)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--subject", default=None, help="an existing subject folder (default: synthesise one)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per connection type (the median is kept)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="pointwear-bench-remote-"))
@@ -89,13 +91,18 @@ def main() -> int:
             subprocess.run([sys.executable, "-m", "pointwear", "synth", str(subject), "--frames", str(args.frames),
                             "--size", str(args.size), "--points", "2048", "--seed", "1"], check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        rows = [measure(subject, base, tls) for tls in (True, False)]
+        rows = []
+        for tls in (True, False):
+            runs = [measure(subject, base / f"run{i}", tls) for i in range(args.repeat)]
+            rows.append({**runs[0], **{k: statistics.median(r[k] for r in runs)
+                                       for k in ("up_s", "down_s", "up_mbs", "down_mbs")}})
     finally:
         shutil.rmtree(base, ignore_errors=True)
     r = rows[0]
     lines = [
         f"Measured by `scripts/bench_remote.py` ({time.strftime('%Y-%m-%d')}; {machine()}; 2 cores shared "
-        "with other work, so treat the figures as a floor).",
+        "with other work, so treat the figures as a floor; the median of "
+        f"{args.repeat} runs each).",
         "",
         f"A synthetic subject of {args.frames} frames at {args.size} px ({r['files']} files, {r['mb']:.1f} MB: "
         "frames, masks, labels, SMPL, truth) uploaded to `pointwear serve` on loopback (its own work folder) and "
