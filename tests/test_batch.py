@@ -1,7 +1,9 @@
-"""`pointwear batch` on a real local Ray instance with 2 workers: one worker is killed (SIGKILL)
-while it fits a subject; Ray runs that subject again, it resumes, and every subject finishes
-exactly once with its outputs; a rerun skips them all. Subjects are tiny (2 frames, 64 px) and
-the steps few, so the whole file takes about a minute on 2 shared cores."""
+"""`pointwear batch` on real Ray. An existing cluster (a local Ray with 2 CPUs held by another
+process, given with `--ray ADDRESS`): one of its workers is killed (SIGKILL) while it fits a
+subject; Ray runs that subject again, it resumes, and every subject finishes exactly once with its
+outputs; a rerun skips them all. The default local instance: a failing subject is reported and
+the others go on. Subjects are tiny (2 frames, 64 px) and the steps few, so the whole file takes
+about a minute on 2 shared cores."""
 from __future__ import annotations
 
 import csv
@@ -20,6 +22,30 @@ from pointwear.batch import BatchOptions, plan
 FIT = "--template tshirt-shorts --codes 1 --coarse-steps 4 --fine-steps 2 --device cpu"
 APPEARANCE = "--epochs 1 --size 32 --device cpu"
 RUN_TIMEOUT = 240.0
+# Ray >= 2.59 protects a local cluster with a token (~/.ray/auth_token); a second driver that
+# connects by address must say it uses token auth too (ray-security/token-auth in Ray's docs).
+RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "token"}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """The address of a local Ray cluster with 2 CPUs that another process started and holds
+    (it shuts the cluster down when its stdin closes)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import ray, sys; ray.init(num_cpus=2, include_dashboard=False, "
+         "logging_level='ERROR'); print(ray.get_runtime_context().gcs_address, flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=RAY_ENV)
+    try:
+        address = holder.stdout.readline().strip()
+        assert address, "the Ray cluster did not start"
+        yield address
+    finally:
+        holder.stdin.close()
+        try:
+            holder.wait(60)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+            holder.wait()
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +63,9 @@ def subjects(tmp_path_factory) -> list[Path]:
 
 def _batch(subjects, out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "pointwear", "batch", *map(str, subjects), "--out", str(out), "--cpus", "2",
+        [sys.executable, "-m", "pointwear", "batch", *map(str, subjects), "--out", str(out),
          "--steps", "fit-outfit,fit-appearance", "--fit-outfit-args", FIT, "--fit-appearance-args", APPEARANCE,
-         *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+         *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=RAY_ENV)
 
 
 def _first_attempt(out: Path, names: list[str], proc: subprocess.Popen) -> tuple[str, int]:
@@ -54,10 +80,10 @@ def _first_attempt(out: Path, names: list[str], proc: subprocess.Popen) -> tuple
     raise AssertionError(f"no task started; output:\n{proc.communicate()[0] if proc.poll() is not None else ''}")
 
 
-def test_batch_survives_a_killed_worker_and_skips_finished_subjects(subjects, tmp_path):
+def test_batch_survives_a_killed_worker_and_skips_finished_subjects(subjects, ray_cluster, tmp_path):
     out = tmp_path / "batch"
     names = [s.name for s in subjects]
-    proc = _batch(subjects, out)
+    proc = _batch(subjects, out, "--ray", ray_cluster)
     try:
         victim, pid = _first_attempt(out, names, proc)
         assert pid != proc.pid
@@ -99,9 +125,8 @@ def test_batch_failure_is_reported_and_does_not_stop_the_others(subjects, tmp_pa
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "subject.json").write_text("{not json")               # looks like a subject, is not one
-    rows = run_batch([str(subjects[0]), str(broken)], tmp_path / "out",
-                     BatchOptions(steps=("fit-outfit",), use_ray=False,
-                                  step_args={"fit-outfit": FIT.split()}))
+    rows = run_batch([str(subjects[0]), str(broken)], tmp_path / "out",       # a local Ray instance
+                     BatchOptions(steps=("fit-outfit",), cpus=2, step_args={"fit-outfit": FIT.split()}))
     by = {r["name"]: r for r in rows}
     assert by["person0"]["state"] == "done"
     assert by["broken"]["state"] == "failed" and "subject.json" in by["broken"]["error"], by["broken"]
