@@ -83,6 +83,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="runs per connection type (the median is kept)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
+    load_before = os.getloadavg()[0]
     base = Path(tempfile.mkdtemp(prefix="pointwear-bench-remote-"))
     try:
         subject = Path(args.subject) if args.subject else base / "subject"
@@ -99,9 +100,10 @@ def main() -> int:
     finally:
         shutil.rmtree(base, ignore_errors=True)
     r = rows[0]
+    load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other work on the same cores)"
     lines = [
         f"Measured by `scripts/bench_remote.py` ({time.strftime('%Y-%m-%d')}; {machine()}; 2 cores shared "
-        "with other work, so treat the figures as a floor; the median of "
+        f"with other work, so treat the figures as a floor; {load}; the median of "
         f"{args.repeat} runs each).",
         "",
         f"A synthetic subject of {args.frames} frames at {args.size} px ({r['files']} files, {r['mb']:.1f} MB: "

@@ -63,7 +63,7 @@ class Transfers:
     def handlers(self) -> dict:
         """type -> handler(conn, msg, rid) -> reply, for the server's dispatch table."""
         return {P.MSG_UPLOAD_BEGIN: self._wrap(self.begin), P.MSG_UPLOAD_CHUNK: self._wrap(self.chunk),
-                P.MSG_UPLOAD_END: self._wrap(self.end), P.MSG_LIST: self._wrap(self.list),
+                P.MSG_UPLOAD_END: self._wrap(self.end), P.MSG_LIST: self._wrap(self.listing),
                 P.MSG_DOWNLOAD: self._wrap(self.download)}
 
     @staticmethod
@@ -225,7 +225,7 @@ class Transfers:
                           "only job results and uploads can be downloaded", field="path")
         return path
 
-    def list(self, msg: dict) -> dict:
+    def listing(self, msg: dict) -> dict:
         path = self._readable(msg.get("path"))
         start = msg.get("start", 0)
         if isinstance(start, bool) or not isinstance(start, int) or start < 0:
