@@ -290,3 +290,13 @@ def test_rel_path_checker_never_leaves_its_root(path):
         return
     joined = posixpath.join("/root", clean)
     assert posixpath.normpath(joined) == joined and joined.startswith("/root/")
+
+
+def test_beyond_loopback_a_short_token_is_refused(tmp_path):
+    env = {**os.environ, P.TOKEN_ENV: "short-token"}
+    proc = subprocess.run([sys.executable, "-m", "pointwear", "serve", "--host", "0.0.0.0", "--port", "0",
+                           "--work", str(tmp_path / "work"), "--tls"], capture_output=True, text=True, env=env,
+                          timeout=START_TIMEOUT)
+    assert proc.returncode == 2 and proc.stdout == "", proc
+    assert f"at least {P.MIN_REMOTE_TOKEN_CHARS} characters" in proc.stderr, proc.stderr
+    assert not (tmp_path / "work" / "tls").exists()          # refused before anything was made
