@@ -37,6 +37,7 @@ STATES = (STATE_NOT_STARTED, STATE_NOT_FOUND, STATE_STARTING, STATE_READY, STATE
 
 JOB_FINISHED_STATES = protocol.FINAL_STATES
 MAX_WARNINGS = 20
+_LOCALIZED = "_localized"    # marks a DONE re-queued after its results were downloaded
 
 
 class JobState:
@@ -425,19 +426,27 @@ class BackendSession:
             if job is None:
                 job = JobState(job_id)
                 self.jobs[job_id] = job
-            ended = job.apply(event)
-        remote = self.remote
-        if remote is not None:
-            self._localize(remote, job, event, ended)
+            remote, client = self.remote, self.client
+            if remote is not None and kind == protocol.EVENT_DONE and not event.get(_LOCALIZED) \
+                    and event.get("state") == protocol.STATE_DONE and job.folder:
+                # Results first: a worker thread downloads them and then queues this DONE again,
+                # so the job ends (and is imported) only once its files are here.
+                job.message = "Downloading the results"
+                threading.Thread(target=self._download_then_done, args=(remote, client, job, event),
+                                 name="pointwear-download", daemon=True).start()
+                return None      # not this job's end yet
+            job.apply(event)
+        if remote is not None and kind == protocol.EVENT_PROGRESS and event.get("preview"):
+            job.preview = remote.fetch_preview(job.job_id, str(event["preview"]))
         return job
 
-    def _localize(self, remote, job, event, ended):
-        """A job of a backend that cannot see this machine: fetch its preview, and its results
-        once it is done (a failed download fails the job here; the results stay on the server)."""
-        if event.get("type") == protocol.EVENT_PROGRESS and event.get("preview"):
-            job.preview = remote.fetch_preview(job.job_id, str(event["preview"]))
-        if not (ended and job.state == protocol.STATE_DONE and job.folder):
-            return
+    @staticmethod
+    def _download_then_done(remote, client, job, event):
+        """Worker thread: fetch a finished job's results from a backend that cannot see this
+        machine, point the job at the local copies, then queue its DONE again. A failed download
+        fails the job here (the results stay on the server)."""
+        done = dict(event)
+        done[_LOCALIZED] = True
         try:
             job.folder, job.files = remote.fetch_result(job.job_id, job.folder, job.files)
         except (BackendError, OSError, ValueError) as ex:
@@ -445,7 +454,8 @@ class BackendSession:
                          "message": "The job finished but its results could not be downloaded from {}: {}"
                          .format(job.folder, ex),
                          "hint": "They stay on the backend; connect again and watch job " + job.job_id}
-            job.state = protocol.FAILED
+            done["state"] = protocol.FAILED
+        client.events.put(done)
 
     def _on_lost(self, reason):
         launcher = self.launcher
