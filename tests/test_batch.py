@@ -150,3 +150,21 @@ def test_plan_and_options_checked_before_anything_runs(tmp_path):
                        (BatchOptions(step_args={"fit-outfit": ["--out", "x"]}), "--out")):
         with pytest.raises(ValueError, match=match):
             bad.check()
+
+
+RYOTA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "ryota.png"
+
+
+@pytest.mark.skipif(not RYOTA.exists(), reason="shared/data/real is not beside the repo")
+def test_batch_prepares_a_photo_then_fits_it(tmp_path):
+    from pointwear.batch import run_batch
+    from pointwear.data.subject import read_subject
+    rows = run_batch([str(RYOTA)], tmp_path / "out",
+                     BatchOptions(steps=("prepare", "fit-outfit"), use_ray=False,
+                                  step_args={"prepare": ["--size", "256"], "fit-outfit": FIT.split()}))
+    assert [(r["name"], r["state"], r["steps"]) for r in rows] == [("ryota", "done", ["prepare", "fit-outfit"])], rows
+    folder = tmp_path / "out" / "ryota"
+    assert read_subject(folder / "subject").num_frames == 1                 # prepare's subject, then
+    assert (folder / "outfit" / "outfit.npz").is_file()                       # fitted from it
+    marker = json.loads((folder / "steps" / "fit-outfit.json").read_text())
+    assert marker["argv"][:2] == ["fit-outfit", str(folder / "subject")]

@@ -120,6 +120,9 @@ def test_certificate_made_once_and_pinned(server):
     assert T.fingerprint(ssl.PEM_cert_to_DER_cert(cert.read_text())) == server.fingerprint
     assert key.stat().st_mode & 0o077 == 0, oct(key.stat().st_mode)      # the key: this user only
     assert server.fingerprint in server.log_text()                       # printed for the user to pin
+    shown = subprocess.run([sys.executable, "-m", "pointwear", "serve", "--tls", "--show-fingerprint", "--work",
+                            str(server.work)], capture_output=True, text=True, timeout=START_TIMEOUT)
+    assert shown.stdout.strip() == server.fingerprint, shown                # the same certificate, kept
     with server.client() as c:
         assert c.tls and c.ping()["type"] == P.REPLY_PONG
 
