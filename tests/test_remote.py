@@ -202,6 +202,43 @@ def test_subject_uploaded_fit_remotely_results_downloaded(server, subject, folde
         session.stop()
 
 
+def test_upload_on_a_worker_thread_then_submit_or_cancel(server, subject, folders):
+    """What the add-on does in the UI: the job exists at once (stage "upload"), is submitted
+    once its files are up, and takes its real id; cancelled while uploading, it never reaches
+    the backend."""
+    work, client_root = folders
+    session = BackendSession("pytest-remote-async")
+    assert session.connect("127.0.0.1", server.port, TOKEN, timeout=30.0, fingerprint=server.fingerprint,
+                           transfer_root=str(client_root / "results-async"))
+    try:
+        params = {"subject": str(subject), "drape": "parametric", "template": "tshirt-shorts", "codes": 1,
+                  "coarse_steps": 2, "fine_steps": 1}
+        job = session.submit("fit_outfit", params, upload_async=True)
+        assert job.job_id.startswith("upload-") and job.stage == "upload" and not job.done
+        job = session.wait(job.job_id, timeout=JOB_TIMEOUT)
+        assert job.state == P.STATE_DONE and not job.job_id.startswith("upload-"), (job, job.error)
+        assert session.jobs[job.job_id] is job and Path(job.files["outfit"]).is_file()
+        assert job.params == params                                   # the local paths
+        # cancelled during its upload: ends here, nothing submitted
+        big = client_root / "big-subject"
+        big.mkdir()
+        (big / "blob.bin").write_bytes(os.urandom(64 << 20))
+        before = len(session.status())
+        job = session.submit("fit_outfit", {**params, "subject": str(big)}, upload_async=True)
+        assert session.cancel(job.job_id)
+        job = session.wait(job.job_id, timeout=JOB_TIMEOUT)
+        assert job.done and job.state == P.CANCELLED and job.job_id.startswith("upload-"), job
+        assert len(session.status()) == before
+        # a failed upload (the file is gone meanwhile... here: unreadable) fails the job here
+        (big / "blob.bin").chmod(0)
+        if not os.access(big / "blob.bin", os.R_OK):                   # (root reads anything)
+            job = session.wait(session.submit("fit_outfit", {**params, "subject": str(big)},
+                                              upload_async=True).job_id, timeout=JOB_TIMEOUT)
+            assert job.state == P.FAILED and job.error["code"] == "upload", job.error
+    finally:
+        session.stop()
+
+
 # -- uploads ------------------------------------------------------------------------------------
 
 class _Stop(Exception):
@@ -232,7 +269,7 @@ def test_interrupted_upload_resumes(server, folders):
         for f in src.rglob("*"):
             if f.is_file():
                 assert _sha(remote / f.relative_to(src)) == _sha(f)
-        assert not list((server.work / "uploads").glob("*.partial"))
+        assert not (server.work / "uploads" / f"{result['upload_id']}.partial").exists()   # renamed into place
         again = X.upload(c, str(src))                                   # content-addressed: done
         assert again["sent"] == 0 and again["path"] == result["path"]
         one = X.upload(c, str(src / "b.txt"))                            # a single file

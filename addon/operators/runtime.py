@@ -162,7 +162,9 @@ def stop():
 def submit(context, kind, params, after=None, **tag):
     """Submit a job for the current scene; returns its JobState (raises BackendError)."""
     tag = dict(tag, after=after, scene=context.scene.name)
-    job = session().submit(kind, params, tag=tag)
+    # A remote backend's uploads run on a worker thread in the UI (the job shows stage "upload");
+    # background mode blocks anyway.
+    job = session().submit(kind, params, tag=tag, upload_async=not bpy.app.background)
     ensure_pump()
     sync()
     return job
