@@ -15,6 +15,14 @@ DEVICE_ITEMS = (
     ("CUDA", "CUDA", "Run the backend on the GPU (fails if torch has no CUDA)"),
 )
 
+TRANSFER_ITEMS = (
+    ("AUTO", "Auto", "Upload inputs and download results when the backend is on another machine "
+     "(a host other than this one, or TLS)"),
+    ("ALWAYS", "Always", "Upload and download even on 127.0.0.1: an SSH tunnel to another machine"),
+    ("NEVER", "Never", "The backend reads and writes this machine's files (same machine or a shared "
+     "filesystem with the same paths)"),
+)
+
 
 class POINTWEAR_AddonPreferences(AddonPreferences):
     bl_idname = ADDON_PACKAGE
@@ -30,7 +38,8 @@ class POINTWEAR_AddonPreferences(AddonPreferences):
     )
     host: StringProperty(
         name="Host",
-        description="Address of a running backend; the add-on only talks to this machine",
+        description=("Address of a running backend: this machine (127.0.0.1, also the end of an SSH "
+                     "tunnel) or another one, which needs TLS (the fingerprint below)"),
         default="127.0.0.1",
     )
     port: IntProperty(
@@ -49,6 +58,19 @@ class POINTWEAR_AddonPreferences(AddonPreferences):
         description="Shared secret sent in the hello message to a running backend",
         subtype="PASSWORD",
         default="",
+    )
+    fingerprint: StringProperty(
+        name="TLS Fingerprint",
+        description=("SHA-256 fingerprint of the backend's certificate, as 'pointwear serve --tls' "
+                     "prints it. Set: the connection is TLS and only that certificate is accepted. "
+                     "Empty: plain TCP (this machine or an SSH tunnel only)"),
+        default="",
+    )
+    file_transfer: EnumProperty(
+        name="File Transfer",
+        description="Send subjects to the backend and fetch results over the connection",
+        items=TRANSFER_ITEMS,
+        default="AUTO",
     )
     work_folder: StringProperty(
         name="Work Folder",
@@ -83,8 +105,12 @@ class POINTWEAR_AddonPreferences(AddonPreferences):
         col.prop(self, "port")
         col.prop(self, "host")
         col.prop(self, "token")
+        col.prop(self, "fingerprint")
+        col.prop(self, "file_transfer")
         col.label(text="Port 0: Start Backend runs the Python above and stops it again", icon="INFO")
         col.label(text="Other port: connect to a running backend with this token", icon="BLANK1")
+        col.label(text="Another machine: 'pointwear serve --host 0.0.0.0 --tls', pin its fingerprint",
+                  icon="BLANK1")
         col = layout.column(heading="Files")
         col.prop(self, "work_folder")
         col.prop(self, "smpl_model_path")
@@ -93,6 +119,15 @@ class POINTWEAR_AddonPreferences(AddonPreferences):
 def connects_to_running(prefs):
     """True when the preferences name a running backend to connect to (port != 0)."""
     return prefs is not None and int(prefs.port) != 0
+
+
+def uses_file_transfer(prefs, host):
+    """True when a running backend at ``host`` gets inputs uploaded and results downloaded."""
+    mode = prefs.file_transfer if prefs is not None else "AUTO"
+    if mode == "AUTO":
+        from .link import protocol
+        return host not in protocol.LOCAL_HOSTS or bool(prefs.fingerprint.strip())
+    return mode == "ALWAYS"
 
 
 def get_preferences(context=None):

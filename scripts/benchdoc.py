@@ -46,3 +46,18 @@ def publish(title: str, lines: list[str], write: bool = True) -> None:
     print(body)
     if write:
         write_section(title, body)
+
+
+RELIABILITY = DOC.parent / "reliability.md"
+RELIABILITY_HEADER = ("# Reliability and scale\n\nLimits, failure handling and the figures that measure them. "
+                      "Each `scripts/bench_*.py` that writes here owns one section and replaces it when re-run.\n")
+
+
+def publish_reliability(title: str, lines: list[str], write: bool = True) -> None:
+    """Print a section and (unless told not to) store it in docs/reliability.md."""
+    body = "\n".join(lines)
+    print(body)
+    if write:
+        if not RELIABILITY.exists():
+            RELIABILITY.write_text(RELIABILITY_HEADER)
+        write_section(title, body, RELIABILITY)

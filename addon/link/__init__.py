@@ -9,6 +9,8 @@ package too (as ``pointwear.link``) for the one protocol definition in :mod:`.pr
 - :mod:`.client`   :class:`BackendClient`: handshake, reader thread, event queue, requests
 - :mod:`.launcher` :class:`BackendLauncher`: ``<python> -m pointwear serve`` as a child process
 - :mod:`.session`  :class:`BackendSession`: launcher + client + job tracking, blocking ``wait``
+- :mod:`.tls`      the pinned-certificate TLS of a backend on another machine
+- :mod:`.transfer` upload of inputs / download of results over the protocol (:class:`RemoteFiles`)
 """
 
 from .protocol import DEFAULT_HOST, MAX_LINE_BYTES, PROTOCOL_VERSION, decode_line, encode_line

@@ -19,12 +19,16 @@ timeout.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import queue
+import select
 import socket
+import ssl
 import threading
 
 from . import protocol
+from . import tls as _tls
 
 # Client-side pseudo event: the connection ended. Never sent by the server.
 EVENT_LOST = "LOST"
@@ -60,6 +64,9 @@ _AUTH_HINT = ("The token does not match the backend's: set the token in Preferen
               "Pointwear (the backend prints it to its stderr, or writes it with --token-file), "
               "or let the add-on start its own backend (port 0)")
 _PROTOCOL_HINT = "The add-on and the backend are different versions: install matching versions"
+_FINGERPRINT_HINT = ("The backend's TLS certificate is not the one pinned in Preferences > Add-ons > "
+                     "Pointwear: copy the fingerprint the backend printed (pointwear serve --tls "
+                     "--show-fingerprint on the server); if it changed unexpectedly, do not connect")
 
 
 def _error_from_reply(reply, what):
@@ -110,6 +117,7 @@ class BackendClient:
         self._closed = False        # close() was called
         self._lost = None           # why the connection ended, once it has
         self._abort_reason = ""
+        self.tls = False            # the connection is TLS with the pinned certificate
 
     # -- connection ------------------------------------------------------------------------
 
@@ -121,11 +129,14 @@ class BackendClient:
     def lost_reason(self):
         return self._lost
 
-    def connect(self, host, port, token, timeout=DEFAULT_TIMEOUT):
+    def connect(self, host, port, token, timeout=DEFAULT_TIMEOUT, fingerprint=None):
         """Open the connection and do the ``hello`` handshake; returns the server's hello reply.
 
-        Raises :class:`BackendConnectionError` (code ``connect``/``timeout``) when the server
-        cannot be reached, :class:`BackendError` (code ``auth`` / ``protocol``) when it refuses.
+        With ``fingerprint`` (the SHA-256 of the server's certificate, see :mod:`.tls`) the
+        connection is TLS and the certificate must be that one, checked before the token is
+        sent. Raises :class:`BackendConnectionError` (code ``connect``/``timeout``) when the
+        server cannot be reached, :class:`BackendError` (code ``auth`` / ``protocol`` /
+        ``fingerprint``) when it refuses or is not the pinned server.
         """
         if self._sock is not None:
             raise RuntimeError("BackendClient.connect called twice; make a new client")
@@ -142,6 +153,8 @@ class BackendClient:
                 code="connect",
                 hint="Start the backend (pointwear serve) or set port 0 to let the add-on start one") from ex
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if fingerprint:
+            sock = self._wrap_tls(sock, host, port, fingerprint)
         # The reader thread sits in recv() (waking every IO_TIMEOUT seconds to look again; close()
         # wakes it at once with shutdown()); the timeout bounds a send the server never reads.
         sock.settimeout(IO_TIMEOUT)
@@ -162,6 +175,31 @@ class BackendClient:
                                hint=_PROTOCOL_HINT, reply=reply)
         self.hello = reply
         return reply
+
+    def _wrap_tls(self, sock, host, port, fingerprint):
+        """TLS over ``sock``, its certificate checked against the pin (the socket is closed and
+        BackendError raised when it is not the pinned one)."""
+        try:
+            _tls.normalize_fingerprint(fingerprint)
+            tls_sock = _tls.client_context().wrap_socket(sock, server_hostname=None)
+            der = tls_sock.getpeercert(binary_form=True)
+        except ValueError as ex:
+            sock.close()
+            raise BackendError(str(ex), code=protocol.E_FINGERPRINT, hint=_FINGERPRINT_HINT) from None
+        except (OSError, ssl.SSLError) as ex:
+            sock.close()
+            raise BackendConnectionError(
+                "TLS with the backend at {}:{} failed: {}".format(host, port, ex), code="connect",
+                hint="Is the backend started with --tls? Without it, leave the fingerprint empty "
+                     "and use an SSH tunnel") from None
+        if not der or not _tls.matches(der, fingerprint):
+            tls_sock.close()
+            raise BackendError(
+                "The backend at {}:{} has certificate {}, not the pinned one".format(
+                    host, port, _tls.fingerprint(der or b"")), code=protocol.E_FINGERPRINT,
+                hint=_FINGERPRINT_HINT)
+        self.tls = True
+        return tls_sock
 
     def close(self):
         """Close the connection (idempotent); waiting requests fail, the reader thread ends."""
@@ -198,6 +236,30 @@ class BackendClient:
 
         An ``ERROR`` reply raises :class:`BackendError`.
         """
+        return self._finish(self._start(message, timeout), timeout)
+
+    def request_stream(self, messages, window=8, timeout=DEFAULT_TIMEOUT):
+        """Send requests without waiting for each reply, at most ``window`` unanswered (the
+        server answers a connection in order); yields ``(message, reply)`` in order. An
+        ``ERROR`` reply raises :class:`BackendError` once the requests still under way have
+        been answered (their replies are dropped), so the connection stays in step."""
+        inflight = collections.deque()
+        try:
+            for message in messages:
+                inflight.append((message, self._start(message, timeout)))
+                if len(inflight) >= window:
+                    message, pending = inflight.popleft()
+                    yield message, self._finish(pending, timeout)
+            while inflight:
+                message, pending = inflight.popleft()
+                yield message, self._finish(pending, timeout)
+        finally:
+            for _message, pending in inflight:
+                pending.done.wait(timeout)
+                self._forget(pending)
+
+    def _start(self, message, timeout):
+        """Send a request; its _Pending (to wait on with _finish)."""
         message = dict(message)
         what = str(message.get("type"))
         pending = _Pending("c{}".format(next(self._ids)), what)
@@ -213,6 +275,11 @@ class BackendClient:
         except BackendError:
             self._forget(pending)
             raise
+        return pending
+
+    def _finish(self, pending, timeout):
+        """Wait for a request's reply; the reply, or BackendError."""
+        what = pending.what
         if not pending.done.wait(timeout):
             self._forget(pending)
             raise BackendConnectionError(
@@ -348,7 +415,11 @@ class BackendClient:
         try:
             while True:
                 try:
-                    chunk = sock.recv(_RECV_CHUNK)
+                    chunk = self._recv_tls(sock) if self.tls else sock.recv(_RECV_CHUNK)
+                except _NoData:
+                    if self._closed:
+                        break
+                    continue
                 except socket.timeout:
                     if self._closed:
                         break
@@ -382,6 +453,24 @@ class BackendClient:
         except OSError:
             pass
 
+    def _recv_tls(self, sock):
+        """One read of a TLS socket: wait (unlocked) until bytes are there, then read them
+        without blocking while holding the send lock, so a read and a write never run at once
+        on the one SSL object. _NoData when nothing arrived (or only TLS housekeeping)."""
+        if not sock.pending():
+            ready, _, _ = select.select([sock], [], [], 1.0)
+            if not ready:
+                raise _NoData()
+        with self._send_lock:
+            sock.settimeout(0.0)
+            try:
+                return sock.recv(_RECV_CHUNK)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                raise _NoData() from None
+            finally:
+                if not self._closed:
+                    sock.settimeout(IO_TIMEOUT)
+
     def _dispatch_line(self, line):
         """Decode and dispatch one line; False (and a reason) if the stream is unusable."""
         if not line.strip():
@@ -396,4 +485,8 @@ class BackendClient:
 
 
 class _Abort(Exception):
+    pass
+
+
+class _NoData(Exception):
     pass

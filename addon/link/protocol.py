@@ -15,6 +15,12 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 MAX_LINE_BYTES = 1 << 20          # 1 MiB per message line, its newline included
 TOKEN_ENV = "POINTWEAR_TOKEN"     # how a launcher hands its per-launch token to the server
 HELLO_TIMEOUT_S = 30.0            # the server drops a connection that does not say hello by then
+CHUNK_BYTES = 512 << 10           # file transfer: bytes per upload_chunk / download (base64 fits a line)
+MAX_UPLOAD_FILES = 5000           # files in one upload (its manifest fits one line)
+MAX_UPLOAD_BYTES = 32 << 30       # bytes in one upload
+MAX_PATH_CHARS = 400              # a relative path in an upload or a listing
+LIST_PAGE = 2000                  # entries per list reply ("next" pages on)
+MIN_REMOTE_TOKEN_CHARS = 16       # a server bound beyond this machine refuses a shorter token
 
 # -- client -> server message types (the "type" field) --------------------------------------------
 MSG_HELLO = "hello"
@@ -24,7 +30,16 @@ MSG_STATUS = "status"
 MSG_WATCH = "watch"
 MSG_PING = "ping"
 MSG_SHUTDOWN = "shutdown"
-CLIENT_TYPES = (MSG_HELLO, MSG_SUBMIT, MSG_CANCEL, MSG_STATUS, MSG_WATCH, MSG_PING, MSG_SHUTDOWN)
+# File transfer for a backend on another machine (docs/protocol.md "File transfer"; the logic both
+# sides share is in link/transfer.py, the server's in pointwear/server/transfer.py).
+MSG_UPLOAD_BEGIN = "upload_begin"
+MSG_UPLOAD_CHUNK = "upload_chunk"
+MSG_UPLOAD_END = "upload_end"
+MSG_LIST = "list"
+MSG_DOWNLOAD = "download"
+TRANSFER_TYPES = (MSG_UPLOAD_BEGIN, MSG_UPLOAD_CHUNK, MSG_UPLOAD_END, MSG_LIST, MSG_DOWNLOAD)
+CLIENT_TYPES = (MSG_HELLO, MSG_SUBMIT, MSG_CANCEL, MSG_STATUS, MSG_WATCH, MSG_PING,
+                MSG_SHUTDOWN) + TRANSFER_TYPES
 
 # -- direct replies (server -> client, echo the request's "id") -----------------------------------
 REPLY_HELLO = "hello"
@@ -33,7 +48,11 @@ REPLY_OK = "ok"
 REPLY_STATUS = "status"
 REPLY_PONG = "pong"
 REPLY_BYE = "bye"
-REPLIES = (REPLY_HELLO, REPLY_SUBMITTED, REPLY_OK, REPLY_STATUS, REPLY_PONG, REPLY_BYE)
+REPLY_UPLOAD = "upload"          # upload_begin: the upload's id and what the server already has
+REPLY_FILES = "files"            # list: files under a result path, with sizes and SHA-256
+REPLY_DATA = "data"              # download: one chunk of a file, base64
+REPLIES = (REPLY_HELLO, REPLY_SUBMITTED, REPLY_OK, REPLY_STATUS, REPLY_PONG, REPLY_BYE,
+           REPLY_UPLOAD, REPLY_FILES, REPLY_DATA)
 
 # -- events (server -> client): upper case, so a reader tells them from replies at a glance --------
 EVENT_STATUS = STATUS = "STATUS"
@@ -77,6 +96,14 @@ E_SHUTTING_DOWN = "shutting_down"
 # Job errors (with job_id): the backend's own codes (bad_input, bad_subject, bad_body_model, ...)
 # and "internal" for anything unexpected (the server keeps running).
 E_INTERNAL = "internal"
+# File transfer answers (with the request's id; the connection stays open).
+E_BAD_PATH = "bad_path"           # a path that is not relative and clean, not in the upload, or outside the work folder
+E_BAD_OFFSET = "bad_offset"       # a chunk not at the end of what the server has ("expected" says where)
+E_CHECKSUM = "checksum"           # upload_end: files whose SHA-256 or size differ ("files" lists them; sent again)
+E_TOO_BIG = "too_big"             # an upload over the limits below, or more than the free disk space
+E_UNKNOWN_UPLOAD = "unknown_upload"
+# Client side only: the server's certificate is not the pinned one (the token was never sent).
+E_FINGERPRINT = "fingerprint"
 CLOSING_CODES = (E_AUTH, E_PROTOCOL, E_TOO_LARGE)
 
 

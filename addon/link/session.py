@@ -25,6 +25,7 @@ import time
 from . import protocol
 from .client import EVENT_LOST, BackendClient, BackendConnectionError, BackendError
 from .launcher import BackendLauncher, LaunchError
+from .transfer import RemoteFiles
 
 STATE_NOT_STARTED = "not started"
 STATE_NOT_FOUND = "not found"
@@ -36,6 +37,8 @@ STATES = (STATE_NOT_STARTED, STATE_NOT_FOUND, STATE_STARTING, STATE_READY, STATE
 
 JOB_FINISHED_STATES = protocol.FINAL_STATES
 MAX_WARNINGS = 20
+_LOCALIZED = "_localized"    # marks a DONE re-queued after its results were downloaded
+UPLOAD_STAGE = "upload"      # the stage of a job whose files are still being uploaded (i, n: MiB)
 
 
 class JobState:
@@ -60,6 +63,7 @@ class JobState:
         self.handled = False         # the caller's finishing step (e.g. import) ran
         self.started = time.monotonic()
         self.finished = None
+        self.upload_cancel = None    # a threading.Event while its files are uploaded (not submitted yet)
 
     @property
     def fraction(self):
@@ -118,18 +122,35 @@ class JobState:
             return True
         return False
 
-    def end_lost(self, message, hint=""):
-        """The connection ended before DONE: the job counts as failed here."""
+    def end_lost(self, message, hint="", code="lost"):
+        """The connection ended before DONE (or the job never reached the backend): the job
+        counts as failed here."""
         if self.done:
             return
-        self.error = {"type": protocol.EVENT_ERROR, "code": "lost", "message": message, "hint": hint}
-        self.state = protocol.FAILED
+        self.error = {"type": protocol.EVENT_ERROR, "code": code, "message": message, "hint": hint}
+        self.end_here(protocol.FAILED, message)
+
+    def end_here(self, state, message=""):
+        """End the job on this side (it never got to the backend, or the backend is gone)."""
+        self.state, self.message, self.stage = state, message, ""
         self.done = True
         self.finished = time.monotonic()
 
     def __repr__(self):
         return "JobState({!r}, kind={!r}, state={!r}, {})".format(
             self.job_id, self.kind, self.state, self.progress_text)
+
+
+class _UploadCancelled(Exception):
+    pass
+
+
+def _upload(remote, params, progress=None):
+    """The params with the backend's copies of the local files they name (BackendError)."""
+    try:
+        return remote.upload_params(params, progress=progress)
+    except (OSError, ValueError) as ex:
+        raise BackendError("Cannot upload the job's files: {}".format(ex), code="upload") from ex
 
 
 class BackendSession:
@@ -152,6 +173,8 @@ class BackendSession:
         self._start_thread = None
         self._launching = None       # the launcher of a start under way
         self._generation = 0         # bumps on stop(): a late start thread discards its result
+        self.remote = None           # RemoteFiles when the backend cannot see this machine's files
+        self._uploads = 0            # provisional ids of jobs whose files are being uploaded
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -236,7 +259,7 @@ class BackendSession:
         """Drop what a failed or lost backend left (a dead client, a launcher whose process may
         still run) before starting or connecting anew. Caller holds the lock."""
         launcher, client = self.launcher, self.client
-        self.launcher, self.client, self.owned = None, None, False
+        self.launcher, self.client, self.owned, self.remote = None, None, False, None
         if client is not None:
             client.close()
         if launcher is not None:
@@ -286,8 +309,12 @@ class BackendSession:
             return False
         return True
 
-    def connect(self, host, port, token, timeout=10.0):
-        """Use a backend that is already running (blocking). Returns True when ready."""
+    def connect(self, host, port, token, timeout=10.0, fingerprint=None, transfer_root=None):
+        """Use a backend that is already running (blocking). Returns True when ready.
+
+        ``fingerprint``: TLS, with the server's certificate pinned. ``transfer_root``: the
+        backend cannot see this machine's files (another machine, or an SSH tunnel): local paths
+        in params are uploaded before a job and results downloaded under this folder after."""
         with self._lock:
             if self.ready:
                 return True
@@ -295,12 +322,13 @@ class BackendSession:
             self._set(STATE_STARTING, "Connecting to {}:{}".format(host, port))
         client = BackendClient(self.client_name)
         try:
-            hello = client.connect(host, port, token, timeout=timeout)
+            hello = client.connect(host, port, token, timeout=timeout, fingerprint=fingerprint or None)
         except BackendError as ex:
             self._set(STATE_ERROR, ex.message, ex.hint)
             return False
         with self._lock:
             self.client, self.launcher, self.owned = client, None, False
+            self.remote = RemoteFiles(client, transfer_root) if transfer_root else None
             self._adopt_hello(hello)
         return True
 
@@ -315,7 +343,7 @@ class BackendSession:
         with self._lock:
             self._generation += 1
             launcher, client = self.launcher, self.client
-            self.launcher, self.client, self.owned = None, None, False
+            self.launcher, self.client, self.owned, self.remote = None, None, False, None
             start_thread, self._start_thread = self._start_thread, None
             launching, self._launching = self._launching, None
             for job in self.jobs.values():
@@ -359,32 +387,89 @@ class BackendSession:
                                          hint="Start the backend first")
         return client
 
-    def submit(self, kind, params=None, tag=None, timeout=10.0):
-        """Submit a job; returns its :class:`JobState` (its events update it from now on)."""
+    def submit(self, kind, params=None, tag=None, timeout=10.0, upload_async=False):
+        """Submit a job; returns its :class:`JobState` (its events update it from now on).
+
+        With a backend that cannot see this machine (:attr:`remote`) the local paths in params
+        are uploaded first: here, or with ``upload_async`` on a worker thread; the JobState
+        returned then has a provisional id (``upload-N``) and stage ``upload`` (i, n in MiB)
+        until the job is submitted and takes its real id. A failed upload ends it ``failed``,
+        :meth:`cancel` during the upload ends it ``cancelled``; neither reaches the backend.
+        The job keeps the local params either way."""
         client = self._require_client()
         params = {k: v for k, v in dict(params or {}).items() if v is not None}
-        job_id = client.submit(kind, params, timeout=timeout)
+        remote = self.remote
+        if remote is not None and upload_async:
+            return self._submit_later(client, remote, kind, params, tag, timeout)
+        sent = params if remote is None else _upload(remote, params)
+        job_id = client.submit(kind, sent, timeout=timeout)
         with self._lock:
-            job = self.jobs.get(job_id)
-            if job is None:
-                job = JobState(job_id, kind, params, tag)
-                self.jobs[job_id] = job
-            else:  # its first events were polled before submit() returned
-                job.kind, job.params, job.tag = kind, params, dict(tag or {})
-            self.current_job_id = job_id
-            while len(self.jobs) > 50:
-                oldest = next(iter(self.jobs))
-                if not self.jobs[oldest].done or oldest == job_id:
-                    break
-                del self.jobs[oldest]
+            return self._track(JobState(job_id, kind, params, tag))
+
+    def _track(self, job):
+        """Record a submitted job under its id (caller holds the lock); returns the record. Its
+        first events may have been polled before submit() returned: that record is kept then."""
+        early = self.jobs.get(job.job_id)
+        if early is not None and early is not job:
+            early.kind, early.params, early.tag = job.kind, job.params, job.tag
+            job = early
+        self.jobs[job.job_id] = job
+        self.current_job_id = job.job_id
+        while len(self.jobs) > 50:
+            oldest = next(iter(self.jobs))
+            if not self.jobs[oldest].done or oldest == job.job_id:
+                break
+            del self.jobs[oldest]
         return job
 
+    def _submit_later(self, client, remote, kind, params, tag, timeout):
+        with self._lock:
+            self._uploads += 1
+            job = JobState("upload-{}".format(self._uploads), kind, params, tag)
+            job.stage, job.message, job.upload_cancel = UPLOAD_STAGE, "Uploading the job's files", threading.Event()
+            self.jobs[job.job_id] = job
+            self.current_job_id = job.job_id
+        threading.Thread(target=self._upload_then_submit, args=(client, remote, job, timeout),
+                         name="pointwear-upload", daemon=True).start()
+        return job
+
+    def _upload_then_submit(self, client, remote, job, timeout):
+        """Worker thread: upload, then submit under the lock (so no event of the new id is
+        handled before the job has it) unless cancelled meanwhile."""
+        def progress(done, total):
+            if job.upload_cancel.is_set():
+                raise _UploadCancelled()
+            job.i, job.n = done >> 20, max(1, total >> 20)
+        try:
+            sent = _upload(remote, job.params, progress)
+            with self._lock:
+                if job.upload_cancel.is_set():
+                    raise _UploadCancelled()
+                job_id = client.submit(job.kind, sent, timeout=timeout)
+                provisional = job.job_id
+                self.jobs.pop(provisional, None)
+                job.job_id, job.stage, job.i, job.n, job.message = job_id, "", 0, 0, ""
+                job.upload_cancel = None
+                self._track(job)
+        except _UploadCancelled:
+            job.end_here(protocol.CANCELLED, "Cancelled while its files were uploaded")
+        except BackendError as ex:
+            job.end_lost(ex.message, ex.hint, code=ex.code)
+        except Exception as ex:  # never leave it "uploading" for ever
+            job.end_lost("Uploading the job's files failed: {}: {}".format(type(ex).__name__, ex), code="upload")
+
     def cancel(self, job_id=None, timeout=10.0):
-        """Cancel a job (default: the active one). Its DONE (state cancelled) follows."""
+        """Cancel a job (default: the active one). Its DONE (state cancelled) follows; a job
+        still uploading its files ends ``cancelled`` here and is never submitted."""
         job = self.jobs.get(job_id) if job_id else self.active_job()
         if job is None or job.done:
             return False
-        self._require_client().cancel(job.job_id, timeout=timeout)
+        with self._lock:
+            uploading = job.upload_cancel is not None
+            if uploading:
+                job.upload_cancel.set()
+        if not uploading:
+            self._require_client().cancel(job.job_id, timeout=timeout)
         job.message = "Cancelling"
         return True
 
@@ -412,8 +497,36 @@ class BackendSession:
             if job is None:
                 job = JobState(job_id)
                 self.jobs[job_id] = job
+            remote, client = self.remote, self.client
+            if remote is not None and kind == protocol.EVENT_DONE and not event.get(_LOCALIZED) \
+                    and event.get("state") == protocol.STATE_DONE and job.folder:
+                # Results first: a worker thread downloads them and then queues this DONE again,
+                # so the job ends (and is imported) only once its files are here.
+                job.message = "Downloading the results"
+                threading.Thread(target=self._download_then_done, args=(remote, client, job, event),
+                                 name="pointwear-download", daemon=True).start()
+                return None      # not this job's end yet
             job.apply(event)
+        if remote is not None and kind == protocol.EVENT_PROGRESS and event.get("preview"):
+            job.preview = remote.fetch_preview(job.job_id, str(event["preview"]))
         return job
+
+    @staticmethod
+    def _download_then_done(remote, client, job, event):
+        """Worker thread: fetch a finished job's results from a backend that cannot see this
+        machine, point the job at the local copies, then queue its DONE again. A failed download
+        fails the job here (the results stay on the server)."""
+        done = dict(event)
+        done[_LOCALIZED] = True
+        try:
+            job.folder, job.files = remote.fetch_result(job.job_id, job.folder, job.files)
+        except (BackendError, OSError, ValueError) as ex:
+            job.error = {"type": protocol.EVENT_ERROR, "code": "download",
+                         "message": "The job finished but its results could not be downloaded from {}: {}"
+                         .format(job.folder, ex),
+                         "hint": "They stay on the backend; connect again and watch job " + job.job_id}
+            done["state"] = protocol.FAILED
+        client.events.put(done)
 
     def _on_lost(self, reason):
         launcher = self.launcher

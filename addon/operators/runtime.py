@@ -38,7 +38,7 @@ from ..link.session import (
     STATE_STARTING,
     BackendSession,
 )
-from ..preferences import connects_to_running, get_preferences
+from ..preferences import connects_to_running, get_preferences, uses_file_transfer
 from ..properties import BACKEND_STATE_NOT_STARTED, is_pointwear_armature
 
 PREVIEW_IMAGE = ".pointwear_preview"
@@ -121,13 +121,20 @@ def start(context, blocking):
         return True
     if connects_to_running(prefs):
         host = (prefs.host or protocol.DEFAULT_HOST).strip()
-        if host not in protocol.LOCAL_HOSTS:
-            s.set_error("Only a backend on this machine can be used, not " + host,
-                        "Set Host to 127.0.0.1 in Preferences > Add-ons > Pointwear")
+        fingerprint = prefs.fingerprint.strip()
+        if host not in protocol.LOCAL_HOSTS and not fingerprint:
+            s.set_error("A backend on another machine ({}) needs TLS".format(host),
+                        "Start it with 'pointwear serve --host 0.0.0.0 --tls' and set its TLS "
+                        "fingerprint in Preferences > Add-ons > Pointwear, or use an SSH tunnel "
+                        "(Host 127.0.0.1, File Transfer: Always)")
             ok = False
         else:
-            # Connecting is quick (no process to start): done here in both modes.
-            ok = s.connect(host, int(prefs.port), prefs.token, timeout=10.0)
+            # Connecting is quick (no process to start): done here in both modes. Results of a
+            # backend elsewhere are downloaded under the work folder.
+            root = os.path.join(work_folder(context), "remote") \
+                if uses_file_transfer(prefs, host) else None
+            ok = s.connect(host, int(prefs.port), prefs.token, timeout=10.0,
+                           fingerprint=fingerprint or None, transfer_root=root)
     else:
         device = prefs.device.lower() if prefs is not None else "auto"
         python, work = backend_python_path(context), work_folder(context)
@@ -155,7 +162,9 @@ def stop():
 def submit(context, kind, params, after=None, **tag):
     """Submit a job for the current scene; returns its JobState (raises BackendError)."""
     tag = dict(tag, after=after, scene=context.scene.name)
-    job = session().submit(kind, params, tag=tag)
+    # A remote backend's uploads run on a worker thread in the UI (the job shows stage "upload");
+    # background mode blocks anyway.
+    job = session().submit(kind, params, tag=tag, upload_async=not bpy.app.background)
     ensure_pump()
     sync()
     return job

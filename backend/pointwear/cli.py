@@ -236,9 +236,31 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.show_fingerprint:
+        from .server.tls import certificate_fingerprint, ensure_certificate
+        cert, _key, _made = ensure_certificate(Path(args.work).expanduser().resolve(), hosts=(args.host,))
+        print(certificate_fingerprint(cert))
+        return 0
     from .server import serve
     return serve(host=args.host, port=args.port, work=args.work, token_file=args.token_file,
-                 device=args.device, threads=args.threads, parent_pid=args.parent_pid)
+                 device=args.device, threads=args.threads, parent_pid=args.parent_pid, tls=args.tls)
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    import shlex
+
+    from .batch import BatchOptions, format_table, run_batch
+    steps = tuple(s.strip() for s in args.steps.split(",") if s.strip())
+    extra = {step: shlex.split(text) for step, text in (("prepare", args.prepare_args),
+                                                         ("fit-outfit", args.fit_outfit_args),
+                                                         ("fit-appearance", args.fit_appearance_args)) if text}
+    options = BatchOptions(steps=steps, ray_address=args.ray, cpus=args.cpus, gpus=args.gpus,
+                           cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task,
+                           retries=args.retries, use_ray=not args.no_ray, step_args=extra)
+    rows = run_batch(args.subjects, args.out, options)
+    print(format_table(rows))
+    print(f"summary: {Path(args.out) / 'batch_summary.csv'} and .json")
+    return 1 if any(r["state"] == "failed" for r in rows) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -367,7 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("serve", help="run the job server the Blender add-on talks to (docs/protocol.md)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (other than this machine: a warning)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: other machines too; "
+                   "then use --tls or an SSH tunnel, see docs/protocol.md)")
+    p.add_argument("--tls", action="store_true", help="TLS with a self-signed certificate made at the first "
+                   "start in WORK/tls; its SHA-256 fingerprint is printed for the add-on to pin")
+    p.add_argument("--show-fingerprint", action="store_true",
+                   help="print the TLS certificate's fingerprint (made if missing) and exit")
     p.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one (printed on stdout)")
     p.add_argument("--work", default="~/.cache/pointwear/work", help="folder holding one folder per job")
     p.add_argument("--token-file", default=None, help="write the per-launch token here (mode 0600); "
@@ -378,6 +405,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop when this process is gone (the add-on passes Blender's pid, so a killed "
                         "Blender leaves no backend behind)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("batch", help="prepare / fit-outfit / fit-appearance over many subjects on Ray "
+                       "(one task per subject; finished subjects are skipped on a rerun)")
+    p.add_argument("subjects", nargs="+", help="subject folders, or videos / image folders to prepare")
+    p.add_argument("--out", required=True, help="batch folder: one folder per subject, batch_summary.csv/.json")
+    p.add_argument("--steps", default="prepare,fit-outfit,fit-appearance",
+                   help="steps to run, comma separated (prepare is skipped for inputs that are subjects)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help='an existing Ray cluster ("auto", "ray://host:10001"); default: a local instance')
+    p.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray instance (default 2)")
+    p.add_argument("--gpus", type=int, default=0, help="GPUs of the local Ray instance (default 0)")
+    p.add_argument("--cpus-per-task", type=float, default=1.0, help="CPUs one subject takes (torch threads)")
+    p.add_argument("--gpus-per-task", type=float, default=0.0, help="GPUs one subject takes (e.g. 1 or 0.5)")
+    p.add_argument("--retries", type=int, default=3, help="runs again of a subject whose worker died")
+    p.add_argument("--no-ray", action="store_true", help="run the subjects one after another in this process")
+    p.add_argument("--prepare-args", default="", help='extra arguments of each prepare, e.g. "--every 2"')
+    p.add_argument("--fit-outfit-args", default="", help='e.g. "--template dress --coarse-steps 60"')
+    p.add_argument("--fit-appearance-args", default="", help='e.g. "--epochs 50 --size 256"')
+    p.set_defaults(func=cmd_batch)
 
     subj = sub.add_parser("subject", help="subject folders").add_subparsers(dest="subject_command", required=True)
     p = subj.add_parser("check", help="validate a subject folder and summarise it")

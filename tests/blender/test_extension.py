@@ -96,6 +96,7 @@ def test_install_enables_addon_and_registers_everything(installed_addon):
     assert type(prefs).bl_idname == ADDON_MODULE
     assert (prefs.host, prefs.port, prefs.device) == ("127.0.0.1", 0, "AUTO")
     assert (prefs.backend_python, prefs.token, prefs.work_folder, prefs.smpl_model_path) == ("",) * 4
+    assert (prefs.fingerprint, prefs.file_transfer) == ("", "AUTO")   # plain TCP on this machine
 
     # Panel and preferences draw (no window in background mode: draw into a recording layout).
     layout = RecordingLayout()
@@ -105,8 +106,8 @@ def test_install_enables_addon_and_registers_everything(installed_addon):
     assert "pointwear.check_backend" in layout.operators(), layout.calls
     layout = RecordingLayout()
     type(prefs).draw(FakeSelf(layout), bpy.context)
-    assert set(layout.props()) == {"backend_python", "device", "host", "port", "token",
-                                   "work_folder", "smpl_model_path"}, layout.calls
+    assert set(layout.props()) == {"backend_python", "device", "host", "port", "token", "fingerprint",
+                                   "file_transfer", "work_folder", "smpl_model_path"}, layout.calls
 
 
 # (c) disable / unregister --------------------------------------------------------------------------

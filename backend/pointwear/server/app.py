@@ -22,6 +22,8 @@ from .. import __version__
 from ..link import protocol as P
 from .jobs import JobQueue, JobStore, log, write_token_file
 from .kinds import KINDS, ParamError, SubmitContext, validate
+from .remote import RemoteSetup
+from .transfer import Transfers
 
 DEFAULT_WORK = "~/.cache/pointwear/work"
 READ_CHUNK = 65536
@@ -72,7 +74,8 @@ class Connection:
 
 
 class Server:
-    def __init__(self, host: str, port: int, work: Path, token: str, device: str, threads: int | None) -> None:
+    def __init__(self, host: str, port: int, work: Path, token: str, device: str, threads: int | None,
+                 ssl_context=None) -> None:
         self.host, self.port, self.work, self.token = host, port, Path(work), token
         self.device, self.threads = device, threads
         self.store = JobStore(self.work)
@@ -85,13 +88,16 @@ class Server:
         self.handlers = {P.MSG_HELLO: self.on_hello, P.MSG_SUBMIT: self.on_submit, P.MSG_CANCEL: self.on_cancel,
                          P.MSG_STATUS: self.on_status, P.MSG_WATCH: self.on_watch, P.MSG_PING: self.on_ping,
                          P.MSG_SHUTDOWN: self.on_shutdown}
+        self.ssl_context = ssl_context
+        self.handlers.update(Transfers(self.work).handlers())
 
     # -- life cycle ------------------------------------------------------------------------------
     async def run(self, announce=None) -> int:
         loop = asyncio.get_running_loop()
         self.store.scan()
         self.queue = JobQueue(self.store, KINDS, self.publish, self.device, self.threads)
-        server = await asyncio.start_server(self.on_connect, self.host, self.port, limit=READ_CHUNK)
+        server = await asyncio.start_server(self.on_connect, self.host, self.port, limit=READ_CHUNK,
+                                            ssl=self.ssl_context)
         self.port = server.sockets[0].getsockname()[1]
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.on_signal, sig)
@@ -357,16 +363,13 @@ def _with_id(reply: dict, rid) -> dict:
 
 def serve(host: str = P.DEFAULT_HOST, port: int = 0, work: str | Path | None = None,
           token_file: str | Path | None = None, device: str = "auto", threads: int | None = None,
-          parent_pid: int | None = None) -> int:
+          parent_pid: int | None = None, tls: bool = False) -> int:
     """Run the server until `shutdown`, SIGTERM or SIGINT; 0 on a clean stop, 2 if it cannot start."""
     import torch
 
     from ..device import pick_device
     if host == "localhost":
         host = "127.0.0.1"          # one address, so port 0 gives one port
-    if host not in P.LOCAL_HOSTS:
-        log(f"WARNING: serving on {host}, not only this machine: anyone who can reach it and has the "
-            "token can run jobs and read files the server can read; traffic is not encrypted")
     try:
         dev = pick_device(device).type
     except RuntimeError as exc:
@@ -378,6 +381,9 @@ def serve(host: str = P.DEFAULT_HOST, port: int = 0, work: str | Path | None = N
     work.mkdir(parents=True, exist_ok=True)
     token = os.environ.get(P.TOKEN_ENV) or ""
     from_env = bool(token)
+    remote = RemoteSetup(host, work, tls, token)
+    if not remote.check():
+        return 2
     token = token or secrets.token_urlsafe(32)
     token_path = Path(token_file).expanduser().resolve() if token_file else None
     if token_path:
@@ -387,7 +393,8 @@ def serve(host: str = P.DEFAULT_HOST, port: int = 0, work: str | Path | None = N
 
     def announce(server: Server) -> None:
         line = {"event": "listening", "host": server.host, "port": server.port, "pid": os.getpid(),
-                "device": dev, "protocol": P.PROTOCOL_VERSION, "version": __version__, "work": str(work)}
+                "device": dev, "protocol": P.PROTOCOL_VERSION, "version": __version__, "work": str(work),
+                **remote.announce()}
         sys.stdout.write(json.dumps(line) + "\n")
         sys.stdout.flush()
         try:   # nothing else may reach stdout: a launcher reads one line, then maybe never again
@@ -396,7 +403,7 @@ def serve(host: str = P.DEFAULT_HOST, port: int = 0, work: str | Path | None = N
             sys.stdout = sys.stderr
         log(f"listening on {server.host}:{server.port} (device {dev}, work {work}, pid {os.getpid()})")
 
-    server = Server(host, port, work, token, dev, threads)
+    server = Server(host, port, work, token, dev, threads, ssl_context=remote.context())
     server.parent_pid = parent_pid
     try:
         return asyncio.run(server.run(announce))
