@@ -55,8 +55,12 @@ def test_build_script_fails_loudly_on_a_bad_manifest(tmp_path):
     # the script must exit non-zero, pass on the CLI's message and leave no zip.
     src = tmp_path / "src"
     (src / "scripts").mkdir(parents=True)
-    shutil.copy2(REPO / "scripts" / "build_extension.py", src / "scripts")
-    shutil.copytree(REPO / "addon", src / "addon", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("build_extension.py", "build_wheel.py", "requirements.txt"):
+        shutil.copy2(REPO / "scripts" / name, src / "scripts")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, src)
+    for name in ("addon", "backend"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     lines = (REPO / "blender_manifest.toml").read_text().splitlines()
     lines = ['tagline = "Ends with a full stop."' if ln.startswith("tagline") else ln for ln in lines]
     (src / "blender_manifest.toml").write_text("\n".join(lines) + "\n")
