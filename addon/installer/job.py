@@ -330,15 +330,15 @@ class InstallJob(_Job):
         # a pip of its own would bring an old setuptools that shadows the shared packages' own.
         without_pip = ["--without-pip"] if self.options.shared_python else []
         self._run([self.options.python, "-m", "venv", *without_pip, self.env_dir], child_env(),
-                  "make a venv")
+                  "Creating the environment")
         if not os.path.isfile(L.venv_python(self.env_dir)):
             raise InstallError("The new environment has no Python: " + L.venv_python(self.env_dir))
 
     def _link_shared(self):
         shared = self.options.shared_python
-        paths = json.loads(self._capture([shared, "-c", _SITE_SCRIPT], "list its site-packages"))
+        paths = json.loads(self._capture([shared, "-c", _SITE_SCRIPT], "Listing the shared site-packages"))
         own = json.loads(self._capture([L.venv_python(self.env_dir), "-c", _SITE_SCRIPT],
-                                       "list the new site-packages"))
+                                       "Listing the new site-packages"))
         with open(os.path.join(own[0], "_pointwear_shared.pth"), "w", encoding="utf-8") as fh:
             fh.write("".join(p + "\n" for p in paths))
         self._note("packages shared from {}: {}".format(shared, ", ".join(paths)))
@@ -375,11 +375,11 @@ class InstallJob(_Job):
             elif line.startswith("Installing collected packages"):
                 self._progress_within(0.9)
 
-        self._run(argv, self._pip_env(), "pip " + args[0], on_line)
+        self._run(argv, self._pip_env(), self.poll().step, on_line)
 
     def _check_backend(self):
         out = self._capture([L.venv_python(self.env_dir), "-c", CHECK_SCRIPT],
-                            "import the installed backend")
+                            "Importing the installed backend")
         try:
             info = json.loads(out.strip().splitlines()[-1])
         except (ValueError, IndexError):
@@ -441,17 +441,17 @@ def _failure(what, code, tail, log_path):
         hint = ("{} is neither in the wheel folder nor on the index: add its wheel to the folder "
                 "(pip download {} -d <folder>) or install online. {}".format(
                     missing.group(1), missing.group(1), hint))
-    return InstallError("Could not {} (exit {}): {}".format(what, code, detail), hint)
+    return InstallError("{} failed (exit {}): {}".format(what, code, detail), hint)
 
 
 class DoctorJob(_Job):
     """``<python> -m pointwear doctor --json --work WORK`` in an installed environment; the report
     (a dict) in :attr:`report`, also written to ``report_path``."""
 
-    def __init__(self, python, work, report_path="", blender="", timeout=300.0):
+    def __init__(self, python, work, report_path="", blender="", quick=False, timeout=300.0):
         super().__init__()
         self.python, self.work, self.report_path = python, work, report_path
-        self.blender = blender
+        self.blender, self.quick = blender, quick
         self.timeout = timeout
         self.report = None
 
@@ -460,9 +460,9 @@ class DoctorJob(_Job):
             raise InstallError("No backend to check: " + (self.python or "none installed"),
                                "Install Backend first")
         self._set(step="Running pointwear doctor", fraction=0.1)
-        process = self._popen([self.python, "-m", "pointwear", "doctor", "--json",
-                               "--work", self.work, "--blender", self.blender],
-                              child_env())
+        argv = [self.python, "-m", "pointwear", "doctor", "--json", "--work", self.work,
+                "--blender", self.blender] + (["--quick"] if self.quick else [])
+        process = self._popen(argv, child_env())
         try:
             out, _ = process.communicate(timeout=self.timeout)
         except subprocess.TimeoutExpired:

@@ -7,7 +7,7 @@ thread). In the UI, :func:`_watch` (a ``bpy.app.timers`` callback, registered on
 runs) redraws the preferences and reports the end; in background mode and from scripts
 (``execute``) the operators run the job to its end in the calling thread: timers never fire there.
 One job (install or diagnostics) runs at a time; :func:`current_job` is it, so a test or script can
-also start one with ``blocking=False`` and :meth:`poll` it.
+also start one with ``blocking=False``, :meth:`poll` it and call :func:`pump` (what the timer does).
 """
 
 import os
@@ -116,27 +116,41 @@ def start_install(context, blocking):
     return _run(_job, blocking)
 
 
-def start_doctor(context, blocking):
+def start_doctor(context, blocking, quick=False):
     """Start ``pointwear doctor`` with the backend Python in use; returns the job."""
     global _job
     lay = env_layout(create=True)
     _job = J.DoctorJob(runtime.backend_python_path(context), runtime.work_folder(context),
-                       report_path=lay.doctor_path, blender=bpy.app.version_string)
+                       report_path=lay.doctor_path, blender=bpy.app.version_string, quick=quick)
     return _run(_job, blocking)
 
 
 def _run(job, blocking):
-    if blocking or bpy.app.background:
+    """Run ``job`` here (``blocking``) or on its thread. In the UI a timer then follows it; in
+    background mode (timers never fire) the caller polls the job and calls :func:`pump`."""
+    if blocking:
         job.run()
         _finish(job)
     else:
         job.start()
-        if not bpy.app.timers.is_registered(_watch):
+        if not bpy.app.background and not bpy.app.timers.is_registered(_watch):
             bpy.app.timers.register(_watch, first_interval=WATCH_INTERVAL)
     return job
 
 
+def pump():
+    """Report the current job's end once it has ended; True while it still runs."""
+    if _job is None:
+        return False
+    if not _job.finished:
+        return True
+    if not getattr(_job, "reported", False):
+        _finish(_job)
+    return False
+
+
 def _finish(job):
+    job.reported = True
     progress = job.poll()
     level = {J.DONE: "INFO", J.CANCELLED: "WARNING"}.get(progress.state, "ERROR")
     _last_report.clear()
@@ -147,10 +161,7 @@ def _finish(job):
 def _watch():
     """Timer: redraw the preferences while a job runs; report its end once."""
     _redraw()
-    if _job is None or not _job.finished:
-        return WATCH_INTERVAL
-    _finish(_job)
-    return None
+    return WATCH_INTERVAL if pump() else None
 
 
 def _redraw():
@@ -203,7 +214,9 @@ def unregister():
 def _report_end(op, job):
     progress = job.poll()
     if progress.state == J.DONE:
-        op.report({"INFO"}, progress.message)
+        # Diagnostics that found problems ran fine: a warning, with the panel listing them.
+        failed = isinstance(job, J.DoctorJob) and not job.report.get("ok")
+        op.report({"WARNING"} if failed else {"INFO"}, progress.message)
         return {"FINISHED"}
     op.report({"WARNING"} if progress.state == J.CANCELLED else {"ERROR"},
               progress.message + (" ({})".format(progress.hint) if progress.hint else ""))
@@ -226,13 +239,7 @@ class _JobOperator:
         return _report_end(self, self.start(context, blocking=True))
 
 
-class POINTWEAR_OT_install_backend(_JobOperator, Operator):
-    """Make the backend's own Python environment in the extension's user folder: PyTorch (CPU or
-    CUDA, for this machine), the pinned packages and the Pointwear wheel bundled with the add-on"""
-
-    bl_idname = "pointwear.install_backend"
-    bl_label = "Install Backend"
-
+class _InstallOperator(_JobOperator):
     @classmethod
     def poll(cls, context):
         if get_preferences(context) is None:
@@ -248,7 +255,15 @@ class POINTWEAR_OT_install_backend(_JobOperator, Operator):
         return start_install(context, blocking)
 
 
-class POINTWEAR_OT_update_backend(POINTWEAR_OT_install_backend):
+class POINTWEAR_OT_install_backend(_InstallOperator, Operator):
+    """Make the backend's own Python environment in the extension's user folder: PyTorch (CPU or
+    CUDA, for this machine), the pinned packages and the Pointwear wheel bundled with the add-on"""
+
+    bl_idname = "pointwear.install_backend"
+    bl_label = "Install Backend"
+
+
+class POINTWEAR_OT_update_backend(_InstallOperator, Operator):
     """Install the backend again, in a new environment that replaces the current one only once it
     works (a failed update leaves the current one in use)"""
 
@@ -332,8 +347,11 @@ class POINTWEAR_OT_run_diagnostics(_JobOperator, Operator):
             return False
         return True
 
+    quick: bpy.props.BoolProperty(name="Quick", description="Skip the smoke test (a tiny fit)",
+                                  default=False)
+
     def start(self, context, blocking):
-        return start_doctor(context, blocking)
+        return start_doctor(context, blocking, quick=self.quick)
 
 
 CLASSES = (POINTWEAR_OT_install_backend, POINTWEAR_OT_update_backend, POINTWEAR_OT_remove_backend,

@@ -185,6 +185,9 @@ class RecordingLayout:
     def separator(self, **kwargs):
         pass
 
+    def progress(self, text="", **kwargs):
+        self.calls.append(("progress", text))
+
     def row(self, **kwargs):
         return RecordingLayout(self.calls)
 
