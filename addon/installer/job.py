@@ -250,6 +250,7 @@ class InstallJob(_Job):
         self.layout, self.options = env_layout, options
         self.env_dir = ""
         self.info = None
+        self.timings = []   # (step, seconds) of the steps run so far
         self._log = None
 
     # The steps and their share of the progress bar.
@@ -286,7 +287,9 @@ class InstallJob(_Job):
                 self._set(step=name, fraction=done / total)
                 self._note("== " + name)
                 self._span = (done / total, weight / total)
+                began = time.monotonic()
                 action()
+                self.timings.append((name, time.monotonic() - began))
                 done += weight
             self._set(fraction=1.0)
             message = "Backend {} installed (torch {}{})".format(

@@ -56,11 +56,14 @@ def hint_for_stderr(stderr, python):
     if missing:
         name = missing[-1].split(".")[0]
         if name == "pointwear":
-            return ("{} does not have the Pointwear backend installed: set {} to the Python of the "
-                    "environment where the backend is installed (the repository's .venv/bin/python)"
+            return ("{} does not have the Pointwear backend installed: use Install Backend in "
+                    "Preferences > Add-ons > Pointwear, or set {} to the Python of the environment "
+                    "where the backend is installed (the repository's .venv/bin/python)"
                     .format(python, PREFERENCES_HINT))
-        return ("The backend's Python ({}) lacks the package '{}': install the backend's "
-                "requirements into that environment (scripts/setup_env.sh)".format(python, name))
+        return ("The backend's Python ({}) lacks the package '{}': Update Backend in Preferences > "
+                "Add-ons > Pointwear (Run Diagnostics lists what else is missing), or install the "
+                "backend's requirements into that environment (scripts/setup_env.sh)".format(
+                    python, name))
     if "CUDA" in (stderr or "") and ("not available" in stderr or "no CUDA" in stderr):
         return "This backend has no CUDA: set Device to Auto or CPU in Preferences > Add-ons > Pointwear"
     if "invalid choice" in (stderr or "") or "unrecognized arguments" in (stderr or ""):
