@@ -4,10 +4,10 @@ that can make virtual environments, and pip's torch index. Pure standard library
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
+from ..link.gpu import nvidia_driver  # noqa: F401  (re-exported: the installer's machine facts)
 from ..link.launcher import child_env
 
 REQUIRED_PYTHON = (3, 11)
@@ -15,36 +15,9 @@ TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 # Windows wheels on PyPI are CPU-only; CUDA ones come from PyTorch's own index. Linux wheels on
 # PyPI already carry CUDA; macOS has no CUDA.
 TORCH_CUDA_INDEX_WINDOWS = "https://download.pytorch.org/whl/cu128"
-NVIDIA_PROC = "/proc/driver/nvidia/version"
 
 CPU = "cpu"
 CUDA = "cuda"
-
-
-def nvidia_driver(proc_path=NVIDIA_PROC, smi="nvidia-smi", timeout=10.0):
-    """The NVIDIA driver version found on this machine, or "" when there is none.
-
-    Asks ``nvidia-smi`` first (Windows and Linux), else reads ``/proc/driver/nvidia/version``."""
-    exe = shutil.which(smi)
-    if exe:
-        try:
-            out = subprocess.run([exe, "--query-gpu=driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=timeout)
-            first = (out.stdout or "").strip().splitlines()
-            if out.returncode == 0 and first and first[0].strip():
-                return first[0].strip()
-        except (OSError, subprocess.SubprocessError):
-            pass
-    try:
-        with open(proc_path, encoding="utf-8", errors="replace") as fh:
-            text = fh.read()
-    except OSError:
-        return ""
-    for word in text.split():
-        parts = word.split(".")
-        if len(parts) >= 2 and all(p.isdigit() for p in parts):
-            return word
-    return "unknown version" if text.strip() else ""
 
 
 def torch_build(choice, driver):

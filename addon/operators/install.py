@@ -239,17 +239,20 @@ class _JobOperator:
         return _report_end(self, self.start(context, blocking=True))
 
 
+def _poll_can_change(cls, context):
+    """Poll of the operators that change the environment: the add-on enabled, nothing running."""
+    reason = ("The Pointwear add-on is not enabled" if get_preferences(context) is None
+              else _busy_reason())
+    if reason:
+        cls.poll_message_set(reason)
+        return False
+    return True
+
+
 class _InstallOperator(_JobOperator):
     @classmethod
     def poll(cls, context):
-        if get_preferences(context) is None:
-            cls.poll_message_set("The Pointwear add-on is not enabled")
-            return False
-        reason = _busy_reason()
-        if reason:
-            cls.poll_message_set(reason)
-            return False
-        return True
+        return _poll_can_change(cls, context)
 
     def start(self, context, blocking):
         return start_install(context, blocking)
@@ -292,11 +295,7 @@ class POINTWEAR_OT_remove_backend(Operator):
         if lay is None or not os.path.isdir(lay.envs_dir):
             cls.poll_message_set("No backend is installed")
             return False
-        reason = _busy_reason()
-        if reason:
-            cls.poll_message_set(reason)
-            return False
-        return True
+        return _poll_can_change(cls, context)
 
     def execute(self, context):
         lay = env_layout()

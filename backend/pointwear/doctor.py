@@ -24,7 +24,6 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .link.gpu import nvidia_driver
 from .link.protocol import PROTOCOL_VERSION, VERSION
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -148,25 +148,6 @@ def check_packages(report: Report) -> None:
                        f"{type(exc).__name__}: {exc}"[:400], FIX_REINSTALL)
             continue
         report.add(name, OK, f"{dist} {version}")
-
-
-def nvidia_driver() -> str:
-    """The NVIDIA driver version (nvidia-smi, else /proc/driver/nvidia/version), "" if none."""
-    exe = shutil.which("nvidia-smi")
-    if exe:
-        try:
-            out = subprocess.run([exe, "--query-gpu=driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=10)
-            if out.returncode == 0 and out.stdout.strip():
-                return out.stdout.strip().splitlines()[0].strip()
-        except (OSError, subprocess.SubprocessError):
-            pass
-    try:
-        text = Path("/proc/driver/nvidia/version").read_text()
-    except OSError:
-        return ""
-    m = re.search(r"\b(\d+\.\d+(?:\.\d+)?)\b", text)
-    return m.group(1) if m else "unknown version"
 
 
 def check_device(report: Report) -> None:
