@@ -99,9 +99,26 @@ def _package_folder(package: str, package_dir: dict) -> str:
     return "/".join(parts)
 
 
+MIN_SETUPTOOLS = (77,)   # `license` as an SPDX string (pyproject.toml)
+
+
+def check_setuptools(python: str) -> None:
+    """BuildError unless ``python`` has a setuptools that builds pyproject.toml (no isolation:
+    nothing is downloaded)."""
+    proc = subprocess.run([python, "-c", "import setuptools; print(setuptools.__version__)"],
+                          capture_output=True, text=True)
+    version = proc.stdout.strip()
+    numbers = tuple(int(x) for x in version.split(".")[:1] if x.isdigit())
+    if proc.returncode != 0 or numbers < MIN_SETUPTOOLS:
+        raise BuildError("{} has setuptools {}; the wheel needs setuptools>={}: pip install "
+                         "'setuptools>={}' there, or pass --python".format(
+                             python, version or "(none)", MIN_SETUPTOOLS[0], MIN_SETUPTOOLS[0]))
+
+
 def build(out_dir: Path, root: Path = ROOT, python: str = sys.executable) -> Path:
     """Build and check the wheel in ``out_dir`` (an older wheel of the same name is replaced)."""
     version = product_version(root)
+    check_setuptools(python)
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / wheel_name(version)
