@@ -27,6 +27,7 @@ from blender_support import (
     handler_snapshot,
     product_version,
     run_python,
+    scripts_module,
 )
 
 POLL_MESSAGE = ("No backend: use Install Backend (or set the backend Python) in Preferences > "
@@ -82,6 +83,14 @@ def test_build_script_fails_loudly_on_a_bad_manifest(tmp_path):
     assert proc.returncode != 0
     assert "tagline" in proc.stderr and "punctuation" in proc.stderr, proc.stderr
     assert not list((tmp_path / "dist").glob("*.zip"))
+
+
+def test_build_refuses_a_manifest_of_another_version():
+    build_extension = scripts_module("build_extension")
+    assert build_extension.check_version({"version": product_version()}) == product_version()
+    with pytest.raises(build_extension.BuildError) as info:
+        build_extension.check_version({"version": "9.9.9"})
+    assert "'9.9.9'" in str(info.value) and repr(product_version()) in str(info.value)
 
 
 # (b) install + enable ----------------------------------------------------------------------------------

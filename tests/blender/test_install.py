@@ -242,3 +242,21 @@ def test_diagnostics_reads_the_doctor_report_of_the_backend_in_use(addon):
     text = prefs_text(addon)
     assert any(t.startswith("work folder: cannot write") for t in text), text
     assert any(t.startswith("Fix: Set Preferences > Add-ons > Pointwear > Work Folder") for t in text)
+
+
+def test_legacy_addon_keeps_its_backend_in_blender_user_data(addon, monkeypatch):
+    """Loaded as a legacy add-on (package ``pointwear``, not ``bl_ext.<repo>.pointwear``),
+    extension_path_user refuses the package: the backend goes to Blender's user data folder."""
+    preferences = sys.modules[ADDON_MODULE + ".preferences"]
+    assert Path(preferences.backend_root()) == addon.root
+    monkeypatch.setattr(preferences, "ADDON_PACKAGE", "pointwear")
+    with pytest.raises(ValueError):
+        addon.bpy.utils.extension_path_user("pointwear", path="backend")
+    assert preferences.backend_root() == ""  # nothing there yet, nothing created
+    legacy = Path(preferences.backend_root(create=True))
+    try:
+        assert legacy.is_dir()
+        assert legacy == Path(addon.bpy.utils.user_resource("DATAFILES", path="pointwear/backend"))
+        assert legacy.is_relative_to(os.environ["BLENDER_USER_RESOURCES"])
+    finally:
+        shutil.rmtree(legacy.parent)
