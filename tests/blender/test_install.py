@@ -122,6 +122,8 @@ def test_install_start_jobs_failed_and_cancelled_updates_remove(addon):
     ops, install, runtime = addon.ops, addon.install, addon.runtime
     assert "No backend: use Install Backend" in poll_message(ops.start_backend)
     assert "No backend is installed yet" in poll_message(ops.update_backend)
+    assert "No backend yet: Preferences > Add-ons > Pointwear > Install Backend" in " ".join(
+        sidebar_text(addon))
 
     # Install: a real venv under the extension's user folder, from the wheelhouse only.
     assert ops.install_backend() == {"FINISHED"}
@@ -195,6 +197,13 @@ def test_install_start_jobs_failed_and_cancelled_updates_remove(addon):
     assert "No backend: use Install Backend" in poll_message(ops.start_backend)
 
 
+def sidebar_text(addon) -> list[str]:
+    layout = RecordingLayout()
+    panel = getattr(addon.bpy.types, "VIEW3D_PT_pointwear")
+    panel.draw(FakeSelf(layout), addon.bpy.context)
+    return layout.labels()
+
+
 def _operators_drawn(addon) -> list[str]:
     layout = RecordingLayout()
     type(addon.prefs).draw(FakeSelf(layout), addon.bpy.context)
@@ -211,6 +220,7 @@ def test_backend_of_another_protocol_says_which_side_to_update(addon, newer_whee
     text = prefs_text(addon)
     assert any(t.startswith(expected) for t in text), text
     assert expected in poll_message(addon.ops.start_backend)
+    assert expected in " ".join(sidebar_text(addon))  # wrapped to the sidebar's width
     # Setting a Backend Python of its own bypasses the installed backend (and the check).
     addon.prefs.backend_python = str(backend_python())
     assert addon.ops.start_backend.poll() is True
