@@ -25,6 +25,9 @@ from . import runtime
 
 WHEEL_DIR = "backend_wheel"        # in the extension: the wheel and its requirements (the build's)
 WATCH_INTERVAL = 0.5
+# The preferences that shape an install, in the order the preferences show them.
+INSTALL_OPTIONS = ("torch_build", "wheel_folder", "offline", "install_python", "shared_python",
+                   "torch_index_url")
 
 _job = None          # the running or last InstallJob / DoctorJob
 _last_report = {}    # {"level": ..., "message": ..., "hint": ...} of the last finished job
@@ -404,12 +407,8 @@ def draw_environment(prefs, layout, context):
         if _last_report.get("hint"):
             col.label(text=_last_report["hint"], icon="BLANK1")
     col = box.column(heading="Install Options")
-    col.prop(prefs, "torch_build")
-    col.prop(prefs, "wheel_folder")
-    col.prop(prefs, "offline")
-    col.prop(prefs, "install_python")
-    col.prop(prefs, "shared_python")
-    col.prop(prefs, "torch_index_url")
+    for name in INSTALL_OPTIONS:
+        col.prop(prefs, name)
     lay = env_layout()
     tail = lay.log_tail(8) if lay is not None else []
     if tail:
