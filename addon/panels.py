@@ -16,9 +16,9 @@ import textwrap
 from bpy.types import Panel
 
 from .link import protocol
-from .operators import runtime, subject
+from .operators import install, runtime, subject
 from .operators.jobs import RESUMABLE
-from .preferences import get_preferences
+from .preferences import connects_to_running, get_preferences
 from .properties import BACKEND_STATE_NOT_STARTED
 
 _STATE_ICONS = {
@@ -37,6 +37,22 @@ def _wrapped(layout, text, context, icon="NONE"):
     width = max(20, int((region.width if region is not None else 300) / 7))
     for n, line in enumerate(textwrap.wrap(text, width) or [""]):
         layout.label(text=line, icon=icon if n == 0 else "BLANK1" if icon != "NONE" else "NONE")
+
+
+def _draw_install_hint(layout, context):
+    """Why Start Backend cannot run yet: no backend installed, or one of another protocol."""
+    prefs = get_preferences(context)
+    if prefs is None or connects_to_running(prefs):
+        return
+    if not runtime.backend_python_path(context):
+        _wrapped(layout.column(), "No backend yet: Preferences > Add-ons > Pointwear > Install "
+                 "Backend", context, icon="INFO")
+        return
+    problem = install.version_problem(context)
+    if problem:
+        col = layout.column()
+        col.alert = True
+        _wrapped(col, problem, context, icon="ERROR")
 
 
 class _PointwearPanel:
@@ -69,6 +85,8 @@ class VIEW3D_PT_pointwear(_PointwearPanel, Panel):
                 _wrapped(col, message, context)
             if hint:
                 _wrapped(box.column(), hint, context, icon="INFO")
+        if state in (runtime.STATE_NOT_STARTED, runtime.STATE_NOT_FOUND):
+            _draw_install_hint(box, context)
         row = box.row(align=True)
         if state in (runtime.STATE_READY, runtime.STATE_BUSY, runtime.STATE_STARTING,
                      runtime.STATE_ERROR):

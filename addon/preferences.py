@@ -1,8 +1,11 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Add-on preferences: how to reach (or start) the Pointwear backend."""
+"""Add-on preferences: the backend's own environment (install / update / remove, diagnostics) and
+how to reach (or start) the backend."""
+
+import os
 
 import bpy
-from bpy.props import EnumProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 from bpy.types import AddonPreferences
 
 # The top-level package of the extension (``bl_ext.<repo>.pointwear`` once installed). This module
@@ -21,6 +24,14 @@ TRANSFER_ITEMS = (
     ("ALWAYS", "Always", "Upload and download even on 127.0.0.1: an SSH tunnel to another machine"),
     ("NEVER", "Never", "The backend reads and writes this machine's files (same machine or a shared "
      "filesystem with the same paths)"),
+)
+
+
+TORCH_BUILD_ITEMS = (
+    ("AUTO", "Auto", "CUDA when an NVIDIA driver is found (nvidia-smi or /proc/driver/nvidia), "
+                     "else CPU"),
+    ("CPU", "CPU", "The CPU build of PyTorch (smaller; no GPU)"),
+    ("CUDA", "CUDA", "The CUDA build of PyTorch (needs an NVIDIA GPU and driver)"),
 )
 
 
@@ -95,9 +106,63 @@ class POINTWEAR_AddonPreferences(AddonPreferences):
         default="AUTO",
     )
 
+    # -- the backend's own environment (Install Backend) -----------------------------------------
+    install_python: StringProperty(
+        name="Python for the Backend",
+        description=(
+            "A Python 3.11 to make the backend's environment from; empty uses Blender's own "
+            "Python (it can make environments in Blender 4.2 and later)"
+        ),
+        subtype="FILE_PATH",
+        default="",
+    )
+    torch_build: EnumProperty(
+        name="PyTorch Build",
+        description="Which PyTorch Install Backend installs",
+        items=TORCH_BUILD_ITEMS,
+        default="AUTO",
+    )
+    torch_index_url: StringProperty(
+        name="PyTorch Index",
+        description=(
+            "pip index for PyTorch; empty picks PyTorch's CPU index for the CPU build and pip's "
+            "own index (or PyTorch's CUDA index on Windows) for the CUDA build"
+        ),
+        default="",
+    )
+    wheel_folder: StringProperty(
+        name="Wheel Folder",
+        description=(
+            "A folder of wheels (pip download -r requirements -d FOLDER) used first; a Pointwear "
+            "wheel in it is installed instead of the one bundled with the add-on"
+        ),
+        subtype="DIR_PATH",
+        default="",
+    )
+    offline: BoolProperty(
+        name="Offline",
+        description="Install only from the Wheel Folder and the bundled wheel, never the internet",
+        default=False,
+    )
+    shared_python: StringProperty(
+        name="Shared Packages From",
+        description=(
+            "Optional: the Python of an existing environment whose packages (e.g. a studio's "
+            "CUDA PyTorch) the backend reuses instead of installing them again"
+        ),
+        subtype="FILE_PATH",
+        default="",
+    )
+
     def draw(self, context):
         layout = self.layout
         layout.use_property_split = True
+        # The environment and diagnostics sections are drawn by the operators module (it owns the
+        # install job); imported here so preferences.py stays importable before operators.
+        from .operators import install
+
+        install.draw_environment(get_preferences(context) or self, layout, context)
+        install.draw_diagnostics(layout, context)
         col = layout.column(heading="Backend")
         col.prop(self, "backend_python")
         col.prop(self, "device")
@@ -128,6 +193,19 @@ def uses_file_transfer(prefs, host):
         from .link import protocol
         return host not in protocol.LOCAL_HOSTS or bool(prefs.fingerprint.strip())
     return mode == "ALWAYS"
+
+
+def backend_root(create=False):
+    """The folder holding the backend's environments: the extension's user folder
+    (``bpy.utils.extension_path_user``), or for a legacy add-on (not ``bl_ext.*``) Blender's user
+    data folder ``<datafiles>/pointwear``. "" when there is none yet and ``create`` is False."""
+    try:
+        return bpy.utils.extension_path_user(ADDON_PACKAGE, path="backend", create=create)
+    except (ValueError, AttributeError, RuntimeError):
+        # Not installed as an extension (or a Blender before 4.2).
+        path = bpy.utils.user_resource("DATAFILES", path=os.path.join("pointwear", "backend"),
+                                       create=create)
+        return path if (create or os.path.isdir(path)) else ""
 
 
 def get_preferences(context=None):

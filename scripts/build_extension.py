@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Build the Pointwear Blender extension zip with Blender's own extension CLI.
 
-Stages ``blender_manifest.toml`` (repository root) and the contents of ``addon/`` into one folder
-(default ``build/extension/``, wiped first), runs
+Stages ``blender_manifest.toml`` (repository root), the contents of ``addon/`` and the backend wheel
+with its pinned requirements (``backend_wheel/``, made by scripts/build_wheel.py: the add-on's
+"Install Backend" installs it) into one folder (default ``build/extension/``, wiped first), checks
+that the manifest's version is the product's one version (``VERSION`` in addon/link/protocol.py),
+runs
 
     <python> blender_ext.py build --source-dir STAGE --output-dir OUT --valid-tags TAGS
     <python> blender_ext.py validate --valid-tags TAGS ZIP
@@ -30,9 +33,13 @@ import sys
 import tomllib
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import build_wheel  # noqa: E402  (scripts/build_wheel.py)
+
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = "blender_manifest.toml"
 ADDON_DIR = "addon"
+WHEEL_DIR = "backend_wheel"   # in the extension: the backend wheel and its requirements file
 # Never staged even if present in addon/ (the manifest's paths_exclude_pattern excludes them too).
 _STAGE_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".*", "*.zip")
 
@@ -74,8 +81,9 @@ def find_valid_tags(blender_ext: Path) -> Path | None:
     return tags if tags.is_file() else None
 
 
-def stage(stage_dir: Path, root: Path = ROOT) -> Path:
-    """Wipe ``stage_dir`` and fill it with the manifest and the contents of addon/."""
+def stage(stage_dir: Path, root: Path = ROOT, python: str = sys.executable) -> Path:
+    """Wipe ``stage_dir`` and fill it with the manifest, the contents of addon/ and the backend
+    wheel (``WHEEL_DIR``)."""
     manifest = root / MANIFEST
     addon = root / ADDON_DIR
     if not manifest.is_file():
@@ -91,7 +99,23 @@ def stage(stage_dir: Path, root: Path = ROOT) -> Path:
     if (stage_dir / MANIFEST).exists():
         raise BuildError("addon/ must not hold its own {} (the root one is used)".format(MANIFEST))
     shutil.copy2(manifest, stage_dir / MANIFEST)
+    if (stage_dir / WHEEL_DIR).exists():
+        raise BuildError("addon/ must not hold a {}/ folder (the build makes it)".format(WHEEL_DIR))
+    try:
+        build_wheel.build(stage_dir / WHEEL_DIR, root, python)
+    except build_wheel.BuildError as ex:
+        raise BuildError("backend wheel: {}".format(ex)) from ex
     return stage_dir
+
+
+def check_version(manifest: dict, root: Path = ROOT) -> str:
+    """The manifest's version, which must be the product's one version (addon/link/protocol.py)."""
+    want = build_wheel.product_version(root)
+    have = manifest.get("version")
+    if have != want:
+        raise BuildError("{} says version {!r} but addon/link/protocol.py says VERSION = {!r}: "
+                         "set both to the same version".format(MANIFEST, have, want))
+    return want
 
 
 def _run(cmd: list[str], what: str) -> str:
@@ -111,7 +135,8 @@ def build(out_dir: Path, stage_dir: Path, python: str, blender_ext: Path | None 
     tag_args = ["--valid-tags", str(tags)] if tags else []
     with open(ROOT / MANIFEST, "rb") as fh:
         manifest = tomllib.load(fh)
-    staged = stage(stage_dir)
+    check_version(manifest)
+    staged = stage(stage_dir, python=sys.executable)
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     zip_path = out_dir / "{}-{}.zip".format(manifest.get("id", "pointwear"), manifest.get("version", "0"))

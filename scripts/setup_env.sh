@@ -4,7 +4,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${POINTWEAR_VENV:-$root/.venv}"
-torch_pin="torch==2.13.0"
+torch_pin="$(grep -m1 '^torch==' "$root/scripts/requirements.txt")"
 source "$(dirname "${BASH_SOURCE[0]}")/find_python.sh"
 
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"

@@ -8,6 +8,7 @@ package too (as ``pointwear.link``) for the one protocol definition in :mod:`.pr
 - :mod:`.protocol` framing and names (newline-delimited UTF-8 JSON over TCP on 127.0.0.1)
 - :mod:`.client`   :class:`BackendClient`: handshake, reader thread, event queue, requests
 - :mod:`.launcher` :class:`BackendLauncher`: ``<python> -m pointwear serve`` as a child process
+- :mod:`.gpu`      :func:`nvidia_driver` (installer and `pointwear doctor`)
 - :mod:`.session`  :class:`BackendSession`: launcher + client + job tracking, blocking ``wait``
 - :mod:`.tls`      the pinned-certificate TLS of a backend on another machine
 - :mod:`.transfer` upload of inputs / download of results over the protocol (:class:`RemoteFiles`)

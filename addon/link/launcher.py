@@ -56,16 +56,55 @@ def hint_for_stderr(stderr, python):
     if missing:
         name = missing[-1].split(".")[0]
         if name == "pointwear":
-            return ("{} does not have the Pointwear backend installed: set {} to the Python of the "
-                    "environment where the backend is installed (the repository's .venv/bin/python)"
+            return ("{} does not have the Pointwear backend installed: use Install Backend in "
+                    "Preferences > Add-ons > Pointwear, or set {} to the Python of the environment "
+                    "where the backend is installed (the repository's .venv/bin/python)"
                     .format(python, PREFERENCES_HINT))
-        return ("The backend's Python ({}) lacks the package '{}': install the backend's "
-                "requirements into that environment (scripts/setup_env.sh)".format(python, name))
+        return ("The backend's Python ({}) lacks the package '{}': Update Backend in Preferences > "
+                "Add-ons > Pointwear (Run Diagnostics lists what else is missing), or install the "
+                "backend's requirements into that environment (scripts/setup_env.sh)".format(
+                    python, name))
     if "CUDA" in (stderr or "") and ("not available" in stderr or "no CUDA" in stderr):
         return "This backend has no CUDA: set Device to Auto or CPU in Preferences > Add-ons > Pointwear"
     if "invalid choice" in (stderr or "") or "unrecognized arguments" in (stderr or ""):
         return "The backend is too old for this add-on (no 'serve' command): update the backend"
     return "See the backend's messages above; check {}".format(PREFERENCES_HINT)
+
+
+def child_env(extra=None):
+    """``os.environ`` for a child process running another environment's Python: Blender's own
+    Python settings (PYTHONHOME, PYTHONPATH, ...) removed, ``extra`` added."""
+    env = dict(os.environ)
+    for name in ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONEXECUTABLE",
+                 "__PYVENV_LAUNCHER__"):
+        env.pop(name, None)
+    env.update(extra or {})
+    return env
+
+
+def popen_group_kwargs():
+    """Popen keyword arguments that start a child in its own process group / session (Ctrl+C in
+    Blender's terminal does not reach it; :func:`kill_group` stops it with its children)."""
+    if sys.platform == "win32":
+        return {"creationflags": (getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
+                                  | getattr(subprocess, "CREATE_NO_WINDOW", 0))}
+    return {"start_new_session": True}
+
+
+def kill_group(process, sig):
+    """Send ``sig`` to a child started with :func:`popen_group_kwargs` and its whole group."""
+    try:
+        if sys.platform != "win32":
+            os.killpg(process.pid, sig)
+        elif sig == signal.SIGTERM:
+            process.terminate()
+        else:
+            process.kill()
+    except (ProcessLookupError, PermissionError, OSError):
+        try:
+            process.kill() if sig != signal.SIGTERM else process.terminate()
+        except OSError:
+            pass
 
 
 def _tail(text, lines=12):
@@ -155,21 +194,11 @@ class BackendLauncher:
             raise LaunchError("Cannot create the work folder {}: {}".format(self.work, ex),
                               hint="Set Preferences > Add-ons > Pointwear > Work Folder to a "
                                    "writable folder") from ex
-        env = dict(os.environ)
-        # Blender's own Python settings must not leak into the backend's interpreter.
-        for name in ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONEXECUTABLE",
-                     "__PYVENV_LAUNCHER__"):
-            env.pop(name, None)
-        env.update(self.env)
+        env = child_env(self.env)
         env[protocol.TOKEN_ENV] = self.token
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.setdefault("PYTHONIOENCODING", "utf-8")
-        kwargs = {}
-        if sys.platform == "win32":
-            kwargs["creationflags"] = (getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
-                                       | getattr(subprocess, "CREATE_NO_WINDOW", 0))
-        else:
-            kwargs["start_new_session"] = True
+        kwargs = popen_group_kwargs()
         with self._lock:
             if self._stopped:
                 raise LaunchError("The backend start was cancelled")
@@ -308,16 +337,5 @@ class BackendLauncher:
 
     @staticmethod
     def _signal(process, sig):
-        try:
-            if sys.platform != "win32":
-                # The server leads its own session: signal the whole group (its workers too).
-                os.killpg(process.pid, sig)
-            elif sig == signal.SIGTERM:
-                process.terminate()
-            else:
-                process.kill()
-        except (ProcessLookupError, PermissionError, OSError):
-            try:
-                process.kill() if sig != signal.SIGTERM else process.terminate()
-            except OSError:
-                pass
+        # The server leads its own session: signal the whole group (its workers too).
+        kill_group(process, sig)

@@ -9,6 +9,10 @@ Pure standard library: no bpy, numpy, torch or ``pointwear`` imports here, ever.
 
 import json
 
+# The product's one version: the add-on (blender_manifest.toml must say the same; the build checks
+# it), the backend package (pyproject.toml reads it from here; ``pointwear.__version__``) and the
+# backend wheel bundled in the extension. PROTOCOL_VERSION changes only when the wire format does.
+VERSION = "0.1.0"
 PROTOCOL_VERSION = 1
 DEFAULT_HOST = "127.0.0.1"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")

@@ -2,6 +2,8 @@
 """Pointwear operators (``bpy.ops.pointwear.*``), by role:
 
 - :mod:`.backend`   ``check_backend``, ``start_backend``, ``stop_backend``
+- :mod:`.install`   ``install_backend``, ``update_backend``, ``remove_backend``,
+  ``cancel_backend_install``, ``run_diagnostics`` (the backend's own environment)
 - :mod:`.jobs`      ``fit_outfit``, ``cancel_job``, ``wait_job`` (modal in the UI, blocking in
   scripts and background mode)
 - :mod:`.appearance` ``fit_appearance``, ``neural_render`` (job operators, as above)
@@ -10,7 +12,7 @@
 - :mod:`.runtime`   the backend session, the event pump (timer) and the scene mirror
 """
 
-from . import runtime
+from . import install, runtime
 from .appearance import POINTWEAR_OT_fit_appearance, POINTWEAR_OT_neural_render
 from .appearance import CLASSES as _APPEARANCE_CLASSES
 from .backend import (
@@ -19,6 +21,7 @@ from .backend import (
     POINTWEAR_OT_stop_backend,
 )
 from .backend import CLASSES as _BACKEND_CLASSES
+from .install import CLASSES as _INSTALL_CLASSES
 from .jobs import POINTWEAR_OT_cancel_job, POINTWEAR_OT_fit_outfit, POINTWEAR_OT_wait_job
 from .jobs import CLASSES as _JOB_CLASSES
 from .runtime import backend_python_path
@@ -27,7 +30,7 @@ from .scene_ops import CLASSES as _SCENE_CLASSES
 from .subject import POINTWEAR_OT_new_subject
 from .subject import CLASSES as _SUBJECT_CLASSES
 
-CLASSES = _BACKEND_CLASSES + _JOB_CLASSES + _SUBJECT_CLASSES + _APPEARANCE_CLASSES + _SCENE_CLASSES
+CLASSES = _BACKEND_CLASSES + _INSTALL_CLASSES + _JOB_CLASSES + _SUBJECT_CLASSES + _APPEARANCE_CLASSES + _SCENE_CLASSES
 
 __all__ = [
     "CLASSES", "backend_python_path", "runtime",
@@ -45,4 +48,5 @@ def register_extra():
 
 def unregister_extra():
     # Before the classes go: stop the pump timer and the backend this add-on started.
+    install.unregister()
     runtime.unregister()

@@ -7,10 +7,11 @@ import bpy
 from bpy.types import Operator
 
 from ..preferences import connects_to_running, get_preferences
-from . import runtime
+from . import install, runtime
 from .runtime import backend_python_path
 
-PYTHON_NOT_SET = "Set the backend Python executable in Preferences > Add-ons > Pointwear"
+PYTHON_NOT_SET = ("No backend: use Install Backend (or set the backend Python) in Preferences > "
+                  "Add-ons > Pointwear")
 
 
 def _report_failure(op, fallback):
@@ -70,9 +71,14 @@ class POINTWEAR_OT_start_backend(Operator):
         if runtime.is_ready():
             cls.poll_message_set("The backend is already running")
             return False
-        if not connects_to_running(prefs) and not backend_python_path(context):
-            cls.poll_message_set(PYTHON_NOT_SET)
-            return False
+        if not connects_to_running(prefs):
+            if not backend_python_path(context):
+                cls.poll_message_set(PYTHON_NOT_SET)
+                return False
+            problem = install.version_problem(context)
+            if problem:
+                cls.poll_message_set(problem)
+                return False
         return True
 
     def invoke(self, context, event):

@@ -28,6 +28,7 @@ import traceback
 
 import bpy
 
+from ..installer.layout import EnvLayout
 from ..link import protocol
 from ..link.session import (
     STATE_BUSY,
@@ -38,7 +39,7 @@ from ..link.session import (
     STATE_STARTING,
     BackendSession,
 )
-from ..preferences import connects_to_running, get_preferences, uses_file_transfer
+from ..preferences import backend_root, connects_to_running, get_preferences, uses_file_transfer
 from ..properties import BACKEND_STATE_NOT_STARTED, is_pointwear_armature
 
 PREVIEW_IMAGE = ".pointwear_preview"
@@ -90,11 +91,15 @@ def active_job():
 
 
 def backend_python_path(context=None):
-    """The configured backend Python executable as an absolute path, or "" when unset."""
+    """The backend Python executable as an absolute path: the one set in the preferences, else
+    the installed backend's (Install Backend), else "" (none)."""
     prefs = get_preferences(context)
-    if prefs is None or not prefs.backend_python.strip():
+    if prefs is None:
         return ""
-    return os.path.normpath(bpy.path.abspath(prefs.backend_python.strip()))
+    if prefs.backend_python.strip():
+        return os.path.normpath(bpy.path.abspath(prefs.backend_python.strip()))
+    root = backend_root()
+    return EnvLayout(root).current_python() if root else ""
 
 
 def work_folder(context=None):

@@ -425,6 +425,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit-appearance-args", default="", help='e.g. "--epochs 50 --size 256"')
     p.set_defaults(func=cmd_batch)
 
+    p = sub.add_parser("doctor", help="check this installation: versions, device, disk, memory, work "
+                       "folder, bundled data, a smoke test; each problem with a fix (--json for the add-on)",
+                       add_help=False)
+    p.add_argument("doctor_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_doctor)
+
     subj = sub.add_parser("subject", help="subject folders").add_subparsers(dest="subject_command", required=True)
     p = subj.add_parser("check", help="validate a subject folder and summarise it")
     p.add_argument("subject")
@@ -445,7 +451,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import main as doctor_main
+    return doctor_main(args.doctor_args)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["doctor"]:
+        # Straight to the doctor: it must run in a broken environment, and building the full
+        # parser imports the outfit and motion lists (torch, scipy).
+        from .doctor import main as doctor_main
+        return doctor_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -86,6 +86,22 @@ def find_blender_ext() -> Path:
     return build_extension.find_blender_ext()
 
 
+def scripts_module(name: str):
+    """A module of scripts/ (build_extension, build_wheel), imported by name."""
+    import importlib
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
+
+
+def product_version() -> str:
+    """The product's one version (VERSION in addon/link/protocol.py), read as the build reads it."""
+    return scripts_module("build_wheel").product_version(REPO)
+
+
 def repo_index(bpy, module: str = REPO_MODULE) -> int:
     return [repo.module for repo in bpy.context.preferences.extensions.repos].index(module)
 
@@ -168,6 +184,9 @@ class RecordingLayout:
 
     def separator(self, **kwargs):
         pass
+
+    def progress(self, text="", **kwargs):
+        self.calls.append(("progress", text))
 
     def row(self, **kwargs):
         return RecordingLayout(self.calls)

@@ -29,7 +29,8 @@ from blender_support import (
     run_python,
 )
 
-PYTHON_NOT_SET = "Set the backend Python executable in Preferences > Add-ons > Pointwear"
+PYTHON_NOT_SET = ("No backend: use Install Backend (or set the backend Python) in Preferences > "
+                  "Add-ons > Pointwear")
 TINY_FIT = {"template": "tshirt-shorts", "codes": 1, "coarse_steps": 2, "fine_steps": 2, "seed": 0}
 LONG_FIT = dict(TINY_FIT, coarse_steps=100000)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import shutil
 import subprocess
@@ -24,10 +25,13 @@ from blender_support import (
     blender_env,
     find_blender_ext,
     handler_snapshot,
+    product_version,
     run_python,
+    scripts_module,
 )
 
-POLL_MESSAGE = "Set the backend Python executable in Preferences > Add-ons > Pointwear"
+POLL_MESSAGE = ("No backend: use Install Backend (or set the backend Python) in Preferences > "
+                  "Add-ons > Pointwear")
 
 
 # (a) build ------------------------------------------------------------------------------------------
@@ -35,7 +39,8 @@ POLL_MESSAGE = "Set the backend Python executable in Preferences > Add-ons > Poi
 def test_build_script_produces_a_valid_zip(built_extension):
     proc, zip_path = built_extension
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert zip_path is not None and zip_path.name == "{}-0.1.0.zip".format(ADDON_ID)
+    version = product_version()
+    assert zip_path is not None and zip_path.name == "{}-{}.zip".format(ADDON_ID, version)
     assert zip_path.is_file()
 
     names = set(zipfile.ZipFile(zip_path).namelist())
@@ -43,6 +48,14 @@ def test_build_script_produces_a_valid_zip(built_extension):
                 "panels.py", "operators/__init__.py", "link/__init__.py"}
     assert expected <= names, sorted(names)
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")], sorted(names)
+    # The backend wheel rides along (not as a Blender-installed wheel: the manifest lists none),
+    # with its data files and its pins.
+    wheel = "backend_wheel/pointwear-{}-py3-none-any.whl".format(version)
+    assert {wheel, "backend_wheel/pointwear-{}-requirements.txt".format(version)} <= names
+    with zipfile.ZipFile(zip_path) as zf, zf.open(wheel) as fh:
+        inner = set(zipfile.ZipFile(io.BytesIO(fh.read())).namelist())
+    assert {"pointwear/body/data/default_body.npz", "pointwear/drape/data/neural_default.pt",
+            "pointwear/perception/data/pose_prior.npz", "pointwear/link/protocol.py"} <= inner
 
     # Validate again, independently of the script, with Blender's own CLI.
     check = subprocess.run([sys.executable, str(find_blender_ext()), "validate", str(zip_path)],
@@ -55,8 +68,12 @@ def test_build_script_fails_loudly_on_a_bad_manifest(tmp_path):
     # the script must exit non-zero, pass on the CLI's message and leave no zip.
     src = tmp_path / "src"
     (src / "scripts").mkdir(parents=True)
-    shutil.copy2(REPO / "scripts" / "build_extension.py", src / "scripts")
-    shutil.copytree(REPO / "addon", src / "addon", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("build_extension.py", "build_wheel.py", "requirements.txt"):
+        shutil.copy2(REPO / "scripts" / name, src / "scripts")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, src)
+    for name in ("addon", "backend"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     lines = (REPO / "blender_manifest.toml").read_text().splitlines()
     lines = ['tagline = "Ends with a full stop."' if ln.startswith("tagline") else ln for ln in lines]
     (src / "blender_manifest.toml").write_text("\n".join(lines) + "\n")
@@ -66,6 +83,14 @@ def test_build_script_fails_loudly_on_a_bad_manifest(tmp_path):
     assert proc.returncode != 0
     assert "tagline" in proc.stderr and "punctuation" in proc.stderr, proc.stderr
     assert not list((tmp_path / "dist").glob("*.zip"))
+
+
+def test_build_refuses_a_manifest_of_another_version():
+    build_extension = scripts_module("build_extension")
+    assert build_extension.check_version({"version": product_version()}) == product_version()
+    with pytest.raises(build_extension.BuildError) as info:
+        build_extension.check_version({"version": "9.9.9"})
+    assert "'9.9.9'" in str(info.value) and repr(product_version()) in str(info.value)
 
 
 # (b) install + enable ----------------------------------------------------------------------------------
@@ -107,7 +132,12 @@ def test_install_enables_addon_and_registers_everything(installed_addon):
     layout = RecordingLayout()
     type(prefs).draw(FakeSelf(layout), bpy.context)
     assert set(layout.props()) == {"backend_python", "device", "host", "port", "token", "fingerprint",
-                                   "file_transfer", "work_folder", "smpl_model_path"}, layout.calls
+                                   "file_transfer", "work_folder", "smpl_model_path", "torch_build",
+                                   "wheel_folder", "offline", "install_python", "shared_python",
+                                   "torch_index_url"}, layout.calls
+    assert {"pointwear.install_backend", "pointwear.update_backend", "pointwear.remove_backend",
+            "pointwear.run_diagnostics"} <= set(layout.operators()), layout.calls
+    assert any("No backend installed" in text for text in layout.labels()), layout.calls
 
 
 # (c) disable / unregister --------------------------------------------------------------------------

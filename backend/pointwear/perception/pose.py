@@ -48,6 +48,12 @@ SCORE_LANDMARKS = tuple(LANDMARK_INDEX[f"{side}_{part}"]
 # model_complexity -> the landmark model file it needs inside the mediapipe package.
 _LANDMARK_MODELS = {0: "pose_landmark_lite.tflite", 1: "pose_landmark_full.tflite",
                     2: "pose_landmark_heavy.tflite"}
+# Every model file `pointwear prepare` uses with the default options, relative to the mediapipe
+# package: person detection and landmarks (here) and face detection (body_fit.face hints).
+# `pointwear doctor` checks that the installed mediapipe wheel holds them.
+MEDIAPIPE_MODELS = ("modules/pose_detection/pose_detection.tflite",
+                    "modules/pose_landmark/" + _LANDMARK_MODELS[1],
+                    "modules/face_detection/face_detection_full_range_sparse.tflite")
 
 
 @dataclass
