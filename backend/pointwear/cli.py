@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import PointwearError
+from .link import protocol as P
 
 
 def _floats(text: str) -> list[float]:
@@ -72,19 +73,12 @@ def cmd_subject_import_pbc(args: argparse.Namespace) -> int:
     return 0
 
 
-def _frame_list(text: str) -> list[int]:
-    """'0,2,4-7' -> [0, 2, 4, 5, 6, 7]"""
-    out: list[int] = []
+def _frame_list(text: str) -> list[int] | None:
+    """'0,2,4-7' -> [0, 2, 4, 5, 6, 7] (the protocol's one, bounded, frame-list parser)"""
     try:
-        for part in text.replace(" ", "").split(","):
-            if "-" in part:
-                a, b = part.split("-")
-                out.extend(range(int(a), int(b) + 1))
-            elif part:
-                out.append(int(part))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected frame numbers like 0,2,4-7, got {text!r}")
-    return out
+        return P.parse_frames(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; got {text[:80]!r}") from None
 
 
 class _TqdmProgress:
@@ -224,8 +218,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .server import serve
+    from .server.app import ServerLimits
+    limits = ServerLimits(max_queued=args.max_queued, max_connections=args.max_connections,
+                          max_preauth=args.max_preauth, memory_bytes=(args.memory_limit_mb or 0) << 20)
     return serve(host=args.host, port=args.port, work=args.work, token_file=args.token_file,
-                 device=args.device, threads=args.threads, parent_pid=args.parent_pid)
+                 device=args.device, threads=args.threads, parent_pid=args.parent_pid, limits=limits)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -360,6 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parent-pid", type=int, default=None,
                    help="stop when this process is gone (the add-on passes Blender's pid, so a killed "
                         "Blender leaves no backend behind)")
+    p.add_argument("--max-queued", type=int, default=P.MAX_QUEUED_JOBS, help="waiting jobs (more: queue_full)")
+    p.add_argument("--max-connections", type=int, default=P.MAX_CONNECTIONS, help="open connections (more: busy)")
+    p.add_argument("--max-preauth", type=int, default=P.MAX_PREAUTH_CONNECTIONS,
+                   help="connections that have not said hello yet (more: busy)")
+    p.add_argument("--memory-limit-mb", type=int, default=None,
+                   help="refuse jobs whose memory estimate is over this (default: 3/4 of the RAM; "
+                        "$POINTWEAR_MEMORY_LIMIT_MB)")
     p.set_defaults(func=cmd_serve)
 
     subj = sub.add_parser("subject", help="subject folders").add_subparsers(dest="subject_command", required=True)
