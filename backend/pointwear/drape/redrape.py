@@ -12,15 +12,21 @@ from ..body import load_body
 from ..body.export import export_body
 from ..data.motion import pelvis_fix, read_motion
 from ..errors import InputError
-from ..fileio import save_npz
+from ..fileio import load_npz, save_npz
+from ..link import protocol as P
 from . import drape_from_id
 
 
+MAX_OUTFIT_POINTS = 2_000_000
+OUTFIT_LIMITS = {"points": 3 * MAX_OUTFIT_POINTS, "weights": 24 * MAX_OUTFIT_POINTS,
+                 "offsets": 3 * MAX_OUTFIT_POINTS, "colors": 4 * MAX_OUTFIT_POINTS, "code": 4096, "betas": 300}
+
+
 def load_outfit(result_dir: str | Path) -> dict[str, np.ndarray]:
-    path = Path(result_dir) / "outfit.npz"
+    path = Path(result_dir) / P.OUTFIT_NPZ
     if not path.is_file():
-        raise InputError("no outfit.npz here: is this a finished fit-outfit result folder?", file=path)
-    data = dict(np.load(path, allow_pickle=False))
+        raise InputError(f"no {P.OUTFIT_NPZ} here: is this a finished fit-outfit result folder?", file=path)
+    data = load_npz(path, OUTFIT_LIMITS)
     for key in ("points", "weights", "code", "drape", "betas"):
         if key not in data:
             raise InputError("missing key", file=path, field=key)
@@ -34,7 +40,11 @@ def redraped_points(outfit: dict[str, np.ndarray], body, betas=None, checkpoint:
     model and code, free-form offsets carried over: points (P,3), weights (P,24), betas (1,S).
     The point order is the drape's, the same for every body, so per-point data (colours,
     descriptors) follows each point."""
-    drape = drape_from_id(str(outfit["drape"]), body, checkpoint)
+    drape_id = str(outfit["drape"])
+    if checkpoint is not None and not drape_id.startswith("neural"):
+        raise InputError(f"applies to a neural drape only; this outfit was fitted with the {drape_id} drape",
+                         file=checkpoint, field="checkpoint", hint="leave --checkpoint out for this result")
+    drape = drape_from_id(drape_id, body, checkpoint)
     new_betas = body.betas_tensor(outfit["betas"] if betas is None else betas)
     code = torch.as_tensor(outfit["code"], dtype=torch.float32, device=body.device)[None]
     d = drape(drape.constrain(code), new_betas)
