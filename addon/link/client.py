@@ -29,7 +29,9 @@ from . import protocol
 # Client-side pseudo event: the connection ended. Never sent by the server.
 EVENT_LOST = "LOST"
 
-DEFAULT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = 10.0     # scripts and background mode
+UI_TIMEOUT = 2.0           # a request from Blender's UI thread: never freeze the UI longer
+UI_CONNECT_TIMEOUT = 3.0   # connecting to a running backend from the UI
 IO_TIMEOUT = 10.0          # a send that cannot complete in this time ends the connection
 _RECV_CHUNK = 65536
 

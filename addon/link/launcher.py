@@ -63,9 +63,37 @@ def hint_for_stderr(stderr, python):
                 "requirements into that environment (scripts/setup_env.sh)".format(python, name))
     if "CUDA" in (stderr or "") and ("not available" in stderr or "no CUDA" in stderr):
         return "This backend has no CUDA: set Device to Auto or CPU in Preferences > Add-ons > Pointwear"
+    if "in use by another pointwear serve" in (stderr or ""):
+        return ("Another backend (another Blender?) uses this work folder: set another Work folder in "
+                "Preferences > Add-ons > Pointwear, or connect to that backend (its port)")
     if "invalid choice" in (stderr or "") or "unrecognized arguments" in (stderr or ""):
         return "The backend is too old for this add-on (no 'serve' command): update the backend"
     return "See the backend's messages above; check {}".format(PREFERENCES_HINT)
+
+
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)|MemoryError|Killed)\b")
+
+
+def crash_cause(stderr, returncode=None):
+    """The line of a dead backend's stderr that says why it died: a fatal "pointwear serve:
+    error:" line, else the last exception line of the last traceback, else a signal, else the last
+    line (a late warning, e.g. smplx's, is not the cause when a traceback came before it)."""
+    lines = [line.rstrip() for line in (stderr or "").splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("pointwear serve: error:"):
+            return line[len("pointwear serve: "):]
+    start = max((i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")),
+                default=None)
+    if start is not None:
+        for line in lines[start + 1:]:
+            if _EXCEPTION_LINE.match(line):
+                return line
+    if isinstance(returncode, int) and returncode < 0:
+        try:
+            return "killed by {}".format(signal.Signals(-returncode).name)
+        except ValueError:
+            return "killed by signal {}".format(-returncode)
+    return lines[-1] if lines else ""
 
 
 def _tail(text, lines=12):
@@ -204,7 +232,7 @@ class BackendLauncher:
                 stderr = self.stderr_text
                 raise LaunchError(
                     "The backend exited on start-up (exit code {}): {}".format(
-                        self.process.returncode, _tail(stderr, 1) or "no message"),
+                        self.process.returncode, crash_cause(stderr, self.process.returncode) or "no message"),
                     hint=hint_for_stderr(stderr, self.python), stderr=stderr)
             if time.monotonic() >= deadline:
                 stderr = self.stderr_text

@@ -23,8 +23,9 @@ import threading
 import time
 
 from . import protocol
-from .client import EVENT_LOST, BackendClient, BackendConnectionError, BackendError
-from .launcher import BackendLauncher, LaunchError
+from .client import (EVENT_LOST, UI_CONNECT_TIMEOUT, UI_TIMEOUT, BackendClient, BackendConnectionError,
+                     BackendError)
+from .launcher import BackendLauncher, LaunchError, crash_cause
 
 STATE_NOT_STARTED = "not started"
 STATE_NOT_FOUND = "not found"
@@ -286,7 +287,7 @@ class BackendSession:
             return False
         return True
 
-    def connect(self, host, port, token, timeout=10.0):
+    def connect(self, host, port, token, timeout=UI_CONNECT_TIMEOUT):
         """Use a backend that is already running (blocking). Returns True when ready."""
         with self._lock:
             if self.ready:
@@ -359,7 +360,7 @@ class BackendSession:
                                          hint="Start the backend first")
         return client
 
-    def submit(self, kind, params=None, tag=None, timeout=10.0):
+    def submit(self, kind, params=None, tag=None, timeout=UI_TIMEOUT):
         """Submit a job; returns its :class:`JobState` (its events update it from now on)."""
         client = self._require_client()
         params = {k: v for k, v in dict(params or {}).items() if v is not None}
@@ -379,7 +380,7 @@ class BackendSession:
                 del self.jobs[oldest]
         return job
 
-    def cancel(self, job_id=None, timeout=10.0):
+    def cancel(self, job_id=None, timeout=UI_TIMEOUT):
         """Cancel a job (default: the active one). Its DONE (state cancelled) follows."""
         job = self.jobs.get(job_id) if job_id else self.active_job()
         if job is None or job.done:
@@ -388,10 +389,10 @@ class BackendSession:
         job.message = "Cancelling"
         return True
 
-    def ping(self, timeout=5.0):
+    def ping(self, timeout=UI_TIMEOUT):
         return self._require_client().ping(timeout=timeout)
 
-    def status(self, job_id=None, timeout=10.0):
+    def status(self, job_id=None, timeout=UI_TIMEOUT):
         return self._require_client().status(job_id, timeout=timeout)
 
     # -- events --------------------------------------------------------------------------------
@@ -425,10 +426,10 @@ class BackendSession:
             while launcher.running and time.monotonic() < deadline:
                 time.sleep(0.05)
             if not launcher.running:
-                stderr = launcher.stderr_text.strip().splitlines()
                 message = "The backend stopped (exit code {})".format(launcher.returncode)
-                if stderr:
-                    message += ": " + stderr[-1]
+                cause = crash_cause(launcher.stderr_text, launcher.returncode)
+                if cause:
+                    message += ": " + cause
         with self._lock:
             for job in self.jobs.values():
                 if not job.done:

@@ -14,7 +14,6 @@ A job operator (:class:`JobOperatorMixin`) runs in one of three ways:
 """
 
 import os
-import re
 
 import bpy
 from bpy.props import BoolProperty, FloatProperty
@@ -30,22 +29,9 @@ RESUMABLE = (protocol.CANCELLED, protocol.FAILED, protocol.INTERRUPTED)
 
 
 def parse_frames(text):
-    """'0,2,4-7' -> [0, 2, 4, 5, 6, 7]; '' -> None. ValueError on anything else."""
-    text = (text or "").replace(" ", "")
-    if not text:
-        return None
-    out = []
-    for part in text.split(","):
-        if not part:
-            continue
-        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if match is None:
-            raise ValueError("expected frame numbers like 0,2,4-7, got {!r}".format(part))
-        a, b = int(match.group(1)), int(match.group(2) or match.group(1))
-        if b < a:
-            raise ValueError("the range {!r} runs backwards".format(part))
-        out.extend(range(a, b + 1))
-    return out
+    """'0,2,4-7' -> [0, 2, 4, 5, 6, 7]; '' -> None. ValueError on anything else (the protocol's
+    one frame-list parser, the backend's too: bounded before it expands a range)."""
+    return protocol.parse_frames(text or "")
 
 
 def poll_backend_free(cls):

@@ -127,7 +127,7 @@ def start(context, blocking):
             ok = False
         else:
             # Connecting is quick (no process to start): done here in both modes.
-            ok = s.connect(host, int(prefs.port), prefs.token, timeout=10.0)
+            ok = s.connect(host, int(prefs.port), prefs.token)
     else:
         device = prefs.device.lower() if prefs is not None else "auto"
         python, work = backend_python_path(context), work_folder(context)
