@@ -27,26 +27,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "scripts"))
 
+from benchdoc import machine, write_section  # noqa: E402
 from fuzz_messages import is_direct_reply, lines  # noqa: E402
 from pointwear.link import protocol as P  # noqa: E402
 
 TOKEN = "bench-" + os.urandom(8).hex()
 TIMEOUT = 30.0
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"{cpu}, {os.cpu_count()} logical CPUs (shared with other work), {ram:.0f} GiB RAM, "
-            f"{platform.system()} {platform.release()}, Python {platform.python_version()}")
 
 
 def start_server(work: Path, *args: str) -> tuple[subprocess.Popen, int]:
@@ -159,18 +147,14 @@ def ping_under_load(port: int, subject: Path, connections: int, pings: int) -> d
 
 
 def write_doc(path: Path, fuzz_out: dict, crashed: bool, ping: dict, args) -> None:
-    text = path.read_text() if path.exists() else ""
-    marker = "<!-- bench_service -->"
-    head = text.split(marker)[0] if marker in text else text
     rate = fuzz_out["sent"] / fuzz_out["seconds"]
-    figures = f"""{marker}
-## Measured (scripts/bench_service.py, {time.strftime('%Y-%m-%d')})
-
-Machine: {machine()}.
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    body = f"""Run {time.strftime('%Y-%m-%d')} on {machine()}, {ram:.0f} GiB RAM, {platform.system()}; the cores are
+shared with other work, so figures vary between runs.
 
 | figure | value |
 |---|---|
-| fuzzed lines sent (seed {args.seed}, {args.connections} connections, pipelined) | {fuzz_out['sent']} |
+| fuzzed lines sent (seed {args.seed}, {args.connections} connections, pipelined 250 at a time) | {fuzz_out['sent']} |
 | direct replies received | {fuzz_out['replies']} |
 | hangs (a reply not within {TIMEOUT:g} s) | {fuzz_out['hangs']} |
 | connections closed by the server | {fuzz_out['closed']} |
@@ -180,7 +164,7 @@ Machine: {machine()}.
 | the same: p95 | {ping['p95_ms']:.2f} ms |
 | the same: max ({ping['pings']} pings) | {ping['max_ms']:.2f} ms |
 """
-    path.write_text(head.rstrip() + "\n\n" + figures)
+    write_section("Measured (scripts/bench_service.py)", body, path)
 
 
 def main() -> int:

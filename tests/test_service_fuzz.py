@@ -11,10 +11,7 @@ import resource
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
 import zipfile
 from pathlib import Path
 
@@ -24,7 +21,7 @@ import pytest
 from fuzz_messages import is_direct_reply, lines
 from pointwear.link import protocol as P
 from test_server import REPLY_TIMEOUT, TOKEN, ServerProcess, done_state
-from test_service_limits import ndarray_bomb, sparse_bomb
+from test_service_limits import ndarray_bomb, read_files, sparse_bomb
 
 FUZZ_MESSAGES = 10_000
 FUZZ_CONNECTIONS = 8
@@ -148,51 +145,6 @@ def test_a_file_size_limit_fails_the_job_with_disk_full_and_the_server_goes_on(t
 
 # -- corrupt and oversized files of every format ------------------------------------------------------
 
-_READ_ANY = r"""
-import json, resource, sys
-resource.setrlimit(resource.RLIMIT_AS, (1500 << 20,) * 2)
-cases = json.loads(sys.argv[1])
-out = []
-for reader, path in cases:
-    try:
-        if reader == "subject":
-            from pointwear.data.subject import read_subject
-            s = read_subject(path)
-            [s.frame(i) for i in range(s.num_frames)]; [s.mask(i) for i in range(s.num_frames)]
-        elif reader == "model":
-            from pointwear.body.smpl_file import read_smpl_file
-            read_smpl_file(path)
-        elif reader == "motion":
-            from pointwear.data.motion import read_motion
-            read_motion(path)
-        elif reader == "camera":
-            from pointwear.appearance.camera import read_camera
-            read_camera(path)
-        elif reader == "outfit":
-            from pointwear.drape.redrape import load_outfit
-            load_outfit(path)
-        elif reader == "drape_checkpoint":
-            from pointwear.drape.neural import read_checkpoint
-            read_checkpoint(path)
-        elif reader == "appearance":
-            from pointwear.appearance.model import load_appearance
-            load_appearance(path)
-        elif reader == "bvh":
-            from pointwear.data.bvh import read_bvh
-            read_bvh(path)
-        elif reader == "addon_npz":
-            from pointwear.link import arrays
-            arrays.load_npz(path)
-        elif reader == "addon_motion":
-            from pointwear.link import arrays
-            arrays.read_amass(path)
-        out.append({"reader": reader, "path": path, "ok": True})
-    except Exception as exc:
-        out.append({"reader": reader, "path": path, "error": type(exc).__name__,
-                    "code": getattr(exc, "code", None), "file": getattr(exc, "file", None),
-                    "message": str(exc)[:300]})
-print(json.dumps(out))
-"""
 
 
 def _zeros_npz(path: Path, **shapes) -> Path:
@@ -295,11 +247,7 @@ def small_subject(tmp_path_factory) -> Path:
 
 def test_corrupt_and_oversized_files_of_every_format_fail_by_name_within_memory(tmp_path, small_subject):
     cases = _corrupt_cases(tmp_path, small_subject)
-    done = subprocess.run([sys.executable, "-c", _READ_ANY, json.dumps(cases)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
-    results = json.loads(done.stdout.strip().splitlines()[-1])
-    assert len(results) == len(cases)
+    results = read_files(cases)
     bad = []
     for r in results:
         named = r.get("file") and (r["file"].startswith(r["path"]) or r["path"].startswith(r["file"]))

@@ -176,8 +176,16 @@ def test_3_second_server_on_a_folder_is_refused_and_kill_9_then_resume_finishes(
             second = subprocess.run(
                 [sys.executable, "-m", "pointwear", "serve", "--port", "0", "--work", str(work)],
                 capture_output=True, text=True, timeout=120, env={**os.environ, P.TOKEN_ENV: TOKEN})
-            assert second.returncode == 3 and "in use by another pointwear serve" in second.stderr, second
+            assert second.returncode == P.EXIT_WORK_IN_USE and "in use by another pointwear serve" in second.stderr, second
             assert f"pid {first.proc.pid}" in second.stderr
+            from pointwear.link.session import BackendSession
+            session = BackendSession("pytest")        # the add-on's way: a folder of its own beside it
+            try:
+                assert session.start(sys.executable, str(work), threads=1, timeout=120), session.message
+                assert session.launcher.work == f"{work}-{os.getpid()}"
+                assert session.ping()["type"] == P.REPLY_PONG
+            finally:
+                session.stop()
             assert c.request({"type": "status", "job_id": job})["jobs"][0]["state"] == P.RUNNING
         assert (work / "jobs" / job / "out" / P.CHECKPOINT_PT).exists()
         first.proc.send_signal(signal.SIGKILL)                 # kill -9: the lock goes with it
@@ -229,35 +237,67 @@ def test_4_frames_synth_size_and_the_queue_are_bounded_before_work_is_scheduled(
 
 # -- 5. unbounded files -----------------------------------------------------------------------------
 
-_READ_UNDER_LIMIT = """
-import resource, sys, json
+_READ_FILES = r"""
+import json, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]) << 20,) * 2)
-kind, path = sys.argv[2], sys.argv[3]
-try:
-    if kind == "model":
-        from pointwear.body.smpl_file import read_smpl_file
-        read_smpl_file(path)
-    elif kind == "subject":
-        from pointwear.data.subject import read_subject
-        read_subject(path)
-    elif kind == "motion":
-        from pointwear.data.motion import read_motion
-        read_motion(path)
-    print(json.dumps({"ok": True}))
-except Exception as exc:
-    print(json.dumps({"error": type(exc).__name__, "code": getattr(exc, "code", None),
-                      "file": getattr(exc, "file", None), "field": getattr(exc, "field", None),
-                      "message": str(exc)[:500]}))
+cases = json.loads(sys.argv[2])
+out = []
+for reader, path in cases:
+    try:
+        if reader == "subject":
+            from pointwear.data.subject import read_subject
+            s = read_subject(path)
+            [s.frame(i) for i in range(s.num_frames)]; [s.mask(i) for i in range(s.num_frames)]
+        elif reader == "model":
+            from pointwear.body.smpl_file import read_smpl_file
+            read_smpl_file(path)
+        elif reader == "motion":
+            from pointwear.data.motion import read_motion
+            read_motion(path)
+        elif reader == "camera":
+            from pointwear.appearance.camera import read_camera
+            read_camera(path)
+        elif reader == "outfit":
+            from pointwear.drape.redrape import load_outfit
+            load_outfit(path)
+        elif reader == "drape_checkpoint":
+            from pointwear.drape.neural import read_checkpoint
+            read_checkpoint(path)
+        elif reader == "appearance":
+            from pointwear.appearance.model import load_appearance
+            load_appearance(path)
+        elif reader == "bvh":
+            from pointwear.data.bvh import read_bvh
+            read_bvh(path)
+        elif reader == "addon_npz":
+            from pointwear.link import arrays
+            arrays.load_npz(path)
+        elif reader == "addon_motion":
+            from pointwear.link import arrays
+            arrays.read_amass(path)
+        out.append({"reader": reader, "path": path, "ok": True})
+    except Exception as exc:
+        out.append({"reader": reader, "path": path, "error": type(exc).__name__,
+                    "code": getattr(exc, "code", None), "file": getattr(exc, "file", None),
+                    "field": getattr(exc, "field", None), "message": str(exc)[:300]})
+print(json.dumps(out))
 """
 
 
-def read_under_limit(kind: str, path: Path, limit_mb: int = 1200) -> dict:
-    """Read a file with the real reader in a child whose address space is capped: a reader that
-    expands a small file into gigabytes fails there with MemoryError instead of a clear error."""
-    done = subprocess.run([sys.executable, "-c", _READ_UNDER_LIMIT, str(limit_mb), kind, str(path)],
-                          capture_output=True, text=True, timeout=120)
+def read_files(cases: list[tuple[str, str]], limit_mb: int = 1500) -> list[dict]:
+    """Read files with the real readers (reader name, path) in a child whose address space is
+    capped: a reader that expands a small file into gigabytes fails there with MemoryError
+    instead of a clear error naming the file."""
+    done = subprocess.run([sys.executable, "-c", _READ_FILES, str(limit_mb), json.dumps(cases)],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip(), done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(results) == len(cases)
+    return results
+
+
+def read_under_limit(kind: str, path: Path, limit_mb: int = 1200) -> dict:
+    return read_files([(kind, str(path))], limit_mb)[0]
 
 
 def ndarray_bomb(path: Path) -> Path:

@@ -40,6 +40,8 @@ def check_regular_file(path, max_bytes=MAX_FILE_BYTES):
     """The size of ``path``, a regular file of at most ``max_bytes``; ArrayFileError otherwise."""
     try:
         info = os.stat(path)
+    except FileNotFoundError:
+        raise ArrayFileError(path, None, "file not found") from None
     except OSError as exc:
         raise ArrayFileError(path, None, "cannot be read ({})".format(exc.strerror or exc)) from None
     if not stat.S_ISREG(info.st_mode):

@@ -40,11 +40,12 @@ PREFERENCES_HINT = "Preferences > Add-ons > Pointwear > Backend Python"
 class LaunchError(Exception):
     """The backend did not start: ``message`` says what happened, ``hint`` what to do."""
 
-    def __init__(self, message, hint="", stderr=""):
+    def __init__(self, message, hint="", stderr="", returncode=None):
         super().__init__(message)
         self.message = message
         self.hint = hint
         self.stderr = stderr
+        self.returncode = returncode   # the backend's exit status when it exited on start-up
 
     def __str__(self):
         return self.message + (" ({})".format(self.hint) if self.hint else "")
@@ -233,7 +234,7 @@ class BackendLauncher:
                 raise LaunchError(
                     "The backend exited on start-up (exit code {}): {}".format(
                         self.process.returncode, crash_cause(stderr, self.process.returncode) or "no message"),
-                    hint=hint_for_stderr(stderr, self.python), stderr=stderr)
+                    hint=hint_for_stderr(stderr, self.python), stderr=stderr, returncode=self.process.returncode)
             if time.monotonic() >= deadline:
                 stderr = self.stderr_text
                 self.stop(timeout=2.0, polite=False)

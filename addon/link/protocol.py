@@ -115,6 +115,10 @@ E_IO = "io_error"                 # another OS error reading or writing a file (
 E_INTERNAL = "internal"
 CLOSING_CODES = (E_AUTH, E_PROTOCOL, E_TOO_LARGE, E_BUSY)
 
+# -- exit status of `pointwear serve` --------------------------------------------------------------
+EXIT_CANNOT_START = 2             # port in use, no CUDA
+EXIT_WORK_IN_USE = 3              # another server holds the work folder's lock
+
 # -- server limits (defaults; `pointwear serve` may lower them) -------------------------------------
 MAX_QUEUED_JOBS = 64              # waiting jobs; one more is refused with queue_full
 MAX_CONNECTIONS = 256             # open connections; one more gets busy and is closed

@@ -19,6 +19,7 @@ job's ``DONE`` arrives.
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 
@@ -243,14 +244,28 @@ class BackendSession:
         if launcher is not None:
             launcher.stop(timeout=2.0, polite=False)
 
+    def _launch(self, generation, python, work, device, threads, timeout, env):
+        """Start a backend on ``work``; when another backend (another Blender) holds that folder,
+        once more on a folder of this process's own beside it. Returns the launcher and its
+        listening line; LaunchError as BackendLauncher.start."""
+        for folder in (work, "{}-{}".format(work.rstrip("/\\"), os.getpid())):
+            launcher = BackendLauncher(python, folder, device=device, threads=threads, env=env)
+            with self._lock:
+                if generation != self._generation:
+                    raise LaunchError("The backend start was cancelled")
+                self._launching = launcher  # so stop() can end a start that is under way
+            try:
+                return launcher, launcher.start(timeout=timeout)
+            except LaunchError as ex:
+                if ex.returncode != protocol.EXIT_WORK_IN_USE or folder != work:
+                    raise
+                self.log.append("[starting] {} is in use by another backend: using {}-{}".format(
+                    work, work, os.getpid()))
+        raise AssertionError("unreachable")
+
     def _start_now(self, generation, python, work, device, threads, timeout, env):
-        launcher = BackendLauncher(python, work, device=device, threads=threads, env=env)
-        with self._lock:
-            if generation != self._generation:
-                return False
-            self._launching = launcher  # so stop() can end a start that is under way
         try:
-            info = launcher.start(timeout=timeout)
+            launcher, info = self._launch(generation, python, work, device, threads, timeout, env)
         except LaunchError as ex:
             with self._lock:
                 self._launching = None

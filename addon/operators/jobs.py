@@ -202,9 +202,9 @@ class POINTWEAR_OT_fit_outfit(JobOperatorMixin, Operator):
         tag = {"auto_import": props.auto_import,
                "name": os.path.basename(os.path.normpath(bpy.path.abspath(props.subject_folder)))}
         if getattr(self, "resume", False):
-            if props.job_kind != "fit_outfit" or props.job_state not in RESUMABLE or not props.job_id:
+            if props.job_kind != protocol.KIND_FIT_OUTFIT or props.job_state not in RESUMABLE or not props.job_id:
                 raise ValueError("No cancelled or failed fit to resume")
-            return "fit_outfit", {"resume_job": props.job_id}, runtime.AFTER_IMPORT, tag
+            return protocol.KIND_FIT_OUTFIT, {"resume_job": props.job_id}, runtime.AFTER_IMPORT, tag
         subject = runtime.abspath(props.subject_folder.strip())
         drape = backend_name(props.fit_drape)
         params = {
@@ -222,7 +222,7 @@ class POINTWEAR_OT_fit_outfit(JobOperatorMixin, Operator):
             params["frames"] = parse_frames(props.fit_frames)
         except ValueError as ex:
             raise ValueError("Frames: {}".format(ex)) from None
-        return "fit_outfit", params, runtime.AFTER_IMPORT, tag
+        return protocol.KIND_FIT_OUTFIT, params, runtime.AFTER_IMPORT, tag
 
 
 class POINTWEAR_OT_cancel_job(Operator):

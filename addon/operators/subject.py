@@ -177,4 +177,6 @@ class POINTWEAR_OT_new_subject(JobOperatorMixin, Operator):
         return protocol.KIND_PREPARE, params, runtime.AFTER_PREPARE, {"name": name}
 
 
+runtime.register_finisher(runtime.AFTER_PREPARE, finish_new_subject)
+
 CLASSES = (POINTWEAR_OT_new_subject,)

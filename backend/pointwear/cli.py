@@ -9,6 +9,7 @@ from pathlib import Path
 from . import __version__
 from .errors import PointwearError
 from .link import protocol as P
+from .link.protocol import CHECKPOINT_PT
 
 
 def _floats(text: str) -> list[float]:
@@ -122,7 +123,7 @@ def cmd_fit_appearance(args: argparse.Namespace) -> int:
     from .appearance.fit import AppearanceOptions, fit_appearance
     options = AppearanceOptions(epochs=args.epochs, size=args.size, frames=args.frames, minutes=args.minutes,
                                 vgg=args.vgg, seed=args.seed, device=args.device)
-    if (Path(args.out) / "checkpoint.pt").exists():
+    if (Path(args.out) / CHECKPOINT_PT).exists():
         print(f"resuming from {Path(args.out) / 'checkpoint.pt'}")
     progress = _TqdmProgress()
     try:

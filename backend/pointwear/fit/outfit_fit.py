@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -20,77 +20,15 @@ from ..data.subject import Subject, read_subject
 from ..device import pick_device
 from ..drape.base import DrapeModel
 from ..errors import InputError
+from ..link.protocol import CHECKPOINT_PT
 from ..render.rasterizer import project
 from .frames import FrameSet, load_frames
 from .losses import chamfer_2d, soft_coverage_loss
+from .outputs import _overlay, write_outputs
 from .visibility import visible_points
 
-Progress = Callable[[str, int, int], None]
-Preview = Callable[[np.ndarray, str, int], None]   # (H, W, 3) uint8 image, stage, step
-
-
-class FitCancelled(Exception):
-    """Raised when `should_stop` turns true; the last checkpoint is kept for a resume."""
-
-
-@dataclass
-class FitOptions:
-    drape: str = "parametric"          # "parametric" | "neural" | a neural checkpoint path
-    template: str | None = None        # parametric only: fix the outfit template
-    frames: list[int] | None = None    # frames to fit; the rest are held out
-    codes: int = 4                     # random codes per template (coarse stage)
-    coarse_steps: int = 100
-    fine_steps: int = 100
-    refine_steps: int = 0              # free-form offsets along normals (kept if held-out improves)
-    score_every: int = 20
-    frames_per_step: int = 4           # frames sampled per step (all when fewer)
-    lr: float | None = None            # default: 0.1 (neural, as the paper) / 0.05 (parametric)
-    coverage_weight: float = 0.002     # soft IoU splats reach past the points: strong weights shrink the fit
-    prior_weight: float = 1e-5        # the Chamfer is ~5e-3 at a good fit: keep the prior a tie-breaker
-    visibility_threshold: float = 0.02
-    seed: int = 0
-    device: str = "auto"
-    checkpoint_every: int = 20
-    threads: int = 1                   # CPU threads for torch (0: torch's default); see below
-
-
-@dataclass
-class Candidate:
-    """One drape model (a template) and the codes optimised for it."""
-    drape: DrapeModel
-    codes: torch.Tensor
-    optimizer: torch.optim.Optimizer | None = None
-
-
-@dataclass
-class Best:
-    score: float = float("inf")
-    drape_id: str = ""
-    code: torch.Tensor | None = None
-    stage: str = ""
-
-
-@dataclass
-class FitState:
-    stage: str = "coarse"
-    step: int = 0
-    best: Best = field(default_factory=Best)
-    history: list = field(default_factory=list)
-
-
-def split_frames(n: int, frames: list[int] | None) -> tuple[list[int], list[int]]:
-    """Training frames and held-out frames. Default: every fourth frame is held out."""
-    if frames is not None:
-        bad = [f for f in frames if not 0 <= f < n]
-        if bad:
-            raise InputError(f"frames {bad} out of range 0..{n - 1}", field="--frames")
-        train = sorted(set(frames))
-    elif n >= 4:
-        train = [i for i in range(n) if i % 4 != 3]
-    else:
-        train = list(range(n))
-    held = [i for i in range(n) if i not in train]
-    return train, held
+from .state import (  # noqa: F401 - re-exported: callers import them from here
+    Best, Candidate, FitCancelled, FitOptions, FitState, Preview, Progress, split_frames)
 
 
 def slerp_mean(codes: torch.Tensor) -> torch.Tensor:
@@ -126,7 +64,7 @@ class OutfitFitter:
         self.train = load_frames(subject, self.body, self.train_ids, self.device)
         self.val = load_frames(subject, self.body, self.held_ids, self.device) if self.held_ids else self.train
         self.rng = torch.Generator().manual_seed(options.seed)
-        self.ckpt_path = self.out / "checkpoint.pt"
+        self.ckpt_path = self.out / CHECKPOINT_PT
         self.snapshots: list[tuple[str, int, torch.Tensor, str]] = []
 
     # -- losses ---------------------------------------------------------------------------------
@@ -368,7 +306,6 @@ class OutfitFitter:
 
     @torch.no_grad()
     def _preview_image(self, drape: DrapeModel, code: torch.Tensor, offsets: torch.Tensor | None) -> np.ndarray:
-        from .outputs import _overlay
         d = drape(drape.constrain(code.detach().to(self.device)[None]), self.betas, refresh_weights=False)
         points = d.points if offsets is None else d.points + offsets[None]
         f = self.train
@@ -386,7 +323,6 @@ class OutfitFitter:
         self.snapshots.append((stage, state.step, state.best.code.detach().cpu().clone(), state.best.drape_id))
 
     def _finish(self, drape: DrapeModel, state: FitState, offsets: torch.Tensor | None, seconds: float) -> dict:
-        from .outputs import write_outputs
         return write_outputs(self, drape, state, offsets, seconds)
 
     @torch.no_grad()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import imageio.v3 as iio
 import numpy as np
@@ -18,13 +17,13 @@ from ..body.upright import world_from_camera
 from ..data.subject import Subject
 from ..drape.base import DrapeModel
 from ..fileio import atomic_path, save_npz
+from ..link.protocol import BODY_NPZ, OUTFIT_NPZ, POSED_NPZ, RESULT_JSON
 from ..render.rasterizer import project
 from .frames import FrameSet, load_frames
 from .metrics import chamfer_2d_pixels, mask_iou, splat_mask
+from .state import FitState, FitterView
 from .visibility import visible_points
 
-if TYPE_CHECKING:
-    from .outfit_fit import FitState, OutfitFitter
 
 
 def splat_radii(points: np.ndarray, focal: float) -> np.ndarray:
@@ -82,7 +81,7 @@ def write_posed(path: Path, body: BodyModel, subject: Subject, points: np.ndarra
                                                         smpl.transl))
 
 
-def write_outputs(fitter: "OutfitFitter", drape: DrapeModel, state: "FitState",
+def write_outputs(fitter: FitterView, drape: DrapeModel, state: FitState,
                   offsets: torch.Tensor | None, seconds: float) -> dict:
     out = fitter.out
     code = state.best.code.to(fitter.device)[None]
@@ -103,13 +102,13 @@ def write_outputs(fitter: "OutfitFitter", drape: DrapeModel, state: "FitState",
     if offsets is not None:
         extra["offsets"] = offsets.cpu().numpy().astype(np.float32)
     params = drape.describe(code[0]) if hasattr(drape, "describe") else None
-    save_npz(out / "outfit.npz", points=rest_np.astype(np.float32), weights=weights.cpu().numpy().astype(np.float32),
+    save_npz(out / OUTFIT_NPZ, points=rest_np.astype(np.float32), weights=weights.cpu().numpy().astype(np.float32),
              code=code[0].cpu().numpy().astype(np.float32), drape=np.array(drape.drape_id),
              betas=fitter.betas[0].cpu().numpy(), params=np.array(json.dumps(params)),
              body=np.array(str(fitter.subject.meta.get("body", "default"))),
              gender=np.array(str(fitter.subject.meta.get("gender", "neutral"))), **extra)
-    write_posed(out / "posed.npz", fitter.body, fitter.subject, posed.cpu().numpy(), fitter.betas)
-    export_body(fitter.body, out / "body.npz", fitter.betas)
+    write_posed(out / POSED_NPZ, fitter.body, fitter.subject, posed.cpu().numpy(), fitter.betas)
+    export_body(fitter.body, out / BODY_NPZ, fitter.betas)
     with atomic_path(out / "outfit.ply") as tmp:
         geom = trimesh.Trimesh(rest_np, extra["faces"], process=False) if "faces" in extra else trimesh.PointCloud(rest_np)
         geom.export(tmp, file_type="ply")
@@ -128,7 +127,7 @@ def write_outputs(fitter: "OutfitFitter", drape: DrapeModel, state: "FitState",
         "frames": per_frame, "history": state.history,
         "options": {k: v for k, v in vars(fitter.options).items()},
     }
-    with atomic_path(out / "result.json") as tmp:
+    with atomic_path(out / RESULT_JSON) as tmp:
         tmp.write_text(json.dumps(result, indent=1))
     write_gifs(fitter, posed, frames)
     return result
@@ -152,7 +151,7 @@ def _overlay(image: np.ndarray, uv: np.ndarray, vis: np.ndarray, scale: int) -> 
 
 
 @torch.no_grad()
-def write_gifs(fitter: "OutfitFitter", posed: torch.Tensor, frames: FrameSet) -> None:
+def write_gifs(fitter: FitterView, posed: torch.Tensor, frames: FrameSet) -> None:
     """fit_frames.gif: the result over every frame; fit_progress.gif: the best code so far on
     the first training frame at each scoring step."""
     subject = fitter.subject

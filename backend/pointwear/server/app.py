@@ -478,7 +478,7 @@ def serve(host: str = P.DEFAULT_HOST, port: int = 0, work: str | Path | None = N
         lock.acquire()
     except WorkFolderBusy as exc:
         log(f"error: {exc}; give this server its own folder with --work")
-        return 3
+        return P.EXIT_WORK_IN_USE
     token = os.environ.get(P.TOKEN_ENV) or ""
     from_env = bool(token)
     token = token or secrets.token_urlsafe(32)

@@ -32,8 +32,6 @@ from ..link import protocol as P
 if TYPE_CHECKING:
     import numpy as np
 
-    from .kinds import JobKind
-
 JOB_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
 PROGRESS_INTERVAL_S = 0.2      # at most ~5 PROGRESS events per second per job (first/last of a stage always)
 PREVIEWS_KEPT = 3              # newest preview PNGs kept per job (a client may still be reading one)
@@ -47,6 +45,19 @@ def log(message: str) -> None:
 def _clip(text: str) -> str:
     text = str(text)
     return text if len(text) <= MESSAGE_CHARS else text[:MESSAGE_CHARS] + " [...]"
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """A job kind: `validate(Params, SubmitContext) -> dict | Validated` (kinds.py; on the event
+    loop, cheap checks only), `run(JobContext) -> {name: path}` (in the worker thread) and
+    `memory(params) -> (peak bytes, the parameter driving it)` when the kind has an estimate.
+    Defined here, below kinds.py, so the queue needs nothing from the kinds module."""
+    name: str
+    validate: Callable[..., Any]
+    run: Callable[["JobContext"], dict[str, Path]]
+    description: str = ""
+    memory: Callable[[dict], tuple[int, str]] | None = None
 
 
 class JobCancelled(Exception):
@@ -324,7 +335,7 @@ class JobQueue:
     """One job at a time on the device, the rest waiting in order. Runs on the event loop; each
     job runs in its own daemon worker thread, so a job that cannot stop never blocks the exit."""
 
-    def __init__(self, store: JobStore, kinds: dict[str, "JobKind"], publish: Publish, device: str,
+    def __init__(self, store: JobStore, kinds: dict[str, JobKind], publish: Publish, device: str,
                  threads: int | None, max_waiting: int = P.MAX_QUEUED_JOBS) -> None:
         self.store, self.kinds, self.publish = store, kinds, publish
         self.max_waiting = max_waiting
@@ -456,7 +467,7 @@ class JobQueue:
         self.publish(job, {"type": P.DONE, "state": state})
 
     # -- worker thread -------------------------------------------------------------------------
-    def _work(self, kind: "JobKind", ctx: JobContext, loop: asyncio.AbstractEventLoop,
+    def _work(self, kind: JobKind, ctx: JobContext, loop: asyncio.AbstractEventLoop,
               done: asyncio.Future) -> None:
         try:
             if self.threads:

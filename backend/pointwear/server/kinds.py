@@ -24,10 +24,10 @@ import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..link import protocol as P
-from .jobs import JobCancelled, JobContext, JobStore
+from .jobs import JobCancelled, JobContext, JobKind, JobStore
 
 _MISSING = object()
 GENDERS = ("neutral", "male", "female")
@@ -57,15 +57,6 @@ class Validated:
     resumed_from: str | None = None
     memory: int = 0              # the kind's estimate of the job's peak memory (bytes)
     memory_field: str = ""       # the parameter that drives it
-
-
-@dataclass(frozen=True)
-class JobKind:
-    name: str
-    validate: Callable[["Params", SubmitContext], "dict | Validated"]
-    run: Callable[[JobContext], dict[str, Path]]
-    description: str = ""
-    memory: Callable[[dict], tuple[int, str]] | None = None   # params -> (peak bytes, parameter)
 
 
 KINDS: dict[str, JobKind] = {}
