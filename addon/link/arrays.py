@@ -22,7 +22,7 @@ import numpy as np
 
 MAX_FILE_BYTES = 2 << 30           # 2 GiB: no file the add-on or the backend reads is larger
 MAX_ARRAY_ELEMENTS = 1 << 28       # 268 M elements (2 GiB of float64) for a key without its own limit
-MAX_MOTION_FRAMES = 1_000_000      # an AMASS motion: about 9 hours at 30 fps
+MAX_MOTION_FRAMES = 200_000        # an AMASS motion: nearly 2 hours at 30 fps (AMASS clips are minutes)
 MAX_POSE_COLUMNS = 3 * 55          # SMPL-X: 55 joints
 MAX_BETAS = 300
 

@@ -248,7 +248,8 @@ class BackendSession:
         """Start a backend on ``work``; when another backend (another Blender) holds that folder,
         once more on a folder of this process's own beside it. Returns the launcher and its
         listening line; LaunchError as BackendLauncher.start."""
-        for folder in (work, "{}-{}".format(work.rstrip("/\\"), os.getpid())):
+        work = os.path.normpath(os.fspath(work))
+        for folder in (work, "{}-{}".format(work, os.getpid())):
             launcher = BackendLauncher(python, folder, device=device, threads=threads, env=env)
             with self._lock:
                 if generation != self._generation:
