@@ -230,6 +230,13 @@ def _corrupt_cases(tmp: Path, subject: Path) -> list[tuple[str, str]]:
     for reader, paths in files.items():
         cases += [(reader, str(p)) for p in paths]
     cases += [("addon_motion", str(tmp / "motion-bomb.npz")), ("addon_motion", str(tmp / "motion-rate.npz"))]
+    png = subject / "frames" / "000000.png"
+    video = tmp / "clip.mp4"
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(4000))      # a video header, then noise
+    half = tmp / "half.png"
+    half.write_bytes(png.read_bytes()[: png.stat().st_size // 2])
+    cases += [("prepare_input", str(_bomb_png(tmp / "input-bomb.png"))), ("prepare_input", str(half)),
+              ("prepare_input", str(video))]
     fifo = tmp / "fifo.npz"
     os.mkfifo(fifo)
     cases += [("motion", str(fifo)), ("camera", str(fifo)), ("model", str(fifo)), ("addon_npz", str(fifo))]

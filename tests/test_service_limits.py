@@ -278,6 +278,12 @@ for reader, path in cases:
         elif reader == "bvh":
             from pointwear.data.bvh import read_bvh
             read_bvh(path)
+        elif reader == "prepare_input":
+            from pointwear.perception.decode import open_input
+            from pointwear.perception.options import PrepareOptions
+            info, frames = open_input(path, PrepareOptions())
+            for _ in frames:
+                pass
         elif reader == "addon_npz":
             from pointwear.link import arrays
             arrays.load_npz(path)
