@@ -141,8 +141,8 @@ class Server:
         warm_up()
         self.queue = JobQueue(self.store, KINDS, self.publish, self.device, self.threads, self.limits.max_queued)
         fds = raise_fd_limit(self.limits.max_connections + self.limits.fd_reserve)
-        if fds < self.limits.max_connections + self.limits.fd_reserve:
-            self.limits.max_connections = max(8, fds - self.limits.fd_reserve)
+        if fds < self.limits.max_connections + self.limits.fd_reserve:   # a low hard limit: share it
+            self.limits.max_connections = max(8, fds - min(self.limits.fd_reserve, fds // 2))
             self.limits.max_preauth = min(self.limits.max_preauth, max(4, self.limits.max_connections // 4))
             log(f"open-file limit {fds}: at most {self.limits.max_connections} connections")
         server = await asyncio.start_server(self.on_connect, self.host, self.port, limit=READ_CHUNK)
