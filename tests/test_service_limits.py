@@ -250,46 +250,37 @@ _READ_FILES = r"""
 import json, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]) << 20,) * 2)
 cases = json.loads(sys.argv[2])
+
+
+def read_subject_pixels(path):
+    from pointwear.data.subject import read_subject
+    s = read_subject(path)
+    for i in range(s.num_frames):
+        s.frame(i), s.mask(i)
+
+
+def read_prepare_input(path):
+    from pointwear.perception.decode import open_input
+    from pointwear.perception.options import PrepareOptions
+    for _ in open_input(path, PrepareOptions())[1]:
+        pass
+
+
+READERS = {"subject": read_subject_pixels, "prepare_input": read_prepare_input,
+           "model": "pointwear.body.smpl_file:read_smpl_file", "motion": "pointwear.data.motion:read_motion",
+           "camera": "pointwear.appearance.camera:read_camera", "outfit": "pointwear.drape.redrape:load_outfit",
+           "drape_checkpoint": "pointwear.drape.neural:read_checkpoint",
+           "appearance": "pointwear.appearance.model:load_appearance", "bvh": "pointwear.data.bvh:read_bvh",
+           "addon_npz": "pointwear.link.arrays:load_npz", "addon_motion": "pointwear.link.arrays:read_amass"}
 out = []
 for reader, path in cases:
     try:
-        if reader == "subject":
-            from pointwear.data.subject import read_subject
-            s = read_subject(path)
-            [s.frame(i) for i in range(s.num_frames)]; [s.mask(i) for i in range(s.num_frames)]
-        elif reader == "model":
-            from pointwear.body.smpl_file import read_smpl_file
-            read_smpl_file(path)
-        elif reader == "motion":
-            from pointwear.data.motion import read_motion
-            read_motion(path)
-        elif reader == "camera":
-            from pointwear.appearance.camera import read_camera
-            read_camera(path)
-        elif reader == "outfit":
-            from pointwear.drape.redrape import load_outfit
-            load_outfit(path)
-        elif reader == "drape_checkpoint":
-            from pointwear.drape.neural import read_checkpoint
-            read_checkpoint(path)
-        elif reader == "appearance":
-            from pointwear.appearance.model import load_appearance
-            load_appearance(path)
-        elif reader == "bvh":
-            from pointwear.data.bvh import read_bvh
-            read_bvh(path)
-        elif reader == "prepare_input":
-            from pointwear.perception.decode import open_input
-            from pointwear.perception.options import PrepareOptions
-            info, frames = open_input(path, PrepareOptions())
-            for _ in frames:
-                pass
-        elif reader == "addon_npz":
-            from pointwear.link import arrays
-            arrays.load_npz(path)
-        elif reader == "addon_motion":
-            from pointwear.link import arrays
-            arrays.read_amass(path)
+        read = READERS[reader]
+        if isinstance(read, str):
+            import importlib
+            module, name = read.split(":")
+            read = getattr(importlib.import_module(module), name)
+        read(path)
         out.append({"reader": reader, "path": path, "ok": True})
     except Exception as exc:
         out.append({"reader": reader, "path": path, "error": type(exc).__name__,
