@@ -77,6 +77,8 @@ POSED_NPZ = "posed.npz"
 BODY_NPZ = "body.npz"
 RESULT_JSON = "result.json"
 APPEARANCE_PT = "appearance.pt"
+OUTFIT_PLY = "outfit.ply"
+RENDER_JSON = "render.json"
 CHECKPOINT_PT = "checkpoint.pt"    # a fit's resumable state, kept on cancel / interrupt
 JOB_JSON = "job.json"              # a job's record in WORK/jobs/<job_id>/
 TRACEBACK_TXT = "traceback.txt"    # an internal error's traceback, beside job.json
@@ -84,12 +86,12 @@ RESULT_FILES = {
     KIND_BODY: {"body": BODY_NPZ},
     KIND_SYNTH: {"subject": "subject", "sheet": "contact_sheet.png"},
     KIND_FIT_OUTFIT: {"outfit": OUTFIT_NPZ, "posed": POSED_NPZ, "body": BODY_NPZ, "result_json": RESULT_JSON,
-                      "ply": "outfit.ply", "progress_gif": "fit_progress.gif", "frames_gif": "fit_frames.gif"},
+                      "ply": OUTFIT_PLY, "progress_gif": "fit_progress.gif", "frames_gif": "fit_frames.gif"},
     KIND_DRAPE: {"outfit": OUTFIT_NPZ, "body": BODY_NPZ, "posed": POSED_NPZ},
     KIND_FIT_APPEARANCE: {"outfit": OUTFIT_NPZ, "appearance": APPEARANCE_PT, "result_json": RESULT_JSON,
                           "heldout": "heldout", "sheet": "heldout_sheet.png", "body": BODY_NPZ,
                           "posed": POSED_NPZ},
-    KIND_RENDER: {"frames": "frames", "render_json": "frames/render.json"},
+    KIND_RENDER: {"frames": "frames", "render_json": "frames/" + RENDER_JSON},
     KIND_PREPARE: {"subject": "subject", "sheet": "subject/prepare/contact_sheet.png",
                    "report": "subject/prepare/report.json"},
 }

@@ -24,7 +24,7 @@ from . import runtime
 from .jobs import JobOperatorMixin, poll_backend_free
 
 SHEET_IMAGE = "Pointwear Contact Sheet"
-SHEET_PATH = ("prepare", "contact_sheet.png")   # inside a prepared subject folder
+SHEET_PATH = tuple(protocol.RESULT_FILES[protocol.KIND_PREPARE]["sheet"].split("/")[1:])   # in a subject
 
 
 def contact_sheet_path(subject_folder):

@@ -44,7 +44,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if args.sheet:
         from .data.subject import read_subject
         from .viz import contact_sheet
-        contact_sheet(read_subject(out), out / "contact_sheet.png")
+        contact_sheet(read_subject(out), out / P.RESULT_FILES[P.KIND_SYNTH]["sheet"])
     print(f"wrote subject {out} ({args.frames} frames, {args.size}x{args.size})")
     return 0
 

@@ -27,7 +27,7 @@ from ..fileio import atomic_path
 from ..fit.visibility import body_depth, visible_points
 from .camera import read_camera
 from .model import AppearanceModel, load_appearance, rgba_uint8
-from ..link.protocol import APPEARANCE_PT, OUTFIT_NPZ
+from ..link.protocol import APPEARANCE_PT, OUTFIT_NPZ, RENDER_JSON
 
 __all__ = ["render_sequence", "check_outfit_for_appearance"]
 
@@ -126,7 +126,7 @@ def render_sequence(app_dir: str | Path, out: str | Path, motion: str | Path, ca
                "cancelled": cancelled,
                "timing_note": "compute = pose + visibility (body raster) + splat + U-Net per frame, no file "
                               "writing; seconds/frames_per_second include writing the PNGs"}
-    with atomic_path(out / "render.json") as tmp:
+    with atomic_path(out / RENDER_JSON) as tmp:
         tmp.write_text(json.dumps(summary, indent=1))
     return summary
 

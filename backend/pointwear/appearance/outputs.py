@@ -34,7 +34,10 @@ from torch import Tensor
 
 from ..fileio import atomic_path, save_npz
 from ..fit.state import FitCancelled
-from ..link.protocol import APPEARANCE_PT, BODY_NPZ, OUTFIT_NPZ, POSED_NPZ, RESULT_JSON
+from ..link.protocol import (APPEARANCE_PT, BODY_NPZ, KIND_FIT_APPEARANCE, OUTFIT_NPZ, OUTFIT_PLY, POSED_NPZ,
+                             RESULT_FILES, RESULT_JSON)
+
+FILES = RESULT_FILES[KIND_FIT_APPEARANCE]
 from .bake import bake_colors, baseline_render
 from .frames import AppearanceFrames
 from .losses import mask_iou, masked_ssim, psnr
@@ -148,14 +151,14 @@ def write_outputs(fitter: FitterView, state: TrainState, seconds: float) -> dict
     check_cancel()
     model.save(out / APPEARANCE_PT)
 
-    (out / "heldout").mkdir(parents=True, exist_ok=True)
+    (out / FILES["heldout"]).mkdir(parents=True, exist_ok=True)
     for row, (rgb, mask) in zip(held_rows, held_renders):
-        write_png(out / "heldout" / f"{row['frame']:06d}.png", rgba_uint8(rgb, mask))
+        write_png(out / FILES["heldout"] / f"{row['frame']:06d}.png", rgba_uint8(rgb, mask))
     sheet = None
     if held is not None and held_renders:
         pairs = [side_by_side(held.images[k].cpu(), held.masks[k].cpu(), rgb, mask, held.mask_boxes[k].cpu(),
                               fitter.crop) for k, (rgb, mask) in enumerate(held_renders)]
-        sheet = write_png(out / "heldout_sheet.png", _tile(pairs))
+        sheet = write_png(out / FILES["sheet"], _tile(pairs))
 
     write_result_folder(fitter, colors)
     for r in train_rows:
@@ -179,8 +182,8 @@ def write_outputs(fitter: FitterView, state: TrainState, seconds: float) -> dict
         "colors_seen": {"points": int((seen > 0).sum()), "of": int(len(seen))},
         "frames": train_rows + held_rows, "history": state.history,
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(o).items()},
-        "files": {"appearance": APPEARANCE_PT, "outfit": OUTFIT_NPZ, "heldout": "heldout",
-                  "sheet": "heldout_sheet.png" if sheet else None},
+        "files": {"appearance": APPEARANCE_PT, "outfit": OUTFIT_NPZ, "heldout": FILES["heldout"],
+                  "sheet": FILES["sheet"] if sheet else None},
     }
     with atomic_path(out / RESULT_JSON) as tmp:
         tmp.write_text(json.dumps(result, indent=1))
@@ -218,5 +221,5 @@ def write_result_folder(fitter: FitterView, colors: np.ndarray) -> None:
         geom = trimesh.Trimesh(rest, np.asarray(arrays["faces"]), vertex_colors=rgba, process=False)
     else:
         geom = trimesh.PointCloud(rest, colors=rgba)
-    with atomic_path(out / "outfit.ply") as tmp:
+    with atomic_path(out / OUTFIT_PLY) as tmp:
         geom.export(tmp, file_type="ply")

@@ -17,7 +17,7 @@ from ..body.upright import world_from_camera
 from ..data.subject import Subject
 from ..drape.base import DrapeModel
 from ..fileio import atomic_path, save_npz
-from ..link.protocol import BODY_NPZ, OUTFIT_NPZ, POSED_NPZ, RESULT_JSON
+from ..link.protocol import BODY_NPZ, KIND_FIT_OUTFIT, OUTFIT_NPZ, OUTFIT_PLY, POSED_NPZ, RESULT_FILES, RESULT_JSON
 from ..render.rasterizer import project
 from .frames import FrameSet, load_frames
 from .metrics import chamfer_2d_pixels, mask_iou, splat_mask
@@ -109,7 +109,7 @@ def write_outputs(fitter: FitterView, drape: DrapeModel, state: FitState,
              gender=np.array(str(fitter.subject.meta.get("gender", "neutral"))), **extra)
     write_posed(out / POSED_NPZ, fitter.body, fitter.subject, posed.cpu().numpy(), fitter.betas)
     export_body(fitter.body, out / BODY_NPZ, fitter.betas)
-    with atomic_path(out / "outfit.ply") as tmp:
+    with atomic_path(out / OUTFIT_PLY) as tmp:
         geom = trimesh.Trimesh(rest_np, extra["faces"], process=False) if "faces" in extra else trimesh.PointCloud(rest_np)
         geom.export(tmp, file_type="ply")
 
@@ -160,7 +160,7 @@ def write_gifs(fitter: FitterView, posed: torch.Tensor, frames: FrameSet) -> Non
     vis = visible_points(posed, frames.depth, frames.K, threshold=fitter.options.visibility_threshold)
     images = [_overlay(subject.frame(i), uv[i].cpu().numpy(), vis[i].cpu().numpy(), scale)
               for i in range(subject.num_frames)]
-    _write_gif(fitter.out / "fit_frames.gif", images, fps=4)
+    _write_gif(fitter.out / RESULT_FILES[KIND_FIT_OUTFIT]["frames_gif"], images, fps=4)
 
     first = fitter.train_ids[0]
     drapes = fitter.drapes
@@ -175,7 +175,7 @@ def write_gifs(fitter: FitterView, posed: torch.Tensor, frames: FrameSet) -> Non
                            threshold=fitter.options.visibility_threshold)
         steps.append(_overlay(subject.frame(first), u[0].cpu().numpy(), v[0].cpu().numpy(), scale))
     if steps:
-        _write_gif(fitter.out / "fit_progress.gif", steps, fps=3)
+        _write_gif(fitter.out / RESULT_FILES[KIND_FIT_OUTFIT]["progress_gif"], steps, fps=3)
 
 
 def _write_gif(path: Path, images: list[np.ndarray], fps: float) -> None:
