@@ -218,6 +218,13 @@ def test_4_frames_synth_size_and_the_queue_are_bounded_before_work_is_scheduled(
         reply = error_reply(c, {"type": "submit", "kind": P.KIND_SYNTH, "params": {"size": 4096}})
         assert reply["code"] == P.E_MEMORY_LIMIT and reply["field"] == "size", reply
         assert str(MEMORY_LIMIT_MB // 1024) in reply["message"]
+        outfit = tmp_path / "outfit"                      # refused before anything reads these
+        outfit.mkdir()
+        for name in (P.OUTFIT_NPZ, P.POSED_NPZ):
+            (outfit / name).write_bytes(b"")
+        reply = error_reply(c, {"type": "submit", "kind": P.KIND_FIT_APPEARANCE,
+                                "params": {"subject": str(subject), "outfit": str(outfit), "size": 4096}})
+        assert reply["code"] == P.E_MEMORY_LIMIT and reply["field"] == "size", reply
         assert c.request({"type": "ping"})["type"] == P.REPLY_PONG
     small = ServerProcess(tmp_path / "work", tmp_path / "server.log", args=("--max-queued", "3"))
     try:

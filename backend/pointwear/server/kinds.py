@@ -450,8 +450,38 @@ def _run_fit_appearance(job: JobContext) -> dict[str, Path]:
     return {name: job.out / f for name, f in APPEARANCE_FILES.items()}
 
 
+# Measured peak RSS of fit-appearance (docs/reliability.md): 533 / 768 MB at 128 / 384 px with 4
+# frames, 565 / 871 MB with 12: ~1.4 KB per training pixel plus ~0.09 KB per pixel and frame.
+APPEARANCE_BASE_BYTES = 550 << 20
+APPEARANCE_BYTES_PER_PIXEL = 1843            # +25 % margin
+APPEARANCE_BYTES_PER_PIXEL_FRAME = 123       # +35 % margin
+SUBJECT_JSON_MAX_BYTES = 1 << 20
+
+
+def _appearance_memory(params: dict) -> tuple[int, str]:
+    """Peak memory of a fit_appearance job from its training size and the subject's frame count
+    (subject.json; a subject too odd to say is left to the job's own checks)."""
+    import json
+
+    from ..data.subject import SUBJECT_JSON
+    path = Path(params["subject"]) / SUBJECT_JSON
+    try:
+        if path.stat().st_size > SUBJECT_JSON_MAX_BYTES:
+            return 0, "subject"
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        h, w = (int(v) for v in meta["image_size"])
+        n = int(meta["frames"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return 0, "subject"
+    size = params["size"] or min(max(h, w), 512)
+    pixels = round(h * size / max(h, w)) * round(w * size / max(h, w))
+    return (APPEARANCE_BASE_BYTES + APPEARANCE_BYTES_PER_PIXEL * pixels
+            + APPEARANCE_BYTES_PER_PIXEL_FRAME * pixels * n), "size"
+
+
 register(JobKind(P.KIND_FIT_APPEARANCE, _validate_fit_appearance, _run_fit_appearance,
-                 "fit neural point descriptors + a rendering U-Net to a subject's frames; bake colours"))
+                 "fit neural point descriptors + a rendering U-Net to a subject's frames; bake colours",
+                 _appearance_memory))
 
 
 # -- render -------------------------------------------------------------------------------------
