@@ -8,6 +8,10 @@ import bpy
 from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 from bpy.types import AddonPreferences
 
+# Hooks that draw a section of the preferences: callables (prefs, layout, context), registered
+# by the module that owns the section (extension by hooks, not imports of those modules).
+DRAW_SECTIONS = []
+
 # The top-level package of the extension (``bl_ext.<repo>.pointwear`` once installed). This module
 # sits directly in it, so its ``__package__`` is that package; Blender keys add-on preferences by it.
 ADDON_PACKAGE = __package__
@@ -157,12 +161,10 @@ class POINTWEAR_AddonPreferences(AddonPreferences):
     def draw(self, context):
         layout = self.layout
         layout.use_property_split = True
-        # The environment and diagnostics sections are drawn by the operators module (it owns the
-        # install job); imported here so preferences.py stays importable before operators.
-        from .operators import install
-
-        install.draw_environment(get_preferences(context) or self, layout, context)
-        install.draw_diagnostics(layout, context)
+        # Sections drawn by the modules that own them (the backend environment and diagnostics:
+        # operators/install.py registers them), so this module imports none of them.
+        for section in DRAW_SECTIONS:
+            section(get_preferences(context) or self, layout, context)
         col = layout.column(heading="Backend")
         col.prop(self, "backend_python")
         col.prop(self, "device")

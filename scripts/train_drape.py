@@ -350,7 +350,7 @@ def train(model: NeuralDrape, data: OutfitSet, opts: TrainOptions, weights: Loss
     rng = np.random.default_rng(opts.seed)
     step, elapsed_before, history = 0, 0.0, []
     if resume and state_path is not None and state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        state = torch.load(state_path, map_location="cpu", weights_only=True)   # never runs pickled code
         model.load_state_dict(state["model"], strict=False)
         codes.load_state_dict(state["codes"])
         opt.load_state_dict(state["opt"])

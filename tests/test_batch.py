@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from pointwear.batch import BatchOptions, plan
+from pointwear.cli import build_parser
 
 FIT = "--template tshirt-shorts --codes 1 --coarse-steps 4 --fine-steps 2 --device cpu"
 APPEARANCE = "--epochs 1 --size 32 --device cpu"
@@ -126,7 +127,7 @@ def test_batch_failure_is_reported_and_does_not_stop_the_others(subjects, tmp_pa
     broken.mkdir()
     (broken / "subject.json").write_text("{not json")               # looks like a subject, is not one
     rows = run_batch([str(subjects[0]), str(broken)], tmp_path / "out",       # a local Ray instance
-                     BatchOptions(steps=("fit-outfit",), cpus=2, step_args={"fit-outfit": FIT.split()}))
+                     BatchOptions(parser=build_parser, steps=("fit-outfit",), cpus=2, step_args={"fit-outfit": FIT.split()}))
     by = {r["name"]: r for r in rows}
     assert by["person0"]["state"] == "done"
     assert by["broken"]["state"] == "failed" and "subject.json" in by["broken"]["error"], by["broken"]
@@ -145,9 +146,9 @@ def test_plan_and_options_checked_before_anything_runs(tmp_path):
         plan([str(tmp_path / "nope")], tmp_path / "out")
     with pytest.raises(ValueError, match="twice"):
         plan([str(a), str(a)], tmp_path / "out")
-    for bad, match in ((BatchOptions(steps=("fit",)), "--steps"), (BatchOptions(retries=-1), "--retries"),
-                       (BatchOptions(step_args={"fit-outfit": ["--coarse-stepz", "3"]}), "fit-outfit-args"),
-                       (BatchOptions(step_args={"fit-outfit": ["--out", "x"]}), "--out")):
+    for bad, match in ((BatchOptions(parser=build_parser, steps=("fit",)), "--steps"), (BatchOptions(parser=build_parser, retries=-1), "--retries"),
+                       (BatchOptions(parser=build_parser, step_args={"fit-outfit": ["--coarse-stepz", "3"]}), "fit-outfit-args"),
+                       (BatchOptions(parser=build_parser, step_args={"fit-outfit": ["--out", "x"]}), "--out")):
         with pytest.raises(ValueError, match=match):
             bad.check()
 
@@ -160,7 +161,7 @@ def test_batch_prepares_a_photo_then_fits_it(tmp_path):
     from pointwear.batch import run_batch
     from pointwear.data.subject import read_subject
     rows = run_batch([str(RYOTA)], tmp_path / "out",
-                     BatchOptions(steps=("prepare", "fit-outfit"), use_ray=False,
+                     BatchOptions(parser=build_parser, steps=("prepare", "fit-outfit"), use_ray=False,
                                   step_args={"prepare": ["--size", "256"], "fit-outfit": FIT.split()}))
     assert [(r["name"], r["state"], r["steps"]) for r in rows] == [("ryota", "done", ["prepare", "fit-outfit"])], rows
     folder = tmp_path / "out" / "ryota"

@@ -34,16 +34,19 @@ JOB_TIMEOUT = 120.0
 class ServerProcess:
     """`python -m pointwear serve --port 0` on a work folder; `info` is its listening line."""
 
-    def __init__(self, work: Path, log: Path, token: str | None = TOKEN) -> None:
-        env = dict(os.environ)
+    def __init__(self, work: Path, log: Path, token: str | None = TOKEN, args: tuple = (), env: dict | None = None,
+                 preexec_fn=None) -> None:
+        """`args`: more `serve` options; `env`: more environment; `preexec_fn`: run in the child."""
+        env = {**os.environ, **(env or {})}
         env.pop(P.TOKEN_ENV, None)
         if token is not None:
             env[P.TOKEN_ENV] = token
         self.log = log
         self._log_fh = open(log, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pointwear", "serve", "--port", "0", "--work", str(work), "--threads", "1"],
-            stdout=subprocess.PIPE, stderr=self._log_fh, env=env, cwd=str(work.parent))
+            [sys.executable, "-m", "pointwear", "serve", "--port", "0", "--work", str(work), "--threads", "1",
+             *args], stdout=subprocess.PIPE, stderr=self._log_fh, env=env, cwd=str(work.parent),
+            preexec_fn=preexec_fn)
         try:
             ready, _, _ = select.select([self.proc.stdout], [], [], START_TIMEOUT)
             line = self.proc.stdout.readline() if ready else b""

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..link import arrays
 from . import smpl_math
-from .results import ResultFileError, load_npz
+from .results import ResultFileError
 
 
 @dataclass
@@ -77,17 +78,6 @@ def change_world(motion, rotation, translation, pelvis):
         world_rotation=a @ motion.world_rotation, pelvis=j0)
 
 
-def _scalar(data, path, keys, default):
-    for key in keys:
-        if key in data:
-            value = np.asarray(data[key])
-            if value.size != 1 or value.dtype.kind not in "fiu" or not np.isfinite(value).all() \
-                    or float(value.reshape(())) <= 0:
-                raise ResultFileError(path, key, "expected one positive number, got {!r}".format(value))
-            return float(value.reshape(()))
-    return default
-
-
 def read_amass(path, up="Z", pelvis=(0.0, 0.0, 0.0)):
     """An AMASS-style npz as a :class:`Motion` in SMPL's Y-up world.
 
@@ -99,30 +89,14 @@ def read_amass(path, up="Z", pelvis=(0.0, 0.0, 0.0)):
     turn a Z-up file upright (see :func:`change_world`).
     """
     path = os.fspath(path)
-    data = load_npz(path)
     up = str(up).upper()
     if up not in ("Y", "Z"):
         raise ValueError("up must be 'Y' or 'Z', got {!r}".format(up))
-    for key in ("poses", "trans"):
-        if key not in data:
-            raise ResultFileError(path, key, "missing key; the file has {}".format(sorted(data)))
-    poses = np.asarray(data["poses"])
-    trans = np.asarray(data["trans"])
-    if poses.dtype.kind not in "fiu" or poses.ndim != 2 or poses.shape[1] < 66 or poses.shape[1] % 3:
-        raise ResultFileError(path, "poses", "expected (T, 72) axis-angle (or (T, 3J), J >= 22), got {} {}".format(
-            poses.dtype, poses.shape))
-    if len(poses) == 0:
-        raise ResultFileError(path, "poses", "no frames")
-    if trans.dtype.kind not in "fiu" or trans.shape != (len(poses), 3):
-        raise ResultFileError(path, "trans", "expected ({}, 3) to match poses, got {}".format(
-            len(poses), trans.shape))
-    for key, arr in (("poses", poses), ("trans", trans)):
-        if not np.isfinite(arr).all():
-            raise ResultFileError(path, key, "contains NaN or inf")
-    poses = np.asarray(poses, np.float64)
-    if poses.shape[1] != 72:
-        poses = np.concatenate([poses[:, :66], np.zeros((len(poses), 6))], axis=1)
-    fps = _scalar(data, path, ("mocap_framerate", "mocap_frame_rate", "fps"), 30.0)
+    try:
+        data = arrays.read_amass(path)   # the one AMASS reader, shared with the backend (bounded)
+    except arrays.ArrayFileError as exc:
+        raise ResultFileError(path, exc.field, exc.message) from None
+    poses, trans, fps = data["poses"], data["trans"], data["fps"]
     motion = Motion(global_orient=poses[:, :3], body_pose=poses[:, 3:72], transl=trans,
                     fps=fps, source=os.path.abspath(path))
     if up == "Z":

@@ -10,14 +10,15 @@ SMPL space (Y-up, metres); nothing here converts to Blender's axes.
 
 import json
 import os
-import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
-OUTFIT_FILE = "outfit.npz"
-BODY_FILE = "body.npz"
-POSED_FILE = "posed.npz"
+from ..link import arrays, protocol
+
+OUTFIT_FILE = protocol.OUTFIT_NPZ
+BODY_FILE = protocol.BODY_NPZ
+POSED_FILE = protocol.POSED_NPZ
 
 
 class ResultFileError(ValueError):
@@ -105,16 +106,15 @@ def load_npz(path, skip=()):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ResultFileError(path, None, "file not found")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            out = {key: data[key] for key in data.files if key not in skip}
-        for key in set(skip) - set(out):
-            info = _npy_header(path, key)
-            if info is not None:
-                out[key] = info
-        return out
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise ResultFileError(path, None, "not a readable .npz ({})".format(exc)) from exc
+    try:   # bounded: every array's size is checked from its header before it is read
+        headers = arrays.npz_headers(path)
+        out = arrays.load_npz(path, keys=[key for key in headers if key not in skip])
+    except arrays.ArrayFileError as exc:
+        raise ResultFileError(path, exc.field, exc.message) from None
+    for key in skip:
+        if key in headers:
+            out[key] = ArrayInfo(*headers[key])
+    return out
 
 
 @dataclass
@@ -127,19 +127,6 @@ class ArrayInfo:
     @property
     def ndim(self):
         return len(self.shape)
-
-
-def _npy_header(path, key):
-    with zipfile.ZipFile(path) as archive:
-        name = key + ".npy"
-        if name not in archive.namelist():
-            return None
-        with archive.open(name) as f:
-            version = np.lib.format.read_magic(f)
-            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0)
-            shape, _, dtype = read(f)
-    return ArrayInfo(tuple(shape), np.dtype(dtype))
 
 
 def _require(data, path, key):

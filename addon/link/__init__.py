@@ -1,11 +1,14 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Link to the Pointwear backend: wire protocol, socket client, process launcher, session.
 
-Pure Python: no bpy here (nor torch, nor numpy, nor the backend package ``pointwear``), so it can
+Pure Python: no bpy here (nor torch, nor the backend package ``pointwear``; numpy in
+:mod:`.arrays` only, imported by nothing else here), so it can
 be tested without Blender and protocol logic stays out of UI modules. The backend imports this
 package too (as ``pointwear.link``) for the one protocol definition in :mod:`.protocol`.
 
 - :mod:`.protocol` framing and names (newline-delimited UTF-8 JSON over TCP on 127.0.0.1)
+- :mod:`.arrays`   bounded .npz reading and the one AMASS motion reader (numpy, which Blender and
+  the backend both have; the other modules here are standard library only)
 - :mod:`.client`   :class:`BackendClient`: handshake, reader thread, event queue, requests
 - :mod:`.launcher` :class:`BackendLauncher`: ``<python> -m pointwear serve`` as a child process
 - :mod:`.gpu`      :func:`nvidia_driver` (installer and `pointwear doctor`)

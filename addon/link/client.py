@@ -33,7 +33,9 @@ from . import tls as _tls
 # Client-side pseudo event: the connection ended. Never sent by the server.
 EVENT_LOST = "LOST"
 
-DEFAULT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = 10.0     # scripts and background mode
+UI_TIMEOUT = 2.0           # a request from Blender's UI thread: never freeze the UI longer
+UI_CONNECT_TIMEOUT = 3.0   # connecting to a running backend from the UI
 IO_TIMEOUT = 10.0          # a send that cannot complete in this time ends the connection
 _RECV_CHUNK = 65536
 
@@ -163,13 +165,13 @@ class BackendClient:
                                         daemon=True)
         self._reader.start()
         try:
-            reply = self.request({"type": "hello", "token": token or "",
+            reply = self.request({"type": protocol.MSG_HELLO, "token": token or "",
                                   "protocol": protocol.PROTOCOL_VERSION,
                                   "client": self.client_name}, timeout=timeout)
         except BackendError:
             self.close()
             raise
-        if reply.get("type") != "hello":
+        if reply.get("type") != protocol.REPLY_HELLO:
             self.close()
             raise BackendError("Unexpected answer to hello: {!r}".format(reply), code="protocol",
                                hint=_PROTOCOL_HINT, reply=reply)
@@ -289,13 +291,13 @@ class BackendClient:
             raise BackendConnectionError("No answer to '{}': {}".format(what, pending.error),
                                          code="lost", hint="Start the backend again")
         reply = pending.reply
-        if reply.get("type") == "ERROR":
+        if reply.get("type") == protocol.EVENT_ERROR:
             raise _error_from_reply(reply, what)
         return reply
 
     def submit(self, kind, params=None, timeout=DEFAULT_TIMEOUT):
         """Queue a job; returns its ``job_id``. Its events then arrive in :attr:`events`."""
-        reply = self.request({"type": "submit", "kind": kind, "params": dict(params or {})},
+        reply = self.request({"type": protocol.MSG_SUBMIT, "kind": kind, "params": dict(params or {})},
                              timeout=timeout)
         job_id = reply.get("job_id")
         if not job_id:
@@ -304,24 +306,24 @@ class BackendClient:
         return job_id
 
     def cancel(self, job_id, timeout=DEFAULT_TIMEOUT):
-        return self.request({"type": "cancel", "job_id": job_id}, timeout=timeout)
+        return self.request({"type": protocol.MSG_CANCEL, "job_id": job_id}, timeout=timeout)
 
     def status(self, job_id=None, timeout=DEFAULT_TIMEOUT):
         """The server's job records (a list of dicts), all jobs or the one given."""
-        message = {"type": "status"}
+        message = {"type": protocol.MSG_STATUS}
         if job_id is not None:
             message["job_id"] = job_id
         return list(self.request(message, timeout=timeout).get("jobs") or [])
 
     def watch(self, job_id, timeout=DEFAULT_TIMEOUT):
-        return self.request({"type": "watch", "job_id": job_id}, timeout=timeout)
+        return self.request({"type": protocol.MSG_WATCH, "job_id": job_id}, timeout=timeout)
 
     def ping(self, timeout=DEFAULT_TIMEOUT):
-        return self.request({"type": "ping"}, timeout=timeout)
+        return self.request({"type": protocol.MSG_PING}, timeout=timeout)
 
     def shutdown(self, timeout=DEFAULT_TIMEOUT):
         """Ask the server to exit (its running job is cancelled, checkpoint kept)."""
-        return self.request({"type": "shutdown"}, timeout=timeout)
+        return self.request({"type": protocol.MSG_SHUTDOWN}, timeout=timeout)
 
     # -- events ------------------------------------------------------------------------------
 

@@ -40,11 +40,12 @@ PREFERENCES_HINT = "Preferences > Add-ons > Pointwear > Backend Python"
 class LaunchError(Exception):
     """The backend did not start: ``message`` says what happened, ``hint`` what to do."""
 
-    def __init__(self, message, hint="", stderr=""):
+    def __init__(self, message, hint="", stderr="", returncode=None):
         super().__init__(message)
         self.message = message
         self.hint = hint
         self.stderr = stderr
+        self.returncode = returncode   # the backend's exit status when it exited on start-up
 
     def __str__(self):
         return self.message + (" ({})".format(self.hint) if self.hint else "")
@@ -66,6 +67,9 @@ def hint_for_stderr(stderr, python):
                     python, name))
     if "CUDA" in (stderr or "") and ("not available" in stderr or "no CUDA" in stderr):
         return "This backend has no CUDA: set Device to Auto or CPU in Preferences > Add-ons > Pointwear"
+    if "in use by another pointwear serve" in (stderr or ""):
+        return ("Another backend (another Blender?) uses this work folder: set another Work folder in "
+                "Preferences > Add-ons > Pointwear, or connect to that backend (its port)")
     if "invalid choice" in (stderr or "") or "unrecognized arguments" in (stderr or ""):
         return "The backend is too old for this add-on (no 'serve' command): update the backend"
     return "See the backend's messages above; check {}".format(PREFERENCES_HINT)
@@ -105,6 +109,31 @@ def kill_group(process, sig):
             process.kill() if sig != signal.SIGTERM else process.terminate()
         except OSError:
             pass
+
+
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)|MemoryError|Killed)\b")
+
+
+def crash_cause(stderr, returncode=None):
+    """The line of a dead backend's stderr that says why it died: a fatal "pointwear serve:
+    error:" line, else the last exception line of the last traceback, else a signal, else the last
+    line (a late warning, e.g. smplx's, is not the cause when a traceback came before it)."""
+    lines = [line.rstrip() for line in (stderr or "").splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("pointwear serve: error:"):
+            return line[len("pointwear serve: "):]
+    start = max((i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")),
+                default=None)
+    if start is not None:
+        for line in lines[start + 1:]:
+            if _EXCEPTION_LINE.match(line):
+                return line
+    if isinstance(returncode, int) and returncode < 0:
+        try:
+            return "killed by {}".format(signal.Signals(-returncode).name)
+        except ValueError:
+            return "killed by signal {}".format(-returncode)
+    return lines[-1] if lines else ""
 
 
 def _tail(text, lines=12):
@@ -233,8 +262,8 @@ class BackendLauncher:
                 stderr = self.stderr_text
                 raise LaunchError(
                     "The backend exited on start-up (exit code {}): {}".format(
-                        self.process.returncode, _tail(stderr, 1) or "no message"),
-                    hint=hint_for_stderr(stderr, self.python), stderr=stderr)
+                        self.process.returncode, crash_cause(stderr, self.process.returncode) or "no message"),
+                    hint=hint_for_stderr(stderr, self.python), stderr=stderr, returncode=self.process.returncode)
             if time.monotonic() >= deadline:
                 stderr = self.stderr_text
                 self.stop(timeout=2.0, polite=False)

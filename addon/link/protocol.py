@@ -18,7 +18,10 @@ DEFAULT_HOST = "127.0.0.1"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 MAX_LINE_BYTES = 1 << 20          # 1 MiB per message line, its newline included
 TOKEN_ENV = "POINTWEAR_TOKEN"     # how a launcher hands its per-launch token to the server
-HELLO_TIMEOUT_S = 30.0            # the server drops a connection that does not say hello by then
+HELLO_TIMEOUT_S = 10.0            # the server drops a connection that does not say hello by then
+MAX_JSON_DEPTH = 32               # nesting of arrays/objects in one message (deeper: bad_json)
+MAX_FRAMES = 100_000              # frame numbers in one frame list ("0-60000000" is refused unexpanded)
+MAX_FRAME_NUMBER = 10_000_000     # the largest frame number a frame list may name
 CHUNK_BYTES = 512 << 10           # file transfer: bytes per upload_chunk / download (base64 fits a line)
 MAX_UPLOAD_FILES = 5000           # files in one upload (its manifest fits one line)
 MAX_UPLOAD_BYTES = 32 << 30       # bytes in one upload
@@ -84,7 +87,37 @@ KIND_BODY = "body"
 KIND_SYNTH = "synth"
 KIND_FIT_OUTFIT = "fit_outfit"
 KIND_DRAPE = "drape"
+KIND_FIT_APPEARANCE = "fit_appearance"
+KIND_RENDER = "render"
 KIND_PREPARE = "prepare"           # a subject from a video, an image folder or one image
+JOB_KINDS = (KIND_BODY, KIND_SYNTH, KIND_FIT_OUTFIT, KIND_DRAPE, KIND_FIT_APPEARANCE, KIND_RENDER,
+             KIND_PREPARE)
+
+# -- result files: the RESULT event's "files" maps these names to absolute paths --------------------
+# Paths relative to the job's out folder ("" = the folder itself).
+OUTFIT_NPZ = "outfit.npz"
+POSED_NPZ = "posed.npz"
+BODY_NPZ = "body.npz"
+RESULT_JSON = "result.json"
+APPEARANCE_PT = "appearance.pt"
+OUTFIT_PLY = "outfit.ply"
+RENDER_JSON = "render.json"
+CHECKPOINT_PT = "checkpoint.pt"    # a fit's resumable state, kept on cancel / interrupt
+JOB_JSON = "job.json"              # a job's record in WORK/jobs/<job_id>/
+TRACEBACK_TXT = "traceback.txt"    # an internal error's traceback, beside job.json
+RESULT_FILES = {
+    KIND_BODY: {"body": BODY_NPZ},
+    KIND_SYNTH: {"subject": "subject", "sheet": "contact_sheet.png"},
+    KIND_FIT_OUTFIT: {"outfit": OUTFIT_NPZ, "posed": POSED_NPZ, "body": BODY_NPZ, "result_json": RESULT_JSON,
+                      "ply": OUTFIT_PLY, "progress_gif": "fit_progress.gif", "frames_gif": "fit_frames.gif"},
+    KIND_DRAPE: {"outfit": OUTFIT_NPZ, "body": BODY_NPZ, "posed": POSED_NPZ},
+    KIND_FIT_APPEARANCE: {"outfit": OUTFIT_NPZ, "appearance": APPEARANCE_PT, "result_json": RESULT_JSON,
+                          "heldout": "heldout", "sheet": "heldout_sheet.png", "body": BODY_NPZ,
+                          "posed": POSED_NPZ},
+    KIND_RENDER: {"frames": "frames", "render_json": "frames/" + RENDER_JSON},
+    KIND_PREPARE: {"subject": "subject", "sheet": "subject/prepare/contact_sheet.png",
+                   "report": "subject/prepare/report.json"},
+}
 
 # -- error codes ------------------------------------------------------------------------------------
 # Answers to a bad message (no job_id); the connection is closed after the first three.
@@ -97,6 +130,11 @@ E_UNKNOWN_KIND = "unknown_kind"
 E_BAD_PARAMS = "bad_params"       # names the parameter in "field"
 E_UNKNOWN_JOB = "unknown_job"
 E_SHUTTING_DOWN = "shutting_down"
+E_BUSY = "busy"                   # too many connections (or ones still to say hello): try again
+E_QUEUE_FULL = "queue_full"       # MAX_QUEUED_JOBS wait already
+E_MEMORY_LIMIT = "memory_limit"   # the job's memory estimate is over the server's budget ("field" says why)
+E_DISK_FULL = "disk_full"         # no space left where the job or its record is written ("file")
+E_IO = "io_error"                 # another OS error reading or writing a file ("file")
 # Job errors (with job_id): the backend's own codes (bad_input, bad_subject, bad_body_model, ...)
 # and "internal" for anything unexpected (the server keeps running).
 E_INTERNAL = "internal"
@@ -108,7 +146,16 @@ E_TOO_BIG = "too_big"             # an upload over the limits below, or more tha
 E_UNKNOWN_UPLOAD = "unknown_upload"
 # Client side only: the server's certificate is not the pinned one (the token was never sent).
 E_FINGERPRINT = "fingerprint"
-CLOSING_CODES = (E_AUTH, E_PROTOCOL, E_TOO_LARGE)
+CLOSING_CODES = (E_AUTH, E_PROTOCOL, E_TOO_LARGE, E_BUSY)
+
+# -- exit status of `pointwear serve` --------------------------------------------------------------
+EXIT_CANNOT_START = 2             # port in use, no CUDA
+EXIT_WORK_IN_USE = 3              # another server holds the work folder's lock
+
+# -- server limits (defaults; `pointwear serve` may lower them) -------------------------------------
+MAX_QUEUED_JOBS = 64              # waiting jobs; one more is refused with queue_full
+MAX_CONNECTIONS = 256             # open connections; one more gets busy and is closed
+MAX_PREAUTH_CONNECTIONS = 32      # connections that have not said hello yet
 
 
 class LineTooLong(ValueError):
@@ -121,20 +168,106 @@ class LineTooLong(ValueError):
 
 
 def encode_line(message):
-    """One message (a dict) as one newline-terminated line of UTF-8 JSON."""
+    """One message (a dict) as one newline-terminated line of UTF-8 JSON. Text that UTF-8 cannot
+    carry (a lone surrogate) is sent \\u-escaped, so no stored string can stop a reply."""
     # json.dumps escapes control characters, so the payload never holds a raw newline.
-    return (json.dumps(message, separators=(",", ":"), ensure_ascii=False) + "\n").encode("utf-8")
+    text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        data = json.dumps(message, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    return data + b"\n"
+
+
+def json_depth(text, limit=MAX_JSON_DEPTH):
+    """True if the JSON text nests arrays/objects at most ``limit`` deep (strings skipped), read
+    without parsing: json.loads recurses and a deep line would end in RecursionError."""
+    depth, in_string, escaped = 0, False, False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return False
+        elif ch in "]}":
+            depth -= 1
+    return True
+
+
+def find_surrogate(value, where=""):
+    """The place (e.g. "params.subject") of the first string holding a lone surrogate, or None.
+    JSON lets "\\ud800" through; such a string cannot be written as UTF-8 (a file, a reply)."""
+    stack = [(value, where)]
+    while stack:
+        item, at = stack.pop()
+        if isinstance(item, str):
+            if any("\ud800" <= ch <= "\udfff" for ch in item):
+                return at or "(message)"
+        elif isinstance(item, dict):
+            for key, sub in item.items():
+                if isinstance(key, str) and any("\ud800" <= ch <= "\udfff" for ch in key):
+                    return (at + "." if at else "") + "(a key)"
+                stack.append((sub, (at + "." if at else "") + str(key)))
+        elif isinstance(item, list):
+            stack.extend((sub, "{}[{}]".format(at, i)) for i, sub in enumerate(item))
+    return None
 
 
 def decode_line(line):
-    """The message (a dict) in one received line; ValueError if it is not a JSON object
-    (json.JSONDecodeError and UnicodeDecodeError are ValueErrors too)."""
+    """The message (a dict) in one received line; ValueError if it is not a JSON object, nests
+    deeper than MAX_JSON_DEPTH (json.JSONDecodeError and UnicodeDecodeError are ValueErrors too)."""
     if isinstance(line, (bytes, bytearray)):
         line = bytes(line).decode("utf-8")
+    if not json_depth(line):
+        raise ValueError("nested deeper than {} levels".format(MAX_JSON_DEPTH))
     message = json.loads(line)
     if not isinstance(message, dict):
         raise ValueError("expected a JSON object per line, got " + type(message).__name__)
     return message
+
+
+def parse_frames(value, limit=MAX_FRAMES, top=MAX_FRAME_NUMBER):
+    """A frame list: "0,2,4-7" (or a list of ints) -> the sorted distinct frame numbers; "" or None
+    -> None. The count is bounded before anything is expanded: ValueError for more than ``limit``
+    frames, a number over ``top``, a backwards range or anything else."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parts = [p for p in value.replace(" ", "").split(",") if p]
+        if not parts:
+            return None
+        if len(parts) > limit:
+            raise ValueError("more than {} frames".format(limit))
+        ranges, total = [], 0
+        for part in parts:
+            a, sep, b = part.partition("-")
+            if not (a.isdigit() and a.isascii() and (not sep or (b.isdigit() and b.isascii()))):
+                raise ValueError('expected frame numbers like "0,2,4-7", got {!r}'.format(part[:40]))
+            lo, hi = int(a), int(b) if sep else int(a)
+            if hi < lo:
+                raise ValueError("the range {!r} runs backwards".format(part[:40]))
+            if hi > top:
+                raise ValueError("frame {} is over the largest frame number {}".format(hi, top))
+            total += hi - lo + 1
+            if total > limit:
+                raise ValueError("more than {} frames".format(limit))
+            ranges.append((lo, hi))
+        return sorted({f for lo, hi in ranges for f in range(lo, hi + 1)})
+    if isinstance(value, list):
+        if len(value) > limit:
+            raise ValueError("more than {} frames".format(limit))
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= top for v in value):
+            raise ValueError("expected frame numbers 0..{}".format(top))
+        return sorted(set(value)) or None
+    raise ValueError('expected frame numbers like "0,2,4-7" or a list of them')
 
 
 class LineBuffer:

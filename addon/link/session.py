@@ -19,12 +19,14 @@ job's ``DONE`` arrives.
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 
 from . import protocol
-from .client import EVENT_LOST, BackendClient, BackendConnectionError, BackendError
-from .launcher import BackendLauncher, LaunchError
+from .client import (EVENT_LOST, UI_CONNECT_TIMEOUT, UI_TIMEOUT, BackendClient, BackendConnectionError,
+                     BackendError)
+from .launcher import BackendLauncher, LaunchError, crash_cause
 from .transfer import RemoteFiles
 
 STATE_NOT_STARTED = "not started"
@@ -265,14 +267,29 @@ class BackendSession:
         if launcher is not None:
             launcher.stop(timeout=2.0, polite=False)
 
+    def _launch(self, generation, python, work, device, threads, timeout, env):
+        """Start a backend on ``work``; when another backend (another Blender) holds that folder,
+        once more on a folder of this process's own beside it. Returns the launcher and its
+        listening line; LaunchError as BackendLauncher.start."""
+        work = os.path.normpath(os.fspath(work))
+        for folder in (work, "{}-{}".format(work, os.getpid())):
+            launcher = BackendLauncher(python, folder, device=device, threads=threads, env=env)
+            with self._lock:
+                if generation != self._generation:
+                    raise LaunchError("The backend start was cancelled")
+                self._launching = launcher  # so stop() can end a start that is under way
+            try:
+                return launcher, launcher.start(timeout=timeout)
+            except LaunchError as ex:
+                if ex.returncode != protocol.EXIT_WORK_IN_USE or folder != work:
+                    raise
+                self.log.append("[starting] {} is in use by another backend: using {}-{}".format(
+                    work, work, os.getpid()))
+        raise AssertionError("unreachable")
+
     def _start_now(self, generation, python, work, device, threads, timeout, env):
-        launcher = BackendLauncher(python, work, device=device, threads=threads, env=env)
-        with self._lock:
-            if generation != self._generation:
-                return False
-            self._launching = launcher  # so stop() can end a start that is under way
         try:
-            info = launcher.start(timeout=timeout)
+            launcher, info = self._launch(generation, python, work, device, threads, timeout, env)
         except LaunchError as ex:
             with self._lock:
                 self._launching = None
@@ -309,7 +326,7 @@ class BackendSession:
             return False
         return True
 
-    def connect(self, host, port, token, timeout=10.0, fingerprint=None, transfer_root=None):
+    def connect(self, host, port, token, timeout=UI_CONNECT_TIMEOUT, fingerprint=None, transfer_root=None):
         """Use a backend that is already running (blocking). Returns True when ready.
 
         ``fingerprint``: TLS, with the server's certificate pinned. ``transfer_root``: the
@@ -387,7 +404,7 @@ class BackendSession:
                                          hint="Start the backend first")
         return client
 
-    def submit(self, kind, params=None, tag=None, timeout=10.0, upload_async=False):
+    def submit(self, kind, params=None, tag=None, timeout=UI_TIMEOUT, upload_async=False):
         """Submit a job; returns its :class:`JobState` (its events update it from now on).
 
         With a backend that cannot see this machine (:attr:`remote`) the local paths in params
@@ -458,7 +475,7 @@ class BackendSession:
         except Exception as ex:  # never leave it "uploading" for ever
             job.end_lost("Uploading the job's files failed: {}: {}".format(type(ex).__name__, ex), code="upload")
 
-    def cancel(self, job_id=None, timeout=10.0):
+    def cancel(self, job_id=None, timeout=UI_TIMEOUT):
         """Cancel a job (default: the active one). Its DONE (state cancelled) follows; a job
         still uploading its files ends ``cancelled`` here and is never submitted."""
         job = self.jobs.get(job_id) if job_id else self.active_job()
@@ -473,10 +490,10 @@ class BackendSession:
         job.message = "Cancelling"
         return True
 
-    def ping(self, timeout=5.0):
+    def ping(self, timeout=UI_TIMEOUT):
         return self._require_client().ping(timeout=timeout)
 
-    def status(self, job_id=None, timeout=10.0):
+    def status(self, job_id=None, timeout=UI_TIMEOUT):
         return self._require_client().status(job_id, timeout=timeout)
 
     # -- events --------------------------------------------------------------------------------
@@ -538,10 +555,10 @@ class BackendSession:
             while launcher.running and time.monotonic() < deadline:
                 time.sleep(0.05)
             if not launcher.running:
-                stderr = launcher.stderr_text.strip().splitlines()
                 message = "The backend stopped (exit code {})".format(launcher.returncode)
-                if stderr:
-                    message += ": " + stderr[-1]
+                cause = crash_cause(launcher.stderr_text, launcher.returncode)
+                if cause:
+                    message += ": " + cause
         with self._lock:
             for job in self.jobs.values():
                 if not job.done:

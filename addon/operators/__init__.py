@@ -44,6 +44,7 @@ __all__ = [
 
 def register_extra():
     runtime.register()
+    install.register()
 
 
 def unregister_extra():

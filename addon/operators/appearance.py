@@ -25,12 +25,13 @@ from bpy.types import Operator
 
 from ..io import export
 from ..io import results
+from ..link import protocol
 from ..properties import is_pointwear_armature
 from . import runtime
 from .jobs import RESUMABLE, JobOperatorMixin, poll_backend_free, poll_subject_job
 
 APPEARANCE_PROP = "pointwear_appearance"
-APPEARANCE_FILE = "appearance.pt"
+APPEARANCE_FILE = protocol.APPEARANCE_PT
 NEURAL_IMAGE = "Pointwear Neural Render"
 COMPOSITE_GROUP = "Pointwear Neural Composite"
 
@@ -277,19 +278,19 @@ class POINTWEAR_OT_fit_appearance(JobOperatorMixin, Operator):
                "armature": armature.name if armature is not None else "",
                "name": os.path.basename(os.path.normpath(subject)) + " appearance"}
         if getattr(self, "resume", False):
-            if props.job_kind != "fit_appearance" or props.job_state not in RESUMABLE or not props.job_id:
+            if props.job_kind != protocol.KIND_FIT_APPEARANCE or props.job_state not in RESUMABLE or not props.job_id:
                 raise ValueError("No cancelled or failed appearance fit to resume")
             previous = runtime.session().jobs.get(props.job_id)
             if previous is not None and previous.params.get("outfit"):
                 tag["outfit"] = previous.params["outfit"]
-            return "fit_appearance", {"resume_job": props.job_id}, runtime.AFTER_APPEARANCE, tag
+            return protocol.KIND_FIT_APPEARANCE, {"resume_job": props.job_id}, runtime.AFTER_APPEARANCE, tag
         params = {"subject": subject, "outfit": outfit, "epochs": props.app_epochs,
                   "seed": props.app_seed}
         if props.app_size > 0:
             params["size"] = props.app_size
         if props.app_minutes > 0:
             params["minutes"] = props.app_minutes
-        return "fit_appearance", params, runtime.AFTER_APPEARANCE, tag
+        return protocol.KIND_FIT_APPEARANCE, params, runtime.AFTER_APPEARANCE, tag
 
 
 class POINTWEAR_OT_neural_render(JobOperatorMixin, Operator):
@@ -336,7 +337,10 @@ class POINTWEAR_OT_neural_render(JobOperatorMixin, Operator):
                   "motion": motion_path, "camera": camera_path, "up": "y"}
         tag = {"armature": armature.name, "frame_start": scene.frame_start, "frames": count,
                "inputs": folder}
-        return "render", params, runtime.AFTER_NEURAL_RENDER, tag
+        return protocol.KIND_RENDER, params, runtime.AFTER_NEURAL_RENDER, tag
 
+
+runtime.register_finisher(runtime.AFTER_APPEARANCE, finish_fit_appearance)
+runtime.register_finisher(runtime.AFTER_NEURAL_RENDER, finish_neural_render)
 
 CLASSES = (POINTWEAR_OT_fit_appearance, POINTWEAR_OT_neural_render)

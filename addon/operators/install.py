@@ -199,9 +199,24 @@ class _FailedJob:
         pass
 
 
+def _draw_sections(prefs, layout, context):
+    draw_environment(prefs, layout, context)
+    draw_diagnostics(layout, context)
+
+
+def register():
+    """Draw the environment and diagnostics sections in the add-on preferences."""
+    from .. import preferences
+    if _draw_sections not in preferences.DRAW_SECTIONS:
+        preferences.DRAW_SECTIONS.append(_draw_sections)
+
+
 def unregister():
     """Cancel a running job and remove the timer (the add-on is being disabled)."""
     global _job
+    from .. import preferences
+    if _draw_sections in preferences.DRAW_SECTIONS:
+        preferences.DRAW_SECTIONS.remove(_draw_sections)
     if _job is not None and not _job.finished:
         _job.cancel()
         if hasattr(_job, "wait"):

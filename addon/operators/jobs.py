@@ -14,7 +14,6 @@ A job operator (:class:`JobOperatorMixin`) runs in one of three ways:
 """
 
 import os
-import re
 
 import bpy
 from bpy.props import BoolProperty, FloatProperty
@@ -30,22 +29,9 @@ RESUMABLE = (protocol.CANCELLED, protocol.FAILED, protocol.INTERRUPTED)
 
 
 def parse_frames(text):
-    """'0,2,4-7' -> [0, 2, 4, 5, 6, 7]; '' -> None. ValueError on anything else."""
-    text = (text or "").replace(" ", "")
-    if not text:
-        return None
-    out = []
-    for part in text.split(","):
-        if not part:
-            continue
-        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if match is None:
-            raise ValueError("expected frame numbers like 0,2,4-7, got {!r}".format(part))
-        a, b = int(match.group(1)), int(match.group(2) or match.group(1))
-        if b < a:
-            raise ValueError("the range {!r} runs backwards".format(part))
-        out.extend(range(a, b + 1))
-    return out
+    """'0,2,4-7' -> [0, 2, 4, 5, 6, 7]; '' -> None. ValueError on anything else (the protocol's
+    one frame-list parser, the backend's too: bounded before it expands a range)."""
+    return protocol.parse_frames(text or "")
 
 
 def poll_backend_free(cls):
@@ -216,9 +202,9 @@ class POINTWEAR_OT_fit_outfit(JobOperatorMixin, Operator):
         tag = {"auto_import": props.auto_import,
                "name": os.path.basename(os.path.normpath(bpy.path.abspath(props.subject_folder)))}
         if getattr(self, "resume", False):
-            if props.job_kind != "fit_outfit" or props.job_state not in RESUMABLE or not props.job_id:
+            if props.job_kind != protocol.KIND_FIT_OUTFIT or props.job_state not in RESUMABLE or not props.job_id:
                 raise ValueError("No cancelled or failed fit to resume")
-            return "fit_outfit", {"resume_job": props.job_id}, runtime.AFTER_IMPORT, tag
+            return protocol.KIND_FIT_OUTFIT, {"resume_job": props.job_id}, runtime.AFTER_IMPORT, tag
         subject = runtime.abspath(props.subject_folder.strip())
         drape = backend_name(props.fit_drape)
         params = {
@@ -236,7 +222,7 @@ class POINTWEAR_OT_fit_outfit(JobOperatorMixin, Operator):
             params["frames"] = parse_frames(props.fit_frames)
         except ValueError as ex:
             raise ValueError("Frames: {}".format(ex)) from None
-        return "fit_outfit", params, runtime.AFTER_IMPORT, tag
+        return protocol.KIND_FIT_OUTFIT, params, runtime.AFTER_IMPORT, tag
 
 
 class POINTWEAR_OT_cancel_job(Operator):

@@ -30,6 +30,7 @@ import bpy
 
 from ..installer.layout import EnvLayout
 from ..link import protocol
+from ..link.client import EVENT_LOST
 from ..link.session import (
     STATE_BUSY,
     STATE_ERROR,
@@ -138,7 +139,7 @@ def start(context, blocking):
             # backend elsewhere are downloaded under the work folder.
             root = os.path.join(work_folder(context), "remote") \
                 if uses_file_transfer(prefs, host) else None
-            ok = s.connect(host, int(prefs.port), prefs.token, timeout=10.0,
+            ok = s.connect(host, int(prefs.port), prefs.token,
                            fingerprint=fingerprint or None, transfer_root=root)
     else:
         device = prefs.device.lower() if prefs is not None else "auto"
@@ -221,7 +222,7 @@ class _ProgressPrinter:
             line = "{}: result in {}".format(name, event.get("folder"))
         elif kind == protocol.EVENT_DONE:
             line = "{}: {}".format(name, event.get("state"))
-        elif kind == "LOST":
+        elif kind == EVENT_LOST:
             line = "{}: {}".format(name, event.get("message"))
         if line:
             print(line, flush=True)
@@ -233,6 +234,17 @@ def job_failure(job):
         return "The {} job was cancelled".format(job.kind or "backend"), ""
     return (job.error_message or "The {} job {}".format(job.kind or "backend", job.state),
             job.error_hint)
+
+
+# Follow-ups that live in the operator modules above this one (appearance, subject): they register
+# here when imported, so this module never imports them (no import cycle).
+FINISHERS = {}
+
+
+def register_finisher(after, finish):
+    """``finish(context, job, scene) -> message`` runs once for a finished job tagged ``after``."""
+    FINISHERS[after] = finish
+    return finish
 
 
 def finish_job(context, job):
@@ -263,15 +275,9 @@ def finish_job(context, job):
             from ..scene import importer
             importer.apply_redrape(context, armature, job.folder)
             return True, "Re-draped {} (result in {})".format(armature.name, job.folder)
-        if after == AFTER_APPEARANCE:
-            from . import appearance
-            return True, appearance.finish_fit_appearance(context, job, scene)
-        if after == AFTER_NEURAL_RENDER:
-            from . import appearance
-            return True, appearance.finish_neural_render(context, job, scene)
-        if after == AFTER_PREPARE:
-            from . import subject
-            return True, subject.finish_new_subject(context, job, scene)
+        finisher = FINISHERS.get(after)
+        if finisher is not None:
+            return True, finisher(context, job, scene)
         return True, "{} done".format(job.kind)
     except Exception as ex:
         traceback.print_exc()

@@ -6,13 +6,14 @@ import os
 from bpy.props import EnumProperty, StringProperty
 from bpy.types import Operator
 
+from ..link import protocol
 from ..properties import UP_ITEMS
 from . import runtime
 from .jobs import JobOperatorMixin, poll_backend_free
 
 
 def _is_result_folder(folder):
-    return os.path.isfile(os.path.join(folder, "outfit.npz"))
+    return os.path.isfile(os.path.join(folder, protocol.OUTFIT_NPZ))
 
 
 class POINTWEAR_OT_import_result(Operator):
@@ -143,7 +144,7 @@ class POINTWEAR_OT_redrape(JobOperatorMixin, Operator):
             raise ValueError("The fitted result of {} is gone: {}".format(armature.name, result))
         # Rest pose only: the armature keeps its animation, which poses the re-draped clothing.
         params = {"result": result, "betas": [float(b) for b in props.redrape_betas]}
-        return "drape", params, runtime.AFTER_REDRAPE, {"armature": armature.name}
+        return protocol.KIND_DRAPE, params, runtime.AFTER_REDRAPE, {"armature": armature.name}
 
 
 CLASSES = (POINTWEAR_OT_import_result, POINTWEAR_OT_load_motion, POINTWEAR_OT_redrape)

@@ -24,7 +24,7 @@ from . import runtime
 from .jobs import JobOperatorMixin, poll_backend_free
 
 SHEET_IMAGE = "Pointwear Contact Sheet"
-SHEET_PATH = ("prepare", "contact_sheet.png")   # inside a prepared subject folder
+SHEET_PATH = tuple(protocol.RESULT_FILES[protocol.KIND_PREPARE]["sheet"].split("/")[1:])   # in a subject
 
 
 def contact_sheet_path(subject_folder):
@@ -176,5 +176,7 @@ class POINTWEAR_OT_new_subject(JobOperatorMixin, Operator):
         name = os.path.splitext(os.path.basename(source))[0]
         return protocol.KIND_PREPARE, params, runtime.AFTER_PREPARE, {"name": name}
 
+
+runtime.register_finisher(runtime.AFTER_PREPARE, finish_new_subject)
 
 CLASSES = (POINTWEAR_OT_new_subject,)

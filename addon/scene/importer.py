@@ -19,6 +19,7 @@ import numpy as np
 
 from ..io import motion as motion_io
 from ..io import results
+from ..link import protocol
 from . import armature as armature_builder
 from . import body as body_builder
 from . import camera as camera_builder
@@ -29,7 +30,7 @@ KIND = "pointwear_kind"
 RESULT = "pointwear_result"
 CHILD_KINDS = ("body", "clothing_points", "clothing_mesh")
 APPEARANCE = "pointwear_appearance"     # armature: its fitted appearance folder (appearance.pt)
-APPEARANCE_FILE = "appearance.pt"
+APPEARANCE_FILE = protocol.APPEARANCE_PT
 
 
 def _new_collection(scene, name):

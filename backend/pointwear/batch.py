@@ -20,6 +20,7 @@ A step that fails with an error is not retried: the subject is `failed` in the s
 batch goes on. `OUT/batch_summary.csv` and `.json` list every subject once."""
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import json
@@ -31,6 +32,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 STEPS = ("prepare", "fit-outfit", "fit-appearance")
 STEP_DIRS = {"fit-outfit": "outfit", "fit-appearance": "appearance"}
@@ -51,9 +53,14 @@ class BatchOptions:
     retries: int = 3                     # times a task is run again after its worker died
     use_ray: bool = True                 # False: a plain loop in this process (for comparison)
     step_args: dict[str, list[str]] = field(default_factory=dict)   # extra command-line args per step
+    # The command line's parser (`pointwear.cli.build_parser`, given by the CLI: a module-level
+    # function, so Ray ships it by reference and this module never imports the CLI).
+    parser: Callable[[], argparse.ArgumentParser] | None = None
 
     def check(self) -> None:
         """ValueError naming the option when something cannot work."""
+        if self.parser is None:
+            raise ValueError("BatchOptions.parser: give the command line's parser (pointwear.cli.build_parser)")
         unknown = [s for s in self.steps if s not in STEPS]
         if unknown or not self.steps:
             raise ValueError(f"--steps: unknown step(s) {unknown or '(none)'}; steps: {','.join(STEPS)}")
@@ -65,7 +72,7 @@ class BatchOptions:
         for step, args in self.step_args.items():
             if "--out" in args or "--outfit" in args:
                 raise ValueError(f"--{step}-args: --out/--outfit are set by the batch (OUT/<name>/...)")
-            _step_argv(step, Path("/in"), Path("/out"), args)   # parses them now: a typo fails here
+            _step_argv(self.parser, step, Path("/in"), Path("/out"), args)   # parses them now: a typo fails here
 
 
 @dataclass
@@ -98,9 +105,9 @@ def plan(inputs: list[str], out: Path) -> list[Task]:
     return tasks
 
 
-def _step_argv(step: str, subject: Path, folder: Path, extra: list[str]) -> list[str]:
+def _step_argv(build_parser: Callable[[], argparse.ArgumentParser], step: str, subject: Path, folder: Path,
+               extra: list[str]) -> list[str]:
     """The command line of one step, as a person would type it; parsed by the real parser."""
-    from .cli import build_parser
     if step == "prepare":
         argv = ["prepare", str(subject), "--out", str(folder / "subject")]
     elif step == "fit-outfit":
@@ -166,8 +173,8 @@ def run_subject(task: Task, options: BatchOptions) -> dict:
                 continue     # the input is a subject already
             marker = folder / "steps" / f"{step}.json"
             if not marker.is_file():
-                argv = _step_argv(step, subject, folder, options.step_args.get(step, []))
-                _run_step(argv)
+                argv = _step_argv(options.parser, step, subject, folder, options.step_args.get(step, []))
+                _run_step(options.parser, argv)
                 _save_json(marker, {"argv": argv, "seconds": round(time.time() - start, 3)})
             row["steps"].append(step)
             if step == "prepare":
@@ -183,10 +190,9 @@ def run_subject(task: Task, options: BatchOptions) -> dict:
     return row
 
 
-def _run_step(argv: list[str]) -> None:
+def _run_step(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str]) -> None:
     """One step through the command line's own function; its printout goes to this worker's
     log. A non-zero exit is an error naming the step."""
-    from .cli import build_parser
     args = build_parser().parse_args(argv)
     code = args.func(args)
     if code:
@@ -293,7 +299,7 @@ def write_summary(out: Path, rows: list[dict], seconds: float, options: BatchOpt
     from .fileio import atomic_path
     counts = {s: sum(r["state"] == s for r in rows) for s in (STATE_DONE, STATE_SKIPPED, STATE_FAILED)}
     meta = {"seconds": round(seconds, 3), "subjects": len(rows), **counts,
-            "options": {**asdict(options), "steps": list(options.steps)}}
+            "options": {**{k: v for k, v in asdict(options).items() if k != "parser"}, "steps": list(options.steps)}}
     json_path, csv_path = out / f"{SUMMARY}.json", out / f"{SUMMARY}.csv"
     _save_json(json_path, {"batch": meta, "subjects": rows})
     with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as fh:

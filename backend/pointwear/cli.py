@@ -8,6 +8,8 @@ from pathlib import Path
 
 from . import __version__
 from .errors import PointwearError
+from .link import protocol as P
+from .link.protocol import CHECKPOINT_PT
 
 
 def _floats(text: str) -> list[float]:
@@ -42,7 +44,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if args.sheet:
         from .data.subject import read_subject
         from .viz import contact_sheet
-        contact_sheet(read_subject(out), out / "contact_sheet.png")
+        contact_sheet(read_subject(out), out / P.RESULT_FILES[P.KIND_SYNTH]["sheet"])
     print(f"wrote subject {out} ({args.frames} frames, {args.size}x{args.size})")
     return 0
 
@@ -72,19 +74,12 @@ def cmd_subject_import_pbc(args: argparse.Namespace) -> int:
     return 0
 
 
-def _frame_list(text: str) -> list[int]:
-    """'0,2,4-7' -> [0, 2, 4, 5, 6, 7]"""
-    out: list[int] = []
+def _frame_list(text: str) -> list[int] | None:
+    """'0,2,4-7' -> [0, 2, 4, 5, 6, 7] (the protocol's one, bounded, frame-list parser)"""
     try:
-        for part in text.replace(" ", "").split(","):
-            if "-" in part:
-                a, b = part.split("-")
-                out.extend(range(int(a), int(b) + 1))
-            elif part:
-                out.append(int(part))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected frame numbers like 0,2,4-7, got {text!r}")
-    return out
+        return P.parse_frames(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; got {text[:80]!r}") from None
 
 
 class _TqdmProgress:
@@ -141,7 +136,7 @@ def cmd_fit_appearance(args: argparse.Namespace) -> int:
     from .appearance.fit import AppearanceOptions, fit_appearance
     options = AppearanceOptions(epochs=args.epochs, size=args.size, frames=args.frames, minutes=args.minutes,
                                 vgg=args.vgg, seed=args.seed, device=args.device)
-    if (Path(args.out) / "checkpoint.pt").exists():
+    if (Path(args.out) / CHECKPOINT_PT).exists():
         print(f"resuming from {Path(args.out) / 'checkpoint.pt'}")
     progress = _TqdmProgress()
     try:
@@ -242,8 +237,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(certificate_fingerprint(cert))
         return 0
     from .server import serve
+    from .server.app import ServerLimits
+    limits = ServerLimits(max_queued=args.max_queued, max_connections=args.max_connections,
+                          max_preauth=args.max_preauth, memory_bytes=(args.memory_limit_mb or 0) << 20)
     return serve(host=args.host, port=args.port, work=args.work, token_file=args.token_file,
-                 device=args.device, threads=args.threads, parent_pid=args.parent_pid, tls=args.tls)
+                 device=args.device, threads=args.threads, parent_pid=args.parent_pid, tls=args.tls,
+                 limits=limits)
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
@@ -254,7 +253,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     extra = {step: shlex.split(text) for step, text in (("prepare", args.prepare_args),
                                                          ("fit-outfit", args.fit_outfit_args),
                                                          ("fit-appearance", args.fit_appearance_args)) if text}
-    options = BatchOptions(steps=steps, ray_address=args.ray, cpus=args.cpus, gpus=args.gpus,
+    options = BatchOptions(parser=build_parser, steps=steps, ray_address=args.ray, cpus=args.cpus, gpus=args.gpus,
                            cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task,
                            retries=args.retries, use_ray=not args.no_ray, step_args=extra)
     rows = run_batch(args.subjects, args.out, options)
@@ -404,6 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parent-pid", type=int, default=None,
                    help="stop when this process is gone (the add-on passes Blender's pid, so a killed "
                         "Blender leaves no backend behind)")
+    p.add_argument("--max-queued", type=int, default=P.MAX_QUEUED_JOBS, help="waiting jobs (more: queue_full)")
+    p.add_argument("--max-connections", type=int, default=P.MAX_CONNECTIONS, help="open connections (more: busy)")
+    p.add_argument("--max-preauth", type=int, default=P.MAX_PREAUTH_CONNECTIONS,
+                   help="connections that have not said hello yet (more: busy)")
+    p.add_argument("--memory-limit-mb", type=int, default=None,
+                   help="refuse jobs whose memory estimate is over this (default: 3/4 of the RAM; "
+                        "$POINTWEAR_MEMORY_LIMIT_MB)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("batch", help="prepare / fit-outfit / fit-appearance over many subjects on Ray "

@@ -37,11 +37,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..fileio import save_npz
+from ..fileio import load_npz, save_npz
 
 __all__ = ["Camera", "read_camera", "write_camera", "look_at", "intrinsics"]
 
 MAX_SIDE = 8192
+MAX_CAMERA_FRAMES = 100_000
 
 
 @dataclass
@@ -74,11 +75,9 @@ def read_camera(path: str | Path) -> Camera:
     path = Path(path)
     if not path.is_file():
         raise InputError("camera file not found", file=path)
-    try:
-        data = np.load(path, allow_pickle=False)
-        arrays = {k: np.asarray(data[k]) for k in data.files}
-    except Exception as exc:  # noqa: BLE001 - anything unreadable is the user's input problem
-        raise InputError(f"not a readable .npz ({type(exc).__name__}: {exc})", file=path) from None
+    # Bounded before anything is inflated: one K and one pose per frame at most.
+    arrays = load_npz(path, {"K": MAX_CAMERA_FRAMES * 9, "camera_from_world": MAX_CAMERA_FRAMES * 16,
+                             "image_size": 2}, keys=("K", "camera_from_world", "image_size"))
     for key in ("K", "image_size", "camera_from_world"):
         if key not in arrays:
             raise InputError(f"missing; the file has {sorted(arrays)}", file=path, field=key)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -35,10 +35,13 @@ from ..data.subject import Subject, read_subject
 from ..device import pick_device
 from ..errors import InputError
 from ..fileio import atomic_path
-from ..fit.outfit_fit import FitCancelled, split_frames
+from ..link.protocol import CHECKPOINT_PT, POSED_NPZ
+from ..fit.state import FitCancelled, split_frames
 from .frames import AppearanceFrames, load_appearance_frames, read_outfit_result, training_size
 from .losses import VGGPerceptual, dice_loss, ssim_loss
 from .model import APPEARANCE_VISIBILITY, AppearanceConfig, AppearanceModel
+from .outputs import side_by_side, write_outputs, write_png
+from .state import TrainState
 
 __all__ = ["AppearanceOptions", "AppearanceFitter", "fit_appearance", "FitCancelled"]
 
@@ -74,18 +77,6 @@ class AppearanceOptions:
     seed: int = 0
     device: str = "auto"
     threads: int = 1                   # CPU threads for torch (0: torch's default)
-
-
-@dataclass
-class TrainState:
-    epoch: int = 0                     # completed epochs
-    step: int = 0                      # optimiser steps so far
-    pos: int = 0                       # steps done in the current epoch
-    order: Tensor | None = None        # the current epoch's frame order
-    elapsed: float = 0.0               # training seconds so far (over resumes)
-    history: list = field(default_factory=list)
-    resumed_from: dict | None = None
-    losses: list = field(default_factory=list)   # this epoch's step losses
 
 
 def _round_up(x: float, m: int = 16) -> int:
@@ -136,7 +127,7 @@ class AppearanceFitter:
             {"params": self.model.descriptors.parameters(), "lr": options.lr_descriptors,
              "base_lr": options.lr_descriptors}], betas=(0.9, 0.999))
         self.vgg = VGGPerceptual(options.vgg).to(self.device) if options.vgg else None
-        self.ckpt_path = self.out / "checkpoint.pt"
+        self.ckpt_path = self.out / CHECKPOINT_PT
 
     # -- checks ---------------------------------------------------------------------------------
     def _check_masks(self) -> None:
@@ -155,7 +146,7 @@ class AppearanceFitter:
         none = [i for k, i in enumerate(self.train.ids) if not bool(self.train.visible[k].any())]
         if none:
             raise InputError(f"no outfit point is visible in training frames {none}",
-                             file=self.outfit_dir / "posed.npz", field="points",
+                             file=self.outfit_dir / POSED_NPZ, field="points",
                              hint="is this the outfit fitted on this subject? leave those frames out with --frames")
 
     def _crop_size(self) -> tuple[int, int]:
@@ -374,7 +365,6 @@ class AppearanceFitter:
         self._preview_at = now
         try:
             image = self.preview_image()
-            from .outputs import write_png
             write_png(self.out / "preview" / "latest.png", image)
         except Exception as exc:  # noqa: BLE001 - a preview never stops a fit
             warnings.warn(f"appearance preview failed, previews are off: {type(exc).__name__}: {exc}")
@@ -387,7 +377,6 @@ class AppearanceFitter:
     def preview_image(self, k: int = 0) -> np.ndarray:
         """Target | render of training frame k over grey, cut to the clothing and enlarged to
         >= 256 px high: (h, 2w, 3) uint8."""
-        from .outputs import side_by_side
         f = self.train
         rgb, mask = self.model.render(f.points[k:k + 1], f.visible[k:k + 1], f.K[k:k + 1], f.size)
         return side_by_side(f.images[k], f.masks[k], rgb[0], mask[0], f.mask_boxes[k], self.crop)
@@ -398,7 +387,6 @@ class AppearanceFitter:
         self.out.mkdir(parents=True, exist_ok=True)
         state = self.load_checkpoint()
         self.train_loop(state)
-        from .outputs import write_outputs
         return write_outputs(self, state, time.time() - t0)
 
 

@@ -19,6 +19,8 @@ from ..body import BodyModel
 from ..data.subject import Subject
 from ..drape.redrape import load_outfit
 from ..errors import InputError
+from ..fileio import load_npz
+from ..link.protocol import OUTFIT_NPZ, POSED_NPZ
 from ..fit.visibility import body_depth, visible_points
 from ..render.rasterizer import project
 from .model import scale_intrinsics
@@ -60,19 +62,16 @@ def read_outfit_result(outfit_dir: str | Path, subject: Subject) -> tuple[dict, 
     naming the file and field when they belong to another subject or body."""
     outfit_dir = Path(outfit_dir)
     outfit = load_outfit(outfit_dir)
-    outfit_file = outfit_dir / "outfit.npz"
-    posed_file = outfit_dir / "posed.npz"
+    outfit_file = outfit_dir / OUTFIT_NPZ
+    posed_file = outfit_dir / POSED_NPZ
     if not posed_file.is_file():
         raise InputError("missing: an outfit result folder from `pointwear fit-outfit` has posed.npz",
                          file=posed_file)
-    try:
-        with np.load(posed_file, allow_pickle=False) as data:
-            posed = {k: data[k] for k in data.files}
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(f"not a readable .npz ({type(exc).__name__}: {exc})", file=posed_file) from None
-    hint = "fit the outfit on this subject first: pointwear fit-outfit SUBJECT --out OUT"
     P = int(outfit["points"].shape[0])
     n = subject.num_frames
+    # Bounded by what this subject and outfit can need before anything is inflated.
+    posed = load_npz(posed_file, {"points": n * P * 3})
+    hint = "fit the outfit on this subject first: pointwear fit-outfit SUBJECT --out OUT"
     if "points" not in posed:
         raise InputError("missing key", file=posed_file, field="points")
     pts = posed["points"]

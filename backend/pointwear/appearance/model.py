@@ -46,6 +46,7 @@ from ..render.rasterizer import project
 from ..render.splat import splat
 from .descriptors import PointDescriptors
 from .unet import RenderNet
+from ..link.protocol import APPEARANCE_PT
 
 __all__ = ["AppearanceConfig", "AppearanceModel", "APPEARANCE_VISIBILITY", "RENDER_MARGIN_PX",
            "scale_intrinsics", "load_appearance", "FORMAT"]
@@ -273,7 +274,7 @@ def load_appearance(path: str | Path, device: torch.device | str = "cpu") -> App
     """Read `appearance.pt` (weights_only=True) into an AppearanceModel."""
     path = Path(path)
     if path.is_dir():
-        path = path / "appearance.pt"
+        path = path / APPEARANCE_PT
     if not path.is_file():
         raise InputError("no appearance.pt here: is this a finished fit-appearance result folder?", file=path)
     try:

@@ -27,6 +27,7 @@ from ..fileio import atomic_path
 from ..fit.visibility import body_depth, visible_points
 from .camera import read_camera
 from .model import AppearanceModel, load_appearance, rgba_uint8
+from ..link.protocol import APPEARANCE_PT, OUTFIT_NPZ, RENDER_JSON
 
 __all__ = ["render_sequence", "check_outfit_for_appearance"]
 
@@ -61,11 +62,11 @@ def render_sequence(app_dir: str | Path, out: str | Path, motion: str | Path, ca
     if dev.type == "cpu" and threads > 0:
         torch.set_num_threads(threads)   # as fitting: spinning OpenMP threads cost more than they give here
     app_dir = Path(app_dir)
-    app_file = app_dir / "appearance.pt" if app_dir.is_dir() else app_dir
+    app_file = app_dir / APPEARANCE_PT if app_dir.is_dir() else app_dir
     model = load_appearance(app_file, dev)
     outfit_dir = Path(outfit_dir) if outfit_dir is not None else app_file.parent
     outfit = load_outfit(outfit_dir)
-    outfit_file = outfit_dir / "outfit.npz"
+    outfit_file = outfit_dir / OUTFIT_NPZ
     check_outfit_for_appearance(model, outfit, outfit_file, app_file)
 
     cam = read_camera(camera)
@@ -125,7 +126,7 @@ def render_sequence(app_dir: str | Path, out: str | Path, motion: str | Path, ca
                "cancelled": cancelled,
                "timing_note": "compute = pose + visibility (body raster) + splat + U-Net per frame, no file "
                               "writing; seconds/frames_per_second include writing the PNGs"}
-    with atomic_path(out / "render.json") as tmp:
+    with atomic_path(out / RENDER_JSON) as tmp:
         tmp.write_text(json.dumps(summary, indent=1))
     return summary
 

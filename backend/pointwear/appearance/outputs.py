@@ -26,7 +26,6 @@ import json
 import math
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import imageio.v3 as iio
 import numpy as np
@@ -34,13 +33,17 @@ import torch
 from torch import Tensor
 
 from ..fileio import atomic_path, save_npz
+from ..fit.state import FitCancelled
+from ..link.protocol import (APPEARANCE_PT, BODY_NPZ, KIND_FIT_APPEARANCE, OUTFIT_NPZ, OUTFIT_PLY, POSED_NPZ,
+                             RESULT_FILES, RESULT_JSON)
+
+FILES = RESULT_FILES[KIND_FIT_APPEARANCE]
 from .bake import bake_colors, baseline_render
 from .frames import AppearanceFrames
 from .losses import mask_iou, masked_ssim, psnr
 from .model import AppearanceModel, rgba_uint8, to_uint8
+from .state import FitterView, TrainState
 
-if TYPE_CHECKING:
-    from .fit import AppearanceFitter, TrainState
 
 __all__ = ["write_outputs", "evaluate", "write_png", "side_by_side"]
 
@@ -124,8 +127,7 @@ def _means(rows: list[dict], prefix: str = "") -> dict:
     return out
 
 
-def write_outputs(fitter: "AppearanceFitter", state: "TrainState", seconds: float) -> dict:
-    from .fit import FitCancelled
+def write_outputs(fitter: FitterView, state: TrainState, seconds: float) -> dict:
 
     def check_cancel() -> None:   # the training is done and checkpointed: a re-run only redoes this part
         if fitter.should_stop():
@@ -147,16 +149,16 @@ def write_outputs(fitter: "AppearanceFitter", state: "TrainState", seconds: floa
     held_rows, held_renders = evaluate(model, held, colors, keep=True) if held is not None else ([], [])
     fitter.progress("evaluate", 2, 2)
     check_cancel()
-    model.save(out / "appearance.pt")
+    model.save(out / APPEARANCE_PT)
 
-    (out / "heldout").mkdir(parents=True, exist_ok=True)
+    (out / FILES["heldout"]).mkdir(parents=True, exist_ok=True)
     for row, (rgb, mask) in zip(held_rows, held_renders):
-        write_png(out / "heldout" / f"{row['frame']:06d}.png", rgba_uint8(rgb, mask))
+        write_png(out / FILES["heldout"] / f"{row['frame']:06d}.png", rgba_uint8(rgb, mask))
     sheet = None
     if held is not None and held_renders:
         pairs = [side_by_side(held.images[k].cpu(), held.masks[k].cpu(), rgb, mask, held.mask_boxes[k].cpu(),
                               fitter.crop) for k, (rgb, mask) in enumerate(held_renders)]
-        sheet = write_png(out / "heldout_sheet.png", _tile(pairs))
+        sheet = write_png(out / FILES["sheet"], _tile(pairs))
 
     write_result_folder(fitter, colors)
     for r in train_rows:
@@ -180,10 +182,10 @@ def write_outputs(fitter: "AppearanceFitter", state: "TrainState", seconds: floa
         "colors_seen": {"points": int((seen > 0).sum()), "of": int(len(seen))},
         "frames": train_rows + held_rows, "history": state.history,
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(o).items()},
-        "files": {"appearance": "appearance.pt", "outfit": "outfit.npz", "heldout": "heldout",
-                  "sheet": "heldout_sheet.png" if sheet else None},
+        "files": {"appearance": APPEARANCE_PT, "outfit": OUTFIT_NPZ, "heldout": FILES["heldout"],
+                  "sheet": FILES["sheet"] if sheet else None},
     }
-    with atomic_path(out / "result.json") as tmp:
+    with atomic_path(out / RESULT_JSON) as tmp:
         tmp.write_text(json.dumps(result, indent=1))
     return result
 
@@ -201,14 +203,14 @@ def _tile(pairs: list[np.ndarray], per_row: int = 4) -> np.ndarray:
     return np.concatenate(rows, 0)
 
 
-def write_result_folder(fitter: "AppearanceFitter", colors: np.ndarray) -> None:
+def write_result_folder(fitter: FitterView, colors: np.ndarray) -> None:
     """outfit.npz (+ colors, descriptors), outfit.ply with colours, body.npz and posed.npz."""
     out, src = fitter.out, fitter.outfit_dir
     arrays = dict(fitter.outfit)
     arrays["colors"] = colors.astype(np.float32)
     arrays["descriptors"] = fitter.model.descriptors.descriptors.detach().cpu().numpy().astype(np.float32)
-    save_npz(out / "outfit.npz", **arrays)
-    for name in ("body.npz", "posed.npz"):
+    save_npz(out / OUTFIT_NPZ, **arrays)
+    for name in (BODY_NPZ, POSED_NPZ):
         if (src / name).resolve() != (out / name).resolve():
             with atomic_path(out / name) as tmp:
                 shutil.copyfile(src / name, tmp)
@@ -219,5 +221,5 @@ def write_result_folder(fitter: "AppearanceFitter", colors: np.ndarray) -> None:
         geom = trimesh.Trimesh(rest, np.asarray(arrays["faces"]), vertex_colors=rgba, process=False)
     else:
         geom = trimesh.PointCloud(rest, colors=rgba)
-    with atomic_path(out / "outfit.ply") as tmp:
+    with atomic_path(out / OUTFIT_PLY) as tmp:
         geom.export(tmp, file_type="ply")

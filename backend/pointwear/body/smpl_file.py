@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import math
 import operator
 import os
 import pickle
@@ -56,8 +57,11 @@ WEIGHT_SUM_TOLERANCE = 1e-3
 ROOT_PARENT_VALUES = (-1, 2 ** 32 - 1)      # SMPL files store the root's parent as uint32(-1)
 
 _MAX_NESTING = 8
-_MAX_DENSE_ELEMENTS = 10 ** 8      # a densified J_regressor larger than this is not a body
+_MAX_VERTICES = 200_000             # SMPL has 6890 vertices, SMPL-X 10475
+_MAX_DENSE_ELEMENTS = 64 * _MAX_VERTICES   # a densified J_regressor larger than this is not a body
+_MAX_ARRAY_ELEMENTS = 32 << 20    # the largest array of a body model: posedirs of SMPL-X, 15 M
 _MAX_NPZ_BYTES = 2 ** 30           # SMPL's arrays unpack to ~50 MB, SMPL-X's to a few hundred
+_MAX_FILE_BYTES = 2 ** 30          # the official SMPL .pkl files are 37-250 MB
 
 _LAYOUT_HINT = ("pass the .pkl/.npz file itself, or a folder laid out like smplx's model folder: "
                 "DIR/smpl/SMPL_NEUTRAL.pkl, DIR/smpl/SMPL_MALE.pkl, DIR/smpl/SMPL_FEMALE.pkl")
@@ -311,6 +315,9 @@ def _to_ndarray(value: Any, source, field: str, depth: int = 0) -> np.ndarray:
     if depth > _MAX_NESTING:
         raise BodyModelError("nested too deeply to be an array", file=source, field=field)
     if isinstance(value, np.ndarray):
+        if value.size > _MAX_ARRAY_ELEMENTS:
+            raise BodyModelError(f"shape {_fmt(value.shape)} is far larger than any body model's",
+                                 file=source, field=field, hint=_REDOWNLOAD_HINT)
         return value
     if isinstance(value, _ChumpyStandIn):
         value = _ChumpyStandIn._chumpy_value(value, source, field)
@@ -407,6 +414,11 @@ def _listing(folder: Path) -> dict[str, str]:
 
 
 def _read_raw(file: Path) -> dict[str, Any]:
+    from ..link.arrays import ArrayFileError, check_regular_file
+    try:   # a pipe would block the reader, a huge file exhaust memory: refused before reading
+        check_regular_file(file, _MAX_FILE_BYTES)
+    except ArrayFileError as exc:
+        raise BodyModelError(exc.message, file=file, hint=_LAYOUT_HINT) from None
     suffix = file.suffix.lower()
     if suffix == ".npz":
         return _read_npz(file)
@@ -426,6 +438,14 @@ def _read_raw(file: Path) -> dict[str, Any]:
 
 
 def _read_npz(file: Path) -> dict[str, Any]:
+    from ..link.arrays import ArrayFileError, npz_headers
+    try:   # every member's shape from its header first: nothing large is inflated blindly
+        for key, (shape, _dtype) in npz_headers(file).items():
+            if math.prod(shape) > _MAX_ARRAY_ELEMENTS:
+                raise BodyModelError(f"shape {_fmt(shape)} is far larger than any body model's",
+                                     file=file, field=key, hint=_REDOWNLOAD_HINT)
+    except ArrayFileError as exc:
+        raise BodyModelError(exc.message, file=file, hint=_REDOWNLOAD_HINT) from None
     try:
         archive = np.load(file, allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 - BadZipFile, OSError, ValueError, EOFError ...
@@ -613,6 +633,21 @@ def _latin1_encode(text: Any, encoding: str = "utf-8", errors: str = "strict") -
     return text.encode("latin1", errors)
 
 
+class _BoundedNdarray(np.ndarray):
+    """numpy.ndarray as a pickle may call it: ``ndarray(shape)`` allocates the whole shape
+    (uninitialised) from a few bytes of pickle, so shapes over the model limit are refused.
+    numpy's own pickles only pass it to _reconstruct, which never calls ``__new__``."""
+
+    def __new__(cls, shape, *args: Any, **kwargs: Any) -> np.ndarray:
+        try:
+            size = int(np.prod(np.asarray(shape, dtype=np.int64)))
+        except Exception:  # noqa: BLE001
+            raise pickle.UnpicklingError(f"bad array shape {str(shape)[:80]}") from None
+        if not 0 <= size <= _MAX_ARRAY_ELEMENTS:
+            raise pickle.UnpicklingError(f"an array of shape {str(shape)[:80]} is far larger than any body model's")
+        return np.ndarray(shape, *args, **kwargs)
+
+
 _NUMPY_RECONSTRUCT = np.zeros(1).__reduce__()[0]
 _NUMPY_SCALAR = np.float64(0).__reduce__()[0]
 _NUMPY_FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]
@@ -627,7 +662,7 @@ for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
     _ALLOWED[(_mod, "scalar")] = _NUMPY_SCALAR
 for _mod in ("numpy.core.numeric", "numpy._core.numeric"):
     _ALLOWED[(_mod, "_frombuffer")] = _NUMPY_FROMBUFFER
-_ALLOWED[("numpy", "ndarray")] = np.ndarray
+_ALLOWED[("numpy", "ndarray")] = _BoundedNdarray
 _ALLOWED[("numpy", "dtype")] = np.dtype
 for _mod in ("builtins", "__builtin__"):
     for _name, _obj in (("set", set), ("frozenset", frozenset), ("object", object),

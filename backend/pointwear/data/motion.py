@@ -31,29 +31,13 @@ def read_motion(path: str | Path, up: str = "z") -> Motion:
     joints get zero rotation). `up` is the file's up axis: AMASS is Z-up; "y" leaves it as is.
     The Z-up -> Y-up turn is applied to the root orientation; `transl` is turned too, and
     `to_y_up` needs the body's pelvis to finish the job (rotation is about the pelvis)."""
+    from ..link.arrays import ArrayFileError, read_amass
     path = Path(path)
-    if not path.is_file():
-        raise InputError("motion file not found", file=path)
     try:
-        data = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise InputError(f"not a readable .npz ({exc})", file=path) from exc
-    for key in ("poses", "trans"):
-        if key not in data:
-            raise InputError(f"missing key; the file has {sorted(data.keys())}", file=path, field=key)
-    poses = np.asarray(data["poses"], np.float64)
-    trans = np.asarray(data["trans"], np.float64)
-    if poses.ndim != 2 or poses.shape[1] < 66 or poses.shape[1] % 3:
-        raise InputError(f"expected (T, 72) or (T, 3J) with J >= 22, got {poses.shape}", file=path, field="poses")
-    if trans.shape != (poses.shape[0], 3):
-        raise InputError(f"expected ({poses.shape[0]}, 3) to match poses, got {trans.shape}", file=path, field="trans")
-    if not (np.isfinite(poses).all() and np.isfinite(trans).all()):
-        raise InputError("contains NaN or inf", file=path, field="poses/trans")
-    if poses.shape[1] != 72:
-        poses = np.concatenate([poses[:, :66], np.zeros((len(poses), 6))], 1)
-    fps = float(data["mocap_framerate"]) if "mocap_framerate" in data else \
-        float(data["mocap_frame_rate"]) if "mocap_frame_rate" in data else 30.0
-    betas = np.asarray(data["betas"], np.float32).reshape(-1) if "betas" in data else None
+        data = read_amass(path)       # the one AMASS reader, shared with the add-on (bounded)
+    except ArrayFileError as exc:
+        raise InputError(exc.message, file=exc.file, field=exc.field) from None
+    poses, trans, fps, betas = data["poses"], data["trans"], data["fps"], data["betas"]
     if up not in ("y", "z"):
         raise InputError(f"up must be 'y' or 'z', got {up!r}", field="up")
     orient = poses[:, :3]

@@ -58,6 +58,11 @@ _FRAME_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "I", "I;16", "I;16B", 
 _MASK_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 _LABEL_MODES = {"L", "P"}
 _SMPL_PER_FRAME = {"global_orient": (3,), "body_pose": (69,), "transl": (3,), "K": (3, 3)}
+# Bounds checked before anything is decoded or inflated (docs/reliability.md).
+MAX_IMAGE_SIDE = 16384
+MAX_IMAGE_PIXELS = 64 << 20        # 64 Mpx per frame
+MAX_FRAMES = 100_000
+MAX_BETAS = 300
 
 
 class SubjectWarning(UserWarning):
@@ -130,14 +135,14 @@ class Subject:
         path = self._image_path(FRAMES_DIR, i)
         with _open_image(path, "frame") as img:
             self._check_size(img, path)
-            return image_to_rgb(img, path)
+            return decode_image(img, path, "frame", image_to_rgb)
 
     def mask(self, i: int) -> np.ndarray:
         """Clothing mask of frame `i` as bool (H, W), thresholded at half the value range."""
         path = self._image_path(MASKS_DIR, i)
         with _open_image(path, "mask") as img:
             self._check_size(img, path)
-            values, full = image_to_mask_values(img, path)
+            values, full = decode_image(img, path, "mask", image_to_mask_values)
         return values > 0.5 * full
 
     def labels(self, i: int) -> np.ndarray | None:
@@ -147,7 +152,7 @@ class Subject:
         path = self._image_path(LABELS_DIR, i)
         with _open_image(path, "labels") as img:
             self._check_size(img, path)
-            return _label_array(img, path)
+            return decode_image(img, path, "labels", _label_array)
 
     def _image_path(self, folder: str, i: int) -> Path:
         if not 0 <= i < self.num_frames:
@@ -212,15 +217,34 @@ def _label_array(img: Image.Image, path: Path) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8).copy()
 
 
+def decode_image(img: Image.Image, path: Path, what: str, decode: Callable) -> Any:
+    """`decode(img, path)` with the failures of a truncated or corrupt file (PIL raises OSError,
+    SyntaxError, zlib errors as ValueError...) as a SubjectError naming the file."""
+    try:
+        return decode(img, path)
+    except SubjectError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        raise SubjectError(f"cannot decode {what} image ({type(exc).__name__}: {exc}): a truncated or "
+                           "corrupt PNG", file=path, field=path.parent.name,
+                           hint="write the image again") from None
+
+
 def _open_image(path: Path, what: str) -> Image.Image:
-    """Open lazily (header only); a missing or unreadable file becomes a SubjectError."""
+    """Open lazily (header only); a missing or unreadable file becomes a SubjectError, and so does
+    one whose header promises more than MAX_IMAGE_PIXELS (a decompression bomb)."""
     if not path.is_file():
         raise SubjectError(f"{what} image is missing", file=path, field=path.parent.name)
     try:
-        return Image.open(path)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        img = Image.open(path)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise SubjectError(f"cannot read {what} image: {exc}", file=path,
                            field=path.parent.name) from exc
+    if img.width * img.height > MAX_IMAGE_PIXELS:
+        img.close()
+        raise SubjectError(f"{what} image is {img.height}x{img.width}, over {MAX_IMAGE_PIXELS} pixels",
+                           file=path, field=path.parent.name)
+    return img
 
 
 def _check_image_size(img: Image.Image, path: Path, image_size: tuple[int, int]) -> None:
@@ -263,14 +287,15 @@ def _check_meta_scalars(meta: dict, file: Path | str) -> None:
     if not _is_number(fps) or not math.isfinite(fps) or fps <= 0:
         raise SubjectError(f"must be a positive number, got {fps!r}", file=file, field="fps")
     frames = meta["frames"]
-    if not _is_int(frames) or frames < 1:
-        raise SubjectError(f"must be a positive integer, got {frames!r}", file=file,
+    if not _is_int(frames) or not 1 <= frames <= MAX_FRAMES:
+        raise SubjectError(f"must be an integer 1..{MAX_FRAMES}, got {str(frames)[:40]}", file=file,
                            field="frames")
     size = meta["image_size"]
     if (not isinstance(size, (list, tuple)) or len(size) != 2
-            or not all(_is_int(v) and v >= 1 for v in size)):
-        raise SubjectError(f"must be [H, W] with positive integers, got {size!r}", file=file,
-                           field="image_size")
+            or not all(_is_int(v) and 1 <= v <= MAX_IMAGE_SIDE for v in size)
+            or size[0] * size[1] > MAX_IMAGE_PIXELS):
+        raise SubjectError(f"must be [H, W] with integers 1..{MAX_IMAGE_SIDE} and at most "
+                           f"{MAX_IMAGE_PIXELS} pixels, got {str(size)[:80]}", file=file, field="image_size")
     if not isinstance(meta["source"], str):
         raise SubjectError(f"must be a string, got {meta['source']!r}", file=file,
                            field="source")
@@ -587,7 +612,7 @@ def _load_meta(path: Path) -> dict:
 def _load_smpl(path: Path, n: int, size: tuple[int, int]) -> tuple[SmplParams, np.ndarray]:
     if not path.is_file():
         raise SubjectError("missing", file=path, field=SMPL_NPZ)
-    arrays = _read_npz(path)
+    arrays = _read_npz(path, n)
     check_smpl_arrays(arrays, n, path)
     file_size = arrays["image_size"]
     if file_size.shape != (2,) or tuple(int(v) for v in file_size) != size:
@@ -600,26 +625,21 @@ def _load_smpl(path: Path, n: int, size: tuple[int, int]) -> tuple[SmplParams, n
     return smpl, K
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
+def _read_npz(path: Path, n: int) -> dict[str, np.ndarray]:
+    """smpl.npz's arrays, each bounded by its expected size (n frames) before it is inflated."""
+    from ..link.arrays import ArrayFileError, load_npz
     keys = ("betas",) + tuple(_SMPL_PER_FRAME) + ("image_size",)
+    limits = {"betas": MAX_BETAS, "image_size": 2,
+              **{k: n * math.prod(tail) for k, tail in _SMPL_PER_FRAME.items()}}
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in keys if k not in npz.files]
-            if missing:
-                raise SubjectError(f"missing key(s) {', '.join(missing)}", file=path,
-                                   field=missing[0], hint=f"required: {', '.join(keys)}")
-            return {k: _npz_entry(npz, k, path) for k in keys}
-    except SubjectError:
-        raise
-    except Exception as exc:  # zipfile / format errors vary by numpy version
-        raise SubjectError(f"not a readable .npz: {exc}", file=path, field="(file)") from exc
-
-
-def _npz_entry(npz: Any, key: str, path: Path) -> np.ndarray:
-    try:
-        return np.asarray(npz[key])
-    except ValueError as exc:  # object arrays need pickle, which we never allow
-        raise SubjectError(f"cannot load array: {exc}", file=path, field=key) from exc
+        arrays = load_npz(path, limits, keys=keys)
+    except ArrayFileError as exc:
+        raise SubjectError(exc.message, file=path, field=exc.field or "(file)") from None
+    missing = [k for k in keys if k not in arrays]
+    if missing:
+        raise SubjectError(f"missing key(s) {', '.join(missing)}", file=path,
+                           field=missing[0], hint=f"required: {', '.join(keys)}")
+    return arrays
 
 
 def _check_image_dir(root: Path, folder: str, n: int) -> None:
@@ -641,6 +661,8 @@ def _check_image_dir(root: Path, folder: str, n: int) -> None:
 
 def _check_headers(folder: Path, n: int, size: tuple[int, int], modes: set[str],
                    what: str) -> None:
+    """Size and mode of each image, and its whole file read through (chunk CRCs, no truncation)
+    without decoding the pixels."""
     for i in range(n):
         path = folder / image_name(i)
         with _open_image(path, what) as img:
@@ -648,6 +670,7 @@ def _check_headers(folder: Path, n: int, size: tuple[int, int], modes: set[str],
             if img.mode not in modes:
                 raise SubjectError(f"unsupported image mode {img.mode!r}", file=path,
                                    field="mode")
+            decode_image(img, path, what, lambda im, _p: im.verify())
 
 
 def _check_masks(folder: Path, n: int, size: tuple[int, int]) -> None:
@@ -658,7 +681,7 @@ def _check_masks(folder: Path, n: int, size: tuple[int, int]) -> None:
         path = folder / image_name(i)
         with _open_image(path, "mask") as img:
             _check_image_size(img, path, size)
-            values, full = image_to_mask_values(img, path)
+            values, full = decode_image(img, path, "mask", image_to_mask_values)
         between = (values > 0.1 * full) & (values < 0.9 * full)
         if between.mean() > MASK_SOFT_FRACTION:
             soft.append(f"{path.name} ({between.mean():.0%})")

@@ -12,15 +12,21 @@ from ..body import load_body
 from ..body.export import export_body
 from ..data.motion import pelvis_fix, read_motion
 from ..errors import InputError
-from ..fileio import save_npz
+from ..fileio import load_npz, save_npz
 from . import drape_from_id
+from ..link.protocol import BODY_NPZ, OUTFIT_NPZ, POSED_NPZ
+
+
+MAX_OUTFIT_POINTS = 2_000_000
+OUTFIT_LIMITS = {"points": 3 * MAX_OUTFIT_POINTS, "weights": 24 * MAX_OUTFIT_POINTS,
+                 "offsets": 3 * MAX_OUTFIT_POINTS, "colors": 4 * MAX_OUTFIT_POINTS, "code": 4096, "betas": 300}
 
 
 def load_outfit(result_dir: str | Path) -> dict[str, np.ndarray]:
-    path = Path(result_dir) / "outfit.npz"
+    path = Path(result_dir) / OUTFIT_NPZ
     if not path.is_file():
-        raise InputError("no outfit.npz here: is this a finished fit-outfit result folder?", file=path)
-    data = dict(np.load(path, allow_pickle=False))
+        raise InputError(f"no {OUTFIT_NPZ} here: is this a finished fit-outfit result folder?", file=path)
+    data = load_npz(path, OUTFIT_LIMITS)
     for key in ("points", "weights", "code", "drape", "betas"):
         if key not in data:
             raise InputError("missing key", file=path, field=key)
@@ -34,7 +40,11 @@ def redraped_points(outfit: dict[str, np.ndarray], body, betas=None, checkpoint:
     model and code, free-form offsets carried over: points (P,3), weights (P,24), betas (1,S).
     The point order is the drape's, the same for every body, so per-point data (colours,
     descriptors) follows each point."""
-    drape = drape_from_id(str(outfit["drape"]), body, checkpoint)
+    drape_id = str(outfit["drape"])
+    if checkpoint is not None and not drape_id.startswith("neural"):
+        raise InputError(f"applies to a neural drape only; this outfit was fitted with the {drape_id} drape",
+                         file=checkpoint, field="checkpoint", hint="leave --checkpoint out for this result")
+    drape = drape_from_id(drape_id, body, checkpoint)
     new_betas = body.betas_tensor(outfit["betas"] if betas is None else betas)
     code = torch.as_tensor(outfit["code"], dtype=torch.float32, device=body.device)[None]
     d = drape(drape.constrain(code), new_betas)
@@ -56,13 +66,13 @@ def redrape(result_dir: str | Path, out: str | Path, betas=None, motion: str | P
     outfit = load_outfit(result_dir)
     out = Path(out)
     body = load_body(str(outfit.get("body", "default")), str(outfit.get("gender", "neutral")), device="cpu")
-    rest, weights, new_betas = redraped_points(outfit, body, betas, checkpoint, Path(result_dir) / "outfit.npz")
+    rest, weights, new_betas = redraped_points(outfit, body, betas, checkpoint, Path(result_dir) / OUTFIT_NPZ)
     # Per-point data follows the point index: an appearance result keeps its colours and descriptors.
     extra = {k: outfit[k] for k in ("faces", "garment", "garment_names", "params", "body", "gender", "colors", "descriptors")
              if k in outfit}
-    save_npz(out / "outfit.npz", points=rest.numpy().astype(np.float32), weights=weights.numpy().astype(np.float32),
+    save_npz(out / OUTFIT_NPZ, points=rest.numpy().astype(np.float32), weights=weights.numpy().astype(np.float32),
              code=outfit["code"], drape=outfit["drape"], betas=new_betas[0].numpy(), **extra)
-    export_body(body, out / "body.npz", new_betas)
+    export_body(body, out / BODY_NPZ, new_betas)
     if motion is not None:
         m = read_motion(motion, up=up)
         _, joints = body.shaped(new_betas)
@@ -72,6 +82,6 @@ def redrape(result_dir: str | Path, out: str | Path, betas=None, motion: str | P
             sl = slice(s, s + chunk)
             frames.append(body.pose_points(rest[None], weights, new_betas, m.global_orient[sl], m.body_pose[sl],
                                            transl[sl]).numpy())
-        save_npz(out / "posed.npz", points=np.concatenate(frames).astype(np.float32), fps=np.float32(m.fps),
+        save_npz(out / POSED_NPZ, points=np.concatenate(frames).astype(np.float32), fps=np.float32(m.fps),
                  global_orient=m.global_orient, body_pose=m.body_pose, transl=transl)
     return out

@@ -17,6 +17,7 @@ from ..errors import InputError
 from ..fileio import atomic_path
 from .metrics import chamfer_3d
 from .outputs import evaluate_points
+from ..link.protocol import POSED_NPZ, RESULT_JSON
 
 
 def body_baseline(body: BodyModel, subject: Subject, count: int = 8192, seed: int = 0) -> torch.Tensor:
@@ -38,14 +39,14 @@ def evaluate_outfit(result_dir: str | Path, subject_dir: str | Path) -> dict:
     result_dir = Path(result_dir)
     subject = read_subject(subject_dir)
     load_outfit(result_dir)   # fails clearly when this is not a finished fit
-    posed_path = result_dir / "posed.npz"
+    posed_path = result_dir / POSED_NPZ
     if not posed_path.is_file():
         raise InputError("missing: run fit-outfit to the end first", file=posed_path)
     posed = torch.as_tensor(np.load(posed_path)["points"])
     if posed.shape[0] != subject.num_frames:
         raise InputError(f"has {posed.shape[0]} frames but the subject has {subject.num_frames}: "
                          "is this the subject the outfit was fitted to?", file=posed_path, field="points")
-    info = json.loads((result_dir / "result.json").read_text()) if (result_dir / "result.json").exists() else {}
+    info = json.loads((result_dir / RESULT_JSON).read_text()) if (result_dir / RESULT_JSON).exists() else {}
     train = set(info.get("train_frames", []))
     held = [i for i in range(subject.num_frames) if i not in train] or list(range(subject.num_frames))
     body = load_body(subject.meta.get("body", "default"), subject.meta.get("gender", "neutral"), device="cpu")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -20,111 +20,16 @@ from ..device import pick_device
 from ..drape.base import DrapeModel
 from ..errors import InputError
 from ..garment.families import outfit_families
+from ..link.protocol import CHECKPOINT_PT
 from ..render.rasterizer import project
 from .frames import FrameSet, load_frames
 from .losses import chamfer_2d, soft_coverage_loss
-from .refine import RefineOptions
+from .outputs import _overlay, write_outputs
 from .selection import (UNION, CandidateSpec, assign_labels, join_winners, label_groups, labelled_candidates,
                         unlabelled_candidates)
+from .state import (  # noqa: F401 - re-exported: callers import them from here
+    Best, Candidate, FitCancelled, FitOptions, FitState, Preview, Progress, _groups, split_frames)
 from .visibility import visible_points
-
-Progress = Callable[[str, int, int], None]
-Preview = Callable[[np.ndarray, str, int], None]   # (H, W, 3) uint8 image, stage, step
-
-
-class FitCancelled(Exception):
-    """Raised when `should_stop` turns true; the last checkpoint is kept for a resume."""
-
-
-@dataclass
-class FitOptions:
-    drape: str = "parametric"          # "parametric" | "neural" | a neural checkpoint path
-    template: str | None = None        # parametric only: fix the garments ("tshirt+skirt", families.py)
-    labels: str = "auto"               # "auto": fit each garment to its own label mask when labels/ exists; "off"
-    outfits: tuple[str, ...] | None = None   # unlabelled selection among these outfits only (None: all)
-    prune_after: int = 20              # coarse step at which the outfit candidates are pruned ...
-    keep: int = 3                      # ... to this many per label (or overall without labels)
-    select_codes: int = 2              # random codes per candidate while more than `keep` compete
-    garment_penalty: float = 0.04      # selection: score x (1 + this per garment beyond one per mask)
-    frames: list[int] | None = None    # frames to fit; the rest are held out
-    codes: int = 4                     # random codes per template (coarse stage)
-    coarse_steps: int = 100
-    fine_steps: int = 100
-    refine_steps: int = 0              # free-form offsets along normals (kept if held-out improves)
-    refine: RefineOptions = field(default_factory=RefineOptions)
-    score_every: int = 20
-    frames_per_step: int = 4           # frames sampled per step (all when fewer)
-    lr: float | None = None            # default: 0.1 (neural, as the paper) / 0.05 (parametric)
-    coverage_weight: float = 0.002     # soft IoU splats reach past the points: strong weights shrink the fit
-    prior_weight: float = 1e-5        # the Chamfer is ~5e-3 at a good fit: keep the prior a tie-breaker
-    visibility_threshold: float = 0.02
-    seed: int = 0
-    device: str = "auto"
-    checkpoint_every: int = 20
-    threads: int = 1                   # CPU threads for torch (0: torch's default); see below
-
-
-@dataclass
-class Candidate:
-    """One drape model (an outfit) and the codes optimised for it; `spec` says which mask each
-    of its garments is scored against (None: the whole clothing mask)."""
-    drape: DrapeModel
-    codes: torch.Tensor
-    optimizer: torch.optim.Optimizer | None = None
-    spec: CandidateSpec | None = None
-
-    @property
-    def key(self) -> str:
-        return self.spec.key if self.spec is not None else self.drape.drape_id
-
-    @property
-    def targets(self) -> tuple[int, ...] | None:
-        return None if self.spec is None else self.spec.targets
-
-    @property
-    def extra_garments(self) -> int:
-        """Garments beyond the first per mask (the complexity penalised: a jacket over a shirt
-        must explain its mask better than the jacket alone)."""
-        if self.spec is None:
-            return 0
-        return len(self.spec.targets) - len(set(self.spec.targets))
-
-
-@dataclass
-class Best:
-    score: float = float("inf")
-    drape_id: str = ""
-    code: torch.Tensor | None = None
-    stage: str = ""
-
-
-@dataclass
-class FitState:
-    stage: str = "coarse"
-    step: int = 0
-    best: Best = field(default_factory=Best)
-    history: list = field(default_factory=list)
-    cand_best: dict = field(default_factory=dict)   # candidate key -> its best held-out score
-
-
-def _groups(key: str) -> str:
-    """The masks a candidate key is scored on ("" = the clothing mask, "1" = label 1, ...)."""
-    return key.partition("@")[2]
-
-
-def split_frames(n: int, frames: list[int] | None) -> tuple[list[int], list[int]]:
-    """Training frames and held-out frames. Default: every fourth frame is held out."""
-    if frames is not None:
-        bad = [f for f in frames if not 0 <= f < n]
-        if bad:
-            raise InputError(f"frames {bad} out of range 0..{n - 1}", field="--frames")
-        train = sorted(set(frames))
-    elif n >= 4:
-        train = [i for i in range(n) if i % 4 != 3]
-    else:
-        train = list(range(n))
-    held = [i for i in range(n) if i not in train]
-    return train, held
 
 
 def slerp_mean(codes: torch.Tensor) -> torch.Tensor:
@@ -165,7 +70,7 @@ class OutfitFitter:
         self.val = load_frames(subject, self.body, self.held_ids, self.device, labels) if self.held_ids else self.train
         self.final_targets, self._final_spec = None, None
         self.rng = torch.Generator().manual_seed(options.seed)
-        self.ckpt_path = self.out / "checkpoint.pt"
+        self.ckpt_path = self.out / CHECKPOINT_PT
         self.snapshots: list[tuple[str, int, torch.Tensor, str]] = []
 
     # -- losses ---------------------------------------------------------------------------------
@@ -525,7 +430,6 @@ class OutfitFitter:
 
     @torch.no_grad()
     def _preview_image(self, drape: DrapeModel, code: torch.Tensor, offsets: torch.Tensor | None) -> np.ndarray:
-        from .outputs import _overlay
         d = drape(drape.constrain(code.detach().to(self.device)[None]), self.betas, refresh_weights=False)
         points = d.points if offsets is None else d.points + offsets[None]
         f = self.train
@@ -543,7 +447,6 @@ class OutfitFitter:
         self.snapshots.append((stage, state.step, state.best.code.detach().cpu().clone(), state.best.drape_id))
 
     def _finish(self, drape: DrapeModel, state: FitState, offsets: torch.Tensor | None, seconds: float) -> dict:
-        from .outputs import write_outputs
         return write_outputs(self, drape, state, offsets, seconds)
 
     @torch.no_grad()

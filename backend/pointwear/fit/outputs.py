@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import imageio.v3 as iio
 import numpy as np
@@ -19,13 +18,13 @@ from ..body.upright import world_from_camera
 from ..data.subject import Subject
 from ..drape.base import DrapeModel
 from ..fileio import atomic_path, save_npz
+from ..link.protocol import BODY_NPZ, KIND_FIT_OUTFIT, OUTFIT_NPZ, OUTFIT_PLY, POSED_NPZ, RESULT_FILES, RESULT_JSON
 from ..render.rasterizer import project
 from .frames import FrameSet, load_frames
 from .metrics import chamfer_2d_pixels, mask_iou, splat_mask
+from .state import FitState, FitterView
 from .visibility import visible_points
 
-if TYPE_CHECKING:
-    from .outfit_fit import FitState, OutfitFitter
 
 
 def splat_radii(points: np.ndarray, focal: float) -> np.ndarray:
@@ -83,7 +82,7 @@ def write_posed(path: Path, body: BodyModel, subject: Subject, points: np.ndarra
                                                         smpl.transl))
 
 
-def write_outputs(fitter: "OutfitFitter", drape: DrapeModel, state: "FitState",
+def write_outputs(fitter: FitterView, drape: DrapeModel, state: FitState,
                   offsets: torch.Tensor | None, seconds: float) -> dict:
     out = fitter.out
     code = state.best.code.to(fitter.device)[None]
@@ -105,14 +104,14 @@ def write_outputs(fitter: "OutfitFitter", drape: DrapeModel, state: "FitState",
     if offsets is not None:
         extra["offsets"] = offsets.cpu().numpy().astype(np.float32)
     params = drape.describe(code[0]) if hasattr(drape, "describe") else None
-    save_npz(out / "outfit.npz", points=rest_np.astype(np.float32), weights=weights.cpu().numpy().astype(np.float32),
+    save_npz(out / OUTFIT_NPZ, points=rest_np.astype(np.float32), weights=weights.cpu().numpy().astype(np.float32),
              code=code[0].cpu().numpy().astype(np.float32), drape=np.array(drape.drape_id),
              betas=fitter.betas[0].cpu().numpy(), params=np.array(json.dumps(params)),
              body=np.array(str(fitter.subject.meta.get("body", "default"))),
              gender=np.array(str(fitter.subject.meta.get("gender", "neutral"))), **extra)
-    write_posed(out / "posed.npz", fitter.body, fitter.subject, posed.cpu().numpy(), fitter.betas)
-    export_body(fitter.body, out / "body.npz", fitter.betas)
-    with atomic_path(out / "outfit.ply") as tmp:
+    write_posed(out / POSED_NPZ, fitter.body, fitter.subject, posed.cpu().numpy(), fitter.betas)
+    export_body(fitter.body, out / BODY_NPZ, fitter.betas)
+    with atomic_path(out / OUTFIT_PLY) as tmp:
         geom = trimesh.Trimesh(rest_np, extra["faces"], process=False) if "faces" in extra else trimesh.PointCloud(rest_np)
         geom.export(tmp, file_type="ply")
 
@@ -131,7 +130,7 @@ def write_outputs(fitter: "OutfitFitter", drape: DrapeModel, state: "FitState",
         "frames": per_frame, "history": state.history,
         "options": asdict(fitter.options),
     }
-    with atomic_path(out / "result.json") as tmp:
+    with atomic_path(out / RESULT_JSON) as tmp:
         tmp.write_text(json.dumps(result, indent=1))
     write_gifs(fitter, posed, frames)
     return result
@@ -173,7 +172,7 @@ def _overlay(image: np.ndarray, uv: np.ndarray, vis: np.ndarray, scale: int) -> 
 
 
 @torch.no_grad()
-def write_gifs(fitter: "OutfitFitter", posed: torch.Tensor, frames: FrameSet) -> None:
+def write_gifs(fitter: FitterView, posed: torch.Tensor, frames: FrameSet) -> None:
     """fit_frames.gif: the result over every frame; fit_progress.gif: the best code so far on
     the first training frame at each scoring step."""
     subject = fitter.subject
@@ -182,7 +181,7 @@ def write_gifs(fitter: "OutfitFitter", posed: torch.Tensor, frames: FrameSet) ->
     vis = visible_points(posed, frames.depth, frames.K, threshold=fitter.options.visibility_threshold)
     images = [_overlay(subject.frame(i), uv[i].cpu().numpy(), vis[i].cpu().numpy(), scale)
               for i in range(subject.num_frames)]
-    _write_gif(fitter.out / "fit_frames.gif", images, fps=4)
+    _write_gif(fitter.out / RESULT_FILES[KIND_FIT_OUTFIT]["frames_gif"], images, fps=4)
 
     first = fitter.train_ids[0]
     drapes = fitter.drapes
@@ -197,7 +196,7 @@ def write_gifs(fitter: "OutfitFitter", posed: torch.Tensor, frames: FrameSet) ->
                            threshold=fitter.options.visibility_threshold)
         steps.append(_overlay(subject.frame(first), u[0].cpu().numpy(), v[0].cpu().numpy(), scale))
     if steps:
-        _write_gif(fitter.out / "fit_progress.gif", steps, fps=3)
+        _write_gif(fitter.out / RESULT_FILES[KIND_FIT_OUTFIT]["progress_gif"], steps, fps=3)
 
 
 def _write_gif(path: Path, images: list[np.ndarray], fps: float) -> None:

@@ -16,12 +16,13 @@ import signal
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
 from ..link import protocol as P
-from .jobs import JobQueue, JobStore, log, write_token_file
-from .kinds import KINDS, ParamError, SubmitContext, validate
+from .jobs import JobQueue, JobStore, WorkFolderBusy, WorkLock, io_error, log, write_token_file
+from .kinds import KINDS, ParamError, SubmitContext, validate, warm_up
 from .remote import RemoteSetup
 from .transfer import Transfers
 
@@ -30,6 +31,50 @@ READ_CHUNK = 65536
 MAX_BACKLOG_BYTES = 32 << 20       # a client that reads nothing while this piles up is dropped
 STOP_TIMEOUT_S = 30.0              # how long shutdown waits for the running job to stop
 DISCARD_AFTER_TOO_LARGE_S = 2.0    # read (and drop) the rest of an oversized line this long
+
+
+def physical_memory() -> int:
+    """Bytes of RAM of this machine (0 if the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+@dataclass
+class ServerLimits:
+    """Every limit of `pointwear serve` in one place (docs/reliability.md). Over a limit, a
+    request is refused with an ERROR code (busy, queue_full, memory_limit), never half done."""
+    max_connections: int = P.MAX_CONNECTIONS
+    max_preauth: int = P.MAX_PREAUTH_CONNECTIONS     # connections that have not said hello
+    hello_timeout_s: float = P.HELLO_TIMEOUT_S
+    max_queued: int = P.MAX_QUEUED_JOBS
+    memory_bytes: int = 0        # a job whose estimate is over this is refused; 0: 3/4 of the RAM
+    memory_fraction: float = 0.75
+    fd_reserve: int = 256        # descriptors kept for jobs' own files beyond the connections
+
+    def memory_budget(self) -> int:
+        env = os.environ.get("POINTWEAR_MEMORY_LIMIT_MB")
+        if env and env.isdigit():
+            return int(env) << 20
+        return self.memory_bytes or int(physical_memory() * self.memory_fraction) or (8 << 30)
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise this process's open-file limit towards `wanted` (within the hard limit); the limit now."""
+    try:
+        import resource
+    except ImportError:        # Windows: no RLIMIT_NOFILE
+        return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
 
 
 class BadRequest(Exception):
@@ -46,6 +91,7 @@ class Connection:
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.authed = False
+        self.since = time.monotonic()
         self.client = ""
         self.watching: set = set()      # Job objects whose events reach this connection
         self.closed = False
@@ -75,9 +121,10 @@ class Connection:
 
 class Server:
     def __init__(self, host: str, port: int, work: Path, token: str, device: str, threads: int | None,
-                 ssl_context=None) -> None:
+                 limits: ServerLimits | None = None, ssl_context=None) -> None:
         self.host, self.port, self.work, self.token = host, port, Path(work), token
         self.device, self.threads = device, threads
+        self.limits = limits or ServerLimits()
         self.store = JobStore(self.work)
         self.conns: set[Connection] = set()
         self.stopping = False
@@ -95,7 +142,13 @@ class Server:
     async def run(self, announce=None) -> int:
         loop = asyncio.get_running_loop()
         self.store.scan()
-        self.queue = JobQueue(self.store, KINDS, self.publish, self.device, self.threads)
+        warm_up()
+        self.queue = JobQueue(self.store, KINDS, self.publish, self.device, self.threads, self.limits.max_queued)
+        fds = raise_fd_limit(self.limits.max_connections + self.limits.fd_reserve)
+        if fds < self.limits.max_connections + self.limits.fd_reserve:   # a low hard limit: share it
+            self.limits.max_connections = max(8, fds - min(self.limits.fd_reserve, fds // 2))
+            self.limits.max_preauth = min(self.limits.max_preauth, max(4, self.limits.max_connections // 4))
+            log(f"open-file limit {fds}: at most {self.limits.max_connections} connections")
         server = await asyncio.start_server(self.on_connect, self.host, self.port, limit=READ_CHUNK,
                                             ssl=self.ssl_context)
         self.port = server.sockets[0].getsockname()[1]
@@ -158,6 +211,11 @@ class Server:
     # -- connections -----------------------------------------------------------------------------
     async def on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Connection(reader, writer)
+        if not self.make_room():
+            conn.send(P.error_message(P.E_BUSY, f"too many connections ({len(self.conns)}); try again",
+                                      "close idle connections"))
+            await conn.close()
+            return
         self.conns.add(conn)
         try:
             await self.serve_connection(conn)
@@ -172,9 +230,24 @@ class Server:
             self.conns.discard(conn)
             await conn.close()
 
+    def make_room(self) -> bool:
+        """Room for one more connection? Connections that have not said hello yet are capped: the
+        oldest is dropped (with a busy ERROR) for a new one, so idle or slow clients can hold
+        neither the descriptors nor the door: a client that says hello at once always gets in."""
+        waiting = sorted((c for c in self.conns if not c.authed and not c.closed), key=lambda c: c.since)
+        while waiting and (len(waiting) >= self.limits.max_preauth
+                           or len(self.conns) >= self.limits.max_connections):
+            oldest = waiting.pop(0)
+            oldest.send(P.error_message(P.E_BUSY, "dropped: no hello while others wait to connect",
+                                        "say hello at once after connecting"))
+            oldest.closed = True
+            oldest.writer.close()
+            self.conns.discard(oldest)
+        return len(self.conns) < self.limits.max_connections
+
     async def serve_connection(self, conn: Connection) -> None:
         buffer = P.LineBuffer(P.MAX_LINE_BYTES)
-        deadline = time.monotonic() + P.HELLO_TIMEOUT_S
+        deadline = time.monotonic() + self.limits.hello_timeout_s
         while not conn.closed:
             try:
                 if conn.authed:
@@ -182,7 +255,7 @@ class Server:
                 else:
                     chunk = await asyncio.wait_for(conn.reader.read(READ_CHUNK), max(0.0, deadline - time.monotonic()))
             except asyncio.TimeoutError:
-                conn.send(P.error_message(P.E_AUTH, f"no hello within {P.HELLO_TIMEOUT_S:g} s"))
+                conn.send(P.error_message(P.E_AUTH, f"no hello within {self.limits.hello_timeout_s:g} s"))
                 return
             if not chunk:
                 return
@@ -224,11 +297,18 @@ class Server:
                                       "one JSON object per line, UTF-8, ending in a newline"))
             return conn.authed
         rid = message.get("id")
-        rid = rid if isinstance(rid, (str, int)) and not isinstance(rid, bool) and len(str(rid)) <= 200 else None
+        rid = rid if (isinstance(rid, (str, int)) and not isinstance(rid, bool) and len(str(rid)) <= 200
+                      and P.find_surrogate(rid) is None) else None
         mtype = message.get("type")
         if not conn.authed and mtype != P.MSG_HELLO:
             conn.send(P.error_message(P.E_AUTH, "the first message must be hello with the token", id=rid))
             return False
+        bad_text = P.find_surrogate(message)
+        if bad_text is not None and mtype != P.MSG_HELLO:
+            # A lone surrogate cannot be written to job.json or sent back as UTF-8: refuse it here.
+            conn.send(P.error_message(P.E_BAD_MESSAGE, f"{bad_text}: text with a lone UTF-16 surrogate",
+                                      "send valid Unicode text", id=rid, field=bad_text))
+            return True
         handler = self.handlers.get(mtype) if isinstance(mtype, str) else None
         try:
             if handler is None:
@@ -250,7 +330,8 @@ class Server:
     # -- messages --------------------------------------------------------------------------------
     def on_hello(self, conn: Connection, msg: dict, rid) -> dict:
         token = msg.get("token")
-        if not isinstance(token, str) or not hmac.compare_digest(token.encode("utf-8"), self.token.encode("utf-8")):
+        if not isinstance(token, str) or not hmac.compare_digest(token.encode("utf-8", "surrogatepass"),
+                                                                 self.token.encode("utf-8")):
             log(f"{conn.peer}: refused, {'no' if not token else 'wrong'} token")
             raise BadRequest(P.E_AUTH, "missing or wrong token",
                              "use the token of this server launch (POINTWEAR_TOKEN, --token-file or its stderr)")
@@ -259,7 +340,8 @@ class Server:
             raise BadRequest(P.E_PROTOCOL, f"this server speaks protocol {P.PROTOCOL_VERSION}, the client {version!r}",
                              "install matching versions of the add-on and the backend")
         conn.authed = True
-        conn.client = str(msg.get("client") or "")[:100]
+        client = msg.get("client")
+        conn.client = client[:100] if isinstance(client, str) and P.find_surrogate(client) is None else ""
         return {"type": P.REPLY_HELLO, "server": __version__, "protocol": P.PROTOCOL_VERSION,
                 "device": self.device, "kinds": sorted(KINDS), "work": str(self.work), "pid": os.getpid(),
                 "max_line_bytes": P.MAX_LINE_BYTES}
@@ -288,12 +370,26 @@ class Server:
             params = {}
         if not isinstance(params, dict):
             raise BadRequest(P.E_BAD_PARAMS, "params must be a JSON object", field="params")
+        if self.queue.full:
+            raise BadRequest(P.E_QUEUE_FULL, f"{len(self.queue.waiting)} jobs wait already",
+                             "wait for some to finish, or cancel some")
         try:
             checked = validate(kind, params, SubmitContext(self.store))
         except ParamError as exc:
             raise BadRequest(P.E_BAD_PARAMS, f"{kind_name}: {exc.field}: {exc.message}", exc.hint,
                              field=exc.field) from None
-        job = self.store.new(kind_name, checked.params, out=checked.out, resumed_from=checked.resumed_from)
+        budget = self.limits.memory_budget()
+        if checked.memory > budget:
+            raise BadRequest(P.E_MEMORY_LIMIT,
+                             f"{kind_name} would need about {checked.memory / 2**30:.1f} GiB, over this server's "
+                             f"{budget / 2**30:.1f} GiB", f"lower {checked.memory_field}",
+                             field=checked.memory_field)
+        try:
+            job = self.store.new(kind_name, checked.params, out=checked.out, resumed_from=checked.resumed_from)
+        except OSError as exc:
+            err = io_error(exc)
+            raise BadRequest(err["code"], f"the job's record cannot be written: {err['message']}",
+                             err["hint"], field=None) from None
         job.watchers.add(conn)
         conn.watching.add(job)
         position = self.queue.submit(job)
@@ -363,7 +459,7 @@ def _with_id(reply: dict, rid) -> dict:
 
 def serve(host: str = P.DEFAULT_HOST, port: int = 0, work: str | Path | None = None,
           token_file: str | Path | None = None, device: str = "auto", threads: int | None = None,
-          parent_pid: int | None = None, tls: bool = False) -> int:
+          parent_pid: int | None = None, limits: ServerLimits | None = None, tls: bool = False) -> int:
     """Run the server until `shutdown`, SIGTERM or SIGINT; 0 on a clean stop, 2 if it cannot start."""
     import torch
 
@@ -379,6 +475,12 @@ def serve(host: str = P.DEFAULT_HOST, port: int = 0, work: str | Path | None = N
         torch.set_num_threads(threads)
     work = Path(work or DEFAULT_WORK).expanduser().resolve()
     work.mkdir(parents=True, exist_ok=True)
+    lock = WorkLock(work)
+    try:
+        lock.acquire()
+    except WorkFolderBusy as exc:
+        log(f"error: {exc}; give this server its own folder with --work")
+        return P.EXIT_WORK_IN_USE
     token = os.environ.get(P.TOKEN_ENV) or ""
     from_env = bool(token)
     remote = RemoteSetup(host, work, tls, token)
@@ -403,7 +505,7 @@ def serve(host: str = P.DEFAULT_HOST, port: int = 0, work: str | Path | None = N
             sys.stdout = sys.stderr
         log(f"listening on {server.host}:{server.port} (device {dev}, work {work}, pid {os.getpid()})")
 
-    server = Server(host, port, work, token, dev, threads, ssl_context=remote.context())
+    server = Server(host, port, work, token, dev, threads, limits, ssl_context=remote.context())
     server.parent_pid = parent_pid
     try:
         return asyncio.run(server.run(announce))
@@ -411,5 +513,6 @@ def serve(host: str = P.DEFAULT_HOST, port: int = 0, work: str | Path | None = N
         log(f"error: cannot listen on {host}:{port}: {exc}")
         return 2
     finally:
+        lock.release()
         if token_path:
             token_path.unlink(missing_ok=True)

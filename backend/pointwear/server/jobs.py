@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import json
 import logging
 import os
@@ -31,8 +32,6 @@ from ..link import protocol as P
 if TYPE_CHECKING:
     import numpy as np
 
-    from .kinds import JobKind
-
 JOB_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
 PROGRESS_INTERVAL_S = 0.2      # at most ~5 PROGRESS events per second per job (first/last of a stage always)
 PREVIEWS_KEPT = 3              # newest preview PNGs kept per job (a client may still be reading one)
@@ -46,6 +45,19 @@ def log(message: str) -> None:
 def _clip(text: str) -> str:
     text = str(text)
     return text if len(text) <= MESSAGE_CHARS else text[:MESSAGE_CHARS] + " [...]"
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """A job kind: `validate(Params, SubmitContext) -> dict | Validated` (kinds.py; on the event
+    loop, cheap checks only), `run(JobContext) -> {name: path}` (in the worker thread) and
+    `memory(params) -> (peak bytes, the parameter driving it)` when the kind has an estimate.
+    Defined here, below kinds.py, so the queue needs nothing from the kinds module."""
+    name: str
+    validate: Callable[..., Any]
+    run: Callable[["JobContext"], dict[str, Path]]
+    description: str = ""
+    memory: Callable[[dict], tuple[int, str]] | None = None
 
 
 class JobCancelled(Exception):
@@ -80,13 +92,17 @@ class Job:
 
     @classmethod
     def from_record(cls, data: dict, folder: Path) -> "Job":
+        """A job from its job.json. Its `out` must be a folder under WORK/jobs (a job's own `out`
+        or, for a resumed job, the earlier job's): anything else is refused (a tampered record
+        must not send results elsewhere)."""
         if not isinstance(data, dict) or data.get("job_id") != folder.name:
             raise ValueError("job_id does not match the folder name")
         state = data.get("state")
         if state not in P.JOB_STATES:
             raise ValueError(f"unknown state {state!r}")
+        out = confined_out(data.get("out"), folder)
         return cls(job_id=folder.name, kind=str(data.get("kind")), params=dict(data.get("params") or {}),
-                   folder=folder, out=Path(data.get("out") or folder / "out"), state=state,
+                   folder=folder, out=out, state=state,
                    created=float(data.get("created") or 0.0), started=data.get("started"),
                    finished=data.get("finished"), files={str(k): str(v) for k, v in (data.get("files") or {}).items()},
                    error=data.get("error"), message=str(data.get("message") or ""),
@@ -95,6 +111,68 @@ class Job:
     @property
     def final(self) -> bool:
         return self.state in P.FINAL_STATES
+
+
+def confined_out(value: Any, folder: Path) -> Path:
+    """A job record's `out`: WORK/jobs/<some job id>/out, else ValueError."""
+    if value is None:
+        return folder / "out"
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise ValueError(f"out is not a path: {str(value)[:80]!r}")
+    root = folder.parent.resolve()
+    out = Path(value)
+    resolved = out.resolve() if out.is_absolute() else Path("/nonexistent")
+    if (resolved.parent.parent != root or resolved.name != "out"
+            or not JOB_ID_RE.match(resolved.parent.name)):
+        raise ValueError(f"out {value[:200]!r} is not the out folder of a job in {root}")
+    return resolved
+
+
+class WorkFolderBusy(RuntimeError):
+    """Another `pointwear serve` holds the work folder's lock."""
+
+
+class WorkLock:
+    """An exclusive lock on WORK/server.lock for the life of the server: a second server on the
+    same folder is refused (it would mark the first's running jobs interrupted and write into
+    their folders). The OS drops the lock when the process ends, even on kill -9."""
+
+    def __init__(self, work: Path) -> None:
+        self.path = Path(work) / "server.lock"
+        self._fh = None
+
+    def acquire(self) -> None:
+        fh = open(self.path, "a+")
+        try:
+            _lock_file(fh)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read(200).strip() or "unknown"
+            fh.close()
+            raise WorkFolderBusy(f"the work folder {self.path.parent} is in use by another pointwear serve "
+                                 f"({holder})") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()      # closing drops the lock
+            self._fh = None
+
+
+def _lock_file(fh) -> None:
+    """Lock an open file exclusively without waiting (OSError if another process holds it)."""
+    try:
+        import fcntl
+    except ImportError:             # Windows
+        import msvcrt
+        fh.seek(0)
+        msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+        return
+    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 class JobStore:
@@ -114,7 +192,7 @@ class JobStore:
         for folder in sorted(self.root.iterdir()):
             if not (folder.is_dir() and JOB_ID_RE.match(folder.name)):
                 continue
-            path = folder / "job.json"
+            path = folder / P.JOB_JSON
             try:
                 job = Job.from_record(json.loads(path.read_text()), folder)
             except (OSError, ValueError, TypeError) as exc:
@@ -135,6 +213,8 @@ class JobStore:
         return interrupted
 
     def new(self, kind: str, params: dict, out: Path | None = None, resumed_from: str | None = None) -> Job:
+        """A new job with its folder and job.json; on an OS error (a full disk) nothing is left
+        behind and the error is raised."""
         while True:
             job_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
             folder = self.root / job_id
@@ -144,13 +224,18 @@ class JobStore:
             except FileExistsError:
                 continue
         job = Job(job_id, kind, params, folder, out=Path(out) if out else folder / "out", resumed_from=resumed_from)
-        job.out.mkdir(parents=True, exist_ok=True)
+        try:
+            job.out.mkdir(parents=True, exist_ok=True)
+            self.save(job)
+        except BaseException:
+            import shutil
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         self.jobs[job_id] = job
-        self.save(job)
         return job
 
     def save(self, job: Job) -> None:
-        save_text(job.folder / "job.json", json.dumps(job.record(), indent=1))
+        save_text(job.folder / P.JOB_JSON, json.dumps(job.record(), indent=1))
 
     def get(self, job_id: Any) -> Job | None:
         if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
@@ -250,9 +335,10 @@ class JobQueue:
     """One job at a time on the device, the rest waiting in order. Runs on the event loop; each
     job runs in its own daemon worker thread, so a job that cannot stop never blocks the exit."""
 
-    def __init__(self, store: JobStore, kinds: dict[str, "JobKind"], publish: Publish, device: str,
-                 threads: int | None) -> None:
+    def __init__(self, store: JobStore, kinds: dict[str, JobKind], publish: Publish, device: str,
+                 threads: int | None, max_waiting: int = P.MAX_QUEUED_JOBS) -> None:
         self.store, self.kinds, self.publish = store, kinds, publish
+        self.max_waiting = max_waiting
         self.device, self.threads = device, threads
         self.waiting: collections.deque[Job] = collections.deque()
         self.running: Job | None = None
@@ -262,6 +348,10 @@ class JobQueue:
         self._closing = False
 
     # -- loop thread ---------------------------------------------------------------------------
+    @property
+    def full(self) -> bool:
+        return len(self.waiting) >= self.max_waiting
+
     def submit(self, job: Job) -> int:
         """Queue a job; its position: 0 = it runs now, k = k jobs run before it."""
         position = len(self.waiting) + (self.running is not None)
@@ -296,8 +386,14 @@ class JobQueue:
                 job = self.waiting.popleft()
                 try:
                     await self._run(job)
-                except Exception:   # e.g. a full disk while saving job.json: the queue goes on
+                except Exception as exc:   # the queue goes on; the job still ends with STATUS and DONE
                     log(f"job {job.job_id}: the queue failed to run or report it:\n{traceback.format_exc()}")
+                    self.running = self._running_done = self._finalized = None
+                    if not job.final:
+                        job.error = io_error(exc) if isinstance(exc, OSError) else {
+                            "code": P.E_INTERNAL, "message": _clip(f"{type(exc).__name__}: {exc}"), "hint": ""}
+                        self.publish(job, {"type": P.ERROR, **job.error})
+                        self._finish(job, P.FAILED, message=job.error["message"])
 
     async def stop(self, timeout: float) -> None:
         """Cancel the waiting jobs and the running one; wait up to `timeout` s for it to stop
@@ -321,8 +417,8 @@ class JobQueue:
         kind = self.kinds[job.kind]
         loop = asyncio.get_running_loop()
         job.state, job.started = P.RUNNING, time.time()
-        self.store.save(job)
         self.publish(job, {"type": P.STATUS, "state": P.RUNNING, "message": f"{job.kind} started"})
+        self.store.save(job)          # an OSError here fails the job (run_forever), never stalls it
         ctx = JobContext(job, loop, self.publish, self.device, self.threads)
         done, finalized = loop.create_future(), loop.create_future()
         self.running, self._running_done, self._finalized = job, done, finalized
@@ -350,7 +446,7 @@ class JobQueue:
             self.publish(job, {"type": P.RESULT, "folder": str(job.out), "files": files})
             self._finish(job, P.STATE_DONE, message=f"{job.kind} finished")
         elif outcome == P.CANCELLED:
-            ckpt = job.out / "checkpoint.pt"
+            ckpt = job.out / P.CHECKPOINT_PT
             message = value + (f"; checkpoint kept: {ckpt}" if ckpt.exists() else "")
             self._finish(job, P.CANCELLED, message=message)
         else:
@@ -359,14 +455,19 @@ class JobQueue:
             self._finish(job, P.FAILED, message=value.get("message", ""))
 
     def _finish(self, job: Job, state: str, message: str = "") -> None:
+        """End a job: its record is saved if the disk allows; STATUS and DONE go out regardless."""
         job.state, job.finished, job.message = state, time.time(), _clip(message)
-        self.store.save(job)
+        try:
+            self.store.save(job)
+        except OSError as exc:
+            log(f"job {job.job_id}: {P.JOB_JSON} not saved ({exc}); a restart will list it as interrupted")
+            job.message = _clip(f"{job.message}; its record was not saved: {exc.strerror or exc}")
         if state != P.STATE_DONE:
             self.publish(job, {"type": P.STATUS, "state": state, "message": job.message})
         self.publish(job, {"type": P.DONE, "state": state})
 
     # -- worker thread -------------------------------------------------------------------------
-    def _work(self, kind: "JobKind", ctx: JobContext, loop: asyncio.AbstractEventLoop,
+    def _work(self, kind: JobKind, ctx: JobContext, loop: asyncio.AbstractEventLoop,
               done: asyncio.Future) -> None:
         try:
             if self.threads:
@@ -379,16 +480,19 @@ class JobQueue:
             result = (P.CANCELLED, str(exc))
         except PointwearError as exc:
             result = ("error", job_error(exc))
-        except Exception as exc:
+        except OSError as exc:           # a full disk, a file gone, permissions: name the file
+            log(f"job {ctx.job.job_id} ({ctx.job.kind}) failed: {exc!r}")
+            result = ("error", io_error(exc))
+        except BaseException as exc:      # anything else (even SystemExit in a library) ends the job
             trace = traceback.format_exc()
             log(f"job {ctx.job.job_id} ({ctx.job.kind}) failed:\n{trace}")
             try:
-                with atomic_path(ctx.folder / "traceback.txt") as tmp:
+                with atomic_path(ctx.folder / P.TRACEBACK_TXT) as tmp:
                     tmp.write_text(trace)
             except OSError:
                 pass
             result = ("error", {"code": P.E_INTERNAL, "message": _clip(f"{type(exc).__name__}: {exc}"),
-                                "hint": f"an internal error: the traceback is in {ctx.folder / 'traceback.txt'}"})
+                                "hint": f"an internal error: the traceback is in {ctx.folder / P.TRACEBACK_TXT}"})
 
         def settle() -> None:
             if not done.done():
@@ -397,6 +501,18 @@ class JobQueue:
             loop.call_soon_threadsafe(settle)
         except RuntimeError:
             pass
+
+
+def io_error(exc: OSError) -> dict:
+    """The ERROR fields of an OS error: disk_full for ENOSPC / EDQUOT / EFBIG, else io_error;
+    `file` names the file when the OS said which."""
+    full = exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
+    out = {"code": P.E_DISK_FULL if full else P.E_IO, "message": _clip(exc.strerror or str(exc)),
+           "hint": "free some disk space (or use another work folder) and resume the job" if full
+           else "check that the file exists and is readable / writable"}
+    if exc.filename:
+        out["file"] = str(exc.filename)
+    return out
 
 
 def job_error(exc: PointwearError) -> dict:

@@ -21,12 +21,13 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..link import protocol as P
-from .jobs import JobCancelled, JobContext, JobStore
+from .jobs import JobCancelled, JobContext, JobKind, JobStore
 
 _MISSING = object()
 GENDERS = ("neutral", "male", "female")
@@ -54,14 +55,8 @@ class Validated:
     params: dict
     out: Path | None = None
     resumed_from: str | None = None
-
-
-@dataclass(frozen=True)
-class JobKind:
-    name: str
-    validate: Callable[["Params", SubmitContext], "dict | Validated"]
-    run: Callable[[JobContext], dict[str, Path]]
-    description: str = ""
+    memory: int = 0              # the kind's estimate of the job's peak memory (bytes)
+    memory_field: str = ""       # the parameter that drives it
 
 
 KINDS: dict[str, JobKind] = {}
@@ -77,7 +72,10 @@ def validate(kind: JobKind, params: dict, ctx: SubmitContext) -> Validated:
     p = Params(params)
     result = kind.validate(p, ctx)
     p.finish()
-    return result if isinstance(result, Validated) else Validated(dict(result))
+    result = result if isinstance(result, Validated) else Validated(dict(result))
+    if kind.memory is not None:
+        result.memory, result.memory_field = kind.memory(result.params)
+    return result
 
 
 class Params:
@@ -153,22 +151,14 @@ class Params:
         value = self._get(name, default)
         if value is None:
             return None
-        if isinstance(value, str):
-            try:
-                out = []
-                for part in value.replace(" ", "").split(","):
-                    if "-" in part:
-                        a, b = part.split("-")
-                        out.extend(range(int(a), int(b) + 1))
-                    elif part:
-                        out.append(int(part))
-                value = out
-            except ValueError:
-                raise ParamError(name, f'expected frame numbers like "0,2,4-7", got {_short(value)}') from None
-        if (not isinstance(value, list) or not value or len(value) > 100000
-                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
-            raise ParamError(name, f"must be a non-empty list of frame numbers >= 0, got {_short(value)}")
-        return sorted(set(value))
+        try:   # the protocol's one frame-list parser: bounded before anything is expanded
+            frames = P.parse_frames(value)
+        except ValueError as exc:
+            raise ParamError(name, f"{exc}; got {_short(value)}",
+                             f'at most {P.MAX_FRAMES} frame numbers like "0,2,4-7"') from None
+        if not frames:
+            raise ParamError(name, f"must name at least one frame, got {_short(value)}")
+        return frames
 
     def path(self, name: str, *, required: bool = False, default: str | None = None, kind: str = "any",
              suffixes: tuple[str, ...] = ()) -> str | None:
@@ -195,12 +185,18 @@ def check_path(name: str, value: Any, kind: str = "any", suffixes: tuple[str, ..
     if not path.is_absolute():
         raise ParamError(name, f"must be an absolute path, got {value!r}",
                          "the server's working folder is not the client's: send absolute paths")
-    if not path.exists():
-        raise ParamError(name, f"does not exist: {path}")
-    if kind == "file" and not path.is_file():
-        raise ParamError(name, f"is not a file: {path}")
-    if kind == "dir" and not path.is_dir():
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        raise ParamError(name, f"does not exist: {path}") from None
+    if kind == "file" and not stat.S_ISREG(mode):
+        raise ParamError(name, f"is not a regular file: {path}",
+                         "a pipe, socket or device would block the job: pass a file")
+    if kind == "dir" and not stat.S_ISDIR(mode):
         raise ParamError(name, f"is not a folder: {path}")
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise ParamError(name, f"is neither a regular file nor a folder: {path}",
+                         "a pipe, socket or device would block the job: pass a file")
     if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
         raise ParamError(name, f"is not readable: {path}")
     if suffixes and path.suffix.lower() not in suffixes:
@@ -225,10 +221,10 @@ def _run_body(job: JobContext) -> dict[str, Path]:
     prm = job.params
     body = load_body(prm["model"], gender=prm["gender"], device="cpu")
     job.check_cancel()
-    return {"body": export_body(body, job.out / "body.npz", prm["betas"])}
+    return {"body": export_body(body, job.out / P.BODY_NPZ, prm["betas"])}
 
 
-register(JobKind("body", _validate_body, _run_body, "body.npz (rest pose, SMPL space) for the add-on"))
+register(JobKind(P.KIND_BODY, _validate_body, _run_body, "body.npz (rest pose, SMPL space) for the add-on"))
 
 
 # -- synth --------------------------------------------------------------------------------------
@@ -268,7 +264,8 @@ def _run_synth(job: JobContext) -> dict[str, Path]:
         job.progress(stage, i, n)
 
     # Rendered into a hidden folder, renamed when complete: a subject folder is there whole or not at all.
-    partial, final = job.out / ".subject.partial", job.out / "subject"
+    names = P.RESULT_FILES[P.KIND_SYNTH]
+    partial, final = job.out / f".{names['subject']}.partial", job.out / names["subject"]
     shutil.rmtree(partial, ignore_errors=True)
     generate_subject(partial, options, progress)
     shutil.rmtree(final, ignore_errors=True)
@@ -277,17 +274,25 @@ def _run_synth(job: JobContext) -> dict[str, Path]:
     if prm["sheet"]:
         from ..data.subject import read_subject
         from ..viz import contact_sheet
-        files["sheet"] = contact_sheet(read_subject(final), job.out / "contact_sheet.png")
+        files["sheet"] = contact_sheet(read_subject(final), job.out / names["sheet"])
     return files
 
 
-register(JobKind("synth", _validate_synth, _run_synth, "a synthetic subject with known clothing"))
+SYNTH_BASE_BYTES = 400 << 20    # measured peak RSS of synth (docs/reliability.md): ~385 MB
+SYNTH_BYTES_PER_PIXEL = 1152     # + ~950 B per pixel of one frame (size 256 -> 768), 20 % margin
+
+
+def _synth_memory(params: dict) -> tuple[int, str]:
+    """Peak memory of a synth job: the renderer's buffers grow with size**2 (not with frames)."""
+    return SYNTH_BASE_BYTES + SYNTH_BYTES_PER_PIXEL * params["size"] ** 2, "size"
+
+
+register(JobKind(P.KIND_SYNTH, _validate_synth, _run_synth, "a synthetic subject with known clothing", _synth_memory))
 
 
 # -- fit_outfit ---------------------------------------------------------------------------------
 
-FIT_FILES = {"outfit": "outfit.npz", "posed": "posed.npz", "body": "body.npz", "result_json": "result.json",
-             "ply": "outfit.ply", "progress_gif": "fit_progress.gif", "frames_gif": "fit_frames.gif"}
+FIT_FILES = P.RESULT_FILES[P.KIND_FIT_OUTFIT]
 FIT_PREVIEW_EVERY_S = 2.0
 
 
@@ -329,7 +334,7 @@ def _validate_fit(p: Params, ctx: SubmitContext) -> Validated:
     from ..errors import InputError
     from ..fit.selection import check_outfit
     d = FitOptions()
-    base, out, resumed = _resume_base(p, ctx, "fit_outfit")
+    base, out, resumed = _resume_base(p, ctx, P.KIND_FIT_OUTFIT)
     subject = _subject_folder(p, base)
     drape = check_drape("drape", p._get("drape", base.get("drape", d.drape)))
     template = p._get("template", base.get("template", d.template))
@@ -364,8 +369,8 @@ def _run_fit(job: JobContext) -> dict[str, Path]:
                          coarse_steps=prm["coarse_steps"], fine_steps=prm["fine_steps"],
                          refine_steps=prm["refine_steps"], seed=prm["seed"], device=job.device,
                          threads=job.threads or FitOptions.threads, labels=prm.get("labels", "auto"))
-    if (job.out / "checkpoint.pt").exists():
-        job.status(f"resuming from {job.out / 'checkpoint.pt'}")
+    if (job.out / P.CHECKPOINT_PT).exists():
+        job.status(f"resuming from {job.out / P.CHECKPOINT_PT}")
     subject = read_subject(prm["subject"])
     job.check_cancel()
     fitter = OutfitFitter(subject, job.out, options, job.progress, job.should_stop, preview=job.preview,
@@ -377,15 +382,15 @@ def _run_fit(job: JobContext) -> dict[str, Path]:
     return {name: job.out / f for name, f in FIT_FILES.items()}
 
 
-register(JobKind("fit_outfit", _validate_fit, _run_fit, "fit an outfit to a subject's clothing masks"))
+register(JobKind(P.KIND_FIT_OUTFIT, _validate_fit, _run_fit, "fit an outfit to a subject's clothing masks"))
 
 
 # -- drape --------------------------------------------------------------------------------------
 
 def _validate_drape(p: Params, ctx: SubmitContext) -> dict:
     result = p.path("result", required=True, kind="dir")
-    if not (Path(result) / "outfit.npz").is_file():
-        raise ParamError("result", f"not a fit result folder (no outfit.npz): {result}")
+    if not (Path(result) / P.OUTFIT_NPZ).is_file():
+        raise ParamError("result", f"not a fit result folder (no {P.OUTFIT_NPZ}): {result}")
     return {"result": result, "betas": p.betas(), "motion": p.path("motion", kind="file", suffixes=(".npz",)),
             "up": p.choice("up", "z", ["y", "z"]),
             "checkpoint": p.path("checkpoint", kind="file", suffixes=(".pt",))}
@@ -396,16 +401,15 @@ def _run_drape(job: JobContext) -> dict[str, Path]:
     prm = job.params
     out = redrape(prm["result"], job.out, betas=prm["betas"], motion=prm["motion"], up=prm["up"],
                   checkpoint=prm["checkpoint"])
-    return {"outfit": out / "outfit.npz", "body": out / "body.npz", "posed": out / "posed.npz"}
+    return {name: out / f for name, f in P.RESULT_FILES[P.KIND_DRAPE].items()}
 
 
-register(JobKind("drape", _validate_drape, _run_drape, "re-drape a fitted outfit on a new body and motion"))
+register(JobKind(P.KIND_DRAPE, _validate_drape, _run_drape, "re-drape a fitted outfit on a new body and motion"))
 
 
 # -- fit_appearance -----------------------------------------------------------------------------
 
-APPEARANCE_FILES = {"outfit": "outfit.npz", "appearance": "appearance.pt", "result_json": "result.json",
-                    "heldout": "heldout", "sheet": "heldout_sheet.png", "body": "body.npz", "posed": "posed.npz"}
+APPEARANCE_FILES = P.RESULT_FILES[P.KIND_FIT_APPEARANCE]
 
 
 def check_result_folder(name: str, value: Any, needs: tuple[str, ...]) -> str:
@@ -420,12 +424,12 @@ def check_result_folder(name: str, value: Any, needs: tuple[str, ...]) -> str:
 def _validate_fit_appearance(p: Params, ctx: SubmitContext) -> Validated:
     from ..appearance.fit import AppearanceOptions
     d = AppearanceOptions()
-    base, out, resumed = _resume_base(p, ctx, "fit_appearance")
+    base, out, resumed = _resume_base(p, ctx, P.KIND_FIT_APPEARANCE)
     subject = _subject_folder(p, base)
     outfit = p._get("outfit", base.get("outfit"))
     if outfit is None:
         raise ParamError("outfit", "is required", "the fit_outfit result folder of this subject")
-    outfit = check_result_folder("outfit", outfit, ("outfit.npz", "posed.npz"))
+    outfit = check_result_folder("outfit", outfit, (P.OUTFIT_NPZ, P.POSED_NPZ))
     minutes = p._get("minutes", base.get("minutes", d.minutes))
     if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float))
                                 or not math.isfinite(minutes) or not 0 < minutes <= 100000):
@@ -451,8 +455,8 @@ def _run_fit_appearance(job: JobContext) -> dict[str, Path]:
     options = AppearanceOptions(epochs=prm["epochs"], size=prm["size"], frames=prm["frames"], minutes=prm["minutes"],
                                 vgg=prm["vgg"], seed=prm["seed"], device=job.device,
                                 threads=job.threads or AppearanceOptions.threads)
-    if (job.out / "checkpoint.pt").exists():
-        job.status(f"resuming from {job.out / 'checkpoint.pt'}")
+    if (job.out / P.CHECKPOINT_PT).exists():
+        job.status(f"resuming from {job.out / P.CHECKPOINT_PT}")
     subject = read_subject(prm["subject"])
     job.check_cancel()
     fitter = AppearanceFitter(subject, prm["outfit"], job.out, options, job.progress, job.should_stop,
@@ -464,8 +468,38 @@ def _run_fit_appearance(job: JobContext) -> dict[str, Path]:
     return {name: job.out / f for name, f in APPEARANCE_FILES.items()}
 
 
-register(JobKind("fit_appearance", _validate_fit_appearance, _run_fit_appearance,
-                 "fit neural point descriptors + a rendering U-Net to a subject's frames; bake colours"))
+# Measured peak RSS of fit-appearance (docs/reliability.md): 533 / 768 MB at 128 / 384 px with 4
+# frames, 565 / 871 MB with 12: ~1.4 KB per training pixel plus ~0.09 KB per pixel and frame.
+APPEARANCE_BASE_BYTES = 550 << 20
+APPEARANCE_BYTES_PER_PIXEL = 1843            # +25 % margin
+APPEARANCE_BYTES_PER_PIXEL_FRAME = 123       # +35 % margin
+SUBJECT_JSON_MAX_BYTES = 1 << 20
+
+
+def _appearance_memory(params: dict) -> tuple[int, str]:
+    """Peak memory of a fit_appearance job from its training size and the subject's frame count
+    (subject.json; a subject too odd to say is left to the job's own checks)."""
+    import json
+
+    from ..data.subject import SUBJECT_JSON
+    path = Path(params["subject"]) / SUBJECT_JSON
+    try:
+        if path.stat().st_size > SUBJECT_JSON_MAX_BYTES:
+            return 0, "subject"
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        h, w = (int(v) for v in meta["image_size"])
+        n = int(meta["frames"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return 0, "subject"
+    size = params["size"] or min(max(h, w), 512)
+    pixels = round(h * size / max(h, w)) * round(w * size / max(h, w))
+    return (APPEARANCE_BASE_BYTES + APPEARANCE_BYTES_PER_PIXEL * pixels
+            + APPEARANCE_BYTES_PER_PIXEL_FRAME * pixels * n), "size"
+
+
+register(JobKind(P.KIND_FIT_APPEARANCE, _validate_fit_appearance, _run_fit_appearance,
+                 "fit neural point descriptors + a rendering U-Net to a subject's frames; bake colours",
+                 _appearance_memory))
 
 
 # -- render -------------------------------------------------------------------------------------
@@ -474,11 +508,11 @@ def _validate_render(p: Params, ctx: SubmitContext) -> dict:
     app = p._get("app", None)
     if app is None:
         raise ParamError("app", "is required", "a fit_appearance result folder")
-    app = check_result_folder("app", app, ("appearance.pt",))
+    app = check_result_folder("app", app, (P.APPEARANCE_PT,))
     outfit = p._get("outfit", None)
-    outfit = app if outfit is None else check_result_folder("outfit", outfit, ("outfit.npz",))
-    if not (Path(outfit) / "outfit.npz").is_file():
-        raise ParamError("outfit", f"no outfit.npz in {outfit}: pass the outfit result the appearance was fitted on")
+    outfit = app if outfit is None else check_result_folder("outfit", outfit, (P.OUTFIT_NPZ,))
+    if not (Path(outfit) / P.OUTFIT_NPZ).is_file():
+        raise ParamError("outfit", f"no {P.OUTFIT_NPZ} in {outfit}: pass the outfit result the appearance was fitted on")
     return {"app": app, "outfit": outfit, "betas": p.betas(),
             "motion": p.path("motion", required=True, kind="file", suffixes=(".npz",)),
             "up": p.choice("up", "z", ["y", "z"]),
@@ -488,23 +522,23 @@ def _validate_render(p: Params, ctx: SubmitContext) -> dict:
 def _run_render(job: JobContext) -> dict[str, Path]:
     from ..appearance.neural_render import render_sequence
     prm = job.params
-    frames = job.out / "frames"
+    frames = job.out / P.RESULT_FILES[P.KIND_RENDER]["frames"]
     summary = render_sequence(prm["app"], frames, motion=prm["motion"], camera=prm["camera"], outfit_dir=prm["outfit"],
                               betas=prm["betas"], up=prm["up"], progress=job.progress, should_stop=job.should_stop,
                               device=job.device, threads=job.threads or 1)
     if summary["cancelled"]:
         raise JobCancelled(f"render cancelled after {summary['frames']} of {summary['of']} frames")
     first = frames / summary["first"] if summary["first"] else None
-    return {"frames": frames, "first": first, "render_json": frames / "render.json"}
+    return {"frames": frames, "first": first, "render_json": job.out / P.RESULT_FILES[P.KIND_RENDER]["render_json"]}
 
 
-register(JobKind("render", _validate_render, _run_render,
+register(JobKind(P.KIND_RENDER, _validate_render, _run_render,
                  "neural render of a fitted appearance on a motion, body shape and camera (RGBA PNGs)"))
 
 
 # -- prepare ------------------------------------------------------------------------------------
 
-PREPARE_FILES = {"subject": "", "sheet": "prepare/contact_sheet.png", "report": "prepare/report.json"}
+PREPARE_FILES = P.RESULT_FILES[P.KIND_PREPARE]
 PREPARE_PREVIEW_EVERY_S = 0.5     # at most two detection previews a second (the first always)
 
 
@@ -575,14 +609,26 @@ def _run_prepare(job: JobContext) -> dict[str, Path]:
             job.preview(rgb)
 
     # prepare writes the subject atomically itself: "subject" appears whole or not at all.
-    subject = job.out / "subject"
+    subject = job.out / PREPARE_FILES["subject"]
     try:
         prepare_subject(job.params["input"], subject, options,
                         Hooks(progress=job.progress, should_stop=job.should_stop, preview=preview))
     except PrepareCancelled as exc:
         raise JobCancelled(str(exc)) from exc
-    return {name: subject / rel if rel else subject for name, rel in PREPARE_FILES.items()}
+    return {name: job.out / rel for name, rel in PREPARE_FILES.items()}
 
 
-register(JobKind("prepare", _validate_prepare, _run_prepare,
+register(JobKind(P.KIND_PREPARE, _validate_prepare, _run_prepare,
                  "a subject from a video, an image folder or one image (masks, labels, SMPL body, camera)"))
+
+
+def warm_up() -> None:
+    """Import what the validators import, once at start: a first submit then answers in
+    milliseconds (the add-on waits at most link.client.UI_TIMEOUT for a reply)."""
+    from ..appearance.fit import AppearanceOptions  # noqa: F401
+    from ..drape.parametric import TEMPLATES  # noqa: F401
+    from ..fit.outfit_fit import FitOptions  # noqa: F401
+    from ..garment.outfit import OUTFITS  # noqa: F401
+    from ..perception.options import PrepareOptions  # noqa: F401
+    from ..synth.generate import SynthOptions  # noqa: F401
+    from ..synth.motion import MOTIONS  # noqa: F401
