@@ -163,6 +163,28 @@ def video_row(tmp: Path) -> dict:
     return {"report": report, "betas": s.smpl.betas.shape, "subject": out}
 
 
+def targets_verdict(rows: list[dict]) -> str:
+    """One sentence per run: which of the issue's targets this run meets (means over the
+    subjects; IoU also per subject), from the figures themselves."""
+    mean = lambda key: float(np.mean([r[key] for r in rows]))  # noqa: E731
+    checks = [("clothing-mask IoU", mean("mask_iou") >= 0.85 and min(r["mask_iou"] for r in rows) >= 0.8,
+               f"{mean('mask_iou'):.3f}"),
+              ("PA-MPJPE", mean("pa_mpjpe_mm") <= 60, f"{mean('pa_mpjpe_mm'):.1f} mm"),
+              ("2D joint error", mean("joint2d_px") <= 6, f"{mean('joint2d_px'):.2f} px")]
+    if rows and "chamfer_aligned_cm" in rows[0]:
+        checks.append(("3D Chamfer of the fitted outfit (aligned)", mean("chamfer_aligned_cm") <= 2.5,
+                       f"{mean('chamfer_aligned_cm'):.2f} cm"))
+    met = [f"{n} {v}" for n, ok, v in checks if ok]
+    missed = [f"{n} {v}" for n, ok, v in checks if not ok]
+    above = [str(r["seed"]) for r in rows if r["joint2d_px"] > 6]
+    text = "Met: " + (", ".join(met) or "none") + "."
+    if missed:
+        text += " Not met: " + ", ".join(missed) + "."
+    if above:
+        text += f" Subjects above 6 px of 2D joint error on their own: {', '.join(above)}."
+    return text
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--subjects", type=int, default=8)
@@ -207,6 +229,7 @@ def main() -> None:
     lines.append(f"| **mean** | | | | **{mean('mask_iou'):.3f}** ({min(r['mask_iou_min'] for r in rows):.3f}) | "
                  f"**{mean('pa_mpjpe_mm'):.1f}** | {mean('mpjpe_mm'):.1f} | **{mean('joint2d_px'):.2f}** | "
                  f"**{ch_mean}** | |")
+    lines += ["", targets_verdict(rows)]
     lines += ["", "Raw 3D Chamfer compares in camera space, so it carries the monocular depth error of the "
               "body (a body a few cm too far away or too small); aligned applies per frame the similarity "
               "that maps the fitted body's joints onto the truth's (as PA-MPJPE does).", "",
