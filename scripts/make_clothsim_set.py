@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--substeps", type=int, default=d.substeps, help="simulation frames per output frame")
     ap.add_argument("--points", type=int, default=d.points, help="truth points per frame")
     ap.add_argument("--force", action="store_true", help="remake subjects that are already finished")
+    ap.add_argument("--sheet", type=Path, default=None,
+                    help="also write a contact sheet PNG: per subject two frames and their garment labels")
     args = ap.parse_args(argv)
     options = ClothsimOptions(frames=args.frames, size=args.size, samples=args.samples, motion=args.motion,
                               res=args.res, settle=args.settle, substeps=args.substeps, points=args.points)
@@ -79,7 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         options.check()
     except ValueError as exc:
         ap.error(str(exc))
-    return make_set(args.out, args.kinds, args.seeds, options, force=args.force)
+    rc = make_set(args.out, args.kinds, args.seeds, options, force=args.force)
+    if args.sheet:
+        names = [f"{o}_{s}" for s in args.seeds for o in args.kinds]
+        print(f"wrote {set_sheet([args.out / n for n in names], args.sheet)}")
+    return rc
 
 
 def make_set(out: Path, outfits: list[str], seeds: list[int], options, force: bool = False) -> int:
@@ -105,6 +111,36 @@ def make_set(out: Path, outfits: list[str], seeds: list[int], options, force: bo
         print(f"[{i + 1}/{len(jobs)}] {name}: {result['motion']}, {time.perf_counter() - t0:.1f} s, "
               f"cloth inside body {result['penetration']['inside_share']:.2%}", flush=True)
     return 0
+
+
+def set_sheet(folders: list[Path], out: Path, tile: int = 192) -> Path:
+    """A PNG with one row per subject: frames 0 and N/2, and the garment-label map of frame 0
+    over the dimmed frame; the outfit name is written on the first tile."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from pointwear.data.subject import read_subject
+    from pointwear.fileio import atomic_path
+    from pointwear.synth.clothsim.generate import GARMENT_LABELS_DIR
+    from pointwear.viz import LABEL_COLORS
+    rows = []
+    for folder in folders:
+        s = read_subject(folder)
+        frames = [s.frame(0), s.frame(s.num_frames // 2)]
+        ids = np.asarray(Image.open(folder / GARMENT_LABELS_DIR / "000000.png"))
+        over = (frames[0] * 0.35).astype(np.uint8)
+        on = ids > 0
+        over[on] = (0.4 * frames[0][on] + 0.6 * LABEL_COLORS[np.minimum(ids[on], len(LABEL_COLORS) - 1)]).astype(np.uint8)
+        tiles = [Image.fromarray(a).resize((tile, tile)) for a in (*frames, over)]
+        ImageDraw.Draw(tiles[0]).text((4, 4), f"{s.meta.get('outfit')} {s.meta.get('seed')}", fill=(255, 255, 255))
+        rows.append(np.concatenate([np.asarray(t) for t in tiles], 1))
+    per_row = 2
+    blocks = [np.concatenate(rows[i:i + per_row] + [np.full_like(rows[0], 255)] * (per_row - len(rows[i:i + per_row])), 1)
+              for i in range(0, len(rows), per_row)]
+    sheet = np.concatenate(blocks, 0)
+    with atomic_path(out) as tmp:
+        Image.fromarray(sheet).save(tmp, format="PNG")
+    return out
 
 
 if __name__ == "__main__":

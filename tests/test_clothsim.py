@@ -21,7 +21,7 @@ from pointwear.body.regions import region_mask
 from pointwear.data.subject import read_subject
 from pointwear.perception.types import LABEL_LOWER
 from pointwear.render.rasterizer import project
-from pointwear.synth.clothsim.patterns import KINDS, BodyShape, GarmentSpec, boundary_vertices, build_pattern, signed_distance
+from pointwear.synth.clothsim.patterns import KINDS, MAX_SEW, BodyShape, GarmentSpec, boundary_vertices, build_pattern, signed_distance
 from pointwear.synth.clothsim.plan import ClothsimOptions, outfit_kinds, sample_garments
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -115,7 +115,7 @@ def test_patterns_start_outside_the_body_as_valid_meshes(body_shape, kind, ease,
     assert (sd > -0.012).mean() > 0.995, f"{kind}: {np.sort(sd)[:5]}"
     assert len(boundary_vertices(p.faces)) < len(p.vertices) / 2       # a sewn garment, not loose strips
     if len(p.sew):                                                      # sewing pairs join nearby vertices
-        assert np.linalg.norm(p.vertices[p.sew[:, 0]] - p.vertices[p.sew[:, 1]], axis=1).max() < 0.12
+        assert np.linalg.norm(p.vertices[p.sew[:, 0]] - p.vertices[p.sew[:, 1]], axis=1).max() < MAX_SEW
     assert p.pinned.any()                                               # waistband or shoulder seams
     top = p.vertices[p.pinned, 1]
     assert (top > np.percentile(p.vertices[:, 1], 80)).all()

@@ -29,7 +29,8 @@ UPPER_KINDS = ("tank", "tshirt", "longsleeve", "jacket")
 LOWER_KINDS = ("shorts", "trousers", "skirt")
 ONEPIECE_KINDS = ("dress",)
 KINDS = UPPER_KINDS + LOWER_KINDS + ONEPIECE_KINDS
-MAX_SEW = 0.08       # sewing pairs farther apart than this (m) are not sewn
+STRAP = 0.045        # narrowest shoulder strap (m)
+MAX_SEW = 0.15       # sewing pairs farther apart than this (m) are not sewn
 
 
 @dataclass
@@ -468,9 +469,10 @@ def _top(body: BodyShape, spec: GarmentSpec, res: float) -> Pattern:
     cz = 0.5 * (ring.cz[:-1] + ring.cz[1:])[:, None]
     front = z > cz
     sleeveless = spec.kind in ("tank", "dress")
-    x_arm = body.x_arm - (0.035 if sleeveless else 0.0)
+    x_arm = body.x_arm - (0.015 if sleeveless else 0.0)
     y_ua = body.y_underarm - (0.03 if sleeveless else 0.0)
-    neck_w = body.neck_halfwidth + 0.02 + (0.015 if spec.kind == "jacket" else 0.0) + (0.01 if sleeveless else 0.0)
+    # Straps at least STRAP wide between the neckline and the armhole.
+    neck_w = min(body.neck_halfwidth + 0.02 + (0.015 if spec.kind == "jacket" else 0.0), x_arm - STRAP)
     depth = np.where(front, spec.neckline, 0.025)
     cut = (x / neck_w) ** 2 + ((y_top - y) / depth) ** 2 < 1.0
     cut |= (np.abs(x) > x_arm) & (y > y_ua)
@@ -507,6 +509,7 @@ def _top(body: BodyShape, spec: GarmentSpec, res: float) -> Pattern:
             hole_v = edge[(sign * v[edge, 0] > x_arm - 0.04) & (v[edge, 1] > y_ua - 0.03)]
             for vi in remap[ring0]:
                 pairs.append((vi, hole_v[np.argmin(np.linalg.norm(v[hole_v] - v[vi], axis=1))]))
+        pairs = [p for p in pairs if np.linalg.norm(v[p[0]] - v[p[1]]) < MAX_SEW]
         return np.array(pairs).reshape(-1, 2)
 
     def shoulders(v, remap):
