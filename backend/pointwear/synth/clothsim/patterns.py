@@ -29,6 +29,7 @@ UPPER_KINDS = ("tank", "tshirt", "longsleeve", "jacket")
 LOWER_KINDS = ("shorts", "trousers", "skirt")
 ONEPIECE_KINDS = ("dress",)
 KINDS = UPPER_KINDS + LOWER_KINDS + ONEPIECE_KINDS
+SHOULDER_CAP = 0.07  # height over which the torso ring closes over the shoulders (m)
 STRAP = 0.045        # narrowest shoulder strap (m)
 MAX_SEW = 0.15       # sewing pairs farther apart than this (m) are not sewn
 
@@ -213,9 +214,11 @@ def _enclose(points: np.ndarray, ys: np.ndarray, axis_a: int, axis_b: int, centr
         lo, hi = p[:, axis_b].min(), p[:, axis_b].max()
         c[i] = 0.5 * (lo + hi) if centre_b else 0.0
         dx, dz = np.abs(p[:, axis_a]), np.abs(p[:, axis_b] - c[i])
-        a[i] = max(dx.max() * 1.06, 0.02 if a_min is None else a_min[i])
-        ratio = np.minimum((dx / a[i]) ** 2, 0.9)
-        b[i] = max((dz / np.sqrt(1 - ratio)).max(), 0.02)
+        # The ellipse of the points' extents, scaled until it holds them all.
+        ea, eb = max(dx.max(), 0.02), max(dz.max(), 0.02)
+        scale = np.sqrt((dx / ea) ** 2 + (dz / eb) ** 2).max()
+        a[i] = max(scale * ea, 0.0 if a_min is None else a_min[i])
+        b[i] = scale * eb
     return a, b, c
 
 
@@ -235,13 +238,13 @@ def torso_ring(body: BodyShape, y_top: float, y_hem: float, spec: GarmentSpec, r
     ys = np.arange(y_top, y_hem - 1e-9, -res) if y_top - y_hem > res else np.array([y_top, y_hem])
     skip = body.in_regions("head", "neck", "left_hand", "right_hand", "left_lower_arm", "right_lower_arm")
     x_arm = body.x_arm
-    pts = v[~skip & ((np.abs(v[:, 0]) < x_arm) | (v[:, 1] < body.y_underarm))]
+    arm = body.in_regions("left_upper_arm", "right_upper_arm")
+    pts = v[~skip & ((np.abs(v[:, 0]) < x_arm) | ((v[:, 1] < body.y_underarm) & ~arm))]
     a, b, cz = _enclose(pts, ys, 0, 2, True, band=0.6 * res + 0.004)
     k = max(1, int(round(0.02 / res)))
     have = a > 0
-    if upper:   # above the underarm the ring keeps the chest width so straps stay put
-        a_top = max(a[have & (ys > body.y_underarm - 0.1)].max(), x_arm + 0.03)
-        a = np.where(ys > body.y_underarm - 0.1, a_top, a)
+    if upper:   # above the underarm the ring reaches past the armhole cut, so straps are cut out
+        a = np.where(ys > body.y_underarm - 0.03, np.maximum(a, x_arm + 0.03), a)
     a = np.where(have, a, a[have].max() if have.any() else 0.2)
     cz = np.where(have, cz, np.interp(ys, ys[have][::-1], cz[have][::-1]) if have.any() else 0.0)
     a, b = _smooth_max(a, k), _smooth_max(b, k)
@@ -255,10 +258,9 @@ def torso_ring(body: BodyShape, y_top: float, y_hem: float, spec: GarmentSpec, r
     drop = np.clip(y_hip - ys, 0, None)
     a = a + spec.ease + spec.flare * drop
     b = b + spec.ease + spec.flare * drop
-    if upper:   # flatten over the shoulders: front and back rows meet at y_top
-        top_pts = pts[:, 1].max()
-        t = np.clip((y_top - ys) / max(y_top - top_pts, res), 0, 1)
-        b = b * np.where(ys > top_pts, t, 1.0)
+    if upper:   # a rounded shoulder: an elliptic cap over SHOULDER_CAP, front and back meet at y_top
+        t = np.clip((y_top - ys) / SHOULDER_CAP, 0, 1)
+        b = b * np.sqrt(1 - (1 - t) ** 2)
     return Ring(ys, a, b, cz)
 
 
