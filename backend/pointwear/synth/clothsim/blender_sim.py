@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,10 +62,10 @@ class SceneInput:
 
 
 def simulate_and_render(scene_in: SceneInput, options: ClothsimOptions, render_dir: Path
-                        ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+                        ) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, float]]:
     """Step the simulation to the last output frame, rendering each output frame.
-    -> per garment (n, V, 3) SMPL-frame cloth vertices, and per output frame an RGBA uint8
-    (H, W, 4) Cycles render (transparent background)."""
+    -> per garment (n, V, 3) SMPL-frame cloth vertices, per output frame an RGBA uint8
+    (H, W, 4) Cycles render (transparent background), and seconds spent {"simulate", "render"}."""
     bpy.ops.wm.read_factory_settings(use_empty=True)
     scene = bpy.context.scene
     total = len(scene_in.body_frames)
@@ -82,10 +83,14 @@ def simulate_and_render(scene_in: SceneInput, options: ClothsimOptions, render_d
     cloth_frames: list[list[np.ndarray]] = [[] for _ in cloths]
     images: list[np.ndarray] = []
     render_dir.mkdir(parents=True, exist_ok=True)
+    seconds = {"simulate": 0.0, "render": 0.0}
     for f in range(total):
+        t0 = time.perf_counter()
         scene.frame_set(f + 1)
+        seconds["simulate"] += time.perf_counter() - t0
         if f not in out_at:
             continue
+        t0 = time.perf_counter()
         k = out_at[f]
         depsgraph = bpy.context.evaluated_depsgraph_get()
         for i, obj in enumerate(cloths):
@@ -97,7 +102,8 @@ def simulate_and_render(scene_in: SceneInput, options: ClothsimOptions, render_d
             bpy.ops.render.render(write_still=True)
         with Image.open(path) as img:
             images.append(np.asarray(img.convert("RGBA")).copy())
-    return [np.stack(c) for c in cloth_frames], images
+        seconds["render"] += time.perf_counter() - t0
+    return [np.stack(c) for c in cloth_frames], images, seconds
 
 
 @contextmanager

@@ -92,8 +92,7 @@ def make_subject(out: str | Path, outfit: str, seed: int, options: ClothsimOptio
                           look=look)
     t_setup = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="clothsim_render_") as tmp:
-        cloth_local, rgba = simulate_and_render(scene_in, options, Path(tmp))
-    t_sim = time.perf_counter() - t0 - t_setup
+        cloth_local, rgba, blender_seconds = simulate_and_render(scene_in, options, Path(tmp))
 
     # Everything into the subject's camera space, as the body model places it.
     smpl = SmplParams(betas=betas, global_orient=orient,
@@ -105,8 +104,8 @@ def make_subject(out: str | Path, outfit: str, seed: int, options: ClothsimOptio
     cloth_cam = [to_cam(c) for c in cloth_local]
     result = _write(out, outfit, seed, options, plan, look, specs, patterns, cloth_local, cloth_cam, body_cam,
                     body_frames[plan.output_frames], body.faces, rgba, smpl, K, cloth_weights, rng, albedo)
-    result["seconds"] = {"setup": round(t_setup, 2), "simulate_render": round(t_sim, 2),
-                         "total": round(time.perf_counter() - t0, 2)}
+    result["seconds"] = {"setup": round(t_setup, 2), "simulate": round(blender_seconds["simulate"], 2),
+                         "render": round(blender_seconds["render"], 2), "total": round(time.perf_counter() - t0, 2)}
     _save_json(out / "truth" / "outfit.json", result)
     return result
 
