@@ -136,6 +136,15 @@ def test_bad_seeds_are_refused_with_the_option_named(bad):
         parse_seeds(bad)
 
 
+def test_refuses_to_write_into_a_folder_that_is_not_a_subject(tmp_path):
+    from pointwear.errors import SubjectError
+    from pointwear.synth.clothsim.generate import make_subject
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SubjectError, match="not a subject"):
+        make_subject(tmp_path, "skirt", 0, ClothsimOptions(frames=1, size=64))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
 def test_outfits_and_layers():
     with pytest.raises(ValueError, match="unknown outfit 'cape'"):
         outfit_kinds("cape")

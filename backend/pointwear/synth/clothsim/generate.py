@@ -25,7 +25,8 @@ from scipy.spatial.transform import Rotation as R
 
 from ...body import BodyModel, load_body
 from ...body.joints import JOINT_INDEX
-from ...data.subject import SmplParams, image_name, write_subject
+from ...data.subject import KNOWN_ENTRIES, SmplParams, image_name, write_subject
+from ...errors import SubjectError
 from ...fileio import atomic_path, save_npz
 from ...perception.types import LABEL_NAMES
 from .. import camera
@@ -41,6 +42,17 @@ ALPHA_NPZ = "render_alpha.npz"
 SOURCE = "clothsim"
 
 
+def _check_out(out: Path) -> None:
+    """Write only into a new folder or an earlier subject (never scatter files elsewhere)."""
+    if out.exists() and not out.is_dir():
+        raise SubjectError("exists and is not a folder", file=out, field="out")
+    if out.is_dir():
+        entries = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+        if entries - KNOWN_ENTRIES - {GARMENTS_JSON, GARMENT_LABELS_DIR}:
+            raise SubjectError("folder holds files that are not a subject's", file=out, field="out",
+                               hint="write clothsim subjects into a new or empty folder")
+
+
 def split_of(seed: int) -> str:
     return "train" if seed in TRAIN_SEEDS else "eval" if seed in EVAL_SEEDS else "other"
 
@@ -51,6 +63,7 @@ def make_subject(out: str | Path, outfit: str, seed: int, options: ClothsimOptio
     from .blender_sim import GarmentInput, SceneInput, simulate_and_render
     options.check()
     out = Path(out)
+    _check_out(out)
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     body = body or load_body("default", device="cpu")
