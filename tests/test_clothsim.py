@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 from scipy.ndimage import binary_dilation
 
-from pointwear.body.regions import region_mask
 from pointwear.data.subject import read_subject
 from pointwear.perception.types import LABEL_LOWER
 from pointwear.render.rasterizer import project
@@ -61,7 +61,7 @@ def test_masks_nonempty_and_inside_the_cycles_silhouette(subject):
         covered = binary_dilation(alpha[i] > 127, iterations=1)
         assert covered[mask].mean() > 0.98          # Cycles sees body or cloth wherever the mask is
         assert (alpha[i] > 127).mean() < 0.5         # and not everywhere (a real silhouette)
-        ids = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(subject.root / "garment_labels" / f"{i:06d}.png"))
+        ids = np.asarray(Image.open(subject.root / "garment_labels" / f"{i:06d}.png"))
         assert ((ids == 1) == mask).all()
         assert (subject.labels(i)[mask] == LABEL_LOWER).all() and (subject.labels(i)[~mask] == 0).all()
 
@@ -110,7 +110,6 @@ def test_patterns_start_outside_the_body_as_valid_meshes(body_shape, kind, ease,
     assert p.faces.min() >= 0 and p.faces.max() < len(p.vertices)
     assert len(np.unique(p.faces)) == len(p.vertices)                   # no loose vertices
     assert (p.faces[:, 0] != p.faces[:, 1]).all() and (p.faces[:, 1] != p.faces[:, 2]).all()
-    keep = ~region_mask(body.weights_np, "hands", "feet", "head")
     sd = signed_distance(p.vertices.astype(np.float64), shape.vertices, body.faces)
     assert (sd > -0.012).mean() > 0.995, f"{kind}: {np.sort(sd)[:5]}"
     assert len(boundary_vertices(p.faces)) < len(p.vertices) / 2       # a sewn garment, not loose strips
@@ -119,7 +118,6 @@ def test_patterns_start_outside_the_body_as_valid_meshes(body_shape, kind, ease,
     assert p.pinned.any()                                               # waistband or shoulder seams
     top = p.vertices[p.pinned, 1]
     assert (top > np.percentile(p.vertices[:, 1], 80)).all()
-    assert keep.any()
 
 
 @given(st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 50)), min_size=1, max_size=5))

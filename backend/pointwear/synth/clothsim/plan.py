@@ -3,7 +3,7 @@ body's motion per simulation frame and the camera per output frame. Options live
 (`ClothsimOptions`), and so do the outfit names and seed ranges."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -94,7 +94,6 @@ class Look:
     sun: np.ndarray                 # (3,) direction the light comes from (Blender world)
     sun_strength: float
     ambient: float
-    extra: dict = field(default_factory=dict)
 
 
 def sample_look(n_garments: int, rng: np.random.Generator) -> Look:
