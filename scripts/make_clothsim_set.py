@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--motion", default=d.motion, help="turntable | walk | random (from the seed)")
     ap.add_argument("--res", type=float, default=d.res, help="cloth edge length in metres")
     ap.add_argument("--settle", type=int, default=d.settle, help="simulation frames before the first output frame")
-    ap.add_argument("--substeps", type=int, default=d.substeps, help="simulation frames per output frame")
+    ap.add_argument("--substeps", type=int, default=d.substeps, help="simulation frames per output frame of a walk")
     ap.add_argument("--points", type=int, default=d.points, help="truth points per frame")
     ap.add_argument("--force", action="store_true", help="remake subjects that are already finished")
     ap.add_argument("--sheet", type=Path, default=None,

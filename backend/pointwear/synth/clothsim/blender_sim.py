@@ -50,7 +50,8 @@ class GarmentInput:
 class SceneInput:
     """body_frames (T, Vb, 3) SMPL frame per simulation frame; body_faces (Fb, 3); body_albedo
     (Vb, 3); cameras: per output frame a (4, 4) Blender camera matrix_world; lens_mm with a
-    36 mm sensor; output_frames (n,) simulation frame indices (0-based)."""
+    36 mm sensor; output_frames (n,) simulation frame indices (0-based); substeps simulation
+    frames per output frame (the scene runs at fps * substeps)."""
     body_frames: np.ndarray
     body_faces: np.ndarray
     body_albedo: np.ndarray
@@ -59,6 +60,7 @@ class SceneInput:
     lens_mm: float
     output_frames: np.ndarray
     look: Look
+    substeps: int
 
 
 def simulate_and_render(scene_in: SceneInput, options: ClothsimOptions, render_dir: Path
@@ -70,7 +72,7 @@ def simulate_and_render(scene_in: SceneInput, options: ClothsimOptions, render_d
     scene = bpy.context.scene
     total = len(scene_in.body_frames)
     scene.frame_start, scene.frame_end = 1, total
-    scene.render.fps = int(round(options.fps * options.substeps))
+    scene.render.fps = max(1, int(round(options.fps * scene_in.substeps)))
     scene.gravity = (0.0, 0.0, -9.81)
     body = _body_object(scene_in)
     _add_collision(body, outer=0.004)

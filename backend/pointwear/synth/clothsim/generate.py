@@ -102,7 +102,7 @@ def make_subject(out: str | Path, outfit: str, seed: int, options: ClothsimOptio
     albedo = _body_albedo(shape, look)
     scene_in = SceneInput(body_frames=body_frames, body_faces=body.faces, body_albedo=albedo, garments=garments,
                           cameras=cams, lens_mm=float(K[0, 0]) * 36.0 / size, output_frames=plan.output_frames,
-                          look=look)
+                          look=look, substeps=plan.substeps)
     t_setup = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="clothsim_render_") as tmp:
         cloth_local, rgba, blender_seconds = simulate_and_render(scene_in, options, Path(tmp))

@@ -32,11 +32,13 @@ class ClothsimOptions:
     motion: str = "random"          # "turntable" | "walk" | "random" (from the seed)
     res: float = 0.02               # cloth edge length (m)
     settle: int = 14                # simulation frames before the first output frame
-    substeps: int = 2               # simulation frames per output frame
+    substeps: int = 4               # simulation frames per output frame of a walk
+    turntable_substeps: int = 1     # ... of a turntable (only the camera moves)
     quality: int = 5                # cloth solver steps per frame
-    collision_quality: int = 2
+    collision_quality: int = 3
     points: int = 8192              # truth points on the cloth per frame
-    fps: float = 12.0               # output frame rate (simulation runs at fps * substeps)
+    fps: float = 6.0                # output frame rate: 8 frames of a walk are 1.3 s (1-2 gait
+                                    # cycles); the simulation runs at fps * substeps
     threads: int = 2
 
     def check(self) -> None:
@@ -50,7 +52,7 @@ class ClothsimOptions:
             raise ValueError(f"--motion must be one of {[*MOTIONS, 'random']}, got {self.motion!r}")
         if not 0.008 <= self.res <= 0.08:
             raise ValueError(f"--res must be within 0.008..0.08 m, got {self.res}")
-        if self.settle < 2 or self.substeps < 1 or self.quality < 1 or self.points < 1:
+        if self.settle < 2 or min(self.substeps, self.turntable_substeps, self.quality, self.points) < 1:
             raise ValueError("settle >= 2, substeps >= 1, quality >= 1 and points >= 1 are required")
 
 
@@ -115,20 +117,22 @@ def sample_look(n_garments: int, rng: np.random.Generator) -> Look:
 class MotionPlan:
     """Body poses per simulation frame (T, 24, 3) axis-angle (root identity: the body stays
     put and the camera moves), the simulation frames that are output (n,), camera yaw (n,)
-    degrees, and the motion's name."""
+    degrees, the motion's name and simulation frames per output frame."""
     poses: np.ndarray
     output_frames: np.ndarray
     yaw: np.ndarray
     motion: str
+    substeps: int
 
 
 def motion_plan(options: ClothsimOptions, rng: np.random.Generator) -> MotionPlan:
     """The settle holds the motion's first pose (the garments start there, skinned from their
     T-pose placement), then the motion, sampled `substeps` times per output frame."""
     motion = options.motion if options.motion != "random" else str(rng.choice(MOTIONS))
-    n, sub = options.frames, options.substeps
+    n = options.frames
+    sub = options.turntable_substeps if motion == "turntable" else options.substeps
     yaw_fine, pose_fine = make_motion(motion, n * sub, rng)
     poses = np.concatenate([np.repeat(pose_fine[:1], options.settle, 0), pose_fine])
     poses[:, 0] = 0.0
     output = options.settle + sub * np.arange(n) + (sub - 1)
-    return MotionPlan(poses=poses, output_frames=output, yaw=yaw_fine[sub - 1::sub][:n], motion=motion)
+    return MotionPlan(poses=poses, output_frames=output, yaw=yaw_fine[sub - 1::sub][:n], motion=motion, substeps=sub)
