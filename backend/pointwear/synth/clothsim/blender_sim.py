@@ -77,6 +77,7 @@ def simulate_and_render(scene_in: SceneInput, options: ClothsimOptions, render_d
     body = _body_object(scene_in)
     _add_collision(body, outer=0.004)
     cloths = [_cloth_object(g, i, scene_in, options) for i, g in enumerate(scene_in.garments)]
+    _collision_groups(scene, body, cloths, scene_in.garments)
     camera = _camera(scene, scene_in.lens_mm)
     _lights(scene, scene_in.look)
     _render_settings(scene, options)
@@ -214,6 +215,20 @@ def _cloth_object(g: GarmentInput, index: int, scene_in: SceneInput, options: Cl
     if any(other.layer > g.layer for other in scene_in.garments):   # outer layers collide with it
         _add_collision(obj, outer=0.003)
     return obj
+
+
+def _collision_groups(scene, body: bpy.types.Object, cloths: list[bpy.types.Object],
+                      garments: list[GarmentInput]) -> None:
+    """Each garment collides with the body and the layers under it only: were an inner layer to
+    collide with an outer one too, the two simulations would depend on each other (a cycle)."""
+    for obj, g in zip(cloths, garments):
+        group = bpy.data.collections.new(f"colliders_{obj.name}")
+        scene.collection.children.link(group)
+        group.objects.link(body)
+        for other, og in zip(cloths, garments):
+            if og.layer < g.layer:
+                group.objects.link(other)
+        obj.modifiers["cloth"].collision_settings.collection = group
 
 
 def _evaluated_vertices(obj: bpy.types.Object, depsgraph) -> np.ndarray:
