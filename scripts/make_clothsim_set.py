@@ -28,12 +28,12 @@ def parse_seeds(text: str) -> list[int]:
             lo, _, hi = part.partition("-")
             a, b = int(lo), int(hi) if hi else int(lo)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"--seeds: expected numbers or ranges like 1000-1003, got {part!r}")
+            raise argparse.ArgumentTypeError(f"expected seed numbers or ranges like 1000-1003, got {part!r}")
         if a < 0 or b < a or b - a >= 10000:
-            raise argparse.ArgumentTypeError(f"--seeds: bad range {part!r} (0 <= first <= last, at most 10000)")
+            raise argparse.ArgumentTypeError(f"bad seed range {part!r} (0 <= first <= last, at most 10000)")
         seeds.extend(range(a, b + 1))
     if not seeds or len(seeds) > 10000:
-        raise argparse.ArgumentTypeError(f"--seeds: give 1..10000 seeds, got {len(seeds)}")
+        raise argparse.ArgumentTypeError(f"give 1..10000 seeds, got {len(seeds)}")
     return seeds
 
 
@@ -50,7 +50,7 @@ def parse_kinds(text: str) -> list[str]:
             out.append(name)
         else:
             raise argparse.ArgumentTypeError(
-                f"--kinds: unknown outfit {name!r}; known: all, single, combos, {', '.join(OUTFITS)}")
+                f"unknown outfit {name!r}; known: all, single, combos, {', '.join(OUTFITS)}")
     return list(dict.fromkeys(out))
 
 

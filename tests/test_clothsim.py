@@ -130,7 +130,7 @@ def test_seed_ranges_parse(ranges):
 @pytest.mark.parametrize("bad", ["", "x", "5-2", "-3", "0-20000"])
 def test_bad_seeds_are_refused_with_the_option_named(bad):
     import argparse
-    with pytest.raises(argparse.ArgumentTypeError, match="--seeds"):
+    with pytest.raises(argparse.ArgumentTypeError, match="seed"):
         parse_seeds(bad)
 
 
