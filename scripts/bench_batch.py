@@ -80,7 +80,7 @@ def main() -> int:
         "On free cores or a cluster (`--ray ADDRESS`, `--gpus-per-task`) the ratio should approach the number "
         "of workers less those fixed costs (not measured here). What this machine does show is the robustness: "
         "killed workers are retried (`--retries`, default 3) and finished subjects skipped on a rerun "
-        "(tests/test_batch.py kills a worker mid-fit: every subject finishes exactly once).",
+        "(tests/test_batch_ray.py kills a worker mid-fit: every subject finishes exactly once).",
     ]
     publish_reliability("Batch on Ray", lines, write=not args.no_write)
     return 0
