@@ -34,7 +34,9 @@ from ..link.launcher import child_env, kill_group, popen_group_kwargs
 from . import layout as L
 from . import machine
 
-IDLE, RUNNING, DONE, FAILED, CANCELLED = "idle", "running", "done", "failed", "cancelled"
+# An install job's states: the protocol's job states, plus "idle" before it starts.
+IDLE = "idle"
+RUNNING, DONE, FAILED, CANCELLED = protocol.RUNNING, protocol.STATE_DONE, protocol.FAILED, protocol.CANCELLED
 WHEEL_RE = re.compile(r"^pointwear-(\d+(?:\.\d+)*)-py3-none-any\.whl$")
 PIP_FLAGS = ("--disable-pip-version-check", "--no-input", "--progress-bar", "off")
 _PIP_COUNTED = ("Collecting ", "Processing ", "Requirement already satisfied: ")

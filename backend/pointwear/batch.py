@@ -34,11 +34,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .link import protocol as P
+
 STEPS = ("prepare", "fit-outfit", "fit-appearance")
 STEP_DIRS = {"fit-outfit": "outfit", "fit-appearance": "appearance"}
 DONE_FILE, SUMMARY = "done.json", "batch_summary"
 MAX_SUBJECTS = 10000
-STATE_DONE, STATE_SKIPPED, STATE_FAILED = "done", "skipped", "failed"   # a subject's outcome
+# A subject's outcome: the protocol's job states, plus "skipped" (finished by an earlier run).
+STATE_DONE, STATE_SKIPPED, STATE_FAILED = P.STATE_DONE, "skipped", P.FAILED
 
 
 @dataclass

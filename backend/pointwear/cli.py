@@ -101,20 +101,22 @@ class _TqdmProgress:
             self.bar.close()
 
 
-def _outfit_spec(value: str) -> str:
+def _outfit_spec(value: str, allow_random: bool = True) -> str:
+    """An outfit argument (synth --outfit; fit-outfit --garments without "random")."""
     from .garment.families import outfit_spec_error
-    problem = outfit_spec_error(value, allow_random=True)
+    problem = outfit_spec_error(value, allow_random=allow_random)
     if problem:
         raise argparse.ArgumentTypeError(problem)
     return value
 
 
+def _garments_spec(value: str) -> str:
+    return _outfit_spec(value, allow_random=False)
+
+
 def cmd_fit_outfit(args: argparse.Namespace) -> int:
     from .fit.outfit_fit import FitOptions, fit_outfit
     garments = args.garments or args.template
-    if garments is not None:
-        from .fit.selection import check_outfit
-        garments = check_outfit(garments)
     options = FitOptions(drape=args.drape, template=garments, frames=args.frames, codes=args.codes,
                          coarse_steps=args.coarse_steps, fine_steps=args.fine_steps,
                          refine_steps=args.refine_steps, seed=args.seed, device=args.device,
@@ -248,7 +250,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_batch(args: argparse.Namespace) -> int:
     import shlex
 
-    from .batch import BatchOptions, format_table, run_batch
+    from .batch import STATE_FAILED, BatchOptions, format_table, run_batch
     steps = tuple(s.strip() for s in args.steps.split(",") if s.strip())
     extra = {step: shlex.split(text) for step, text in (("prepare", args.prepare_args),
                                                          ("fit-outfit", args.fit_outfit_args),
@@ -259,7 +261,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     rows = run_batch(args.subjects, args.out, options)
     print(format_table(rows))
     print(f"summary: {Path(args.out) / 'batch_summary.csv'} and .json")
-    return 1 if any(r["state"] == "failed" for r in rows) else 0
+    return 1 if any(r["state"] == STATE_FAILED for r in rows) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -295,10 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("subject")
     p.add_argument("--out", required=True, help="result folder (resumes from its checkpoint if present)")
     p.add_argument("--drape", default="parametric", help='"parametric", "neural" or a neural checkpoint path')
-    p.add_argument("--garments", default=None, help="parametric only: fix the garments, families joined by '+' "
+    p.add_argument("--garments", default=None, type=_garments_spec, help="parametric only: fix the garments, families joined by '+' "
                    "(tank, tshirt, longsleeve, hoodie, jacket, shorts, trousers, skirt, dress, jumpsuit; e.g. "
                    "jacket+tshirt+trousers); default: chosen by the fit (per label with labels/)")
-    p.add_argument("--template", default=None, help=argparse.SUPPRESS)   # the older name of --garments
+    p.add_argument("--template", default=None, type=_garments_spec, help=argparse.SUPPRESS)   # the older name of --garments
     p.add_argument("--no-labels", action="store_true", help="ignore labels/: fit every garment to the clothing mask")
     p.add_argument("--frames", type=_frame_list, default=None, help="frames to fit, e.g. 0-5; the rest are held out")
     p.add_argument("--codes", type=int, default=4, help="random codes per template in the coarse stage")

@@ -28,7 +28,7 @@ from .outputs import _overlay, write_outputs
 from .selection import (UNION, CandidateSpec, assign_labels, join_winners, label_groups, labelled_candidates,
                         unlabelled_candidates)
 from .state import (  # noqa: F401 - re-exported: callers import them from here
-    Best, Candidate, FitCancelled, FitOptions, FitState, Preview, Progress, _groups, split_frames)
+    Best, Candidate, FitCancelled, FitOptions, FitState, Preview, Progress, mask_group, split_frames)
 from .visibility import visible_points
 
 
@@ -69,6 +69,7 @@ class OutfitFitter:
         self.train = load_frames(subject, self.body, self.train_ids, self.device, labels)
         self.val = load_frames(subject, self.body, self.held_ids, self.device, labels) if self.held_ids else self.train
         self.final_targets, self._final_spec = None, None
+        self._garment_ids: dict[int, torch.Tensor] = {}
         self.rng = torch.Generator().manual_seed(options.seed)
         self.ckpt_path = self.out / CHECKPOINT_PT
         self.snapshots: list[tuple[str, int, torch.Tensor, str]] = []
@@ -109,7 +110,9 @@ class OutfitFitter:
         keys = sorted(set(targets)) if targets else [UNION]
         if len(keys) == 1:
             return [(keys[0], vis)]
-        garment = torch.as_tensor(drape.garment_index, device=uv.device)
+        garment = self._garment_ids.get(id(drape))
+        if garment is None:      # fixed per drape: moved to the device once, not every step
+            garment = self._garment_ids[id(drape)] = torch.as_tensor(drape.garment_index, device=uv.device)
         layers = [f.layer for f in drape.families]
         px = uv.round().long()
         h, w = frames.targets.masks.shape[1:]
@@ -191,7 +194,7 @@ class OutfitFitter:
             state.history.append({"stage": stage, "step": state.step, "drape": cand.key,
                                   "scores": [round(float(s), 5) for s in scores]})
             state.cand_best[cand.key] = round(float(scores[k]), 6)
-            comparable = state.best.code is None or _groups(state.best.drape_id) == _groups(cand.key)
+            comparable = state.best.code is None or mask_group(state.best.drape_id) == mask_group(cand.key)
             if comparable and float(scores[k]) < state.best.score:
                 state.best = Best(float(scores[k]), cand.key, cand.codes[k].detach().clone(), stage)
         self._snapshot(stage, state)
@@ -200,8 +203,8 @@ class OutfitFitter:
         """Keep the `keep` best candidates of each label (or overall); the others stop here."""
         state_best = state.cand_best
         kept = []
-        for group in sorted({_groups(c.key) for c in cands}):
-            mine = sorted((c for c in cands if _groups(c.key) == group), key=lambda c: state_best[c.key])
+        for group in sorted({mask_group(c.key) for c in cands}):
+            mine = sorted((c for c in cands if mask_group(c.key) == group), key=lambda c: state_best[c.key])
             kept += mine[:self.options.keep]
         return [c for c in cands if c in kept]
 
@@ -296,7 +299,7 @@ class OutfitFitter:
         from ..drape.parametric import ParametricDrape
         best = {}
         for cand in by_id.values():
-            g = _groups(cand.key)
+            g = mask_group(cand.key)
             if cand.key in state.cand_best and (g not in best or state.cand_best[cand.key] < state.cand_best[best[g].key]):
                 best[g] = cand
         winners = sorted(best.values(), key=lambda c: state.cand_best[c.key])

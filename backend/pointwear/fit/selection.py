@@ -135,13 +135,3 @@ def assign_labels(outfit: str, groups: list[LabelGroup]) -> CandidateSpec:
         targets.append((named or slot or [UNION])[0])
     return CandidateSpec(outfit, tuple(targets))
 
-
-def check_outfit(spec: str) -> str:
-    """A --garments / template value checked (InputError naming the field when it is not an
-    outfit); returns it as given."""
-    from ..garment.families import outfit_families
-    try:
-        outfit_families(spec)
-    except ValueError as exc:
-        raise InputError(str(exc), field="--garments") from None
-    return spec

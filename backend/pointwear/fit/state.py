@@ -94,7 +94,7 @@ class FitState:
     cand_best: dict = field(default_factory=dict)   # candidate key -> its best held-out score
 
 
-def _groups(key: str) -> str:
+def mask_group(key: str) -> str:
     """The masks a candidate key is scored on ("" = the clothing mask, "1" = label 1, ...)."""
     return key.partition("@")[2]
 

@@ -229,13 +229,13 @@ register(JobKind(P.KIND_BODY, _validate_body, _run_body, "body.npz (rest pose, S
 
 # -- synth --------------------------------------------------------------------------------------
 
-def _outfit(p: Params, default: str) -> str:
-    """synth's outfit: a legacy outfit, "random" or garments joined by '+'."""
+def _outfit(p: Params, name: str, default: str, allow_random: bool = True) -> str:
+    """An outfit parameter: a legacy outfit, garments joined by '+', or (synth) "random"."""
     from ..garment.families import outfit_spec_error
-    value = p._get("outfit", default)
-    problem = outfit_spec_error(value, allow_random=True)
+    value = p._get(name, default)
+    problem = outfit_spec_error(value, allow_random=allow_random)
     if problem:
-        raise ParamError("outfit", problem)
+        raise ParamError(name, problem)
     return value
 
 
@@ -244,7 +244,7 @@ def _validate_synth(p: Params, ctx: SubmitContext) -> dict:
     from ..synth.motion import MOTIONS
     d = SynthOptions()
     return {"frames": p.int("frames", d.frames, 1, 10000), "size": p.int("size", d.size, 32, 4096),
-            "outfit": _outfit(p, d.outfit),
+            "outfit": _outfit(p, "outfit", d.outfit),
             "motion": p.choice("motion", d.motion, list(MOTIONS)), "seed": p.int("seed", d.seed, 0, 2**32 - 1),
             "betas": p.betas(), "body": p.model("body", d.body), "points": p.int("points", d.points, 16, 1_000_000),
             "sheet": p.bool("sheet", True)}
@@ -331,20 +331,13 @@ def _subject_folder(p: Params, base: dict) -> str:
 
 def _validate_fit(p: Params, ctx: SubmitContext) -> Validated:
     from ..fit.outfit_fit import FitOptions
-    from ..errors import InputError
-    from ..fit.selection import check_outfit
     d = FitOptions()
     base, out, resumed = _resume_base(p, ctx, P.KIND_FIT_OUTFIT)
     subject = _subject_folder(p, base)
     drape = check_drape("drape", p._get("drape", base.get("drape", d.drape)))
     template = p._get("template", base.get("template", d.template))
     if template is not None:
-        if not isinstance(template, str) or len(template) > 200:
-            raise ParamError("template", f"must be garments joined by '+', got {_short(template)}")
-        try:
-            template = check_outfit(template)
-        except InputError as exc:
-            raise ParamError("template", exc.message) from None
+        template = _outfit(p, "template", template, allow_random=False)
     if template is not None and drape != "parametric":
         raise ParamError("template", "applies to the parametric drape only")
     params = {
