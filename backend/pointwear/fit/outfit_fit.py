@@ -1,5 +1,5 @@
 """Fitting an outfit code to clothing masks, the Point-Based Clothing way done right: several
-random codes optimised in parallel (coarse), their spherical mean refined (fine), the best kept
+random codes optimised in parallel (coarse), their mean or their best code (by held-out score) refined (fine), the best kept
 by a held-out-frame score; losses are distance-transform 2D Chamfer on the visible points (both
 directions) plus soft coverage and a code prior; then an optional regularised free-form
 refinement of per-point offsets. Checkpointed, resumable, cancellable, with progress."""
@@ -290,9 +290,9 @@ class OutfitFitter:
         return self._finish(best_drape, state, offsets, time.time() - t0)
 
     def _fine_candidate(self, state: FitState, by_id: dict[str, Candidate]) -> Candidate:
-        """The fine stage starts from the mean of the best candidate's codes (spherical for
-        codes in a ball; plain for the parametric logits). With labels, the best candidate of
-        each label are joined into one outfit, each garment keeping its code and its label."""
+        """The fine stage starts from the best candidate's start code (`_start_code`). With
+        labels, the best candidate of each label are joined into one outfit, each garment keeping
+        its start code and its label."""
         if not self.groups or self.options.template:
             group = by_id[state.best.drape_id]
             return Candidate(group.drape, self._start_code(group)[None].clone(), spec=group.spec)
@@ -319,8 +319,15 @@ class OutfitFitter:
         return Candidate(drape, start[None].clone(), spec=spec)
 
     def _start_code(self, cand: Candidate) -> torch.Tensor:
+        """The fine stage's start for one candidate: the mean of its codes (spherical for codes in
+        a ball; plain for the parametric logits) or, when the codes settled in different basins and
+        one of them scores better on the held-out frames than their mean, that code."""
         codes = cand.codes.detach()
-        return codes.mean(0) if cand.drape.drape_id.startswith("parametric") else slerp_mean(codes)
+        mean = codes.mean(0) if cand.drape.drape_id.startswith("parametric") else slerp_mean(codes)
+        if len(codes) == 1:
+            return mean
+        starts = torch.cat([mean[None], codes])
+        return starts[self.score(cand.drape, starts, cand.targets).argmin()]
 
     def _restore(self, ckpt: dict, by_id: dict[str, Candidate]
                  ) -> tuple[FitState, Candidate | None, torch.Tensor | None]:
