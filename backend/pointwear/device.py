@@ -73,7 +73,7 @@ def scaled(cpu_value: int, device: torch.device, cuda_value: int) -> int:
 
 
 # -- host synchronisations ------------------------------------------------------------------------
-_ALWAYS = {"item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__", "nonzero",
+_ALWAYS = {"item", "tolist", "numpy", "__array__", "__bool__", "__int__", "__float__", "__index__", "nonzero",
            "argwhere", "masked_select", "unique", "unique_consecutive", "bincount", "cpu", "equal",
            "allclose", "any_", "is_nonzero"}
 
@@ -81,7 +81,7 @@ _ALWAYS = {"item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__ind
 class HostSyncCounter(TorchFunctionMode):
     """Counts the torch calls that make the host wait for the device on CUDA: values read into
     Python (.item(), .tolist(), bool(), int(), float(), .numpy()), copies to the CPU (.cpu(),
-    .to("cpu")), and ops whose output size depends on values (nonzero, boolean-mask indexing,
+    .to("cpu"); not .to(device) with a device taken from the inputs, which is the CPU here), and ops whose output size depends on values (nonzero, boolean-mask indexing,
     unique, bincount, repeat_interleave without output_size). Works on CPU tensors, so a test
     on a machine without a GPU can hold a hot loop to a budget.
 
@@ -109,9 +109,9 @@ class HostSyncCounter(TorchFunctionMode):
 def _syncs(name: str, args: tuple, kwargs: dict) -> bool:
     if name in _ALWAYS:
         return True
-    if name == "to":
+    if name == "to":   # a literal "cpu" target is a copy to the host; a device taken from inputs is not
         target = kwargs.get("device", next((a for a in args[1:] if isinstance(a, (str, torch.device))), None))
-        return target is not None and torch.device(target).type == "cpu"
+        return isinstance(target, str) and torch.device(target).type == "cpu"
     if name in ("__getitem__", "__setitem__", "index_put_", "index_put"):
         index = args[1] if len(args) > 1 else ()
         index = index if isinstance(index, (tuple, list)) else (index,)
