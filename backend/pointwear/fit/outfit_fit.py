@@ -5,6 +5,7 @@ directions) plus soft coverage and a code prior; then an optional regularised fr
 refinement of per-point offsets. Checkpointed, resumable, cancellable, with progress."""
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import asdict
@@ -16,10 +17,11 @@ import torch
 
 from ..body import BodyModel, load_body
 from ..data.subject import Subject, read_subject
-from ..device import DeviceError, pick_device, scaled
+from ..device import DeviceError, device_error, pick_device, release_memory, scaled
 from ..drape.base import DrapeModel
 from ..errors import InputError
 from ..garment.families import outfit_families
+from ..link import protocol as P
 from ..link.protocol import CHECKPOINT_PT
 from ..render.rasterizer import project
 from .frames import FrameSet, load_frames
@@ -60,7 +62,7 @@ class OutfitFitter:
                                       device=self.device)
         if self.body.device != self.device:
             raise DeviceError(f"the body model is on {self.body.device} but the fit runs on {self.device}",
-                              "wrong_device", "load it with the fit's device (pointwear.device.pick_device)")
+                              P.E_WRONG_DEVICE, "load it with the fit's device (pointwear.device.pick_device)")
         self.frames_per_step = options.frames_per_step or scaled(4, self.device, 8)
         self.betas = torch.as_tensor(subject.smpl.betas, dtype=torch.float32, device=self.device)[None]
         self.train_ids, self.held_ids = split_frames(subject.num_frames, options.frames)
@@ -166,16 +168,17 @@ class OutfitFitter:
                 self._save(cands, state)
                 raise FitCancelled(f"fit cancelled during {stage} at step {state.step}")
             ids = self._sample_ids()
-            for cand in cands:
-                refresh = state.step % 10 == 0
-                loss = self.frame_losses(cand.drape, cand.codes, self.train, ids, refresh_weights=refresh,
-                                         targets=cand.targets)
-                total = (loss + self.prior(cand.drape, cand.codes)).sum()
-                cand.optimizer.zero_grad()
-                total.backward()
-                cand.optimizer.step()
-                for group in cand.optimizer.param_groups:
-                    group["lr"] *= 0.992
+            with self._checkpoint_on_oom(cands, state):
+                for cand in cands:
+                    refresh = state.step % 10 == 0
+                    loss = self.frame_losses(cand.drape, cand.codes, self.train, ids, refresh_weights=refresh,
+                                             targets=cand.targets)
+                    total = (loss + self.prior(cand.drape, cand.codes)).sum()
+                    cand.optimizer.zero_grad()
+                    total.backward()
+                    cand.optimizer.step()
+                    for group in cand.optimizer.param_groups:
+                        group["lr"] *= 0.992
             state.step += 1
             if self.preview is not None:
                 show = state.best if stage == "coarse" and state.best.code is not None else None
@@ -188,6 +191,23 @@ class OutfitFitter:
                 cands[:] = self._prune(cands, state)
             if state.step % self.options.checkpoint_every == 0:
                 self._save(cands, state)
+
+    @contextlib.contextmanager
+    def _checkpoint_on_oom(self, cands: list[Candidate], state: FitState):
+        """Out of memory in a step: save the checkpoint of the last finished step (a resume goes
+        on from there) and end with a DeviceError (out_of_memory) saying what to lower."""
+        try:
+            yield
+        except Exception as exc:
+            err = device_error(exc)
+            if err is None or err.code != P.E_OUT_OF_MEMORY:
+                raise
+            for cand in cands:
+                cand.optimizer.zero_grad(set_to_none=True)
+            release_memory()
+            self._save(cands, state)
+            raise DeviceError(f"{err.message} at step {state.step}; checkpoint kept: {self.ckpt_path}",
+                              err.code, err.hint) from exc
 
     def _penalised(self, cand: Candidate, scores: torch.Tensor) -> torch.Tensor:
         return scores * (1.0 + self.options.garment_penalty * cand.extra_garments)
