@@ -142,7 +142,7 @@ def main() -> None:
         code = f"old ({args.base})" if r["side"] == "old" else "new"
         score = f"{r['score']:.5f}" if isinstance(r.get("score"), (int, float)) else "-"
         lines.append(f"| {r['drape']} | {r['per_step']} | {code} | {r['seconds']:.1f} s | {r['cpu_seconds']:.1f} s | "
-                     f"{target} | {r['syncs']} | {r['peak_mb']:.0f} MB | {r["iou"]:.3f} | {score} |")
+                     f"{target} | {r['syncs']} | {r['peak_mb']:.0f} MB | {r['iou']:.3f} | {score} |")
     publish(SECTION, lines, write=not args.no_write)
 
 
