@@ -2,6 +2,8 @@
 on the CPU. Standalone (torch only), so a benchmark can count an older revision's code too."""
 from __future__ import annotations
 
+import os
+import sys
 from collections import Counter
 
 import torch
@@ -16,7 +18,8 @@ class HostSyncCounter(TorchFunctionMode):
     """Counts the torch calls that make the host wait for the device on CUDA: values read into
     Python (.item(), .tolist(), bool(), int(), float(), .numpy()), copies to the CPU (.cpu(),
     .to("cpu"); not .to(device) with a device taken from the inputs, which is the CPU here), and ops whose output size depends on values (nonzero, boolean-mask indexing,
-    unique, bincount, repeat_interleave without output_size). Works on CPU tensors, so a test
+    unique, bincount, repeat_interleave without output_size); not torch.optim's reads of its
+    host-side step counters. Works on CPU tensors, so a test
     on a machine without a GPU can hold a hot loop to a budget.
 
         with HostSyncCounter() as syncs:
@@ -35,9 +38,15 @@ class HostSyncCounter(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
-        if _syncs(name, args, kwargs):
+        if _syncs(name, args, kwargs) and not _in_optimizer(sys._getframe(1)):
             self.counts[name] += 1
         return func(*args, **kwargs)
+
+
+def _in_optimizer(frame) -> bool:
+    """torch.optim reads its step counters with .item(); they stay on the host by design (no
+    device wait on a GPU), so those calls are not counted."""
+    return frame is not None and f"{os.sep}torch{os.sep}optim{os.sep}" in frame.f_code.co_filename
 
 
 def _syncs(name: str, args: tuple, kwargs: dict) -> bool:

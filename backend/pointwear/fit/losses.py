@@ -331,17 +331,18 @@ def _item_pixels(target: MaskTargets, fi: Tensor, fi_l: list[int]) -> tuple[Tens
     return item, rows
 
 
-def _mask_to_points(X: Tensor, w: Tensor, target: MaskTargets, fi: Tensor, fi_l: list[int],
+def _mask_to_points(X: Tensor, w: Tensor, sel: Tensor, target: MaskTargets, fi: Tensor, fi_l: list[int],
                     dtype: torch.dtype) -> _MaskToPoints:
     """For every mask pixel of every item, its nearest point (see the module doc), all items
     at once on the device.
 
-    X (B,N,2) the points (autograd); w (B,N) their weights (> 0: present). The search runs
+    X (B,N,2) the points (autograd); w (B,N) their weights (> 0: present), sel (K,) the present
+    ones' rows of X.reshape(-1, 2). The search runs
     without autograd and assigns each mask pixel p a point j(p). The loss is then assembled
     per point: its pixels contribute sum_p |p - X_j|^2 = c_j |X_j|^2 - 2 X_j . S_j + Q_j with
     c_j pixels, S_j = sum p and Q_j = sum |p|^2 (integers, summed exactly in int64), so autograd
     only sees the points and value and gradient equal those of the per-pixel sum (float64).
-    Host round-trips: two (the far pixels' count and their split over the items).
+    Host round-trips: one or two (the far pixels' count; those no coarse cell reaches).
     """
     H, W = target.image_size
     dev = X.device
@@ -351,7 +352,6 @@ def _mask_to_points(X: Tensor, w: Tensor, target: MaskTargets, fi: Tensor, fi_l:
     present = (w > 0).reshape(-1)                                              # (B*N,)
     P = X.detach().float().reshape(-1, 2)                                      # (B*N,2)
     has_points = (w > 0).any(1)                                                # (B,)
-    sel = present.nonzero().squeeze(1)      # the present points (round-trip 1): the splats' work
     Ps = P.index_select(0, sel)                                                # (K,2)
 
     # One image per item over its frame +- _IMAGE_PAD (points beyond are clamped onto its
@@ -401,19 +401,20 @@ def _mask_to_points(X: Tensor, w: Tensor, target: MaskTargets, fi: Tensor, fi_l:
     d = (got >> id_bits).float() * (d_max / q_max)
     d = torch.where(got == _EMPTY32, math.inf, d)
     usable = has_points.index_select(0, item)
-    far = ((d > (R - 0.5) ** 2) & usable).nonzero().squeeze(1)                 # round-trip 2
+    far = ((d > (R - 0.5) ** 2) & usable).nonzero().squeeze(1)                 # round-trip
     if far.numel():
         d, j = _coarse_nearest(P, Ps, local, item_of, pr, N, pf, item, far, d, j, (gh, gw), border)
-        rest = far.index_select(0, (~torch.isfinite(d.index_select(0, far))).nonzero().squeeze(1))  # 3
+        rest = far.index_select(0, (~torch.isfinite(d.index_select(0, far))).nonzero().squeeze(1))  # round-trip
         if rest.numel():
             d, j = _far_pixels(P.view(B, N, 2), present.view(B, N), pf, item, rest, d, j)
 
     # Per point sums of its pixels (exact int64), then the differentiable quadratic in float64.
     found = usable & torch.isfinite(d)
     g = torch.where(found, item * N + j, 0)
-    c = torch.zeros(B * N, dtype=torch.long, device=dev).index_add_(0, g, found.long())
-    S = torch.zeros(B * N, 2, dtype=torch.long, device=dev).index_add_(0, g, pf * found.unsqueeze(1))
-    Q = torch.zeros(B * N, dtype=torch.long, device=dev).index_add_(0, g, p2 * found)
+    # count, sum x, sum y, sum |p|^2 per point in one float64 sum (integers below 2^53: exact)
+    parts = torch.cat([found.unsqueeze(1), pf, p2.unsqueeze(1)], 1).double() * found.unsqueeze(1)
+    sums = torch.zeros(B * N, 4, dtype=torch.float64, device=dev).index_add_(0, g, parts)
+    c, S, Q = sums[:, 0], sums[:, 1:3], sums[:, 3]
     Xd = X.reshape(-1, 2).double()
     per_point = c * Xd.square().sum(1) - 2 * (Xd * S).sum(1) + Q
     # Constant costs (no gradient): items without points, pixels nothing reached.
@@ -524,15 +525,19 @@ def chamfer_2d(uv: Tensor, valid: Tensor, target: MaskTargets, frame_index: Tens
     inv = 1.0 / (scale * scale)
     count = target.counts[fi]
     has_mask = (count > 0).to(uv.dtype)
-    # Every point is looked up (weight 0: no effect), so no data-dependent selection.
-    d_p = _points_to_mask_sq(uv.reshape(-1, 2), fi.repeat_interleave(N), target).view(B, N)
+    sel = (w.reshape(-1) > 0).nonzero().squeeze(1)   # valid points, item-major (one round-trip)
+    pb = torch.div(sel, N, rounding_mode="floor")
+    X = uv.reshape(-1, 2).index_select(0, sel)
+    ws = w.reshape(-1).index_select(0, sel)
     wsum = w.sum(1)
+    d_p = _points_to_mask_sq(X, fi.index_select(0, pb), target)
+    zeros = torch.zeros(B, dtype=uv.dtype, device=uv.device)
     norm = has_mask / wsum.clamp(min=1e-12)
-    p2m = (w * d_p).sum(1) * norm
-    p2m_px = (w * d_p.detach().sqrt()).sum(1) * norm
+    p2m = zeros.index_add(0, pb, ws * d_p) * norm
+    p2m_px = zeros.index_add(0, pb, ws * d_p.detach().sqrt()) * norm
     out = {"points_to_mask": p2m * inv, "points_to_mask_px": p2m_px, "n_points": wsum.detach()}
     if both:
-        m = _mask_to_points(uv, w, target, fi, fi_l, uv.dtype)
+        m = _mask_to_points(uv, w, sel, target, fi, fi_l, uv.dtype)
         n = count.clamp(min=1).to(uv.dtype)
         out["mask_to_points"] = m.sq_sum / n * inv
         out["mask_to_points_px"] = m.px_sum / n
@@ -643,9 +648,9 @@ def soft_coverage_loss(uv: Tensor, valid: Tensor, target: MaskTargets, frame_ind
         radius = torch.as_tensor(radius_px, dtype=uv.dtype, device=uv.device).expand(B)
     sigma = (radius / math.sqrt(kx * ky)).clamp(min=0.5)                 # low-res px
     r = int(min(4, math.ceil(3 * float(sigma.max())))) if B else 1    # stencil: 2r x 2r taps
-    # Every point is splatted, times its weight (0: nothing), so no data-dependent selection.
-    pb = torch.arange(B, device=uv.device).repeat_interleave(N)
-    X = uv.reshape(-1, 2)
+    sel = (w.reshape(-1) > 0).nonzero().squeeze(1)                  # splat the valid points only
+    pb = torch.div(sel, N, rounding_mode="floor")
+    X = uv.reshape(-1, 2).index_select(0, sel)
     x = (X[:, 0] + 0.5) / kx - 0.5                                   # low-res pixel coordinates
     y = (X[:, 1] + 0.5) / ky - 0.5
     # Taps floor - r + 1 ... floor + r in density images padded by 3r and cropped afterwards.
@@ -659,7 +664,7 @@ def soft_coverage_loss(uv: Tensor, valid: Tensor, target: MaskTargets, frame_ind
     inv2s2 = (0.5 / sigma.square()).index_select(0, pb).unsqueeze(1)
     gx = torch.exp(-((x0.unsqueeze(1) + a) - x.unsqueeze(1)).square() * inv2s2)      # (K,2r)
     gy = torch.exp(-((y0.unsqueeze(1) + a) - y.unsqueeze(1)).square() * inv2s2)
-    gy = gy * w.reshape(-1).unsqueeze(1)
+    gy = gy * w.reshape(-1).index_select(0, sel).unsqueeze(1)
     g = (gy.unsqueeze(2) * gx.unsqueeze(1)).reshape(-1)                            # (K*4r^2,)
     start = pb * (hp * wp) + (y0 + pad) * wp + (x0 + pad)
     idx = (start.unsqueeze(1) + (a.view(-1, 1) * wp + a).view(-1)).reshape(-1)
