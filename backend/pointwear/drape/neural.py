@@ -259,7 +259,7 @@ class NeuralDrape(DrapeModel):
         """Body points for the betas and the first layer's code-independent pre-activation
         (template MLP + linear of position, shape offset and normal). When the network is frozen
         and the betas need no gradient (fitting a code), both are cached per betas."""
-        cacheable = subset is None and not betas.requires_grad and self._frozen()
+        cacheable = subset is None and not betas.requires_grad and self._frozen() and not betas.is_meta
         if cacheable:
             key = (*self._betas_key(betas, betas_in), self._params_key())
             cached = self.__dict__.get("_features_cache")

@@ -182,11 +182,13 @@ def splat(points_cam: Tensor, features: Tensor, K: Tensor, image_size: tuple[int
         order = torch.argsort(zkey, dim=1, stable=True)                              # (B,P)
         rank = torch.empty_like(order).scatter_(
             1, order, torch.arange(P, device=dev).expand(B, P).contiguous())
-        b_idx, p_idx = ok.nonzero(as_tuple=True)                                     # (n,)
-        u0 = uvd[b_idx, p_idx]                                                       # (n,2)
+        # Every point takes part (no data-dependent selection, so no wait for the device): an
+        # invalid one is parked far outside the image, where none of its pixels is kept.
+        b_idx = torch.arange(B, device=dev).repeat_interleave(P)                     # (n,) = B*P
+        park = torch.full_like(uvd, -4.0 * r - 16.0)
+        u0 = torch.where(ok.unsqueeze(-1), uvd, park).reshape(-1, 2)                # (n,2)
         base = torch.round(u0).to(torch.int64)
-        pr = rank[b_idx, p_idx]
-        del p_idx   # kept pairs find their point again through (item, depth rank)
+        pr = rank.reshape(-1)     # kept pairs find their point again through (item, depth rank)
         dx, dy, T, R = _disc_on(r, dev)
 
     tiles = _row_tiles(base[:, 1], dy, H, W, B, tile, max_pairs)
