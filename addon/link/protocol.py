@@ -138,6 +138,11 @@ E_IO = "io_error"                 # another OS error reading or writing a file (
 # Job errors (with job_id): the backend's own codes (bad_input, bad_subject, bad_body_model, ...)
 # and "internal" for anything unexpected (the server keeps running).
 E_INTERNAL = "internal"
+# Device job errors (hint says what to change): CUDA asked for but absent, out of (GPU) memory
+# (the job's checkpoint is kept for a resume), models on two devices.
+E_NO_CUDA = "no_cuda"
+E_OUT_OF_MEMORY = "out_of_memory"
+E_WRONG_DEVICE = "wrong_device"
 # File transfer answers (with the request's id; the connection stays open).
 E_BAD_PATH = "bad_path"           # a path that is not relative and clean, not in the upload, or outside the work folder
 E_BAD_OFFSET = "bad_offset"       # a chunk not at the end of what the server has ("expected" says where)

@@ -477,6 +477,13 @@ def main(argv: list[str] | None = None) -> int:
     except (PointwearError, ValueError, FileNotFoundError) as exc:
         print(f"pointwear: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:     # CUDA out of memory, tensors on two devices: exit 2 with a hint
+        from .device import device_error
+        err = device_error(exc)
+        if err is None:
+            raise
+        print(f"pointwear: error: {err.code}: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("pointwear: interrupted", file=sys.stderr)
         return 130

@@ -121,6 +121,7 @@ class AppearanceFitter:
             betas=[float(b) for b in np.asarray(self.outfit["betas"]).reshape(-1)],
             body=str(self.outfit.get("body", "default")), gender=str(self.outfit.get("gender", "neutral")))
         self.rng = torch.Generator().manual_seed(options.seed)
+        self._pending: list[dict] = []     # loss terms of the steps since the last read-back
         self.model = AppearanceModel(self.config, seed=options.seed).to(self.device)
         self.optimizer = torch.optim.Adam([
             {"params": self.model.net.parameters(), "lr": options.lr_net, "base_lr": options.lr_net},
@@ -178,7 +179,7 @@ class AppearanceFitter:
         C = torch.tensor([self.crop[1], self.crop[0]], dtype=torch.float32)    # (width, height)
         o = self.options
         g = self.rng
-        box = frames.boxes[idx].cpu()
+        box = self._host_boxes(frames)[idx]
         centre = 0.5 * (box[:, :2] + box[:, 2:])
         if augment:
             room = ((box[:, 2:] - box[:, :2]) - 0.75 * C).clamp(min=0) / 2       # (B, 2) px either way
@@ -196,6 +197,13 @@ class AppearanceFitter:
         A[:, :2, 2] = c_win - torch.einsum("bij,bj->bi", A[:, :2, :2], centre)
         return A.to(self.device)
 
+    def _host_boxes(self, frames: AppearanceFrames) -> Tensor:
+        """The frames' clothing boxes on the host, copied once (the windows are drawn there)."""
+        cache = self.__dict__.setdefault("_boxes", {})
+        if id(frames) not in cache:
+            cache[id(frames)] = frames.boxes.cpu()
+        return cache[id(frames)]
+
     def _targets(self, frames: AppearanceFrames, idx: Tensor, A: Tensor) -> tuple[Tensor, Tensor]:
         """The frames' RGB and masks resampled into the windows: (B,3,ch,cw), (B,1,ch,cw)."""
         ch, cw = self.crop
@@ -211,7 +219,8 @@ class AppearanceFitter:
         return out[:, :3], out[:, 3:].clamp(0, 1)
 
     def batch_loss(self, frames: AppearanceFrames, idx: Tensor, augment: bool = True) -> tuple[Tensor, dict]:
-        A = self._affines(frames, idx, augment and self.options.augment)
+        A = self._affines(frames, idx, augment and self.options.augment)    # idx on the host
+        idx = idx.to(self.device)
         K = A @ frames.K[idx]
         rgb, mask = self.model(frames.points[idx], frames.visible[idx], K, self.crop)
         with torch.no_grad():
@@ -229,7 +238,7 @@ class AppearanceFitter:
         if self.vgg is not None:
             terms["vgg"] = self.vgg(pred, target)
             total = total + o.vgg_weight * terms["vgg"]
-        return total, {k: float(v.detach()) for k, v in terms.items()}
+        return total, {k: v.detach() for k, v in terms.items()}    # read at the epoch's end: no wait per step
 
     # -- training -------------------------------------------------------------------------------
     @property
@@ -251,7 +260,7 @@ class AppearanceFitter:
         if idx.numel() < B:      # the epoch's last, short batch: fill it with other frames (BatchNorm wants > 1)
             extra = torch.randint(0, n, (B - idx.numel(),), generator=self.rng)
             idx = torch.cat([idx, extra])
-        return idx.to(self.device)
+        return idx                # on the host: the windows are drawn there
 
     def _out_of_time(self, state: TrainState) -> bool:
         return self.options.minutes is not None and state.elapsed >= 60.0 * self.options.minutes
@@ -280,7 +289,7 @@ class AppearanceFitter:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
-                state.losses.append(terms | {"total": float(loss.detach())})
+                self._pending.append(terms | {"total": loss.detach()})
                 state.pos += 1
                 state.step += 1
                 self.progress("train", state.step, total)
@@ -289,12 +298,21 @@ class AppearanceFitter:
             now = time.monotonic()
             state.elapsed += now - t_last
             t_last = now
+            self._flush_losses(state)
             if state.pos >= self.steps_per_epoch:
                 state.epoch += 1
                 state.pos, state.order = 0, None
                 state.history.append(self._epoch_summary(state))
                 state.losses = []
             self.save_checkpoint(state)
+
+    def _flush_losses(self, state: TrainState) -> None:
+        """The steps' loss terms (device tensors) into state.losses as numbers: one read back."""
+        if self._pending:
+            keys = list(self._pending[0])
+            rows = torch.stack([torch.stack([t[k] for k in keys]) for t in self._pending]).tolist()
+            state.losses.extend(dict(zip(keys, row)) for row in rows)
+            self._pending = []
 
     def _epoch_summary(self, state: TrainState) -> dict:
         keys = state.losses[0].keys() if state.losses else []
@@ -304,6 +322,7 @@ class AppearanceFitter:
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self, state: TrainState) -> None:
+        self._flush_losses(state)
         payload = {"format": CHECKPOINT_FORMAT, "model": self.model.payload(),
                    "optimizer": self.optimizer.state_dict(), "epoch": state.epoch, "step": state.step,
                    "pos": state.pos, "order": state.order, "elapsed": state.elapsed, "history": state.history,

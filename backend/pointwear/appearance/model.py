@@ -154,34 +154,47 @@ class AppearanceModel(nn.Module):
             H, W = (int(s) for s in image_size)
             rgb = points.new_zeros(B, 3, H, W)
             mask = points.new_zeros(B, 1, H, W)
+            # Every item's scale, then its window, each read back once for the whole batch.
+            scales = self.render_scales(points, visible, K) if rescale else [1.0] * B
+            sizes = [(max(1, round(H * r)), max(1, round(W * r))) for r in scales]
+            Ks = torch.stack([scale_intrinsics(K[b], w / W, h / H) if r != 1.0 else K[b]
+                              for b, (r, (h, w)) in enumerate(zip(scales, sizes))])
+            windows = _windows(points, visible, Ks, sizes, margin)
             for b in range(B):
-                self._render_one(points[b], visible[b], K[b], (H, W), margin, rescale, rgb[b], mask[b])
+                if windows[b] is not None:
+                    self._render_one(points[b], visible[b], Ks[b], (H, W), scales[b], sizes[b], windows[b],
+                                     rgb[b], mask[b])
             return rgb, mask
         finally:
             self.net.train(was)
 
     def render_scale(self, points: Tensor, visible: Tensor, K: Tensor) -> float:
-        """Factor to bring this view to the training pixel density (1 when close enough)."""
-        target = float(self.config.px_per_m)
-        z = points[visible, 2]
-        z = z[z > 1e-3]
-        if not rescale_possible(target, z):
-            return 1.0
-        here = float(0.5 * (K[0, 0] + K[1, 1])) / float(z.median())
-        r = target / here
-        if SCALE_TOLERANCE[0] <= r <= SCALE_TOLERANCE[1]:
-            return 1.0
-        return float(min(max(r, SCALE_RANGE[0]), SCALE_RANGE[1]))
+        """Factor to bring this view (points (P,3), visible (P,), K (3,3)) to the training pixel
+        density (1 when close enough)."""
+        return self.render_scales(points[None], visible[None], K[None])[0]
 
-    def _render_one(self, pts: Tensor, vis: Tensor, K: Tensor, size: tuple[int, int], margin: int,
-                    rescale: bool, rgb_out: Tensor, mask_out: Tensor) -> None:
+    def render_scales(self, points: Tensor, visible: Tensor, K: Tensor) -> list[float]:
+        """`render_scale` of B views (B,P,3), (B,P), (B,3,3), read back from the device once."""
+        target = float(self.config.px_per_m)
+        ok = visible & (points[..., 2] > 1e-3)
+        z = torch.where(ok, points[..., 2], torch.full_like(points[..., 2], math.nan))
+        stats = torch.stack([ok.sum(1).to(z.dtype), 0.5 * (K[:, 0, 0] + K[:, 1, 1]), z.nanmedian(1).values], 1)
+        out = []
+        for n, focal, median in stats.tolist():
+            if not (target > 0 and math.isfinite(target) and n > 0):
+                out.append(1.0)
+                continue
+            r = target / (focal / median)
+            out.append(1.0 if SCALE_TOLERANCE[0] <= r <= SCALE_TOLERANCE[1]
+                       else float(min(max(r, SCALE_RANGE[0]), SCALE_RANGE[1])))
+        return out
+
+    def _render_one(self, pts: Tensor, vis: Tensor, Ks: Tensor, size: tuple[int, int], r: float,
+                    scaled: tuple[int, int], window: tuple[int, int, int, int], rgb_out: Tensor,
+                    mask_out: Tensor) -> None:
+        """One view: Ks its intrinsics at scale r (image `scaled` = (h, w)), `window` in there."""
         H, W = size
-        r = self.render_scale(pts, vis, K) if rescale else 1.0
-        h, w = max(1, round(H * r)), max(1, round(W * r))
-        Ks = scale_intrinsics(K, w / W, h / H) if r != 1.0 else K
-        window = _window(pts, vis, Ks, (h, w), margin)
-        if window is None:
-            return
+        h, w = scaled
         x0, y0, x1, y1 = window
         x = splat(pts[None], self.descriptors(), shift_intrinsics(Ks, x0, y0)[None], (y1 - y0, x1 - x0),
                   radius_px=self.config.radius_px, k=self.config.k, visible=vis[None])
@@ -248,26 +261,28 @@ def rescale_possible(target: float, z: Tensor) -> bool:
     return target > 0 and math.isfinite(target) and z.numel() > 0
 
 
-def _window(pts: Tensor, vis: Tensor, K: Tensor, size: tuple[int, int], margin: int
-            ) -> tuple[int, int, int, int] | None:
-    """(x0, y0, x1, y1) pixel window around the visible points that project into the image
-    (their bounding box + margin, clipped to the image), or None when none does."""
-    H, W = size
-    ok = vis & (pts[:, 2] > 1e-3)
-    if not bool(ok.any()):
-        return None
-    uv, _ = project(pts[ok], K)
-    inside = (uv[:, 0] > -margin) & (uv[:, 0] < W - 1 + margin) & (uv[:, 1] > -margin) & (uv[:, 1] < H - 1 + margin)
-    if not bool(inside.any()):
-        return None
-    uv = uv[inside]
-    lo = torch.floor(uv.min(0).values).long() - margin
-    hi = torch.ceil(uv.max(0).values).long() + margin + 1
-    x0, y0 = max(0, int(lo[0])), max(0, int(lo[1]))
-    x1, y1 = min(W, int(hi[0])), min(H, int(hi[1]))
-    if x1 <= x0 or y1 <= y0:
-        return None
-    return x0, y0, x1, y1
+def _windows(pts: Tensor, vis: Tensor, K: Tensor, sizes: list[tuple[int, int]], margin: int
+             ) -> list[tuple[int, int, int, int] | None]:
+    """`_window` of B views (B,P,3), (B,P), (B,3,3) with image sizes [(h, w)] * B, read back
+    from the device once."""
+    ok = vis & (pts[..., 2] > 1e-3)
+    uv, _ = project(torch.where(ok[..., None], pts, torch.ones_like(pts)), K)          # (B,P,2)
+    hw = torch.tensor(sizes, dtype=uv.dtype, device=uv.device)                          # (B,2) h, w
+    Wb, Hb = hw[:, 1:2], hw[:, 0:1]
+    inside = ok & (uv[..., 0] > -margin) & (uv[..., 0] < Wb - 1 + margin) & (uv[..., 1] > -margin) \
+        & (uv[..., 1] < Hb - 1 + margin)
+    big = torch.full_like(uv, math.inf)
+    lo = torch.floor(torch.where(inside[..., None], uv, big).amin(1)) - margin
+    hi = torch.ceil(torch.where(inside[..., None], uv, -big).amax(1)) + margin + 1
+    rows = torch.cat([inside.any(1, keepdim=True).to(uv.dtype), lo, hi], 1).tolist()
+    out = []
+    for (any_in, lx, ly, hx, hy), (H, W) in zip(rows, sizes):
+        if not any_in:
+            out.append(None)
+            continue
+        x0, y0, x1, y1 = max(0, int(lx)), max(0, int(ly)), min(W, int(hx)), min(H, int(hy))
+        out.append(None if x1 <= x0 or y1 <= y0 else (x0, y0, x1, y1))
+    return out
 
 
 def load_appearance(path: str | Path, device: torch.device | str = "cpu") -> AppearanceModel:
@@ -290,6 +305,8 @@ def to_uint8(rgb: Tensor) -> np.ndarray:
 
 
 def rgba_uint8(rgb: Tensor, mask: Tensor) -> np.ndarray:
-    """(3,H,W) in [-1,1] and (1,H,W) in [0,1] -> (H,W,4) uint8, straight (not premultiplied) alpha."""
-    a = (mask.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    return np.concatenate([to_uint8(rgb), a], -1)
+    """(..., 3, H, W) in [-1,1] and (..., 1, H, W) in [0,1] -> (..., H, W, 4) uint8, straight (not
+    premultiplied) alpha; one copy to the host for the whole batch."""
+    c = ((rgb.clamp(-1, 1) + 1) * 127.5).round().byte()
+    a = (mask.clamp(0, 1) * 255).round().byte()
+    return torch.cat([c, a], -3).movedim(-3, -1).cpu().numpy()

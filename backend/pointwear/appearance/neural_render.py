@@ -98,19 +98,18 @@ def render_sequence(app_dir: str | Path, out: str | Path, motion: str | Path, ca
         R, tvec = mats[:, :3, :3], mats[:, None, :3, 3]
         points = torch.einsum("bij,bpj->bpi", R, points) + tvec
         verts = torch.einsum("bij,bvj->bvi", R, verts) + tvec
+        # The chunk's frames at once: one body raster, one visibility test, one copy back.
+        depth = body_depth(verts, body.faces_t, Ks, (H, W))
+        vis = visible_points(points, depth, Ks, threshold=model.config.visibility_threshold)
+        rgb, mask = model.render(points, vis, Ks, (H, W))
+        images = rgba_uint8(rgb, mask)
         compute += time.perf_counter() - t0
         for k, f in enumerate(frames):
             if should_stop():
                 cancelled = True
                 break
-            t0 = time.perf_counter()
-            depth = body_depth(verts[k:k + 1], body.faces_t, Ks[k:k + 1], (H, W))
-            vis = visible_points(points[k:k + 1], depth, Ks[k:k + 1], threshold=model.config.visibility_threshold)
-            rgb, mask = model.render(points[k:k + 1], vis, Ks[k:k + 1], (H, W))
-            image = rgba_uint8(rgb[0], mask[0])
-            compute += time.perf_counter() - t0
             path = out / f"{f:06d}.png"
-            _write_png(path, image)
+            _write_png(path, images[k])
             files.append(path)
             progress("render", f + 1, T)
         if cancelled:

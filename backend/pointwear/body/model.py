@@ -3,17 +3,16 @@ batched, differentiable forward that runs through smplx, plus skinning of arbitr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import smplx
 import torch
-from smplx.lbs import batch_rigid_transform, batch_rodrigues, blend_shapes, vertices2joints
+import torch.nn.functional as F
+from smplx.lbs import batch_rodrigues, blend_shapes, vertices2joints
 from smplx.utils import Struct
 from smplx.vertex_ids import vertex_ids as SMPLX_VERTEX_IDS
 
-from ..device import pick_device
 from .joints import JOINT_NAMES, NUM_JOINTS, PARENTS
 from .smpl_file import read_smpl_file
 
@@ -29,7 +28,9 @@ class BodyOutput:
 
 class BodyModel(torch.nn.Module):
     """SMPL-layout body. `forward` is smplx's SMPL; `pose_points` skins any points (clothing)
-    with their own skin weights through the same joint transforms."""
+    with their own skin weights through the same joint transforms. Every tensor it keeps is a
+    buffer, so `.to(device)` moves all of it; `device` None is the CPU (the caller picks the
+    device: pointwear.device.pick_device)."""
 
     def __init__(self, arrays: dict[str, np.ndarray], source: str,
                  device: torch.device | str | None = None) -> None:
@@ -45,9 +46,11 @@ class BodyModel(torch.nn.Module):
         self.faces = np.asarray(arrays["f"], dtype=np.int64)
         self.weights_np = np.asarray(arrays["weights"], dtype=np.float32)
         self.parents = PARENTS.copy()
+        self._parents = [int(p) for p in self.parents]     # host list: the chain never reads the device
+        self.register_buffer("faces_t", torch.as_tensor(self.faces), persistent=False)
         self.joint_names = tuple(str(n) for n in arrays.get("joint_names", JOINT_NAMES))
         self.extras = {k: arrays[k] for k in ("vt", "ft", "license", "attribution") if k in arrays}
-        self.to(pick_device() if device is None else torch.device(device))
+        self.to(torch.device("cpu") if device is None else torch.device(device))
 
     @property
     def device(self) -> torch.device:
@@ -57,9 +60,9 @@ class BodyModel(torch.nn.Module):
     def num_vertices(self) -> int:
         return int(self.smpl.v_template.shape[0])
 
-    @cached_property
-    def faces_t(self) -> torch.Tensor:
-        return torch.as_tensor(self.faces, device=self.device)
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.smpl.v_template.dtype
 
     @property
     def weights(self) -> torch.Tensor:
@@ -68,15 +71,15 @@ class BodyModel(torch.nn.Module):
     # -- parameters -----------------------------------------------------------------------
     def _tensor(self, x, width: int, batch: int | None = None) -> torch.Tensor:
         if x is None:
-            return torch.zeros(batch or 1, width, device=self.device)
-        t = torch.as_tensor(x, dtype=torch.float32, device=self.device)
+            return torch.zeros(batch or 1, width, device=self.device, dtype=self.dtype)
+        t = torch.as_tensor(x, dtype=self.dtype, device=self.device)
         return t.reshape(-1, width)
 
     def betas_tensor(self, betas) -> torch.Tensor:
         """Betas as (B, num_betas); shorter vectors are zero-padded (extra shape terms = 0)."""
         if betas is None:
-            return torch.zeros(1, self.num_betas, device=self.device)
-        t = torch.as_tensor(betas, dtype=torch.float32, device=self.device)
+            return torch.zeros(1, self.num_betas, device=self.device, dtype=self.dtype)
+        t = torch.as_tensor(betas, dtype=self.dtype, device=self.device)
         t = t.reshape(1, -1) if t.dim() == 1 else t
         if t.shape[1] > self.num_betas:
             raise ValueError(f"betas: this body has {self.num_betas} shape coefficients, got {t.shape[1]}")
@@ -91,10 +94,17 @@ class BodyModel(torch.nn.Module):
         batch = max(betas.shape[0], global_orient.shape[0], body_pose.shape[0])
         betas, global_orient, body_pose = (_expand(t, batch) for t in (betas, global_orient, body_pose))
         transl = _expand(self._tensor(transl, 3), batch)
-        out = self.smpl(betas=betas, global_orient=global_orient, body_pose=body_pose,
-                        transl=transl, return_verts=True)
-        transforms = self.joint_transforms(betas, torch.cat([global_orient, body_pose], 1))
-        return BodyOutput(out.vertices, out.joints[:, :NUM_JOINTS], transforms)
+        full_pose = torch.cat([global_orient, body_pose], 1)
+        # smplx's SMPL linear blend skinning, with our own joint chain (see rigid_chain).
+        v_shaped, joints = self.shaped(betas)
+        rot = batch_rodrigues(full_pose.reshape(-1, 3)).reshape(batch, NUM_JOINTS, 3, 3)
+        eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
+        pose_feature = (rot[:, 1:] - eye).reshape(batch, -1)
+        v_posed = v_shaped + torch.matmul(pose_feature, self.smpl.posedirs).reshape(batch, -1, 3)
+        transforms = rigid_chain(rot, joints, self._parents)
+        vertices = skin_points(v_posed, self.smpl.lbs_weights, transforms)
+        posed_joints = transforms[..., :3, 3] + torch.matmul(transforms[..., :3, :3], joints.unsqueeze(-1)).squeeze(-1)
+        return BodyOutput(vertices + transl[:, None], posed_joints + transl[:, None], transforms)
 
     def shaped(self, betas=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Rest-pose (T-pose) vertices and joints for the given betas: (B, V, 3), (B, 24, 3)."""
@@ -107,8 +117,7 @@ class BodyModel(torch.nn.Module):
         _, joints = self.shaped(betas)
         batch = full_pose.shape[0]
         rot = batch_rodrigues(full_pose.reshape(-1, 3)).reshape(batch, NUM_JOINTS, 3, 3)
-        _, rel = batch_rigid_transform(rot, _expand(joints, batch), self.smpl.parents)
-        return rel
+        return rigid_chain(rot, _expand(joints, batch), self._parents)
 
     def pose_points(self, points: torch.Tensor, weights: torch.Tensor, betas=None,
                     global_orient=None, body_pose=None, transl=None) -> torch.Tensor:
@@ -121,6 +130,26 @@ class BodyModel(torch.nn.Module):
         transforms = self.joint_transforms(_expand(betas, batch), full_pose)
         posed = skin_points(_expand(points, batch), weights, transforms)
         return posed + _expand(self._tensor(transl, 3), batch)[:, None]
+
+
+def rigid_chain(rot: torch.Tensor, joints: torch.Tensor, parents: list[int]) -> torch.Tensor:
+    """(B, J, 4, 4) rest-to-posed transforms from local rotations rot (B, J, 3, 3) about rest
+    joints (B, J, 3), down the kinematic tree `parents` (a host list, parents before children,
+    -1 for the root): smplx's batch_rigid_transform without indexing a Python list with a
+    device tensor (a host wait per joint on a GPU)."""
+    rel_joints = joints.clone()
+    rel_joints[:, 1:] = joints[:, 1:] - joints[:, parents[1:]]
+    local = torch.cat([F.pad(rot, [0, 0, 0, 1]), F.pad(rel_joints.unsqueeze(-1), [0, 0, 0, 1], value=1.0)],
+                      -1)                                                                       # (B,J,4,4)
+    chain = [local[:, 0]]
+    for i in range(1, len(parents)):
+        chain.append(torch.matmul(chain[parents[i]], local[:, i]))
+    world = torch.stack(chain, 1)
+    # Remove the rest joint location: transforms act on rest-pose points, not joint-local ones.
+    moved = torch.matmul(world[..., :3, :3], joints.unsqueeze(-1)).squeeze(-1)
+    out = world.clone()
+    out[..., :3, 3] = world[..., :3, 3] - moved
+    return out
 
 
 def skin_points(points: torch.Tensor, weights: torch.Tensor, transforms: torch.Tensor) -> torch.Tensor:

@@ -217,11 +217,11 @@ class NeuralDrape(DrapeModel):
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(clothing points (B, P, 3), skin weights (P, 24), their body points (B or 1, P, 3))."""
         code = project_to_ball(code.reshape(-1, self.code_dim).to(self.bary.device))
-        betas = self.body.betas_tensor(betas)
+        betas_in, betas = betas, self.body.betas_tensor(betas)
         batch = max(code.shape[0], betas.shape[0])
         if code.shape[0] != batch:
             code = code.expand(batch, -1)
-        x, pre = self._body_features(betas, subset)                 # (B or 1, P, 3), (B or 1, P, W)
+        x, pre = self._body_features(betas, subset, betas_in)       # (B or 1, P, 3), (B or 1, P, W)
         weights = self.skin_weights if subset is None else self.skin_weights[subset]
 
         mod = self.modulation(self.style_mlp(code)).view(code.shape[0], self.config.layers + 1, 2, -1)
@@ -243,14 +243,25 @@ class NeuralDrape(DrapeModel):
     def _params_key(self) -> tuple:
         return tuple((p.data_ptr(), p._version) for p in self.parameters())
 
-    def _body_features(self, betas: torch.Tensor, subset: torch.Tensor | None
+    def _betas_key(self, betas: torch.Tensor, betas_in) -> tuple:
+        """The betas' values as a cache key, read from the device only when the caller's betas
+        tensor is new or changed in place (a fit passes the same one every step)."""
+        seen = self.__dict__.get("_betas_seen")
+        if torch.is_tensor(betas_in) and seen is not None and seen[0] is betas_in and seen[1] == betas_in._version:
+            return seen[2]
+        key = (tuple(betas.shape), betas.detach().cpu().numpy().tobytes())
+        if torch.is_tensor(betas_in):
+            self.__dict__["_betas_seen"] = (betas_in, betas_in._version, key)
+        return key
+
+    def _body_features(self, betas: torch.Tensor, subset: torch.Tensor | None, betas_in=None
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """Body points for the betas and the first layer's code-independent pre-activation
         (template MLP + linear of position, shape offset and normal). When the network is frozen
         and the betas need no gradient (fitting a code), both are cached per betas."""
-        cacheable = subset is None and not betas.requires_grad and self._frozen()
+        cacheable = subset is None and not betas.requires_grad and self._frozen() and not betas.is_meta
         if cacheable:
-            key = (tuple(betas.shape), betas.detach().cpu().numpy().tobytes(), self._params_key())
+            key = (*self._betas_key(betas, betas_in), self._params_key())
             cached = self.__dict__.get("_features_cache")
             if cached is not None and cached[0] == key:
                 return cached[1], cached[2]

@@ -11,7 +11,7 @@ import torch
 from ..body import BodyModel
 from ..garment.body_frame import BodyFrame
 from ..garment.families import FAMILIES, LEGACY_OUTFITS, outfit_families, outfit_name
-from ..garment.outfit import GarmentMesh, GarmentParams, build_outfit
+from ..garment.outfit import GarmentMesh, GarmentParams, build_outfit, garment_pieces, outfit_weights
 from .base import DrapeModel, DrapeOutput
 
 TEMPLATES: dict[str, tuple[str, ...]] = dict(LEGACY_OUTFITS)   # the four outfits of older results
@@ -39,7 +39,8 @@ class ParametricDrape(DrapeModel):
         self.segments = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
         self.code_dim = int(bounds[-1])
         self._frames: dict[tuple, BodyFrame] = {}
-        self._weights: dict[tuple, np.ndarray] = {}
+        self._weights: dict[tuple, torch.Tensor] = {}
+        self._betas_seen: tuple | None = None     # (betas tensor, its version, host key)
         self.faces: np.ndarray | None = None
         self.garment_index: np.ndarray | None = None
 
@@ -51,12 +52,15 @@ class ParametricDrape(DrapeModel):
         return codes
 
     def params(self, code: torch.Tensor) -> list[GarmentParams]:
-        """Garment parameters of one (code_dim,) code; entries stay tensors (differentiable)."""
+        """Garment parameters of one (code_dim,) code, entries scalar tensors (differentiable);
+        of (C, code_dim) codes, entries (C, 1, 1) tensors (build_outfit makes C outfits at once)."""
         out = []
         for fam, seg in zip(self.families, self.segments):
             values = dict(fam.fixed)
-            for (name, lo, hi), logit in zip(fam.ranges, code[seg]):
-                values[name] = lo + (hi - lo) * torch.sigmoid(logit)
+            logits = code[..., seg]
+            for k, (name, lo, hi) in enumerate(fam.ranges):
+                logit = logits[..., k]
+                values[name] = lo + (hi - lo) * torch.sigmoid(logit if code.dim() == 1 else logit[:, None, None])
             out.append(GarmentParams(fam.kind, **values))
         return out
 
@@ -66,8 +70,18 @@ class ParametricDrape(DrapeModel):
                  **{n: float(getattr(p, n)) for n, _, _ in fam.ranges}}
                 for fam, p in zip(self.families, self.params(code.detach()))]
 
-    def body_frame(self, betas: torch.Tensor) -> BodyFrame:
-        key = tuple(np.round(betas.detach().cpu().numpy().astype(np.float64), 5))
+    def _betas_key(self, betas: torch.Tensor) -> tuple:
+        """Rounded betas as a host key; read from the device only when the betas tensor is new
+        or was changed in place (a fit passes the same one every step: no host round-trip)."""
+        seen = self._betas_seen
+        if seen is not None and seen[0] is betas and seen[1] == betas._version:
+            return seen[2]
+        key = tuple(np.round(betas.detach().reshape(-1).cpu().numpy().astype(np.float64), 5))
+        self._betas_seen = (betas, betas._version, key)
+        return key
+
+    def body_frame(self, betas: torch.Tensor, key: tuple | None = None) -> BodyFrame:
+        key = self._betas_key(betas) if key is None else key
         if key not in self._frames:
             v, j = (t[0].detach().cpu().numpy() for t in self.body.shaped(betas[None]))
             self._frames[key] = BodyFrame(v, j, self.body.weights_np)
@@ -77,22 +91,34 @@ class ParametricDrape(DrapeModel):
         frame = self.body_frame(betas.reshape(-1))
         mesh = build_outfit(frame, self.params(code), list(self.kinds), keep_sleeves=True,
                             with_weights=with_weights)
-        self.faces, self.garment_index = mesh.faces, mesh.garment
+        self._topology(mesh)
         return mesh
 
     def forward(self, code: torch.Tensor, betas: torch.Tensor, refresh_weights: bool = True) -> DrapeOutput:
         """`refresh_weights=False` reuses the skin weights last computed for that body (fitting
-        moves points little between steps; nearest-vertex weights need no gradient)."""
-        betas = self.body.betas_tensor(betas)
+        moves points little between steps; nearest-vertex weights need no gradient). All codes
+        on one body shape are built at once, on the code's device."""
         code = code.reshape(-1, self.code_dim)
-        points, weights = [], []
-        for b in range(code.shape[0]):
-            beta = betas[b if betas.shape[0] > 1 else 0]
-            key = (tuple(np.round(beta.detach().cpu().numpy(), 5)), b)
-            need = refresh_weights or key not in self._weights
-            mesh = self.mesh(code[b], beta, with_weights=need)
-            if need:
-                self._weights[key] = mesh.weights
-            points.append(mesh.vertices.to(self.body.device))
-            weights.append(torch.as_tensor(self._weights[key], device=self.body.device))
-        return DrapeOutput(torch.stack(points), torch.stack(weights))
+        betas_in = betas
+        betas = self.body.betas_tensor(betas)
+        if betas.shape[0] > 1:           # a shape per code: one outfit at a time
+            outs = [self.forward(code[b:b + 1], betas[b:b + 1], refresh_weights) for b in range(code.shape[0])]
+            return DrapeOutput(torch.cat([o.points for o in outs]), torch.cat([o.weights for o in outs]))
+        key = self._betas_key(betas_in if torch.is_tensor(betas_in) else betas)
+        frame = self.body_frame(betas[0], key)
+        params = self.params(code)
+        mesh = build_outfit(frame, params, list(self.kinds), keep_sleeves=True, with_weights=False)
+        self._topology(mesh)
+        keys = [(key, b) for b in range(code.shape[0])]
+        if refresh_weights or any(k not in self._weights for k in keys):
+            pieces = [pc for p in params for pc in garment_pieces(frame, p, keep_sleeves=True)]
+            fresh = torch.as_tensor(outfit_weights(frame, pieces, mesh.vertices), device=code.device)
+            for k, w in zip(keys, fresh):
+                self._weights[k] = w
+        weights = torch.stack([self._weights[k] for k in keys])
+        return DrapeOutput(mesh.vertices, weights.to(device=code.device, dtype=mesh.vertices.dtype))
+
+    def _topology(self, mesh: GarmentMesh) -> None:
+        """Faces and garment index of the outfit (fixed per template: kept once)."""
+        if self.faces is None:
+            self.faces, self.garment_index = mesh.faces, mesh.garment

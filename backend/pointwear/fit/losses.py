@@ -15,20 +15,24 @@ item and step on our CPU. Here ~10 ms per item on one core (see docs/benchmarks.
 * mask -> points: the nearest visible point of every mask pixel. Each point "splats" its
   squared distance and id into the pixels of a disc of radius R - 0.5 + sqrt(1/2) (R = 5)
   around its rounded position, in one int32 image per item (distance quantised to ~1e-4 px^2 in
-  the high bits, point id in the low bits, so one scatter-min keeps the nearest). A mask pixel
-  whose nearest point lies within R - 0.5 = 4.5 px is thereby answered exactly. The rest (far
-  from every point) take the nearest occupied pixel c from a distance transform of the point
-  occupancy image (scipy, indices) and the nearest of the points stored in the 3 x 3 pixels
-  around c: at most sqrt(2) px too far per pixel, and within 0.5 % of brute force in total on
-  dense and sparse clouds over 512 x 512 masks (tests, benchmark).
+  the high bits, point id in the low bits, so one scatter-min keeps the nearest); the images
+  of all items (each its frame +- 64 px) are one tensor, so every item is searched at once. A
+  mask pixel whose nearest point lies within R - 0.5 = 4.5 px is thereby answered exactly. The
+  rest (far from every point; typically a few hundred pixels per item) get their exact nearest
+  point from a device `cdist` against their item's points, chunked. Within 0.5 % of brute force
+  in total on dense and sparse clouds over 512 x 512 masks (tests, benchmark).
   The pixels assigned to point j enter the loss as c_j |uv_j|^2 - 2 uv_j . S_j + Q_j (count,
   sum and sum of squares of their coordinates, exact integers), which is the per-pixel sum of
   squared distances with its exact gradient, while autograd only sees the points.
 
-Same code on CPU and CUDA (plain PyTorch); the distance transforms run in scipy on the CPU.
+Same code on CPU and CUDA (plain PyTorch). The mask's distance transform is made once per frame
+(scipy, on the CPU, outside the optimisation); a loss call reads back only the frame indices, the
+number of far pixels and their split over the items (three host round-trips), plus one for the
+coverage's stencil size.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -46,8 +50,8 @@ __all__ = [
 
 PAPER_SCALE = 25.6          # the paper divides pixel coordinates by 512 / 20
 _SPLAT_R = 5               # mask -> points is exact when the nearest point is <= R - 0.5 px away
-_HIT_WINDOW = 1            # far pixels: the points stored in the 3 x 3 pixels around the EDT hit
-assert 1 <= _HIT_WINDOW <= _SPLAT_R
+_COARSE = 4                 # far pixels: candidates from a splat on 4 x 4 px cells ...
+_COARSE_R = 3               # ... reaching this many cells; pixels beyond: exact device cdist
 NEAREST_PAD = 64            # the mask's nearest-pixel table extends this far beyond the image
 _IMAGE_PAD = 64             # per-item search images reach at most this far outside the frame
 
@@ -133,6 +137,7 @@ class MaskTargets:
     pixels_sq: Tensor       # (M_total,) int64 x^2 + y^2
     offsets: Tensor         # (F+1,) long: frame f's pixels are pixels[offsets[f]:offsets[f+1]]
     bboxes: Tensor          # (F,4) long mask bbox x0,y0,x1,y1 (inclusive; empty: 0,0,-1,-1)
+    offsets_host: tuple[int, ...] = ()   # `offsets` on the host: pixel counts without a round-trip
     _coverage: dict[tuple[int, int], Tensor] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -175,6 +180,7 @@ class MaskTargets:
             pixels_sq=pix.square().sum(1).to(dev),
             offsets=offsets.to(dev),
             bboxes=torch.tensor([t.bbox() for t in targets], dtype=torch.long, device=dev),
+            offsets_host=tuple(int(o) for o in offsets),
         )
 
     @property
@@ -201,13 +207,14 @@ class MaskTargets:
 
     def frame_pixels(self, f: int) -> Tensor:
         """(M_f,2) float32 xy of frame f's mask pixels."""
-        return self.pixels[int(self.offsets[f]):int(self.offsets[f + 1])]
+        return self.pixels[self.offsets_host[f]:self.offsets_host[f + 1]]
 
     def to(self, device: torch.device | str) -> "MaskTargets":
         dev = torch.device(device)
         return MaskTargets(self.masks.to(dev), self.nearest.to(dev), self.distance.to(dev),
                            self.pixels.to(dev), self.pixels_long.to(dev),
-                           self.pixels_sq.to(dev), self.offsets.to(dev), self.bboxes.to(dev))
+                           self.pixels_sq.to(dev), self.offsets.to(dev), self.bboxes.to(dev),
+                           self.offsets_host)
 
     def coverage_target(self, h: int, w: int) -> Tensor:
         """(F,h,w) float: the masks area-averaged down to (h,w) (fraction of covered pixels)."""
@@ -222,24 +229,27 @@ class MaskTargets:
 
 
 def _prepare(uv: Tensor, valid: Tensor, target: MaskTargets, frame_index: Tensor
-             ) -> tuple[Tensor, Tensor, Tensor]:
-    """Shapes checked; weights float (0 for non-finite uv, which is replaced by 0)."""
+             ) -> tuple[Tensor, Tensor, Tensor, list[int]]:
+    """Shapes checked; weights float (0 for non-finite uv, which is replaced by 0); the frame
+    indices on the device and as a host list (one round-trip, none when given on the host)."""
     if uv.dim() != 3 or uv.shape[-1] != 2:
         raise ValueError(f"uv must be (B,N,2), got {tuple(uv.shape)}")
     B, N, _ = uv.shape
     if valid.shape != (B, N):
         raise ValueError(f"valid must be (B,N) = {(B, N)}, got {tuple(valid.shape)}")
-    fi = torch.as_tensor(frame_index, device=uv.device).long().reshape(-1)
-    if fi.shape != (B,):
-        raise ValueError(f"frame_index must be (B,) = ({B},), got {tuple(fi.shape)}")
-    if B and (int(fi.min()) < 0 or int(fi.max()) >= target.num_frames):
+    fi_l = [int(i) for i in np.asarray(frame_index).reshape(-1)] if not isinstance(frame_index, Tensor) \
+        else frame_index.reshape(-1).tolist()
+    if len(fi_l) != B:
+        raise ValueError(f"frame_index must be (B,) = ({B},), got {len(fi_l)} entries")
+    if B and (min(fi_l) < 0 or max(fi_l) >= target.num_frames):
         raise ValueError(f"frame_index outside [0, {target.num_frames})")
+    fi = torch.as_tensor(frame_index, device=uv.device).long().reshape(-1)
     if target.device != uv.device:
         raise ValueError(f"target is on {target.device} but uv on {uv.device}; use target.to()")
     finite = torch.isfinite(uv).all(-1)
     w = valid.to(device=uv.device, dtype=uv.dtype) * finite
     uv = torch.where(finite.unsqueeze(-1), uv, torch.zeros_like(uv))
-    return uv, w, fi
+    return uv, w, fi, fi_l
 
 
 def _reduce(x: Tensor, reduction: str) -> Tensor:
@@ -268,8 +278,7 @@ def _points_to_mask_sq(X: Tensor, frame: Tensor, target: MaskTargets) -> Tensor:
         x = X.detach()
         u0 = x[:, 0].clamp(-p - 1.0, W + p).floor().long() + p       # padded-table coordinates
         v0 = x[:, 1].clamp(-p - 1.0, H + p).floor().long() + p
-        cdx = torch.tensor([0, 1, 0, 1], device=X.device)
-        cdy = torch.tensor([0, 0, 1, 1], device=X.device)
+        cdx, cdy, _ = _constants(X.device, _SPLAT_R - 0.5 + math.sqrt(0.5))
         lin = ((frame * (Hp * Wp)).unsqueeze(1) + (v0.unsqueeze(1) + cdy).clamp_(0, Hp - 1) * Wp
                + (u0.unsqueeze(1) + cdx).clamp_(0, Wp - 1))                          # (K,4)
         q = target.nearest.view(-1, 2).index_select(0, lin.view(-1)).view(-1, 4, 2).to(X.dtype)
@@ -297,47 +306,66 @@ class _MaskToPoints:
     px_sum: Tensor     # (B,) sum of the px distances (detached, float32 search precision)
 
 
-def _mask_to_points(X: Tensor, pb: Tensor, n_b: list[int], N: int, target: MaskTargets,
-                    fi_l: list[int], dtype: torch.dtype) -> _MaskToPoints:
-    """For every mask pixel of every item, its nearest point (see the module doc).
+@functools.lru_cache(maxsize=None)
+def _constants(device: torch.device, radius: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-device constants of the search, made once: the 4 corner offsets (dx, dy) of the
+    points -> mask lookup and the splat disc's taps (T,2) float."""
+    corners = torch.tensor([[0, 1, 0, 1], [0, 0, 1, 1]], device=device)
+    taps = torch.tensor(_disc_offsets(radius), device=device, dtype=torch.float32)
+    return corners[0], corners[1], taps
 
-    X (K,2) the valid points of all items (autograd), item-major; pb (K,) their item; n_b the
-    count per item. The search runs without autograd and assigns each mask pixel p a point
-    j(p). The loss is then assembled per point: its pixels contribute
-    sum_p |p - X_j|^2 = c_j |X_j|^2 - 2 X_j . S_j + Q_j with c_j pixels, S_j = sum p and
-    Q_j = sum |p|^2 (integers, summed exactly in int64), so autograd only sees the K points and
-    value and gradient equal those of the per-pixel sum (evaluated in float64).
+
+def _item_pixels(target: MaskTargets, fi: Tensor, fi_l: list[int]) -> tuple[Tensor, Tensor]:
+    """The mask pixels of every item, items one after the other, without a host round-trip
+    (the per-frame pixel counts are known on the host): (M,) item of each pixel and (M,)
+    its row in target.pixels."""
+    offs = target.offsets_host
+    counts = [offs[f + 1] - offs[f] for f in fi_l]
+    total = sum(counts)
+    dev = fi.device
+    n = torch.tensor(counts, device=dev)
+    item = torch.repeat_interleave(torch.arange(len(fi_l), device=dev), n, output_size=total)
+    start = torch.cumsum(n, 0) - n
+    rows = target.offsets.index_select(0, fi).index_select(0, item) + torch.arange(total, device=dev) \
+        - start.index_select(0, item)
+    return item, rows
+
+
+def _mask_to_points(X: Tensor, w: Tensor, sel: Tensor, target: MaskTargets, fi: Tensor, fi_l: list[int],
+                    dtype: torch.dtype) -> _MaskToPoints:
+    """For every mask pixel of every item, its nearest point (see the module doc), all items
+    at once on the device.
+
+    X (B,N,2) the points (autograd); w (B,N) their weights (> 0: present), sel (K,) the present
+    ones' rows of X.reshape(-1, 2). The search runs
+    without autograd and assigns each mask pixel p a point j(p). The loss is then assembled
+    per point: its pixels contribute sum_p |p - X_j|^2 = c_j |X_j|^2 - 2 X_j . S_j + Q_j with
+    c_j pixels, S_j = sum p and Q_j = sum |p|^2 (integers, summed exactly in int64), so autograd
+    only sees the points and value and gradient equal those of the per-pixel sum (float64).
+    Host round-trips: one or two (the far pixels' count; those no coarse cell reaches).
     """
     H, W = target.image_size
     dev = X.device
-    B = len(fi_l)
+    B, N, _ = X.shape
     R = _SPLAT_R
     diag2 = float(H * H + W * W)
-    offs = target.offsets.tolist()
-    counts = [offs[f + 1] - offs[f] for f in fi_l]
-    K = X.shape[0]
-    P = X.detach().float()
-    first = np.concatenate([[0], np.cumsum(n_b)]).tolist()
+    present = (w > 0).reshape(-1)                                              # (B*N,)
+    P = X.detach().float().reshape(-1, 2)                                      # (B*N,2)
+    has_points = (w > 0).any(1)                                                # (B,)
+    Ps = P.index_select(0, sel)                                                # (K,2)
 
-    # One image per item over its frame's mask bbox and its points (clipped to the frame
-    # +- _IMAGE_PAD; points beyond are clamped onto its edge), grown by R so that splats never
-    # leave it; all images share one row stride.
-    lim = 4.0 * max(H, W)
-    pr = torch.round(P.clamp(-lim, lim)).long()
-    fit = torch.tensor(fi_l, device=dev)
-    pmin = target.bboxes[fit, :2].clone().scatter_reduce_(
-        0, pb.unsqueeze(1).expand(-1, 2), pr, reduce="amin")
-    pmax = target.bboxes[fit, 2:].clone().scatter_reduce_(
-        0, pb.unsqueeze(1).expand(-1, 2), pr, reduce="amax")
-    edge = torch.tensor([W - 1 + _IMAGE_PAD, H - 1 + _IMAGE_PAD], device=dev)
-    lo = torch.minimum(pmin.clamp(min=-_IMAGE_PAD), edge) - R
-    hi = torch.maximum(torch.minimum(pmax, edge), lo + R) + R
-    gw = int((hi[:, 0] - lo[:, 0]).max()) + 1
-    gh = hi[:, 1] - lo[:, 1] + 1
+    # One image per item over its frame +- _IMAGE_PAD (points beyond are clamped onto its
+    # edge), grown by R so that splats never leave it: fixed size, no host round-trip.
+    border = _IMAGE_PAD + R
+    gw, gh = W + 2 * border, H + 2 * border
     size = gh * gw
-    base = torch.cumsum(size, 0) - size
-    pr = torch.minimum(torch.maximum(pr, lo[pb] + R), hi[pb] - R)    # clamp far points in
-    cell = base[pb] + (pr[:, 1] - lo[pb, 1]) * gw + (pr[:, 0] - lo[pb, 0])
+    lim = 4.0 * max(H, W)
+    pr = torch.round(Ps.clamp(-lim, lim)).long()
+    pr = torch.stack([pr[:, 0].clamp(-_IMAGE_PAD, W - 1 + _IMAGE_PAD),
+                      pr[:, 1].clamp(-_IMAGE_PAD, H - 1 + _IMAGE_PAD)], 1)
+    item_of = torch.div(sel, N, rounding_mode="floor")
+    local = sel - item_of * N
+    cell = item_of * size + (pr[:, 1] + border) * gw + (pr[:, 0] + border)
 
     # Splat: every point writes (quantised distance^2, id within its item) into the pixels of a
     # disc of radius R - 0.5 + sqrt(1/2) around its rounded pixel; an int32 min keeps the
@@ -349,92 +377,127 @@ def _mask_to_points(X: Tensor, pb: Tensor, n_b: list[int], N: int, target: MaskT
     r_disc = R - 0.5 + math.sqrt(0.5)
     d_max = (r_disc + math.sqrt(0.5)) ** 2
     taps = _disc_offsets(r_disc)
-    t = torch.tensor(taps, device=dev, dtype=torch.float32)                   # (T,2)
-    e = (pr - P).float()                                                       # (K,2)
+    t = _constants(dev, r_disc)[2]                                             # (T,2)
+    e = (pr - Ps).float()                                                      # (K,2)
     key = torch.addmm(t.square().sum(1, keepdim=True), t, 2 * e.T).add_(e.square().sum(1))
     key = key.clamp_(0.0, d_max).mul_(q_max / d_max).round_().int()            # (T,K)
-    local = torch.arange(K, device=dev) - torch.tensor(first[:-1], device=dev)[pb]
     key.bitwise_left_shift_(id_bits).bitwise_or_(local.int())
     margin = R * (gw + 1)
-    img_pad = torch.full((int(size.sum()) + 2 * margin,), _EMPTY32, dtype=torch.int32, device=dev)
-    n_img = int(size.sum())
+    n_img = B * size
+    img_pad = torch.full((n_img + 2 * margin,), _EMPTY32, dtype=torch.int32, device=dev)
     for (tx, ty), k in zip(taps, key):          # one scatter per tap: the index is reused
         img_pad.narrow(0, margin + tx + ty * gw, n_img).scatter_reduce_(0, cell, k, "amin")
     del key
     img = img_pad.narrow(0, margin, n_img)
     id_mask = (1 << id_bits) - 1
 
-    lo_l, base_l, size_l = lo.tolist(), base.tolist(), size.tolist()
-    occ_np = None
-    done, px_parts, cnt_parts, S_parts, Q_parts = [], [], [], [], []
-    pix, pix2 = target.pixels_long, target.pixels_sq
-    for b, f in enumerate(fi_l):
-        M, nb = counts[b], n_b[b]
-        if M == 0:
-            px_parts.append(torch.zeros((), device=dev))
-            continue
-        if nb == 0:
-            px_parts.append(torch.tensor(M * math.sqrt(diag2), device=dev))
-            continue
-        pf = pix[offs[f]:offs[f + 1]]                                          # (M,2) xy
-        o = base_l[b] - lo_l[b][1] * gw - lo_l[b][0]
-        pos = pf[:, 1] * gw + pf[:, 0] + o
-        got = img.index_select(0, pos)
-        j = (got & id_mask).long()
-        d = (got >> id_bits).float() * (d_max / q_max)
-        d = torch.where(got == _EMPTY32, math.inf, d)
-        far = (d > (R - 0.5) ** 2).nonzero().squeeze(1)
-        if far.numel():
-            # Farther mask pixels: the nearest occupied pixel c from a distance transform of
-            # the point occupancy image (scipy), then the nearest points stored around c.
-            if occ_np is None:
-                occ = torch.zeros(n_img, dtype=torch.bool, device=dev)
-                occ[cell] = True
-                occ_np = occ.cpu().numpy()
-            iy, ix = ndimage.distance_transform_edt(
-                ~occ_np[base_l[b]:base_l[b] + size_l[b]].reshape(-1, gw),
-                return_distances=False, return_indices=True)
-            q = (pos.index_select(0, far) - base_l[b]).cpu().numpy()
-            hit = torch.from_numpy(iy.reshape(-1)[q].astype(np.int64) * gw
-                                   + ix.reshape(-1)[q] + base_l[b]).to(dev)
-            # The hit is an occupied pixel, >= R >= _HIT_WINDOW px inside the item's image.
-            a = torch.arange(-_HIT_WINDOW, _HIT_WINDOW + 1, device=dev)
-            cand = img[hit.unsqueeze(1) + (a.view(-1, 1) * gw + a).view(-1)]          # (Q,T)
-            ok = cand != _EMPTY32
-            cj = torch.where(ok, (cand & id_mask).long(), 0)
-            Pb = P[first[b]:first[b + 1]]
-            dc = (Pb[cj] - pf.index_select(0, far).float().unsqueeze(1)).square().sum(-1)
-            v, k = dc.masked_fill_(~ok, math.inf).min(1)
-            better = v < d[far]
-            d[far] = torch.where(better, v, d[far])
-            j[far] = torch.where(better, cj.gather(1, k.unsqueeze(1)).squeeze(1), j[far])
-        found = torch.isfinite(d)
-        missing = 0
-        if not bool(found.all()):                 # only if the item has no point near some pixel
-            missing = int((~found).sum())
-            j, pf_f, p2 = j[found], pf[found], pix2[offs[f]:offs[f + 1]][found]
-        else:
-            pf_f, p2 = pf, pix2[offs[f]:offs[f + 1]]
-        cnt_parts.append(torch.bincount(j, minlength=nb))
-        S_parts.append(torch.zeros(nb, 2, dtype=torch.long, device=dev).index_add_(0, j, pf_f))
-        Q_parts.append(torch.zeros(nb, dtype=torch.long, device=dev).index_add_(0, j, p2))
-        px_parts.append(d[found].sqrt().sum() + missing * math.sqrt(diag2))
-        done.append((b, missing))
+    # Every mask pixel of every item looks its nearest point up.
+    item, rows = _item_pixels(target, fi, fi_l)                                # (M,)
+    pf = target.pixels_long.index_select(0, rows)                              # (M,2) xy
+    p2 = target.pixels_sq.index_select(0, rows)
+    pos = item * size + (pf[:, 1] + border) * gw + (pf[:, 0] + border)
+    got = img.index_select(0, pos)
+    j = (got & id_mask).long()
+    d = (got >> id_bits).float() * (d_max / q_max)
+    d = torch.where(got == _EMPTY32, math.inf, d)
+    usable = has_points.index_select(0, item)
+    far = ((d > (R - 0.5) ** 2) & usable).nonzero().squeeze(1)                 # round-trip
+    if far.numel():
+        d, j = _coarse_nearest(P, Ps, local, item_of, pr, N, pf, item, far, d, j, (gh, gw), border)
+        rest = far.index_select(0, (~torch.isfinite(d.index_select(0, far))).nonzero().squeeze(1))  # round-trip
+        if rest.numel():
+            d, j = _far_pixels(P.view(B, N, 2), present.view(B, N), pf, item, rest, d, j)
 
     # Per point sums of its pixels (exact int64), then the differentiable quadratic in float64.
-    sq = torch.zeros(B, dtype=torch.float64, device=dev)
-    if done:
-        c, S, Q = torch.cat(cnt_parts), torch.cat(S_parts), torch.cat(Q_parts)
-        rows = torch.cat([torch.arange(first[b], first[b + 1], device=dev) for b, _ in done])
-        Xd = X.index_select(0, rows).double()
-        per_point = c * Xd.square().sum(1) - 2 * (Xd * S).sum(1) + Q
-        sq = sq.index_add(0, pb.index_select(0, rows), per_point)
+    found = usable & torch.isfinite(d)
+    g = torch.where(found, item * N + j, 0)
+    # count, sum x, sum y, sum |p|^2 per point in one float64 sum (integers below 2^53: exact)
+    parts = torch.cat([found.unsqueeze(1), pf, p2.unsqueeze(1)], 1).double() * found.unsqueeze(1)
+    sums = torch.zeros(B * N, 4, dtype=torch.float64, device=dev).index_add_(0, g, parts)
+    c, S, Q = sums[:, 0], sums[:, 1:3], sums[:, 3]
+    Xd = X.reshape(-1, 2).double()
+    per_point = c * Xd.square().sum(1) - 2 * (Xd * S).sum(1) + Q
     # Constant costs (no gradient): items without points, pixels nothing reached.
-    extra = [counts[b] * diag2 if (counts[b] and n_b[b] == 0) else 0.0 for b in range(B)]
-    for b, missing in done:
-        extra[b] += missing * diag2
-    sq = sq + torch.tensor(extra, dtype=torch.float64, device=dev)
-    return _MaskToPoints(sq_sum=sq.to(dtype), px_sum=torch.stack(px_parts).to(dtype))
+    missing = torch.zeros(B, dtype=torch.float64, device=dev).index_add_(0, item, (~found).double())
+    sq = per_point.view(B, N).sum(1) + missing * diag2
+    dist = torch.where(found, d.clamp(min=0).sqrt(), math.sqrt(diag2))
+    px = torch.zeros(B, dtype=torch.float32, device=dev).index_add_(0, item, dist)
+    return _MaskToPoints(sq_sum=sq.to(dtype), px_sum=px.to(dtype))
+
+
+@torch.no_grad()
+def _coarse_nearest(P: Tensor, Ps: Tensor, local: Tensor, item_of: Tensor, pr: Tensor, N: int,
+                    pf: Tensor, item: Tensor, far: Tensor, d: Tensor, j: Tensor, shape: tuple[int, int],
+                    border: int) -> tuple[Tensor, Tensor]:
+    """Far mask pixels (beyond R - 0.5 px from every point): a second splat on a grid of
+    _COARSE x _COARSE px cells, each cell keeping the point nearest its centre (within
+    _COARSE_R cells), then each far pixel takes the nearest of the points kept in the 5 x 5
+    cells around its own. P (B*N,2) all points; Ps (K,2) the present ones, local / item_of (K,)
+    their id in / their item, pr (K,2) their clamped pixels; far (Q,) rows of pf / item / d /
+    j. Pixels no kept point reaches stay inf in d."""
+    s, Rc = _COARSE, _COARSE_R
+    dev = P.device
+    B = P.shape[0] // N
+    ch, cw = -(-shape[0] // s), -(-shape[1] // s)
+    size = ch * cw
+    cx = torch.div(pr[:, 0] + border, s, rounding_mode="floor")
+    cy = torch.div(pr[:, 1] + border, s, rounding_mode="floor")
+    cell = item_of * size + cy * cw + cx
+    taps = _disc_offsets(Rc + 0.5)
+    t = torch.tensor(taps, device=dev, dtype=torch.float32)                   # (T,2) cells
+    # distance^2 (px) from the point to the centre of the cell at each tap
+    e = torch.stack([cx, cy], 1).float() * s + (s - 1) / 2 - border - Ps       # (K,2)
+    key = torch.addmm((s * t).square().sum(1, keepdim=True), s * t, 2 * e.T).add_(e.square().sum(1))
+    d_max = (s * (Rc + 1.5)) ** 2
+    id_bits = max(1, int(N).bit_length())
+    q_max = (1 << (31 - id_bits)) - 1
+    key = key.clamp_(0.0, d_max).mul_(q_max / d_max).round_().int()
+    key.bitwise_left_shift_(id_bits).bitwise_or_(local.int())
+    margin = (Rc + 2) * (cw + 1)
+    img_pad = torch.full((B * size + 2 * margin,), _EMPTY32, dtype=torch.int32, device=dev)
+    for (tx, ty), k in zip(taps, key):
+        img_pad.narrow(0, margin + tx + ty * cw, B * size).scatter_reduce_(0, cell, k, "amin")
+    q = pf.index_select(0, far)                                                # (Q,2)
+    qi = item.index_select(0, far)
+    home = (qi * size + torch.div(q[:, 1] + border, s, rounding_mode="floor") * cw
+            + torch.div(q[:, 0] + border, s, rounding_mode="floor"))
+    a = torch.arange(-2, 3, device=dev)
+    got = img_pad.index_select(0, (margin + home.unsqueeze(1) + (a.view(-1, 1) * cw + a).view(-1)).view(-1))
+    got = got.view(-1, 25)                                                     # (Q,25)
+    ok = got != _EMPTY32
+    cj = torch.where(ok, got & ((1 << id_bits) - 1), 0).long()
+    cand = P.index_select(0, (qi.unsqueeze(1) * N + cj).view(-1)).view(-1, 25, 2)
+    dc = (cand - q.float().unsqueeze(1)).square().sum(-1).masked_fill_(~ok, math.inf)
+    v, k = dc.min(1)
+    return d.index_copy(0, far, v), j.index_copy(0, far, cj.gather(1, k.unsqueeze(1)).squeeze(1))
+
+
+@torch.no_grad()
+def _far_pixels(P: Tensor, present: Tensor, pf: Tensor, item: Tensor, far: Tensor, d: Tensor,
+                j: Tensor, max_chunk: int = 1 << 22) -> tuple[Tensor, Tensor]:
+    """Mask pixels farther than R - 0.5 px from every point of their item: their exact nearest
+    present point by a device cdist against that item's points (chunked to ``max_chunk``
+    distances). P (B,N,2), present (B,N), far (Q,) rows of pf / item / d / j, item-major.
+    Returns d, j with the far rows replaced. One host round-trip (the split over the items)."""
+    B, N, _ = P.shape
+    far_item = item.index_select(0, far)
+    bounds = torch.searchsorted(far_item, torch.arange(B + 1, device=P.device)).tolist()   # round-trip 2
+    d, j = d.clone(), j.clone()
+    rows = max(1, max_chunk // N)
+    for b in range(B):
+        lo, hi = bounds[b], bounds[b + 1]
+        if lo == hi:
+            continue
+        centre = P[b].mean(0)
+        pts = P[b] - centre
+        blocked = torch.where(present[b], 0.0, math.inf)
+        for s in range(lo, hi, rows):
+            idx = far[s:min(hi, s + rows)]
+            q = pf.index_select(0, idx).float()
+            nn = (torch.cdist(q - centre, pts) + blocked).argmin(1)
+            d.index_copy_(0, idx, (P[b].index_select(0, nn) - q).square().sum(1))
+            j.index_copy_(0, idx, nn)
+    return d, j
 
 
 # ----------------------------------------------------------------------------- Chamfer
@@ -457,26 +520,24 @@ def chamfer_2d(uv: Tensor, valid: Tensor, target: MaskTargets, frame_index: Tens
     points_to_mask 0 and mask_to_points = squared image diagonal (no gradient); an empty frame
     (allow_empty) contributes 0. reduction: "mean" | "sum" over the batch, or "none" -> (B,).
     """
-    uv, w, fi = _prepare(uv, valid, target, frame_index)
+    uv, w, fi, fi_l = _prepare(uv, valid, target, frame_index)
     B, N, _ = uv.shape
-    dev = uv.device
     inv = 1.0 / (scale * scale)
     count = target.counts[fi]
     has_mask = (count > 0).to(uv.dtype)
-    sel = (w.reshape(-1) > 0).nonzero().squeeze(1)                  # valid points, item-major
+    sel = (w.reshape(-1) > 0).nonzero().squeeze(1)   # valid points, item-major (one round-trip)
     pb = torch.div(sel, N, rounding_mode="floor")
     X = uv.reshape(-1, 2).index_select(0, sel)
     ws = w.reshape(-1).index_select(0, sel)
     wsum = w.sum(1)
     d_p = _points_to_mask_sq(X, fi.index_select(0, pb), target)
-    zeros = torch.zeros(B, dtype=uv.dtype, device=dev)
+    zeros = torch.zeros(B, dtype=uv.dtype, device=uv.device)
     norm = has_mask / wsum.clamp(min=1e-12)
     p2m = zeros.index_add(0, pb, ws * d_p) * norm
     p2m_px = zeros.index_add(0, pb, ws * d_p.detach().sqrt()) * norm
     out = {"points_to_mask": p2m * inv, "points_to_mask_px": p2m_px, "n_points": wsum.detach()}
     if both:
-        n_b = torch.bincount(pb, minlength=B).tolist()
-        m = _mask_to_points(X, pb, n_b, N, target, fi.tolist(), uv.dtype)
+        m = _mask_to_points(uv, w, sel, target, fi, fi_l, uv.dtype)
         n = count.clamp(min=1).to(uv.dtype)
         out["mask_to_points"] = m.sq_sum / n * inv
         out["mask_to_points_px"] = m.px_sum / n
@@ -497,7 +558,7 @@ def chamfer_2d_bruteforce(uv: Tensor, valid: Tensor, target: MaskTargets, frame_
     In float32, cdist's matmul path may pick a neighbour whose squared distance is within ~1e-3
     px^2 of the true nearest; use float64 inputs for an exact reference.
     """
-    uv, w, fi = _prepare(uv, valid, target, frame_index)
+    uv, w, fi, fi_l = _prepare(uv, valid, target, frame_index)
     B = uv.shape[0]
     H, W = target.image_size
     inv = 1.0 / (scale * scale)
@@ -507,7 +568,7 @@ def chamfer_2d_bruteforce(uv: Tensor, valid: Tensor, target: MaskTargets, frame_
     rows: dict[str, list[Tensor]] = {k: [] for k in keys}
     zero = uv.new_zeros(())
     for b in range(B):
-        f = int(fi[b])
+        f = fi_l[b]
         M = target.frame_pixels(f).to(uv.dtype)
         keep = (w[b] > 0).nonzero().squeeze(1)
         Pb, wb = uv[b].index_select(0, keep), w[b].index_select(0, keep)
@@ -573,7 +634,7 @@ def soft_coverage_loss(uv: Tensor, valid: Tensor, target: MaskTargets, frame_ind
     which makes a uniformly covered mask read ~0.95 inside. Differentiable w.r.t. uv (and the
     weights). Returns (B,) for reduction "none".
     """
-    uv, w, fi = _prepare(uv, valid, target, frame_index)
+    uv, w, fi, _ = _prepare(uv, valid, target, frame_index)
     B, N, _ = uv.shape
     H, W = target.image_size
     f = resolution / max(H, W)

@@ -5,6 +5,7 @@ directions) plus soft coverage and a code prior; then an optional regularised fr
 refinement of per-point offsets. Checkpointed, resumable, cancellable, with progress."""
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import asdict
@@ -16,10 +17,11 @@ import torch
 
 from ..body import BodyModel, load_body
 from ..data.subject import Subject, read_subject
-from ..device import pick_device
+from ..device import DeviceError, device_error, pick_device, release_memory, scaled
 from ..drape.base import DrapeModel
 from ..errors import InputError
 from ..garment.families import outfit_families
+from ..link import protocol as P
 from ..link.protocol import CHECKPOINT_PT
 from ..render.rasterizer import project
 from .frames import FrameSet, load_frames
@@ -58,6 +60,10 @@ class OutfitFitter:
             torch.set_num_threads(options.threads)
         self.body = body or load_body(subject.meta.get("body", "default"), subject.meta.get("gender", "neutral"),
                                       device=self.device)
+        if self.body.device != self.device:
+            raise DeviceError(f"the body model is on {self.body.device} but the fit runs on {self.device}",
+                              P.E_WRONG_DEVICE, "load it with the fit's device (pointwear.device.pick_device)")
+        self.frames_per_step = options.frames_per_step or scaled(4, self.device, 8)
         self.betas = torch.as_tensor(subject.smpl.betas, dtype=torch.float32, device=self.device)[None]
         self.train_ids, self.held_ids = split_frames(subject.num_frames, options.frames)
         self._check_masks()
@@ -75,12 +81,13 @@ class OutfitFitter:
         self.snapshots: list[tuple[str, int, torch.Tensor, str]] = []
 
     # -- losses ---------------------------------------------------------------------------------
-    def frame_losses(self, drape: DrapeModel, codes: torch.Tensor, frames: FrameSet, ids: torch.Tensor,
+    def frame_losses(self, drape: DrapeModel, codes: torch.Tensor, frames: FrameSet, ids: np.ndarray | torch.Tensor,
                      offsets: torch.Tensor | None = None, refresh_weights: bool = True,
                      targets: tuple[int, ...] | None = None) -> torch.Tensor:
         """(C,) loss of each code, averaged over the frames `ids` (indices into `frames`).
         `targets`: the mask each garment of the drape is scored against (a label id, or UNION
-        for the clothing mask); None scores all points against the clothing mask."""
+        for the clothing mask); None scores all points against the clothing mask. `ids` on the
+        host (numpy) cost no round-trip; a device tensor costs one."""
         out = drape(drape.constrain(codes), self.betas, refresh_weights=refresh_weights)
         points, weights = out.points, out.weights
         if offsets is not None:
@@ -88,7 +95,8 @@ class OutfitFitter:
         c, f = codes.shape[0], len(ids)
         rest = points.repeat_interleave(f, 0)
         w = weights.repeat_interleave(f, 0) if weights.dim() == 3 else weights
-        fi = ids.repeat(c)
+        fi_host = np.tile(np.asarray(ids.tolist() if torch.is_tensor(ids) else ids, dtype=np.int64), c)
+        fi = torch.as_tensor(fi_host, device=self.device)
         posed = self.body.pose_points(rest, w, self.betas, frames.global_orient[fi], frames.body_pose[fi],
                                       frames.transl[fi])
         uv, _ = project(posed, frames.K[fi])
@@ -97,8 +105,8 @@ class OutfitFitter:
         per_pair = torch.zeros(c * f, dtype=uv.dtype, device=uv.device)
         for key, valid in self._garment_visibility(drape, uv, vis, frames, fi, targets):
             target = frames.target(key)
-            cham = chamfer_2d(uv, valid, target, fi, reduction="none")["total"]
-            cov = soft_coverage_loss(uv, valid, target, fi, reduction="none")
+            cham = chamfer_2d(uv, valid, target, fi_host, reduction="none")["total"]
+            cov = soft_coverage_loss(uv, valid, target, fi_host, reduction="none")
             per_pair = per_pair + cham + self.options.coverage_weight * cov
         return per_pair.reshape(c, f).mean(1)
 
@@ -136,13 +144,14 @@ class OutfitFitter:
     @torch.no_grad()
     def score(self, drape: DrapeModel, codes: torch.Tensor, targets: tuple[int, ...] | None = None) -> torch.Tensor:
         """Held-out score of each code: the Chamfer loss on every held-out frame."""
-        ids = torch.arange(len(self.val), device=self.device)
+        ids = np.arange(len(self.val))
         return self.frame_losses(drape, codes, self.val, ids, refresh_weights=False, targets=targets)
 
     # -- stages -------------------------------------------------------------------------------
-    def _sample_ids(self) -> torch.Tensor:
-        n, k = len(self.train), min(self.options.frames_per_step, len(self.train))
-        return torch.randperm(n, generator=self.rng)[:k].sort().values.to(self.device)
+    def _sample_ids(self) -> np.ndarray:
+        """Sorted frame indices for one step, drawn on the host (the fit's CPU generator)."""
+        n, k = len(self.train), min(self.frames_per_step, len(self.train))
+        return torch.randperm(n, generator=self.rng)[:k].sort().values.numpy()
 
     def _lr(self, drape: DrapeModel) -> float:
         if self.options.lr is not None:
@@ -159,16 +168,17 @@ class OutfitFitter:
                 self._save(cands, state)
                 raise FitCancelled(f"fit cancelled during {stage} at step {state.step}")
             ids = self._sample_ids()
-            for cand in cands:
-                refresh = state.step % 10 == 0
-                loss = self.frame_losses(cand.drape, cand.codes, self.train, ids, refresh_weights=refresh,
-                                         targets=cand.targets)
-                total = (loss + self.prior(cand.drape, cand.codes)).sum()
-                cand.optimizer.zero_grad()
-                total.backward()
-                cand.optimizer.step()
-                for group in cand.optimizer.param_groups:
-                    group["lr"] *= 0.992
+            with self._checkpoint_on_oom(cands, state):
+                for cand in cands:
+                    refresh = state.step % 10 == 0
+                    loss = self.frame_losses(cand.drape, cand.codes, self.train, ids, refresh_weights=refresh,
+                                             targets=cand.targets)
+                    total = (loss + self.prior(cand.drape, cand.codes)).sum()
+                    cand.optimizer.zero_grad()
+                    total.backward()
+                    cand.optimizer.step()
+                    for group in cand.optimizer.param_groups:
+                        group["lr"] *= 0.992
             state.step += 1
             if self.preview is not None:
                 show = state.best if stage == "coarse" and state.best.code is not None else None
@@ -181,6 +191,23 @@ class OutfitFitter:
                 cands[:] = self._prune(cands, state)
             if state.step % self.options.checkpoint_every == 0:
                 self._save(cands, state)
+
+    @contextlib.contextmanager
+    def _checkpoint_on_oom(self, cands: list[Candidate], state: FitState):
+        """Out of memory in a step: save the checkpoint of the last finished step (a resume goes
+        on from there) and end with a DeviceError (out_of_memory) saying what to lower."""
+        try:
+            yield
+        except Exception as exc:
+            err = device_error(exc)
+            if err is None or err.code != P.E_OUT_OF_MEMORY:
+                raise
+            for cand in cands:
+                cand.optimizer.zero_grad(set_to_none=True)
+            release_memory()
+            self._save(cands, state)
+            raise DeviceError(f"{err.message} at step {state.step}; checkpoint kept: {self.ckpt_path}",
+                              err.code, err.hint) from exc
 
     def _penalised(self, cand: Candidate, scores: torch.Tensor) -> torch.Tensor:
         return scores * (1.0 + self.options.garment_penalty * cand.extra_garments)

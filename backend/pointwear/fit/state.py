@@ -40,7 +40,7 @@ class FitOptions:
     refine_steps: int = 0              # free-form offsets along normals (kept if held-out improves)
     refine: RefineOptions = field(default_factory=RefineOptions)
     score_every: int = 20
-    frames_per_step: int = 4           # frames sampled per step (all when fewer)
+    frames_per_step: int = 0           # frames sampled per step (all when fewer); 0: 4 on the CPU, 8 on CUDA
     lr: float | None = None            # default: 0.1 (neural, as the paper) / 0.05 (parametric)
     coverage_weight: float = 0.002     # soft IoU splats reach past the points: strong weights shrink the fit
     prior_weight: float = 1e-5        # the Chamfer is ~5e-3 at a good fit: keep the prior a tie-breaker

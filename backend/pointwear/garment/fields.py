@@ -4,7 +4,7 @@ piece is a tube following that field plus ease. The field is built once per body
 the rest-pose vertices of the regions the piece may cover; lookups are differentiable in s."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -40,10 +40,10 @@ class Axis:
 
     def point(self, s: torch.Tensor, phi: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
         """Inverse of `coords`, differentiable: points (..., 3) at (s, phi, radius)."""
-        t = lambda v: torch.as_tensor(v, dtype=radius.dtype, device=radius.device)  # noqa: E731
-        return (t(self.origin) + s[..., None] * t(self.direction)
-                + (radius * torch.cos(phi))[..., None] * t(self.e1)
-                + (radius * torch.sin(phi))[..., None] * t(self.e2))
+        origin, direction, e1, e2 = _on_device(self, (self.origin, self.direction, self.e1, self.e2), radius)
+        return (origin + s[..., None] * direction
+                + (radius * torch.cos(phi))[..., None] * e1
+                + (radius * torch.sin(phi))[..., None] * e2)
 
 
 @dataclass
@@ -68,7 +68,7 @@ class RadiusField:
 
     def lookup(self, s: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
         """Bilinear r(s, phi), differentiable in s; s is clamped to the field's range."""
-        table = torch.as_tensor(self.r, dtype=s.dtype, device=s.device)
+        table, = _on_device(self, (self.r,), s)
         n_s, n_phi = table.shape
         fi = ((s - self.s0) / self.ds).clamp(0, n_s - 1.000001)
         fj = torch.remainder((phi + np.pi) / (2 * np.pi) * n_phi, n_phi)
@@ -78,6 +78,16 @@ class RadiusField:
         top = table[i0, j0] * (1 - wj) + table[i0, j1] * wj
         bottom = table[i1, j0] * (1 - wj) + table[i1, j1] * wj
         return top * (1 - wi) + bottom * wi
+
+
+def _on_device(owner, arrays: tuple, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The owner's constant arrays as tensors on like's device and dtype, made once per device
+    and dtype (kept on the owner, which never changes them)."""
+    cache = owner.__dict__.setdefault("_tensors", {})
+    key = (like.device, like.dtype)
+    if key not in cache:
+        cache[key] = tuple(torch.as_tensor(a, dtype=like.dtype, device=like.device) for a in arrays)
+    return cache[key]
 
 
 def build_field(axis: Axis, points: np.ndarray, s_range: tuple[float, float],

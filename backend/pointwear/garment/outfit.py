@@ -5,6 +5,7 @@ those numbers (torch); `Detail` adds what lies outside them (folds, uneven hems)
 the parametric model to a synthetic subject is not a tautology."""
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -70,9 +71,9 @@ class Piece:
 
 @dataclass
 class GarmentMesh:
-    vertices: torch.Tensor        # (V, 3) rest pose, differentiable in the parameters
+    vertices: torch.Tensor        # (V, 3) rest pose, differentiable in the parameters; (C, V, 3) batched
     faces: np.ndarray             # (F, 3)
-    weights: np.ndarray           # (V, 24) skin weights
+    weights: np.ndarray           # (V, 24) skin weights; (C, V, 24) batched
     garment: np.ndarray           # (V,) index into `names`
     names: list[str]
     params: list[GarmentParams]
@@ -138,7 +139,7 @@ def _top(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Piece]:
 
 def _jacket(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Piece]:
     """A top whose front is open by `opening` radians (phi 0 faces front); closed at 0."""
-    half = torch.as_tensor(p.opening, dtype=torch.float32) / 2
+    half = torch.as_tensor(p.opening, dtype=torch.float32) / 2 if not torch.is_tensor(p.opening) else p.opening / 2
     torso = _torso_piece(frame, p, p.hem * frame.crotch_s, phi_range=(half, 2 * np.pi - half))
     return [torso] + _sleeves(frame, p, keep_sleeves)
 
@@ -207,44 +208,74 @@ def build_outfit(frame: BodyFrame, params: list[GarmentParams], names: list[str]
                  detail: Detail | None = None, keep_sleeves: bool = False,
                  with_weights: bool = True) -> GarmentMesh:
     """Rest-pose mesh of the outfit on this body, with skin weights from the body (or none,
-    when a caller computes them less often than the geometry)."""
+    when a caller computes them less often than the geometry). Made on the device and dtype of
+    the parameters' tensors (the CPU in float32 for plain numbers). Parameters may hold (C, 1, 1)
+    tensors, C outfits of one topology at once: vertices (C, V, 3) and weights (C, V, 24)."""
     detail = detail or Detail()
     rng = np.random.default_rng(detail.seed)
     names = names or [p.kind for p in params]
-    verts, faces, garment, weights = [], [], [], []
+    like = _like(params)
+    verts, faces, garment, pieces = [], [], [], []
     offset = 0
     for g, p in enumerate(params):
         for piece in garment_pieces(frame, p, keep_sleeves):
-            v = _piece_vertices(piece, detail, rng)
+            v = _piece_vertices(piece, detail, rng, like)
             n_s, n_phi = piece.grid
-            verts.append(v.reshape(-1, 3))
+            verts.append(v.reshape(*v.shape[:-3], -1, 3))
             faces.append(_grid_faces(n_s, n_phi, periodic=piece.phi_range is None) + offset)
             garment.append(np.full(n_s * n_phi, g))
-            if with_weights:
-                weights.append(_piece_weights(frame, piece, v.detach().cpu().numpy()))
+            pieces.append(piece)
             offset += n_s * n_phi
-    skin = np.concatenate(weights).astype(np.float32) if with_weights else np.zeros((offset, 0), np.float32)
-    return GarmentMesh(torch.cat(verts), np.concatenate(faces), skin,
+    vertices = torch.cat(verts, -2)
+    skin = outfit_weights(frame, pieces, vertices) if with_weights else np.zeros((offset, 0), np.float32)
+    return GarmentMesh(vertices, np.concatenate(faces), skin,
                        np.concatenate(garment), names, list(params), detail)
 
 
-def _piece_vertices(piece: Piece, detail: Detail, rng: np.random.Generator) -> torch.Tensor:
+def outfit_weights(frame: BodyFrame, pieces: list[Piece], vertices: torch.Tensor) -> np.ndarray:
+    """Skin weights (V, 24) of the outfit's vertices (V, 3), or (C, V, 24) of (C, V, 3), piece
+    by piece (on the host: a nearest-vertex query; callers refresh them now and then)."""
+    v_np = vertices.detach().cpu().numpy()
+    if v_np.ndim == 3:
+        return np.stack([outfit_weights(frame, pieces, torch.from_numpy(v)) for v in v_np])
+    out, start = [], 0
+    for piece in pieces:
+        n = piece.grid[0] * piece.grid[1]
+        out.append(_piece_weights(frame, piece, v_np[start:start + n]))
+        start += n
+    return np.concatenate(out).astype(np.float32)
+
+
+def _like(params: list[GarmentParams]) -> torch.Tensor:
+    """A scalar tensor with the device and dtype of the parameters' tensors (CPU float32 if none)."""
+    for p in params:
+        for value in vars(p).values():
+            if torch.is_tensor(value):
+                return value.new_zeros(())
+    return torch.zeros((), dtype=torch.float32)
+
+
+def _piece_vertices(piece: Piece, detail: Detail, rng: np.random.Generator, like: torch.Tensor) -> torch.Tensor:
+    """(..., n_s, n_phi, 3) grid vertices on like's device and dtype (leading dims: a batch of
+    parameter values)."""
     n_s, n_phi = piece.grid
-    u = torch.linspace(0.0, 1.0, n_s)[:, None]
+    t = lambda x: torch.as_tensor(x, dtype=like.dtype, device=like.device)  # noqa: E731
+    u = torch.linspace(0.0, 1.0, n_s, dtype=like.dtype, device=like.device)[:, None]
     if piece.phi_range is None:
-        phi = (torch.arange(n_phi) / n_phi * 2 * np.pi - np.pi)[None, :]
+        phi = (torch.arange(n_phi, device=like.device).to(like.dtype) / n_phi * 2 * np.pi - np.pi)[None, :]
     else:
-        a, b = (torch.as_tensor(x, dtype=torch.float32) for x in piece.phi_range)
-        phi = (a + torch.linspace(0.0, 1.0, n_phi) * (b - a))[None, :]
-    s_start = torch.as_tensor(piece.s_start, dtype=torch.float32)
-    s_end = torch.as_tensor(piece.s_end, dtype=torch.float32)
+        a, b = (t(x) for x in piece.phi_range)
+        phi = a + torch.linspace(0.0, 1.0, n_phi, dtype=like.dtype, device=like.device)[None, :] * (b - a)
+    s_start, s_end = t(piece.s_start), t(piece.s_end)
     if detail.hem_asym > 0:
         s_end = s_end + detail.hem_asym * _hem_wave(phi, rng)
-    s = torch.broadcast_to(s_start + u * (s_end - s_start), (n_s, n_phi))
-    radius = piece.field.lookup(s, phi.expand_as(s)) + piece.ease(s)
+    s = s_start + u * (s_end - s_start)
+    shape = torch.broadcast_shapes(s.shape, phi.shape, (n_s, n_phi))
+    s, phi = s.expand(shape), phi.expand(shape)
+    radius = piece.field.lookup(s, phi) + piece.ease(s)
     if detail.wrinkle_amp > 0:
         radius = radius + detail.wrinkle_amp * _folds(s, phi, rng, vertical=piece.hanging)
-    return piece.axis.point(s, phi.expand_as(s), radius)
+    return piece.axis.point(s, phi, radius)
 
 
 def _hem_wave(phi: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -263,6 +294,7 @@ def _folds(s: torch.Tensor, phi: torch.Tensor, rng: np.random.Generator, vertica
     return out / np.sqrt(k)
 
 
+@functools.lru_cache(maxsize=None)
 def _grid_faces(n_s: int, n_phi: int, periodic: bool = True) -> np.ndarray:
     """Triangles of an (n_s, n_phi) tube grid, normals outward; `periodic` closes it around
     the axis, else its two phi edges stay open (a jacket's front, a hood)."""

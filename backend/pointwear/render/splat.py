@@ -45,6 +45,7 @@ pairs (the whole image in one tile for typical clothing point clouds).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -79,6 +80,14 @@ def disc_offsets(radius_px: float) -> tuple[Tensor, Tensor]:
                 dxs.append(dx)
                 dys.append(dy)
     return torch.tensor(dxs, dtype=torch.int64), torch.tensor(dys, dtype=torch.int64)
+
+
+@functools.lru_cache(maxsize=64)
+def _disc_on(radius_px: float, device: torch.device) -> tuple[Tensor, Tensor, int, int]:
+    """`disc_offsets` on the device, made once per radius and device: (dx, dy, count, max |dy|)."""
+    dx, dy = disc_offsets(radius_px)
+    rows = [int(v) for v in dy.tolist()]
+    return dx.to(device), dy.to(device), len(rows), max(rows, default=0)
 
 
 def _check_inputs(points_cam: Tensor, features: Tensor, K: Tensor, image_size, radius_px: float,
@@ -173,14 +182,14 @@ def splat(points_cam: Tensor, features: Tensor, K: Tensor, image_size: tuple[int
         order = torch.argsort(zkey, dim=1, stable=True)                              # (B,P)
         rank = torch.empty_like(order).scatter_(
             1, order, torch.arange(P, device=dev).expand(B, P).contiguous())
-        b_idx, p_idx = ok.nonzero(as_tuple=True)                                     # (n,)
-        u0 = uvd[b_idx, p_idx]                                                       # (n,2)
+        # Every point takes part (no data-dependent selection, so no wait for the device): an
+        # invalid one is parked far outside the image, where none of its pixels is kept.
+        b_idx = torch.arange(B, device=dev).repeat_interleave(P)                     # (n,) = B*P
+        park = torch.full_like(uvd, -4.0 * r - 16.0)
+        u0 = torch.where(ok.unsqueeze(-1), uvd, park).reshape(-1, 2)                # (n,2)
         base = torch.round(u0).to(torch.int64)
-        pr = rank[b_idx, p_idx]
-        del p_idx   # kept pairs find their point again through (item, depth rank)
-        dx, dy = (t.to(dev) for t in disc_offsets(r))
-        T = dx.numel()
-        R = int(dy.max()) if T else 0
+        pr = rank.reshape(-1)     # kept pairs find their point again through (item, depth rank)
+        dx, dy, T, R = _disc_on(r, dev)
 
     tiles = _row_tiles(base[:, 1], dy, H, W, B, tile, max_pairs)
     if len(tiles) > 1:
@@ -230,12 +239,12 @@ def splat(points_cam: Tensor, features: Tensor, K: Tensor, image_size: tuple[int
                 start = torch.cummax(start, dim=0).values
             slot = pos - start
             del start
-            occ_pix = pix[first]                                                     # (G,)
             group = torch.cumsum(first, 0).sub_(1)
             kept = (slot < k).nonzero().squeeze(1)
             key, slot, group, pix = (t.index_select(0, kept) for t in (key, slot, group, pix))
             del kept, first, pos
             bag_start = (slot == 0).nonzero().squeeze(1)                             # (G,)
+            occ_pix = pix.index_select(0, bag_start)          # each occupied pixel once, in order
             kb = torch.div(pix, tile_px, rounding_mode="floor")
             kp = order.view(-1).index_select(0, kb * P + (key & _RANK_MASK))          # point ids
             rem = pix - kb * tile_px

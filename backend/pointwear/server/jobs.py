@@ -484,23 +484,49 @@ class JobQueue:
             log(f"job {ctx.job.job_id} ({ctx.job.kind}) failed: {exc!r}")
             result = ("error", io_error(exc))
         except BaseException as exc:      # anything else (even SystemExit in a library) ends the job
-            trace = traceback.format_exc()
-            log(f"job {ctx.job.job_id} ({ctx.job.kind}) failed:\n{trace}")
-            try:
-                with atomic_path(ctx.folder / P.TRACEBACK_TXT) as tmp:
-                    tmp.write_text(trace)
-            except OSError:
-                pass
-            result = ("error", {"code": P.E_INTERNAL, "message": _clip(f"{type(exc).__name__}: {exc}"),
-                                "hint": f"an internal error: the traceback is in {ctx.folder / P.TRACEBACK_TXT}"})
+            device = _device_error(exc)
+            if device is not None:       # out of (GPU) memory, two devices: a job error with its code
+                log(f"job {ctx.job.job_id} ({ctx.job.kind}) failed: {exc!r}")
+                result = ("error", job_error(device))
+            else:
+                trace = traceback.format_exc()
+                log(f"job {ctx.job.job_id} ({ctx.job.kind}) failed:\n{trace}")
+                try:
+                    with atomic_path(ctx.folder / P.TRACEBACK_TXT) as tmp:
+                        tmp.write_text(trace)
+                except OSError:
+                    pass
+                result = ("error", {"code": P.E_INTERNAL, "message": _clip(f"{type(exc).__name__}: {exc}"),
+                                    "hint": f"an internal error: the traceback is in {ctx.folder / P.TRACEBACK_TXT}"})
 
-        def settle() -> None:
-            if not done.done():
-                done.set_result(result)
-        try:
-            loop.call_soon_threadsafe(settle)
-        except RuntimeError:
-            pass
+        _release_memory()
+        settle_result(loop, done, result)
+
+
+def settle_result(loop: asyncio.AbstractEventLoop, done: asyncio.Future, result: tuple) -> None:
+    """Hand a worker's outcome to the event loop (if it still runs)."""
+    def settle() -> None:
+        if not done.done():
+            done.set_result(result)
+    try:
+        loop.call_soon_threadsafe(settle)
+    except RuntimeError:
+        pass
+
+
+def _device_error(exc: BaseException):
+    """The DeviceError of a torch failure (out of memory, two devices), or None."""
+    if "torch" not in sys.modules or not isinstance(exc, RuntimeError):
+        return None
+    from ..device import device_error
+    return device_error(exc)
+
+
+def _release_memory() -> None:
+    """After every job: cached GPU memory back to the device (torch.cuda.empty_cache)."""
+    if "torch" in sys.modules:
+        from ..device import release_memory
+        release_memory()
 
 
 def io_error(exc: OSError) -> dict:
