@@ -6,6 +6,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..body import BodyModel
@@ -15,6 +16,24 @@ from ..body import BodyModel
 class DrapeOutput:
     points: torch.Tensor    # (B, P, 3) rest-pose clothing points for the given betas
     weights: torch.Tensor   # (P, 24) or (B, P, 24) skin weights, rows sum to 1
+    presence: torch.Tensor | None = None   # (B, P) 0..1 how much each point exists (None: all)
+
+
+def present_points(out: DrapeOutput, item: int = 0) -> torch.Tensor | None:
+    """(P,) bool: the points of item `item` whose piece exists (presence >= 0.5), or None when
+    every point does. Results keep only these, so a sleeveless fit has no sleeve stubs; the mask
+    depends on the code alone, so re-draping the code for another body keeps the same points."""
+    if out.presence is None:
+        return None
+    keep = out.presence[item] >= 0.5
+    return None if bool(keep.all()) else keep
+
+
+def keep_faces(faces: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """(F', 3) the faces whose three vertices are all kept, renumbered to the kept vertices."""
+    index = np.cumsum(keep) - 1
+    whole = keep[faces].all(1)
+    return index[faces[whole]].astype(faces.dtype)
 
 
 class DrapeModel(torch.nn.Module):

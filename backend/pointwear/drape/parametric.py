@@ -103,7 +103,8 @@ class ParametricDrape(DrapeModel):
         betas = self.body.betas_tensor(betas)
         if betas.shape[0] > 1:           # a shape per code: one outfit at a time
             outs = [self.forward(code[b:b + 1], betas[b:b + 1], refresh_weights) for b in range(code.shape[0])]
-            return DrapeOutput(torch.cat([o.points for o in outs]), torch.cat([o.weights for o in outs]))
+            return DrapeOutput(torch.cat([o.points for o in outs]), torch.cat([o.weights for o in outs]),
+                               torch.cat([o.presence for o in outs]))
         key = self._betas_key(betas_in if torch.is_tensor(betas_in) else betas)
         frame = self.body_frame(betas[0], key)
         params = self.params(code)
@@ -116,7 +117,8 @@ class ParametricDrape(DrapeModel):
             for k, w in zip(keys, fresh):
                 self._weights[k] = w
         weights = torch.stack([self._weights[k] for k in keys])
-        return DrapeOutput(mesh.vertices, weights.to(device=code.device, dtype=mesh.vertices.dtype))
+        presence = mesh.presence.expand(mesh.vertices.shape[:-1])
+        return DrapeOutput(mesh.vertices, weights.to(device=code.device, dtype=mesh.vertices.dtype), presence)
 
     def _topology(self, mesh: GarmentMesh) -> None:
         """Faces and garment index of the outfit (fixed per template: kept once)."""

@@ -14,6 +14,7 @@ from ..data.motion import pelvis_fix, read_motion
 from ..errors import InputError
 from ..fileio import load_npz, save_npz
 from . import drape_from_id
+from .base import present_points
 from ..link.protocol import BODY_NPZ, OUTFIT_NPZ, POSED_NPZ
 
 
@@ -49,9 +50,12 @@ def redraped_points(outfit: dict[str, np.ndarray], body, betas=None, checkpoint:
     code = torch.as_tensor(outfit["code"], dtype=torch.float32, device=body.device)[None]
     d = drape(drape.constrain(code), new_betas)
     rest = d.points[0]
+    weights = d.weights[0] if d.weights.dim() == 3 else d.weights
+    keep = present_points(d)   # a result leaves absent pieces out; one made before that kept them
+    if keep is not None and int(keep.sum()) == outfit["points"].shape[0]:
+        rest, weights = rest[keep], weights[keep]
     if "offsets" in outfit and outfit["offsets"].shape == tuple(rest.shape):
         rest = rest + torch.as_tensor(outfit["offsets"], device=rest.device)
-    weights = d.weights[0] if d.weights.dim() == 3 else d.weights
     if rest.shape[0] != outfit["points"].shape[0]:
         raise InputError(f"the drape gives {rest.shape[0]} points but the fit had {outfit['points'].shape[0]}",
                          file=file, field="points")

@@ -103,7 +103,10 @@ class OutfitFitter:
         with torch.no_grad():
             vis = visible_points(posed, frames.depth[fi], frames.K[fi], threshold=self.options.visibility_threshold)
         per_pair = torch.zeros(c * f, dtype=uv.dtype, device=uv.device)
+        presence = None if out.presence is None else out.presence.repeat_interleave(f, 0)
         for key, valid in self._garment_visibility(drape, uv, vis, frames, fi, targets):
+            if presence is not None:   # points of a fading piece (a sleeve stub) weigh less
+                valid = valid.to(uv.dtype) * presence
             target = frames.target(key)
             cham = chamfer_2d(uv, valid, target, fi_host, reduction="none")["total"]
             cov = soft_coverage_loss(uv, valid, target, fi_host, reduction="none")

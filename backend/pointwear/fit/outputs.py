@@ -16,7 +16,7 @@ from ..body import BodyModel
 from ..body.export import export_body
 from ..body.upright import world_from_camera
 from ..data.subject import Subject
-from ..drape.base import DrapeModel
+from ..drape.base import DrapeModel, keep_faces, present_points
 from ..fileio import atomic_path, save_npz
 from ..link.protocol import BODY_NPZ, KIND_FIT_OUTFIT, OUTFIT_NPZ, OUTFIT_PLY, POSED_NPZ, RESULT_FILES, RESULT_JSON
 from ..render.rasterizer import project
@@ -90,6 +90,10 @@ def write_outputs(fitter: FitterView, drape: DrapeModel, state: FitState,
         d = drape(drape.constrain(code), fitter.betas)
         rest = d.points + (offsets[None] if offsets is not None else 0)
         weights = d.weights[0] if d.weights.dim() == 3 else d.weights
+        keep = present_points(d)          # absent pieces (a sleeveless fit's sleeve stubs) left out
+        if keep is not None:
+            rest, weights = rest[:, keep], weights[keep]
+            offsets = None if offsets is None else offsets[keep]
         smpl = fitter.subject.smpl
         t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=fitter.device)  # noqa: E731
         posed = fitter.body.pose_points(rest, weights, fitter.betas, t(smpl.global_orient), t(smpl.body_pose),
@@ -98,8 +102,9 @@ def write_outputs(fitter: FitterView, drape: DrapeModel, state: FitState,
     extra = {}
     faces = getattr(drape, "faces", None)
     if faces is not None:
-        extra["faces"] = np.asarray(faces, np.int32)
-        extra["garment"] = np.asarray(drape.garment_index, np.int32)
+        keep_np = None if keep is None else keep.cpu().numpy()
+        extra["faces"] = np.asarray(faces if keep_np is None else keep_faces(np.asarray(faces), keep_np), np.int32)
+        extra["garment"] = np.asarray(drape.garment_index if keep_np is None else drape.garment_index[keep_np], np.int32)
         extra["garment_names"] = np.array(json.dumps(list(getattr(drape, "kinds", ()))))
     if offsets is not None:
         extra["offsets"] = offsets.cpu().numpy().astype(np.float32)
@@ -189,7 +194,11 @@ def write_gifs(fitter: FitterView, posed: torch.Tensor, frames: FrameSet) -> Non
     for stage, step, code, drape_id in fitter.snapshots:
         drape = drapes[drape_id]
         d = drape(drape.constrain(code.to(fitter.device)[None]), fitter.betas)
-        p = fitter.body.pose_points(d.points, d.weights, fitter.betas, frames.global_orient[first:first + 1],
+        keep = present_points(d)
+        points, weights = d.points, d.weights
+        if keep is not None:
+            points, weights = points[:, keep], (weights[:, keep] if weights.dim() == 3 else weights[keep])
+        p = fitter.body.pose_points(points, weights, fitter.betas, frames.global_orient[first:first + 1],
                                     frames.body_pose[first:first + 1], frames.transl[first:first + 1])
         u, _ = project(p, frames.K[first:first + 1])
         v = visible_points(p, frames.depth[first:first + 1], frames.K[first:first + 1],

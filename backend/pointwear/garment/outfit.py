@@ -67,6 +67,10 @@ class Piece:
     # (start, end) angle around the axis for a piece that is not a closed tube (an open jacket
     # front, a hood): the grid then spans it edge to edge instead of wrapping around.
     phi_range: tuple | None = None
+    # How much the piece exists, 0..1 (differentiable): a sleeve kept as a stub for a fixed
+    # topology (`keep_sleeves`) fades out as it shortens, so its points, crowded on the shoulder
+    # ring, neither pull a sleeveless fit nor show in the silhouette losses.
+    presence: float | torch.Tensor = 1.0
 
 
 @dataclass
@@ -78,6 +82,7 @@ class GarmentMesh:
     names: list[str]
     params: list[GarmentParams]
     detail: Detail = field(default_factory=Detail)
+    presence: torch.Tensor | None = None   # (V,) each vertex's piece presence (see Piece)
 
     @property
     def face_garment(self) -> np.ndarray:
@@ -110,16 +115,27 @@ def _torso_piece(frame: BodyFrame, p: GarmentParams, end, phi_range=None) -> Pie
 
 
 def _sleeves(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Piece]:
-    if not (keep_sleeves or p.sleeve > 0.02):
+    if not (keep_sleeves or p.sleeve > SLEEVE_MIN):
         return []
     pieces = []
+    presence = sleeve_presence(p.sleeve)
     for side in ("left", "right"):
         axis, length = frame.limb_axis(f"{side}_shoulder", f"{side}_wrist")
         regions = (f"{side}_upper_arm", f"{side}_lower_arm")
         fld = frame.field(axis, regions, (-0.05, length))
         pieces.append(Piece(f"{side}_sleeve", axis, fld, -0.03, p.sleeve * length,
-                            GRID["sleeve"], _const(p.ease * 0.8), regions))
+                            GRID["sleeve"], _const(p.ease * 0.8), regions, presence=presence))
     return pieces
+
+
+SLEEVE_MIN, SLEEVE_FADE = 0.02, 0.04   # sleeves shorter than SLEEVE_MIN (share of the arm) are absent
+
+
+def sleeve_presence(sleeve: float | torch.Tensor) -> float | torch.Tensor:
+    """0 for a sleeve under SLEEVE_MIN of the arm, rising linearly to 1 over SLEEVE_FADE."""
+    if isinstance(sleeve, torch.Tensor):
+        return ((sleeve - SLEEVE_MIN) / SLEEVE_FADE).clamp(0.0, 1.0)
+    return min(max((sleeve - SLEEVE_MIN) / SLEEVE_FADE, 0.0), 1.0)
 
 
 def _legs(frame: BodyFrame, p: GarmentParams) -> list[Piece]:
@@ -215,13 +231,14 @@ def build_outfit(frame: BodyFrame, params: list[GarmentParams], names: list[str]
     rng = np.random.default_rng(detail.seed)
     names = names or [p.kind for p in params]
     like = _like(params)
-    verts, faces, garment, pieces = [], [], [], []
+    verts, faces, garment, pieces, presence = [], [], [], [], []
     offset = 0
     for g, p in enumerate(params):
         for piece in garment_pieces(frame, p, keep_sleeves):
             v = _piece_vertices(piece, detail, rng, like)
             n_s, n_phi = piece.grid
             verts.append(v.reshape(*v.shape[:-3], -1, 3))
+            presence.append(v.new_ones(v.shape[:-3] + (n_s * n_phi,)) * _batched(piece.presence, v))
             faces.append(_grid_faces(n_s, n_phi, periodic=piece.phi_range is None) + offset)
             garment.append(np.full(n_s * n_phi, g))
             pieces.append(piece)
@@ -229,7 +246,14 @@ def build_outfit(frame: BodyFrame, params: list[GarmentParams], names: list[str]
     vertices = torch.cat(verts, -2)
     skin = outfit_weights(frame, pieces, vertices) if with_weights else np.zeros((offset, 0), np.float32)
     return GarmentMesh(vertices, np.concatenate(faces), skin,
-                       np.concatenate(garment), names, list(params), detail)
+                       np.concatenate(garment), names, list(params), detail, torch.cat(presence, -1))
+
+
+def _batched(value: float | torch.Tensor, v: torch.Tensor) -> float | torch.Tensor:
+    """A per-outfit scalar ((C, 1, 1) or ()) shaped to multiply (C, n) or (n,) per-vertex rows."""
+    if not torch.is_tensor(value):
+        return value
+    return value.reshape(v.shape[:-3] + (1,)) if value.numel() > 1 else value.reshape(())
 
 
 def outfit_weights(frame: BodyFrame, pieces: list[Piece], vertices: torch.Tensor) -> np.ndarray:
