@@ -46,7 +46,7 @@ class BodyModel(torch.nn.Module):
         self.faces = np.asarray(arrays["f"], dtype=np.int64)
         self.weights_np = np.asarray(arrays["weights"], dtype=np.float32)
         self.parents = PARENTS.copy()
-        self._parents = [int(p) for p in self.parents]     # host list: the chain never reads the device
+        self.parent_list = [int(p) for p in self.parents]     # host list: the chain never reads the device
         self.register_buffer("faces_t", torch.as_tensor(self.faces), persistent=False)
         self.joint_names = tuple(str(n) for n in arrays.get("joint_names", JOINT_NAMES))
         self.extras = {k: arrays[k] for k in ("vt", "ft", "license", "attribution") if k in arrays}
@@ -101,9 +101,8 @@ class BodyModel(torch.nn.Module):
         eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
         pose_feature = (rot[:, 1:] - eye).reshape(batch, -1)
         v_posed = v_shaped + torch.matmul(pose_feature, self.smpl.posedirs).reshape(batch, -1, 3)
-        transforms = rigid_chain(rot, joints, self._parents)
+        posed_joints, transforms = rigid_transform(rot, joints, self.parent_list)
         vertices = skin_points(v_posed, self.smpl.lbs_weights, transforms)
-        posed_joints = transforms[..., :3, 3] + torch.matmul(transforms[..., :3, :3], joints.unsqueeze(-1)).squeeze(-1)
         return BodyOutput(vertices + transl[:, None], posed_joints + transl[:, None], transforms)
 
     def shaped(self, betas=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,7 +116,7 @@ class BodyModel(torch.nn.Module):
         _, joints = self.shaped(betas)
         batch = full_pose.shape[0]
         rot = batch_rodrigues(full_pose.reshape(-1, 3)).reshape(batch, NUM_JOINTS, 3, 3)
-        return rigid_chain(rot, _expand(joints, batch), self._parents)
+        return rigid_chain(rot, _expand(joints, batch), self.parent_list)
 
     def pose_points(self, points: torch.Tensor, weights: torch.Tensor, betas=None,
                     global_orient=None, body_pose=None, transl=None) -> torch.Tensor:
@@ -130,6 +129,14 @@ class BodyModel(torch.nn.Module):
         transforms = self.joint_transforms(_expand(betas, batch), full_pose)
         posed = skin_points(_expand(points, batch), weights, transforms)
         return posed + _expand(self._tensor(transl, 3), batch)[:, None]
+
+
+def rigid_transform(rot: torch.Tensor, joints: torch.Tensor, parents: list[int]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """smplx's batch_rigid_transform over a host list of parents: (posed joints (B, J, 3),
+    rest-to-posed transforms (B, J, 4, 4))."""
+    rel = rigid_chain(rot, joints, parents)
+    return rel[..., :3, 3] + torch.matmul(rel[..., :3, :3], joints.unsqueeze(-1)).squeeze(-1), rel
 
 
 def rigid_chain(rot: torch.Tensor, joints: torch.Tensor, parents: list[int]) -> torch.Tensor:

@@ -28,9 +28,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from scipy.spatial.transform import Rotation as R
-from smplx.lbs import batch_rigid_transform, batch_rodrigues
+from smplx.lbs import batch_rodrigues
 
 from ..body.joints import JOINT_INDEX, JOINT_NAMES, NUM_JOINTS, PARENTS
+from ..body.model import rigid_transform
 from ..body.upright import rotation_between
 from ..errors import InputError
 from .bvh import Bvh, bvh_global_transforms
@@ -378,7 +379,7 @@ def smpl_joints(body, betas: torch.Tensor, pose: torch.Tensor, trans: torch.Tens
     _, rest = body.shaped(betas)
     num = pose.shape[0]
     rot = batch_rodrigues(pose.reshape(-1, 3)).reshape(num, NUM_JOINTS, 3, 3)
-    joints, _ = batch_rigid_transform(rot, rest.expand(num, -1, -1), body.smpl.parents)
+    joints, _ = rigid_transform(rot, rest.expand(num, -1, -1), body.parent_list)
     return joints + trans[:, None]
 
 

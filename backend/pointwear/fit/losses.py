@@ -278,7 +278,7 @@ def _points_to_mask_sq(X: Tensor, frame: Tensor, target: MaskTargets) -> Tensor:
         x = X.detach()
         u0 = x[:, 0].clamp(-p - 1.0, W + p).floor().long() + p       # padded-table coordinates
         v0 = x[:, 1].clamp(-p - 1.0, H + p).floor().long() + p
-        cdx, cdy, _ = _constants(X.device, _SPLAT_R - 0.5 + math.sqrt(0.5))
+        cdx, cdy = _corners(X.device)
         lin = ((frame * (Hp * Wp)).unsqueeze(1) + (v0.unsqueeze(1) + cdy).clamp_(0, Hp - 1) * Wp
                + (u0.unsqueeze(1) + cdx).clamp_(0, Wp - 1))                          # (K,4)
         q = target.nearest.view(-1, 2).index_select(0, lin.view(-1)).view(-1, 4, 2).to(X.dtype)
@@ -307,12 +307,10 @@ class _MaskToPoints:
 
 
 @functools.lru_cache(maxsize=None)
-def _constants(device: torch.device, radius: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-device constants of the search, made once: the 4 corner offsets (dx, dy) of the
-    points -> mask lookup and the splat disc's taps (T,2) float."""
+def _corners(device: torch.device) -> tuple[Tensor, Tensor]:
+    """The 4 pixel-corner offsets (dx, dy) of the points -> mask lookup, made once per device."""
     corners = torch.tensor([[0, 1, 0, 1], [0, 0, 1, 1]], device=device)
-    taps = torch.tensor(_disc_offsets(radius), device=device, dtype=torch.float32)
-    return corners[0], corners[1], taps
+    return corners[0], corners[1]
 
 
 def _item_pixels(target: MaskTargets, fi: Tensor, fi_l: list[int]) -> tuple[Tensor, Tensor]:
@@ -376,18 +374,11 @@ def _mask_to_points(X: Tensor, w: Tensor, sel: Tensor, target: MaskTargets, fi: 
     q_max = (1 << (31 - id_bits)) - 1
     r_disc = R - 0.5 + math.sqrt(0.5)
     d_max = (r_disc + math.sqrt(0.5)) ** 2
-    taps = _disc_offsets(r_disc)
-    t = _constants(dev, r_disc)[2]                                             # (T,2)
-    e = (pr - Ps).float()                                                      # (K,2)
-    key = torch.addmm(t.square().sum(1, keepdim=True), t, 2 * e.T).add_(e.square().sum(1))
-    key = key.clamp_(0.0, d_max).mul_(q_max / d_max).round_().int()            # (T,K)
-    key.bitwise_left_shift_(id_bits).bitwise_or_(local.int())
     margin = R * (gw + 1)
     n_img = B * size
     img_pad = torch.full((n_img + 2 * margin,), _EMPTY32, dtype=torch.int32, device=dev)
-    for (tx, ty), k in zip(taps, key):          # one scatter per tap: the index is reused
-        img_pad.narrow(0, margin + tx + ty * gw, n_img).scatter_reduce_(0, cell, k, "amin")
-    del key
+    _splat_min(img_pad, margin, n_img, gw, cell, (pr - Ps).float(), _disc_offsets(r_disc), 1,
+               d_max, id_bits, local.int())
     img = img_pad.narrow(0, margin, n_img)
     id_mask = (1 << id_bits) - 1
 
@@ -425,6 +416,20 @@ def _mask_to_points(X: Tensor, w: Tensor, sel: Tensor, target: MaskTargets, fi: 
     return _MaskToPoints(sq_sum=sq.to(dtype), px_sum=px.to(dtype))
 
 
+def _splat_min(img_pad: Tensor, margin: int, n_img: int, stride: int, cell: Tensor, e: Tensor,
+               taps: list[tuple[int, int]], scale: float, d_max: float, id_bits: int, ids: Tensor) -> None:
+    """Scatter-min into img_pad (images of row stride `stride`, `margin` cells of padding both
+    sides) of key = (squared distance quantised to 31 - id_bits bits over [0, d_max], id) of
+    each point (K,) at its cell + each tap: distance^2 = |scale * tap + e|^2 with e (K,2).
+    One tap at a time (the (taps x K) keys never exist at once: faster on a CPU's caches)."""
+    q = ((1 << (31 - id_bits)) - 1) / d_max
+    ex, ey = e[:, 0].contiguous(), e[:, 1].contiguous()
+    for tx, ty in taps:
+        d2 = (ex + scale * tx).square_().add_((ey + scale * ty).square_())
+        key = d2.clamp_(0.0, d_max).mul_(q).round_().int().bitwise_left_shift_(id_bits).bitwise_or_(ids)
+        img_pad.narrow(0, margin + tx + ty * stride, n_img).scatter_reduce_(0, cell, key, "amin")
+
+
 @torch.no_grad()
 def _coarse_nearest(P: Tensor, Ps: Tensor, local: Tensor, item_of: Tensor, pr: Tensor, N: int,
                     pf: Tensor, item: Tensor, far: Tensor, d: Tensor, j: Tensor, shape: tuple[int, int],
@@ -443,20 +448,13 @@ def _coarse_nearest(P: Tensor, Ps: Tensor, local: Tensor, item_of: Tensor, pr: T
     cx = torch.div(pr[:, 0] + border, s, rounding_mode="floor")
     cy = torch.div(pr[:, 1] + border, s, rounding_mode="floor")
     cell = item_of * size + cy * cw + cx
-    taps = _disc_offsets(Rc + 0.5)
-    t = torch.tensor(taps, device=dev, dtype=torch.float32)                   # (T,2) cells
     # distance^2 (px) from the point to the centre of the cell at each tap
     e = torch.stack([cx, cy], 1).float() * s + (s - 1) / 2 - border - Ps       # (K,2)
-    key = torch.addmm((s * t).square().sum(1, keepdim=True), s * t, 2 * e.T).add_(e.square().sum(1))
-    d_max = (s * (Rc + 1.5)) ** 2
     id_bits = max(1, int(N).bit_length())
-    q_max = (1 << (31 - id_bits)) - 1
-    key = key.clamp_(0.0, d_max).mul_(q_max / d_max).round_().int()
-    key.bitwise_left_shift_(id_bits).bitwise_or_(local.int())
     margin = (Rc + 2) * (cw + 1)
     img_pad = torch.full((B * size + 2 * margin,), _EMPTY32, dtype=torch.int32, device=dev)
-    for (tx, ty), k in zip(taps, key):
-        img_pad.narrow(0, margin + tx + ty * cw, B * size).scatter_reduce_(0, cell, k, "amin")
+    _splat_min(img_pad, margin, B * size, cw, cell, e, _disc_offsets(Rc + 0.5), s, (s * (Rc + 1.5)) ** 2,
+               id_bits, local.int())
     q = pf.index_select(0, far)                                                # (Q,2)
     qi = item.index_select(0, far)
     home = (qi * size + torch.div(q[:, 1] + border, s, rounding_mode="floor") * cw

@@ -39,10 +39,10 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from smplx.lbs import batch_rigid_transform, batch_rodrigues
+from smplx.lbs import batch_rodrigues
 
 from ..body.joints import JOINT_INDEX, NUM_JOINTS
-from ..body.model import BodyModel
+from ..body.model import BodyModel, rigid_transform
 from ..body.regions import region_mask
 from ..data.subject import SmplParams
 from ..errors import InputError
@@ -387,7 +387,7 @@ class _Rig:
         jreg = smpl.J_regressor
         self.j_template = (jreg @ smpl.v_template).to(device)                 # (24, 3)
         self.j_dirs = torch.einsum("jv,vcs->jcs", jreg, smpl.shapedirs).to(device)  # (24, 3, S)
-        self.parents = smpl.parents.to(device)
+        self.parents = [int(p) for p in smpl.parents.tolist()]    # host list: no device index per joint
         self.eye = torch.eye(3, dtype=dtype, device=device)
         self.dtype = dtype
 
@@ -409,7 +409,7 @@ class _Rig:
             v = v + (feat @ self.posedirs[:, : 3 * count]).reshape(batch, -1, 3)
         else:
             v = v.expand(batch, -1, -1)
-        posed, rel = batch_rigid_transform(rot, joints, self.parents, dtype=self.dtype)
+        posed, rel = rigid_transform(rot, joints, self.parents)
         t = torch.matmul(self.weights[:count], rel[..., :3, :].reshape(batch, NUM_JOINTS, 12))
         t = t.reshape(batch, count, 3, 4)
         verts = (t[..., :3] @ v[..., None])[..., 0] + t[..., 3]
