@@ -1,0 +1,143 @@
+"""A clean garment mesh from clothing points that have no faces (neural, refined-neural or any
+point-only result), on the connectivity of the body surface the points come from.
+
+Every clothing point has a source on the body (for the neural drape the body sample it was
+decoded from; otherwise its closest point on the body surface). Each vertex of the (subdivided)
+rest-pose body takes, per garment, the Gaussian-weighted mean offset (point - source) and skin
+weights of its nearest sources of that garment, if there is one within `cover_factor` point
+spacings. Faces of the body whose three vertices are covered become garment faces unless the
+garment stretches or squashes them beyond `min_stretch`..`max_stretch` (places the points
+left, e.g. a forearm pulled onto a sleeve's hem); tiny pieces are dropped. Every vertex is then
+pushed out along the body normal to at least `clearance_m` outside the body, so no face runs
+through it (the faces follow the body's own surface). Shapes in the docstrings: V body vertices,
+F body faces, P clothing points.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
+
+from .options import DEFAULT_OPTIONS, MeshOptions
+
+
+def vertex_normals_np(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(V, 3) area-weighted unit vertex normals of a mesh."""
+    tri = vertices[faces]
+    fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    vn = np.zeros_like(vertices)
+    for k in range(3):
+        np.add.at(vn, faces[:, k], fn)
+    return vn / np.maximum(np.linalg.norm(vn, axis=1, keepdims=True), 1e-12)
+
+
+def subdivide(vertices: np.ndarray, faces: np.ndarray, attrs: np.ndarray, times: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Midpoint subdivision `times` times: vertices (V,3), faces (F,3), per-vertex attrs (V,C)
+    -> the same with new vertices at edge midpoints (attributes averaged)."""
+    for _ in range(times):
+        edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+        unique, inverse = np.unique(edges, axis=0, return_inverse=True)
+        mid = len(vertices) + inverse.reshape(3, -1).T                 # (F, 3): edges 01, 12, 20
+        vertices = np.concatenate([vertices, vertices[unique].mean(1)])
+        attrs = np.concatenate([attrs, attrs[unique].mean(1)])
+        a, b, c = faces.T
+        m01, m12, m20 = mid.T
+        faces = np.concatenate([np.stack([a, m01, m20], 1), np.stack([m01, b, m12], 1),
+                                np.stack([m20, m12, c], 1), np.stack([m01, m12, m20], 1)])
+    return vertices, faces, attrs
+
+
+def closest_on_surface(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(P, 3) closest points on the mesh surface (trimesh's exact point-triangle distance)."""
+    import trimesh
+    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    closest, _, _ = trimesh.proximity.closest_point(mesh, points)
+    return np.asarray(closest, np.float64)
+
+
+def _largest_pieces(faces: np.ndarray, count: int, min_faces: int) -> np.ndarray:
+    """Bool (F,): faces in connected pieces (sharing vertices) of at least min_faces faces."""
+    if len(faces) == 0:
+        return np.zeros(0, bool)
+    rows = np.repeat(np.arange(len(faces)), 3)
+    adj = coo_matrix((np.ones(len(rows)), (rows, faces.reshape(-1))), shape=(len(faces), count)).tocsr()
+    graph = adj @ adj.T
+    _, label = connected_components(graph, directed=False)
+    sizes = np.bincount(label)
+    return sizes[label] >= min_faces
+
+
+def remesh_points(points: np.ndarray, weights: np.ndarray, garment: np.ndarray, body_vertices: np.ndarray,
+                  body_faces: np.ndarray, sources: np.ndarray | None = None,
+                  options: MeshOptions = DEFAULT_OPTIONS
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Garment mesh for rest-pose clothing points (P,3) with skin weights (P,24) and garment
+    index (P,) on the rest-pose body (V,3)/(F,3) of the same betas; `sources` (P,3): each
+    point's place on the body (None: its closest body surface point).
+
+    Returns vertices (Vg,3) float32, faces (Fg,3) int32, weights (Vg,24) float32 (rows sum to
+    1), garment (Vg,) int32; garments in ascending index, each its own piece of the body's
+    connectivity."""
+    points = np.asarray(points, np.float64)
+    body_vertices = np.asarray(body_vertices, np.float64)
+    if sources is None:
+        sources = closest_on_surface(points, body_vertices, body_faces)
+    normals0 = vertex_normals_np(body_vertices, body_faces)
+    bv, bf, bn = subdivide(body_vertices, np.asarray(body_faces, np.int64), normals0, options.subdivide)
+    bn = bn / np.maximum(np.linalg.norm(bn, axis=1, keepdims=True), 1e-12)
+    spacing = float(np.median(cKDTree(sources).query(sources, k=2)[0][:, 1]))
+    radius = max(spacing, 1e-4) * options.cover_factor
+    out_v, out_f, out_w, out_g = [], [], [], []
+    base = 0
+    for g in np.unique(np.asarray(garment)):
+        sel = np.flatnonzero(garment == g)
+        if len(sel) < 4:
+            continue
+        k = min(options.neighbours, len(sel))
+        dist, idx = cKDTree(sources[sel]).query(bv, k=k)
+        covered = dist[:, 0] <= radius
+        sigma = max(spacing, 1e-4)
+        wk = np.exp(-0.5 * (dist / sigma) ** 2) + 1e-12                  # (V, k)
+        wk /= wk.sum(1, keepdims=True)
+        pick = sel[idx]                                                    # (V, k) point ids
+        offset = np.einsum("vk,vkc->vc", wk, points[pick] - sources[pick])
+        along = (offset * bn).sum(1)
+        offset += np.maximum(options.clearance_m - along, 0.0)[:, None] * bn   # outside the body
+        verts = bv + offset
+        skin = np.einsum("vk,vkc->vc", wk, np.asarray(weights, np.float64)[pick])
+
+        faces = bf[covered[bf].all(1)]
+        e_body = np.linalg.norm(bv[faces] - bv[np.roll(faces, 1, 1)], axis=2)
+        e_cloth = np.linalg.norm(verts[faces] - verts[np.roll(faces, 1, 1)], axis=2)
+        ratio = e_cloth / np.maximum(e_body, 1e-9)
+        faces = faces[((ratio >= options.min_stretch) & (ratio <= options.max_stretch)).all(1)]
+        faces = faces[_largest_pieces(faces, len(bv), options.min_component_faces)]
+        if len(faces) == 0:
+            continue
+        used, local = np.unique(faces, return_inverse=True)
+        skin = np.clip(skin[used], 0, None)
+        out_v.append(verts[used])
+        out_f.append(local.reshape(-1, 3) + base)
+        out_w.append(skin / np.maximum(skin.sum(1, keepdims=True), 1e-12))
+        out_g.append(np.full(len(used), int(g)))
+        base += len(used)
+    if not out_v:
+        raise ValueError("no garment surface: the clothing points cover no part of the body")
+    return (np.concatenate(out_v).astype(np.float32), np.concatenate(out_f).astype(np.int32),
+            np.concatenate(out_w).astype(np.float32), np.concatenate(out_g).astype(np.int32))
+
+
+def outside_fraction(vertices: np.ndarray, faces: np.ndarray, body_vertices: np.ndarray,
+                     body_faces: np.ndarray, samples_per_face: int = 4, tolerance: float = 1e-4) -> float:
+    """Share of sample points on the garment's faces (centroids and points towards the corners)
+    that lie outside the body: the signed distance along the closest body face's normal > -tol."""
+    import trimesh
+    body = trimesh.Trimesh(body_vertices, body_faces, process=False)
+    tri = np.asarray(vertices, np.float64)[faces]
+    w = [np.array([1, 1, 1]) / 3] + [np.eye(3)[i] * 0.6 + 0.2 for i in range(3)]
+    pts = np.concatenate([np.einsum("k,fkc->fc", b, tri) for b in w[:samples_per_face]])
+    closest, _, fid = trimesh.proximity.closest_point(body, pts)
+    side = ((pts - closest) * body.face_normals[fid]).sum(1)
+    return float((side > -tolerance).mean())
