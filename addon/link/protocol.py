@@ -102,6 +102,10 @@ RESULT_JSON = "result.json"
 APPEARANCE_PT = "appearance.pt"
 OUTFIT_PLY = "outfit.ply"
 RENDER_JSON = "render.json"
+# The garment mesh block inside outfit.npz (written and read by backend pointwear.mesh.result_mesh,
+# read by the add-on's io/results.py) and its albedo texture beside it.
+MESH_KEYS = ("mesh_vertices", "mesh_faces", "mesh_weights", "mesh_garment", "mesh_uv")
+TEXTURE_PNG = "texture.png"
 CHECKPOINT_PT = "checkpoint.pt"    # a fit's resumable state, kept on cancel / interrupt
 JOB_JSON = "job.json"              # a job's record in WORK/jobs/<job_id>/
 TRACEBACK_TXT = "traceback.txt"    # an internal error's traceback, beside job.json
