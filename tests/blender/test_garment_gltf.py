@@ -22,6 +22,13 @@ if str(REPO) not in sys.path:
 from addon.io import results  # noqa: E402  (pure: no bpy)
 
 
+@pytest.fixture
+def scene_api(bpy_clean):
+    """The scene builders, imported from the repository (registration is tested elsewhere)."""
+    from addon.scene import importer
+    return {"bpy": bpy_clean, "importer": importer}
+
+
 @pytest.fixture(scope="session")
 def textured_result(fit_result, tmp_path_factory):
     """The tiny fit result with colours on its points, then `pointwear mesh` (UVs, baked texture)."""
@@ -89,7 +96,7 @@ def _gltf_garment(bpy, path):
     before = set(bpy.data.objects)
     assert bpy.ops.import_scene.gltf(filepath=str(path)) == {"FINISHED"}
     new = [o for o in bpy.data.objects if o not in before]
-    meshes = [o for o in new if o.type == "MESH"]
+    meshes = [o for o in new if o.type == "MESH" and any(m.type == "ARMATURE" for m in o.modifiers)]  # not bone shapes
     arms = [o for o in new if o.type == "ARMATURE"]
     assert len(meshes) == 1 and len(arms) == 1, [o.name for o in new]
     return meshes[0], arms[0]
@@ -112,6 +119,8 @@ def test_result_with_a_mesh_block_imports_textured_and_skinned(scene_api, textur
     mod = next(m for m in garment.modifiers if m.type == "ARMATURE")
     assert mod.object == out["armature"] and len(garment.vertex_groups) >= 10
     # Blender's skinning moves the garment mesh with the clothing points (same vertices, same weights)
+    for mod in out["clothing_points"].modifiers:         # the skinned vertices, not the drawn points
+        mod.show_viewport = mod.type == "ARMATURE"
     scene = bpy.context.scene
     for frame in (scene.frame_start, scene.frame_end):
         scene.frame_set(frame)
@@ -162,8 +171,9 @@ def test_round_trip_through_blenders_gltf_exporter_keeps_positions_and_weights(b
     second, _ = _gltf_garment(bpy, out)
     rest2 = _rest(second)
     names2, w2 = _weights(second)
-    d, match = cKDTree(rest1).query(rest2)
-    assert len(rest2) >= len(set(match)) >= 0.99 * len(rest1) and d.max() < 1e-5
+    d, match = cKDTree(rest1).query(rest2)               # seam copies share positions: match both ways
+    back, _ = cKDTree(rest2).query(rest1)
+    assert d.max() < 1e-5 and back.max() < 1e-5, (d.max(), back.max())
     w2 = w2[:, [names2.index(n) for n in names1 if n in names2]]
     assert len(names2) >= np.count_nonzero(w1.max(0) > 0)
     np.testing.assert_allclose(w2, w1[match][:, [i for i, n in enumerate(names1) if n in names2]], atol=2e-3)
