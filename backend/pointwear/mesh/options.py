@@ -9,10 +9,12 @@ class MeshOptions:
     # -- remeshing a point-only result on the body's connectivity (remesh.py) --
     subdivide: int = 1              # midpoint subdivisions of the body mesh before use (each: 4x faces)
     neighbours: int = 8             # clothing points averaged per body vertex (offset and skin weights)
-    cover_factor: float = 2.0       # a body vertex is covered by a garment within this x point spacing
+    smooth_iterations: int = 4     # Laplacian smoothing passes of the offset field over the body mesh
+    cover_factor: float = 3.5       # a body vertex is covered by a garment within this x point spacing
     min_stretch: float = 0.3        # faces whose edges shrink below this x the body's are dropped
     max_stretch: float = 3.0        # ... or grow beyond this (points pulled far apart)
     clearance_m: float = 0.003      # every garment vertex at least this far outside the body surface
+    majority_passes: int = 3        # faces kept or dropped by the vote of their neighbours (no pinholes)
     min_component_faces: int = 30   # smaller connected pieces are dropped
     # -- UV atlas (uv.py) --
     texture_size: int = 1024        # side of the baked albedo texture (px)

@@ -97,6 +97,42 @@ def closest_on_surface(points: np.ndarray, vertices: np.ndarray, faces: np.ndarr
     return out, face
 
 
+def smooth_field(values: np.ndarray, faces: np.ndarray, iterations: int) -> np.ndarray:
+    """(V, C) per-vertex values averaged with their mesh neighbours (uniform Laplacian, half a
+    step per pass) `iterations` times: takes the per-point noise out of a fitted offset field."""
+    if iterations <= 0:
+        return values
+    n = len(values)
+    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    e = np.concatenate([e, e[:, ::-1]])
+    adj = coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n)).tocsr()
+    adj.data[:] = 1.0
+    degree = np.asarray(adj.sum(1)).reshape(-1, 1)
+    for _ in range(iterations):
+        mean = (adj @ values) / np.maximum(degree, 1)
+        values = np.where(degree > 0, 0.5 * values + 0.5 * mean, values)
+    return values
+
+
+def majority(good: np.ndarray, faces: np.ndarray, passes: int) -> np.ndarray:
+    """(F,) bool: `good` after `passes` majority votes of each face and its edge neighbours, so
+    single stray faces neither punch holes into a garment nor stand alone outside it."""
+    if passes <= 0:
+        return good
+    e = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), 1)
+    _, edge = np.unique(e, axis=0, return_inverse=True)
+    edge = edge.reshape(-1)
+    owner = np.tile(np.arange(len(faces)), 3)
+    inc = coo_matrix((np.ones(len(edge)), (owner, edge))).tocsr()
+    adj = (inc @ inc.T).tocsr()                 # faces sharing an edge (and each face itself)
+    adj.data[:] = 1.0
+    count = np.asarray(adj.sum(1)).reshape(-1)
+    vote = good.astype(np.float64)
+    for _ in range(passes):
+        vote = ((adj @ vote) / count >= 0.5).astype(np.float64)
+    return vote > 0
+
+
 def _largest_pieces(faces: np.ndarray, count: int, min_faces: int) -> np.ndarray:
     """Bool (F,): faces in connected pieces (sharing vertices) of at least min_faces faces."""
     if len(faces) == 0:
@@ -142,17 +178,18 @@ def remesh_points(points: np.ndarray, weights: np.ndarray, garment: np.ndarray, 
         wk = np.exp(-0.5 * (dist / sigma) ** 2) + 1e-12                  # (V, k)
         wk /= wk.sum(1, keepdims=True)
         pick = sel[idx]                                                    # (V, k) point ids
-        offset = np.einsum("vk,vkc->vc", wk, points[pick] - sources[pick])
+        offset = smooth_field(np.einsum("vk,vkc->vc", wk, points[pick] - sources[pick]), bf,
+                              options.smooth_iterations)
         along = (offset * bn).sum(1)
         offset += np.maximum(options.clearance_m - along, 0.0)[:, None] * bn   # outside the body
         verts = bv + offset
         skin = np.einsum("vk,vkc->vc", wk, np.asarray(weights, np.float64)[pick])
 
-        faces = bf[covered[bf].all(1)]
-        e_body = np.linalg.norm(bv[faces] - bv[np.roll(faces, 1, 1)], axis=2)
-        e_cloth = np.linalg.norm(verts[faces] - verts[np.roll(faces, 1, 1)], axis=2)
+        e_body = np.linalg.norm(bv[bf] - bv[np.roll(bf, 1, 1)], axis=2)
+        e_cloth = np.linalg.norm(verts[bf] - verts[np.roll(bf, 1, 1)], axis=2)
         ratio = e_cloth / np.maximum(e_body, 1e-9)
-        faces = faces[((ratio >= options.min_stretch) & (ratio <= options.max_stretch)).all(1)]
+        good = covered[bf].all(1) & ((ratio >= options.min_stretch) & (ratio <= options.max_stretch)).all(1)
+        faces = bf[majority(good, bf, options.majority_passes) & covered[bf].all(1)]
         faces = faces[_largest_pieces(faces, len(bv), options.min_component_faces)]
         if len(faces) == 0:
             continue
