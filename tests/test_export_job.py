@@ -1,29 +1,16 @@
 """The `export` job kind over the real socket: a GLB with the motion for a textured result, a WARN
 for a result without appearance, bad params answered naming the field. The server helpers are
-test_server's (imported, not copied)."""
+test_server's and test_render_job's (imported, not copied)."""
 from __future__ import annotations
 
-import signal
 from pathlib import Path
-
-import pytest
 
 from gltf_support import parametric_result
 from pointwear.data.motion import walking_motion, write_motion
 from pointwear.link import protocol as P
 from pointwear.mesh.gltf import read_glb
-from test_server import ServerProcess, done_state, error_reply, the
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("export-server")
-    srv = ServerProcess(base / "work", base / "server.log")
-    try:
-        yield srv
-        assert srv.stop(signal.SIGTERM) == 0, srv.log_text()
-    finally:
-        srv.kill()
+from test_render_job import server  # noqa: F401  (the module-scoped server fixture, not a copy)
+from test_server import done_state, error_reply, the
 
 
 def test_export_jobs_write_their_files_and_warn_without_appearance(server, tmp_path, default_body):

@@ -57,17 +57,23 @@ def set_color_attribute(mesh, colors_srgb):
 
 # -- material and node group ---------------------------------------------------------------
 
+def _principled_material(name, roughness):
+    """A new node material with its Principled BSDF: (material, bsdf)."""
+    mat = bpy.data.materials.new(name)
+    if mat.node_tree is None:  # Blender < 5.0: node trees are opt-in
+        mat.use_nodes = True
+    bsdf = mat.node_tree.nodes.get("Principled BSDF") or mat.node_tree.nodes.new("ShaderNodeBsdfPrincipled")
+    bsdf.inputs["Roughness"].default_value = roughness
+    return mat, bsdf
+
+
 def clothing_material():
     """The shared clothing material: ``pointwear_color`` -> Principled Base Color."""
     mat = bpy.data.materials.get(MATERIAL_NAME)
     if mat is not None:
         return mat
-    mat = bpy.data.materials.new(MATERIAL_NAME)
-    if mat.node_tree is None:  # Blender < 5.0: node trees are opt-in
-        mat.use_nodes = True
+    mat, bsdf = _principled_material(MATERIAL_NAME, 0.8)
     nodes, links = mat.node_tree.nodes, mat.node_tree.links
-    bsdf = nodes.get("Principled BSDF") or nodes.new("ShaderNodeBsdfPrincipled")
-    bsdf.inputs["Roughness"].default_value = 0.8
     attr = nodes.new("ShaderNodeAttribute")
     attr.attribute_type = "GEOMETRY"
     attr.attribute_name = COLOR_ATTRIBUTE
@@ -179,12 +185,8 @@ def build_clothing_mesh(collection, outfit, armature, joint_names, name):
 def textured_material(name, texture_path):
     """A material for a garment mesh: its albedo image (Image Texture on the UVs, sRGB) into the
     Principled BSDF's Base Color; without a texture, a plain neutral material."""
-    mat = bpy.data.materials.new(name)
-    if mat.node_tree is None:  # Blender < 5.0: node trees are opt-in
-        mat.use_nodes = True
+    mat, bsdf = _principled_material(name, 0.9)
     nodes, links = mat.node_tree.nodes, mat.node_tree.links
-    bsdf = nodes.get("Principled BSDF") or nodes.new("ShaderNodeBsdfPrincipled")
-    bsdf.inputs["Roughness"].default_value = 0.9
     mat.diffuse_color = NEUTRAL_COLOR + (1.0,)
     if texture_path is None:
         bsdf.inputs["Base Color"].default_value = NEUTRAL_COLOR + (1.0,)

@@ -62,15 +62,11 @@ def top_influences(weights: np.ndarray, k: int = MAX_INFLUENCES) -> tuple[np.nda
 
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """(V, 3) float32 unit normals; vertices in no face get +Y."""
-    tri = vertices[faces].astype(np.float64)
-    fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    vn = np.zeros((len(vertices), 3))
-    for k in range(3):
-        np.add.at(vn, faces[:, k], fn)
-    norm = np.linalg.norm(vn, axis=1, keepdims=True)
-    vn = np.where(norm > 1e-20, vn / np.where(norm > 1e-20, norm, 1), [0.0, 1.0, 0.0])
-    return vn.astype(np.float32)
+    """(V, 3) float32 unit normals (remesh.vertex_normals_np); vertices in no face get +Y."""
+    from .remesh import vertex_normals_np
+    vn = vertex_normals_np(np.asarray(vertices, np.float64), np.asarray(faces))
+    unit = np.linalg.norm(vn, axis=1) > 0.5
+    return np.where(unit[:, None], vn, [0.0, 1.0, 0.0]).astype(np.float32)
 
 
 class _Builder:
