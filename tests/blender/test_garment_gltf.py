@@ -14,7 +14,6 @@ import sys
 import numpy as np
 import pytest
 from blender_support import REPO, run_backend
-from scipy.spatial import cKDTree
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -51,6 +50,20 @@ def walk_glb(textured_result, tmp_path_factory):
     run_backend("export", textured_result, "--format", "glb", "--motion", root / "walk.npz", "--up", "y",
                 "--out", root / "walk.glb")
     return root / "walk.glb", root / "walk.npz"
+
+
+def nearest(ref, query, chunk=512):
+    """(distances, indices) of each query point's nearest ref point (numpy only: the bpy 5 lane
+    has no scipy)."""
+    ref, query = np.asarray(ref, np.float64), np.asarray(query, np.float64)
+    dist, idx = np.empty(len(query)), np.empty(len(query), np.int64)
+    rr = (ref ** 2).sum(1)
+    for s in range(0, len(query), chunk):
+        q = query[s:s + chunk]
+        d2 = rr[None] - 2 * q @ ref.T + (q ** 2).sum(1)[:, None]
+        idx[s:s + chunk] = d2.argmin(1)
+    dist[:] = np.linalg.norm(query - ref[idx], axis=1)
+    return dist, idx
 
 
 def _evaluated(bpy, obj):
@@ -124,7 +137,7 @@ def test_result_with_a_mesh_block_imports_textured_and_skinned(scene_api, textur
     scene = bpy.context.scene
     for frame in (scene.frame_start, scene.frame_end):
         scene.frame_set(frame)
-        d, _ = cKDTree(_evaluated(bpy, out["clothing_points"])).query(_evaluated(bpy, garment))
+        d, _ = nearest(_evaluated(bpy, out["clothing_points"]), _evaluated(bpy, garment))
         assert d.max() < 2e-3, (frame, d.max())
 
 
@@ -145,7 +158,7 @@ def test_blender_gltf_importer_reads_the_glb_textured_and_posing_like_the_addon(
     scene = bpy.context.scene
     scene.frame_set(scene.frame_start)
     ref = _rest(ours["garment_mesh"])
-    _, match = cKDTree(ref).query(_rest(mesh_obj))          # the importer may reorder vertices
+    _, match = nearest(ref, _rest(mesh_obj))          # the importer may reorder vertices
     moved = 0.0
     for k in (0, 4, 9):
         scene.frame_set(scene.frame_start + k)
@@ -171,8 +184,8 @@ def test_round_trip_through_blenders_gltf_exporter_keeps_positions_and_weights(b
     second, _ = _gltf_garment(bpy, out)
     rest2 = _rest(second)
     names2, w2 = _weights(second)
-    d, match = cKDTree(rest1).query(rest2)               # seam copies share positions: match both ways
-    back, _ = cKDTree(rest2).query(rest1)
+    d, match = nearest(rest1, rest2)               # seam copies share positions: match both ways
+    back, _ = nearest(rest2, rest1)
     assert d.max() < 1e-5 and back.max() < 1e-5, (d.max(), back.max())
     w2 = w2[:, [names2.index(n) for n in names1 if n in names2]]
     assert len(names2) >= np.count_nonzero(w1.max(0) > 0)
