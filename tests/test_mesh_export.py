@@ -211,3 +211,4 @@ def test_bad_input_is_named_and_nothing_is_half_written(parametric, tmp_path):
     with pytest.raises(InputError, match="not a result folder"):
         export_result(tmp_path, "glb", out)
     assert not out.exists() and not list(tmp_path.glob(".x*"))
+

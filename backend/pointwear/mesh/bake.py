@@ -8,7 +8,8 @@ render's colour there with weight cos(normal, view)^p x mask when it is the fron
 (depth test against the garment and the body rasterised together) and faces the camera.
 Views come in tiers: the training frames first (what the network saw), then orbit views
 around the rest-pose garment for texels no training frame saw; a texel's colour is the
-weighted mean of the first tier with enough weight. Texels no view saw take the colour of the
+weighted mean of the first tier with enough weight (when the predicted mask covers no texel at
+all, as for a barely trained network, the mask test is dropped). Texels no view saw take the colour of the
 nearest seen texel in 3D; the gutters between charts are filled with the nearest chart texel
 (so bilinear and mip-mapped lookups never bleed background).
 
@@ -97,9 +98,10 @@ def front_depth(view: BakeView, mesh_faces: Tensor, body_faces: Tensor) -> Tenso
 
 @torch.no_grad()
 def project_view(view: BakeView, texels: TexelMap, mesh_faces: Tensor, body_faces: Tensor, rgb: Tensor,
-                 mask: Tensor, options: MeshOptions) -> tuple[Tensor, Tensor]:
+                 mask: Tensor, options: MeshOptions) -> tuple[Tensor, Tensor, Tensor]:
     """Colours (N, 3) in 0..1 and weights (N,) of the covered texels seen in one view, given the
-    view's render rgb (3, H, W) in [-1, 1] and mask (1, H, W)."""
+    view's render rgb (3, H, W) in [-1, 1] and mask (1, H, W); and the weights without the
+    predicted-mask test (used only when the mask covers nothing at all)."""
     pos = texels.attribute(mesh_faces, view.mesh_vertices.float())                          # (N, 3)
     nrm = texels.attribute(mesh_faces, face_normals_at_vertices(view.mesh_vertices.float(), mesh_faces))
     nrm = nrm / nrm.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -114,10 +116,10 @@ def project_view(view: BakeView, texels: TexelMap, mesh_faces: Tensor, body_face
     d = depth[px[:, 1].clamp(0, H - 1), px[:, 0].clamp(0, W - 1)]
     front = inside & (z <= d + options.depth_tolerance_m) & (cos > 0)
     m = _sample(mask, uv, view.size)[:, 0]
-    weight = torch.where(front & (m > options.mask_threshold), cos.clamp(0, 1) ** options.cos_power * m,
-                         torch.zeros_like(m))
+    geometric = torch.where(front, cos.clamp(0, 1) ** options.cos_power, torch.zeros_like(m))
+    weight = torch.where(m > options.mask_threshold, geometric * m, torch.zeros_like(m))
     colour = (_sample(rgb, uv, view.size) + 1) / 2
-    return colour.clamp(0, 1), weight
+    return colour.clamp(0, 1), weight, geometric
 
 
 @torch.no_grad()
@@ -131,17 +133,20 @@ def bake_texture(model, views: list[BakeView], uv: np.ndarray, faces: np.ndarray
     mf = torch.as_tensor(faces, dtype=torch.long)
     bf = torch.as_tensor(body_faces, dtype=torch.long)
     tiers = sorted({v.tier for v in views})
-    sums = {t: (torch.zeros(len(texels.index), 3, dtype=torch.float64), torch.zeros(len(texels.index),
-                                                                                     dtype=torch.float64))
-            for t in tiers}
+    N = len(texels.index)
+    zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64)  # noqa: E731
+    sums = {t: (zeros(N, 3), zeros(N)) for t in tiers}
+    loose = {t: (zeros(N, 3), zeros(N)) for t in tiers}   # without the mask test: a barely trained network
     for i, view in enumerate(views):
         rgb, mask = model.render(view.points[None].float(), view.visible[None], view.K.float()[None], view.size)
-        colour, weight = project_view(view, texels, mf, bf, rgb[0], mask[0], options)
-        acc_c, acc_w = sums[view.tier]
-        acc_c += (colour * weight[:, None]).double()
-        acc_w += weight.double()
+        colour, weight, geometric = project_view(view, texels, mf, bf, rgb[0], mask[0], options)
+        for acc, w in ((sums, weight), (loose, geometric)):
+            acc[view.tier][0].add_((colour * w[:, None]).double())
+            acc[view.tier][1].add_(w.double())
         if progress:
             progress("bake", i + 1, len(views))
+    if not any(bool((w > options.min_weight).any()) for _, w in sums.values()):
+        sums = loose
     colours = torch.full((len(texels.index), 3), 0.5, dtype=torch.float64)
     done = torch.zeros(len(texels.index), dtype=torch.bool)
     stats = {"texels": int(len(texels.index))}
