@@ -99,7 +99,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-assets-") as tmp:
         work = Path(tmp)
         lines = [f"`scripts/bench_assets.py`, {machine()} (shared with other jobs).", "",
-                 *export_rows(work), "", *bake_rows(args.app.resolve(), work),
+                 *export_rows(work), "", *bake_rows(args.app.absolute(), work),
                  "", "Targets (issue 12): export <= 5 s for a 20k-vertex garment with a 1024 px texture and a "
                  "1000-frame motion; bake PSNR >= 22 dB inside the garment."]
     publish(TITLE, lines, write=not args.no_write)
