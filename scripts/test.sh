@@ -7,6 +7,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash scripts/setup_env.sh
+bash scripts/setup_gltf_validator.sh   # Khronos glTF-Validator for the export tests (npm, pinned)
 export BLENDER_USER_RESOURCES="${BLENDER_USER_RESOURCES:-$root/.venv/blender-user}"
 export POINTWEAR_BACKEND_PYTHON="$root/.venv/bin/python"
 

@@ -19,6 +19,7 @@ from ..link import arrays, protocol
 OUTFIT_FILE = protocol.OUTFIT_NPZ
 BODY_FILE = protocol.BODY_NPZ
 POSED_FILE = protocol.POSED_NPZ
+RESULT_JSON = protocol.RESULT_JSON
 
 
 class ResultFileError(ValueError):
@@ -325,13 +326,73 @@ def read_posed(path, with_points=True):
 
 
 @dataclass
+class MeshBlock:
+    """The garment mesh block of outfit.npz (``mesh_*``, see backend pointwear.mesh.result_mesh):
+    rest pose, SMPL space; vertices are split along UV seams."""
+
+    path: str
+    vertices: np.ndarray         # (V, 3) float32
+    faces: np.ndarray            # (F, 3) int32
+    weights: np.ndarray          # (V, J) float32
+    garment: np.ndarray          # (V,) int32
+    uv: np.ndarray = None        # (V, 2) float32, bottom-left origin, or None
+    texture_path: str = None     # the albedo PNG inside the result folder, or None
+
+
+def texture_file(folder):
+    """The albedo texture named by result.json's "texture" (else texture.png if present), or None.
+    A name that leaves the result folder is an error."""
+    folder = os.path.abspath(os.fspath(folder))
+    meta = os.path.join(folder, RESULT_JSON)
+    name = None
+    if os.path.isfile(meta):
+        try:
+            with open(meta, encoding="utf-8") as fh:
+                doc = json.load(fh)
+        except (OSError, ValueError) as exc:
+            raise ResultFileError(meta, None, "not readable JSON ({})".format(exc)) from None
+        name = doc.get("texture") if isinstance(doc, dict) else None
+    if name is None and os.path.isfile(os.path.join(folder, protocol.TEXTURE_PNG)):
+        name = protocol.TEXTURE_PNG
+    if name is None:
+        return None
+    path = os.path.realpath(os.path.join(folder, str(name)))
+    if os.path.dirname(path) != os.path.realpath(folder):
+        raise ResultFileError(meta, "texture", "{!r} is not a file inside the result folder".format(name))
+    if not os.path.isfile(path):
+        raise ResultFileError(path, None, "texture file not found")
+    return path
+
+
+def read_mesh_block(folder, data=None):
+    """The result's :class:`MeshBlock`, or None when outfit.npz has no ``mesh_vertices``."""
+    folder = os.path.abspath(os.fspath(folder))
+    path = os.path.join(folder, OUTFIT_FILE)
+    data = load_npz(path) if data is None else data
+    if "mesh_vertices" not in data:
+        return None
+    vertices = _array(data, path, "mesh_vertices", (None, 3))
+    count = len(vertices)
+    faces = _array(data, path, "mesh_faces", (None, 3), "int")
+    _check_faces(faces, count, path, "mesh_faces")
+    weights = _array(data, path, "mesh_weights", (count, None))
+    _check_weights(weights, path, "mesh_weights")
+    garment = _array(data, path, "mesh_garment", (count,), "int")
+    uv = _array(data, path, "mesh_uv", (count, 2), optional=True)
+    return MeshBlock(path=path, vertices=vertices, faces=faces, weights=weights, garment=garment, uv=uv,
+                     texture_path=texture_file(folder) if uv is not None else None)
+
+
+@dataclass
 class ResultFolder:
-    """The three files of a fit result, read and checked against each other."""
+    """The three files of a fit result, read and checked against each other (and the garment
+    mesh block of outfit.npz, when it has one)."""
 
     folder: str
     outfit: OutfitData
     body: BodyData
     posed: PosedData = None
+    mesh: MeshBlock = None
 
 
 def check_outfit_matches_body(outfit, body):
@@ -353,6 +414,10 @@ def read_result(folder, with_posed=True, posed_points=False):
     outfit = read_outfit(os.path.join(folder, OUTFIT_FILE))
     body = read_body(os.path.join(folder, BODY_FILE))
     check_outfit_matches_body(outfit, body)
+    mesh = read_mesh_block(folder)
+    if mesh is not None and mesh.weights.shape[1] != len(body.joints):
+        raise ResultFileError(mesh.path, "mesh_weights", "has {} joint columns but {} has {} joints".format(
+            mesh.weights.shape[1], body.path, len(body.joints)))
     posed = None
     posed_path = os.path.join(folder, POSED_FILE)
     if with_posed or (with_posed is None and os.path.isfile(posed_path)):
@@ -364,4 +429,4 @@ def read_result(folder, with_posed=True, posed_points=False):
                                         or np.abs(posed.betas - body.betas).max() > 1e-4):
             raise ResultFileError(posed.path, "betas", "differ from the betas of {}: the poses were "
                                   "fitted for another body".format(body.path))
-    return ResultFolder(folder=folder, outfit=outfit, body=body, posed=posed)
+    return ResultFolder(folder=folder, outfit=outfit, body=body, posed=posed, mesh=mesh)

@@ -90,8 +90,10 @@ KIND_DRAPE = "drape"
 KIND_FIT_APPEARANCE = "fit_appearance"
 KIND_RENDER = "render"
 KIND_PREPARE = "prepare"           # a subject from a video, an image folder or one image
+KIND_EXPORT = "export"             # a result as glb / obj / ply (backend pointwear.mesh.export)
 JOB_KINDS = (KIND_BODY, KIND_SYNTH, KIND_FIT_OUTFIT, KIND_DRAPE, KIND_FIT_APPEARANCE, KIND_RENDER,
-             KIND_PREPARE)
+             KIND_PREPARE, KIND_EXPORT)
+EXPORT_FORMATS = ("glb", "obj", "ply")
 
 # -- result files: the RESULT event's "files" maps these names to absolute paths --------------------
 # Paths relative to the job's out folder ("" = the folder itself).
@@ -102,6 +104,10 @@ RESULT_JSON = "result.json"
 APPEARANCE_PT = "appearance.pt"
 OUTFIT_PLY = "outfit.ply"
 RENDER_JSON = "render.json"
+# The garment mesh block inside outfit.npz (written and read by backend pointwear.mesh.result_mesh,
+# read by the add-on's io/results.py) and its albedo texture beside it.
+MESH_KEYS = ("mesh_vertices", "mesh_faces", "mesh_weights", "mesh_garment", "mesh_uv")
+TEXTURE_PNG = "texture.png"
 CHECKPOINT_PT = "checkpoint.pt"    # a fit's resumable state, kept on cancel / interrupt
 JOB_JSON = "job.json"              # a job's record in WORK/jobs/<job_id>/
 TRACEBACK_TXT = "traceback.txt"    # an internal error's traceback, beside job.json
@@ -115,6 +121,8 @@ RESULT_FILES = {
                           "heldout": "heldout", "sheet": "heldout_sheet.png", "body": BODY_NPZ,
                           "posed": POSED_NPZ},
     KIND_RENDER: {"frames": "frames", "render_json": "frames/" + RENDER_JSON},
+    KIND_EXPORT: {"glb": "garment.glb", "obj": "garment.obj", "mtl": "garment.mtl", "texture": "garment.png",
+                  "ply": "garment.ply"},
     KIND_PREPARE: {"subject": "subject", "sheet": "subject/prepare/contact_sheet.png",
                    "report": "subject/prepare/report.json"},
 }

@@ -57,17 +57,23 @@ def set_color_attribute(mesh, colors_srgb):
 
 # -- material and node group ---------------------------------------------------------------
 
+def _principled_material(name, roughness):
+    """A new node material with its Principled BSDF: (material, bsdf)."""
+    mat = bpy.data.materials.new(name)
+    if mat.node_tree is None:  # Blender < 5.0: node trees are opt-in
+        mat.use_nodes = True
+    bsdf = mat.node_tree.nodes.get("Principled BSDF") or mat.node_tree.nodes.new("ShaderNodeBsdfPrincipled")
+    bsdf.inputs["Roughness"].default_value = roughness
+    return mat, bsdf
+
+
 def clothing_material():
     """The shared clothing material: ``pointwear_color`` -> Principled Base Color."""
     mat = bpy.data.materials.get(MATERIAL_NAME)
     if mat is not None:
         return mat
-    mat = bpy.data.materials.new(MATERIAL_NAME)
-    if mat.node_tree is None:  # Blender < 5.0: node trees are opt-in
-        mat.use_nodes = True
+    mat, bsdf = _principled_material(MATERIAL_NAME, 0.8)
     nodes, links = mat.node_tree.nodes, mat.node_tree.links
-    bsdf = nodes.get("Principled BSDF") or nodes.new("ShaderNodeBsdfPrincipled")
-    bsdf.inputs["Roughness"].default_value = 0.8
     attr = nodes.new("ShaderNodeAttribute")
     attr.attribute_type = "GEOMETRY"
     attr.attribute_name = COLOR_ATTRIBUTE
@@ -172,6 +178,44 @@ def build_clothing_mesh(collection, outfit, armature, joint_names, name):
     obj = bpy.data.objects.new(name, mesh)
     collection.objects.link(obj)
     skin.set_vertex_weights(obj, outfit.weights, joint_names)
+    skin.skin_to_armature(obj, armature)
+    return obj
+
+
+def textured_material(name, texture_path):
+    """A material for a garment mesh: its albedo image (Image Texture on the UVs, sRGB) into the
+    Principled BSDF's Base Color; without a texture, a plain neutral material."""
+    mat, bsdf = _principled_material(name, 0.9)
+    nodes, links = mat.node_tree.nodes, mat.node_tree.links
+    mat.diffuse_color = NEUTRAL_COLOR + (1.0,)
+    if texture_path is None:
+        bsdf.inputs["Base Color"].default_value = NEUTRAL_COLOR + (1.0,)
+        return mat
+    image = bpy.data.images.load(texture_path, check_existing=True)
+    image.colorspace_settings.name = "sRGB"
+    tex = nodes.new("ShaderNodeTexImage")
+    tex.image = image
+    tex.interpolation = "Linear"
+    tex.extension = "EXTEND"
+    tex.location = (bsdf.location.x - 350, bsdf.location.y)
+    links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
+    return mat
+
+
+def build_garment_mesh(collection, block, armature, joint_names, name):
+    """The garment mesh of a result's mesh block (:class:`~..io.results.MeshBlock`): its own
+    vertices and faces, the UV layer "UVMap" per face corner, a material with the albedo texture,
+    skinned to the armature with the block's weights."""
+    mesh = skin.new_mesh(name, block.vertices, block.faces)
+    skin.shade_smooth(mesh)
+    if block.uv is not None:
+        layer = mesh.uv_layers.new(name="UVMap")
+        corners = np.asarray(block.faces, np.int64).ravel()      # new_mesh keeps the face order
+        layer.data.foreach_set("uv", np.ascontiguousarray(block.uv[corners], np.float32).ravel())
+    mesh.materials.append(textured_material(name, block.texture_path))
+    obj = bpy.data.objects.new(name, mesh)
+    collection.objects.link(obj)
+    skin.set_vertex_weights(obj, block.weights, joint_names)
     skin.skin_to_armature(obj, armature)
     return obj
 

@@ -5,7 +5,7 @@ file leaves the scene as it was.
 
 Object roles are recorded as custom properties, which is how later steps (and the operators)
 find the pieces again: ``pointwear_kind`` ("armature", "body", "clothing_points",
-"clothing_mesh", "camera") and ``pointwear_result`` (absolute result folder) on every object;
+"clothing_mesh", "garment_mesh" (the textured mesh of a result's mesh block), "camera") and ``pointwear_result`` (absolute result folder) on every object;
 on the armature also ``pointwear_betas``, ``pointwear_drape``, ``pointwear_garments`` (names,
 comma-separated, inner layer first), ``pointwear_code``,
 ``pointwear_world_from_camera`` (16 floats, row-major 4x4), ``pointwear_body`` (body.npz path) and,
@@ -28,7 +28,7 @@ from . import motion as motion_keys
 
 KIND = "pointwear_kind"
 RESULT = "pointwear_result"
-CHILD_KINDS = ("body", "clothing_points", "clothing_mesh")
+CHILD_KINDS = ("body", "clothing_points", "clothing_mesh", "garment_mesh")
 APPEARANCE = "pointwear_appearance"     # armature: its fitted appearance folder (appearance.pt)
 APPEARANCE_FILE = protocol.APPEARANCE_PT
 
@@ -56,7 +56,11 @@ def import_result(context, result_folder, *, point_radius=clothing.DEFAULT_RADIU
                   with_motion=True, collection_name=None):
     """Build a fit result folder (outfit.npz, body.npz, posed.npz) into a new collection.
 
+    A result with a garment mesh block (outfit.npz ``mesh_*``, texture.png) gets that mesh, with
+    its UVs and a textured material, as "garment_mesh" instead of the plain "clothing_mesh".
+
     Returns {"armature", "body", "clothing_points", "clothing_mesh" (None without faces),
+    "garment_mesh" (None without a mesh block),
     "camera" (None when not asked for or posed.npz has no camera), "collection", "action"
     (None without motion)}. The subject's own motion is keyed so that Blender frame k shows
     subject frame k in the upright world (posed.npz's world_from_camera); the armature object
@@ -77,7 +81,11 @@ def import_result(context, result_folder, *, point_radius=clothing.DEFAULT_RADIU
     body = body_builder.build_body(collection, data.body, arm, name + " Body")
     points = clothing.build_clothing_points(collection, data.outfit, arm, names, name + " Points",
                                             radius=point_radius)
-    garment = clothing.build_clothing_mesh(collection, data.outfit, arm, names, name + " Garment")
+    garment = textured = None
+    if data.mesh is not None:
+        textured = clothing.build_garment_mesh(collection, data.mesh, arm, names, name + " Garment")
+    else:
+        garment = clothing.build_clothing_mesh(collection, data.outfit, arm, names, name + " Garment")
     camera = None
     if with_camera and posed.camera_space:
         camera = camera_builder.build_camera(collection, scene, posed, name + " Camera")
@@ -87,7 +95,7 @@ def import_result(context, result_folder, *, point_radius=clothing.DEFAULT_RADIU
         action = _key(context, arm, motion, name + " subject")["action"]
 
     for obj, kind in ((arm, "armature"), (body, "body"), (points, "clothing_points"),
-                      (garment, "clothing_mesh"), (camera, "camera")):
+                      (garment, "clothing_mesh"), (textured, "garment_mesh"), (camera, "camera")):
         if obj is not None:
             _tag(obj, kind, data.folder)
     _store_result_props(arm, data)
@@ -97,7 +105,7 @@ def import_result(context, result_folder, *, point_radius=clothing.DEFAULT_RADIU
         arm[APPEARANCE] = data.folder  # a fit_appearance result: ready for a neural render
     _select_only(context, arm)
     return {"armature": arm, "body": body, "clothing_points": points, "clothing_mesh": garment,
-            "camera": camera, "collection": collection, "action": action}
+            "garment_mesh": textured, "camera": camera, "collection": collection, "action": action}
 
 
 def _select_only(context, obj):
@@ -139,6 +147,10 @@ def pointwear_children(armature):
 def _check_redrape(armature, parts, data):
     """Everything that must hold before any object changes (point counts, joints, faces)."""
     names = armature_builder.joint_names(armature)
+    if "garment_mesh" in parts:
+        raise results.ResultFileError(data.outfit.path, "mesh_vertices", "the textured garment mesh {!r} cannot be "
+                                      "re-draped in place: import the re-draped result instead".format(
+                                          parts["garment_mesh"].name))
     if list(data.body.joint_names) != names:
         raise results.ResultFileError(data.body.path, "joint_names", "do not match the armature {!r}".format(
             armature.name))

@@ -196,6 +196,24 @@ def cmd_eval_outfit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .mesh.export import export_result
+    files = export_result(args.result, args.format, args.out, motion=args.motion, up=args.up)
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def cmd_mesh(args: argparse.Namespace) -> int:
+    from .mesh.build import write_garment_mesh
+    from .mesh.options import MeshOptions
+    report = write_garment_mesh(args.result, MeshOptions(texture_size=args.texture_size),
+                                warn=lambda m: print(f"pointwear: warning: {m}", file=sys.stderr))
+    psnr = report.get("bake_psnr")
+    print(f"{args.result}: garment mesh ({report['source']}) {report['vertices']} vertices, {report['faces']} faces, "
+          f"texture: {report.get('texture') or 'none'}" + (f", bake PSNR {psnr:.2f} dB" if psnr is not None else ""))
+    return 0
+
+
 def cmd_motion_export(args: argparse.Namespace) -> int:
     from .data.motion import walking_motion, write_motion
     motion = walking_motion(args.frames, fps=args.fps, speed=args.speed, seed=args.seed)
@@ -351,6 +369,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--up", default="z", choices=["y", "z"], help="the motion file's up axis (AMASS: z)")
     p.add_argument("--checkpoint", default=None, help="neural drape weights, if not the default")
     p.set_defaults(func=cmd_drape)
+
+    p = sub.add_parser("export", help="write a result as a skinned, textured glTF binary (with a motion), "
+                                      "OBJ + MTL + PNG, or PLY points with colours")
+    p.add_argument("result", help="a result folder (fit-outfit, fit-appearance, drape, ...)")
+    p.add_argument("--format", required=True, choices=["glb", "obj", "ply"])
+    p.add_argument("--motion", default=None, help="AMASS-style .npz animated in the glb")
+    p.add_argument("--up", default="z", choices=["y", "z"], help="the motion file's up axis (AMASS: z)")
+    p.add_argument("--out", required=True, help="the file to write (.glb, .obj, .ply)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("mesh", help="build the result's garment mesh (faces, UVs, baked texture) and store it "
+                                    "in the result folder")
+    p.add_argument("result", help="a result folder")
+    p.add_argument("--texture-size", type=int, default=1024, choices=[256, 512, 1024, 2048, 4096])
+    p.set_defaults(func=cmd_mesh)
 
     motion = sub.add_parser("motion", help="motions").add_subparsers(dest="motion_command", required=True)
     p = motion.add_parser("export", help="write a procedural motion as an AMASS-style .npz (Y-up)")

@@ -25,11 +25,11 @@ import numpy as np
 
 from ..errors import InputError
 from ..fileio import atomic_path, load_npz, save_npz
+from ..link.protocol import MESH_KEYS, OUTFIT_NPZ, RESULT_JSON, TEXTURE_PNG
 
-OUTFIT_FILE = "outfit.npz"
-RESULT_FILE = "result.json"
-TEXTURE_FILE = "texture.png"
-MESH_KEYS = ("mesh_vertices", "mesh_faces", "mesh_weights", "mesh_garment", "mesh_uv")
+OUTFIT_FILE = OUTFIT_NPZ
+RESULT_FILE = RESULT_JSON
+TEXTURE_FILE = TEXTURE_PNG
 MAX_VERTICES = 2_000_000
 MAX_TEXTURE_SIDE = 8192
 

@@ -495,6 +495,31 @@ register(JobKind(P.KIND_FIT_APPEARANCE, _validate_fit_appearance, _run_fit_appea
                  _appearance_memory))
 
 
+# -- export -------------------------------------------------------------------------------------
+
+def _validate_export(p: Params, ctx: SubmitContext) -> dict:
+    result = check_result_folder("result", p.path("result", required=True, kind="dir"), (P.OUTFIT_NPZ, P.BODY_NPZ))
+    fmt = p.choice("format", "glb", list(P.EXPORT_FORMATS))
+    motion = p.path("motion", kind="file", suffixes=(".npz",))
+    if motion is not None and fmt != "glb":
+        raise ParamError("motion", "a motion goes into glb files only", "format glb")
+    return {"result": result, "format": fmt, "motion": motion, "up": p.choice("up", "z", ["y", "z"])}
+
+
+def _run_export(job: JobContext) -> dict[str, Path]:
+    from ..mesh.export import export_result
+    prm = job.params
+    names = P.RESULT_FILES[P.KIND_EXPORT]
+    files = export_result(prm["result"], prm["format"], job.out / names[prm["format"]], motion=prm["motion"],
+                          up=prm["up"], warn=job.warn, progress=job.progress)
+    by_name = {job.out / f: name for name, f in names.items()}
+    return {by_name[f]: f for f in files}
+
+
+register(JobKind(P.KIND_EXPORT, _validate_export, _run_export,
+                 "export a result as a skinned, textured glTF binary (with a motion), OBJ + MTL + PNG or PLY points"))
+
+
 # -- render -------------------------------------------------------------------------------------
 
 def _validate_render(p: Params, ctx: SubmitContext) -> dict:
