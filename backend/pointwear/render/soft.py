@@ -22,8 +22,9 @@ What it gives (all batched over images, on the device and dtype of the vertices)
 * ``vertex_normals``, ``sh_basis`` and ``sh_shading``: area-weighted normals and 9-coefficient
   (order 2) real spherical-harmonic shading, for lit renders whose texture is albedo.
 
-Memory: a face only reaches the pixels of its bounding box grown by the distance at which its
-contribution falls below ``cutoff`` (``sqrt(sigma * ln(1/cutoff))`` px). The (face, pixel) pairs of
+Memory: a face only reaches the pixels of its bounding box, grown (for faces with an outline edge
+only) by the distance at which its contribution falls below ``cutoff``
+(``sqrt(sigma * ln(1/cutoff))`` px). The (face, pixel) pairs of
 all boxes are enumerated exactly (no padding) and processed in chunks of at most ``max_pairs``;
 under autograd each chunk is checkpointed (recomputed in the backward pass), so the memory held
 for the backward pass is one dense (B*H*W) sum per chunk, independent of the number of pairs.
@@ -93,8 +94,9 @@ def _screen(verts: Tensor, faces: Tensor, K: Tensor, znear: float) -> tuple[Tens
     return tri, ok[:, faces.reshape(-1)].view(B, F_, 3).all(-1)
 
 
-def _boxes(tri: Tensor, ok: Tensor, H: int, W: int, reach: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Per (b,f), flattened: first pixel column/row and box width/height (0 for dropped faces)."""
+def _boxes(tri: Tensor, ok: Tensor, reach: Tensor, H: int, W: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per (b,f), flattened: first pixel column/row and box width/height (0 for dropped faces);
+    reach (B,F) px the box grows by."""
     t = tri.detach()
     lo, hi = t.amin(2), t.amax(2)                                   # (B,F,2)
     x0 = torch.ceil(lo[..., 0] - reach).clamp(0, W).to(torch.int64)
@@ -192,13 +194,17 @@ def soft_silhouette(verts: Tensor, faces: Tensor, K: Tensor, image_size: tuple[i
     faces = _check_faces(faces, V, verts.device)
     F_ = faces.shape[0]
     tri, ok = _screen(verts, faces, K, options.znear)
-    x0, y0, w, h = _boxes(tri, ok, H, W, options.reach)
+    outline = _outline_edges(tri, _edge_mates(faces, V))                    # (B,F,3)
+    # A face with no outline edge reaches no pixel outside itself (its contribution there is the
+    # clamped cutoff): only outline faces need the margin, which keeps the pair count low.
+    reach = outline.any(-1).to(tri.dtype) * options.reach
+    x0, y0, w, h = _boxes(tri, ok, reach, H, W)
     counts = w * h
     ends = torch.cumsum(counts, 0)
     starts = ends - counts
     total = int(ends[-1]) if ends.numel() else 0                    # the one host sync
     tri_flat = tri.reshape(B * F_, 3, 2)
-    outline = _outline_edges(tri, _edge_mates(faces, V)).reshape(B * F_, 3)
+    outline = outline.reshape(B * F_, 3)
     limit = math.log(1.0 / options.cutoff)
     size = B * H * W
     acc = torch.zeros(size, dtype=verts.dtype, device=verts.device)
