@@ -90,8 +90,9 @@ KIND_DRAPE = "drape"
 KIND_FIT_APPEARANCE = "fit_appearance"
 KIND_RENDER = "render"
 KIND_PREPARE = "prepare"           # a subject from a video, an image folder or one image
+KIND_RECONSTRUCT = "reconstruct"   # a textured, skinned garment mesh from one photo
 JOB_KINDS = (KIND_BODY, KIND_SYNTH, KIND_FIT_OUTFIT, KIND_DRAPE, KIND_FIT_APPEARANCE, KIND_RENDER,
-             KIND_PREPARE)
+             KIND_PREPARE, KIND_RECONSTRUCT)
 
 # -- result files: the RESULT event's "files" maps these names to absolute paths --------------------
 # Paths relative to the job's out folder ("" = the folder itself).
@@ -117,6 +118,8 @@ RESULT_FILES = {
     KIND_RENDER: {"frames": "frames", "render_json": "frames/" + RENDER_JSON},
     KIND_PREPARE: {"subject": "subject", "sheet": "subject/prepare/contact_sheet.png",
                    "report": "subject/prepare/report.json"},
+    KIND_RECONSTRUCT: {"outfit": OUTFIT_NPZ, "posed": POSED_NPZ, "body": BODY_NPZ, "result_json": RESULT_JSON,
+                       "texture": "texture.png", "preview": "preview.png", "subject": "subject"},
 }
 
 # -- error codes ------------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ What it gives (all batched over images, on the device and dtype of the vertices)
   the result mesh contract says), differentiable w.r.t. both the texture and the UVs.
 * ``vertex_normals``, ``sh_basis`` and ``sh_shading``: area-weighted normals and 9-coefficient
   (order 2) real spherical-harmonic shading, for lit renders whose texture is albedo.
+* ``render_textured``: all of the above together: a UV-textured, SH-lit mesh, optionally hidden
+  by an opaque occluder (the body), as colour, hard visibility and soft silhouette.
 
 Memory: a face only reaches the pixels of its bounding box, grown (for faces with an outline edge
 only) by the distance at which its contribution falls below ``cutoff``
@@ -40,10 +42,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .rasterizer import Fragments, _as_batch, _check_faces, _check_size, project, rasterize
+from .rasterizer import Fragments, _as_batch, _check_faces, _check_size, interpolate, project, rasterize
 
 __all__ = ["SoftOptions", "SoftFragments", "soft_silhouette", "soft_rasterize", "sample_texture",
-           "vertex_normals", "sh_basis", "sh_shading", "SH_COUNT"]
+           "vertex_normals", "sh_basis", "sh_shading", "render_textured", "SH_COUNT"]
 
 SH_COUNT = 9
 
@@ -279,3 +281,33 @@ def sh_shading(normals: Tensor, coeffs: Tensor) -> Tensor:
     if coeffs.dim() == 2:
         coeffs = coeffs.view(coeffs.shape[0], *([1] * (basis.dim() - 2)), SH_COUNT)
     return (basis * coeffs.to(basis.dtype)).sum(-1)
+
+
+def render_textured(verts: Tensor, faces: Tensor, uv: Tensor, texture: Tensor, K: Tensor,
+                    image_size: tuple[int, int], sh: Tensor | None = None,
+                    occluder: tuple[Tensor, Tensor] | None = None,
+                    options: SoftOptions = SoftOptions()) -> tuple[Tensor, Tensor, Tensor]:
+    """Render a UV-textured mesh, lit by greyscale SH, as the soft rasterizer sees it.
+
+    verts (V,3) or (B,V,3) camera space; faces (F,3); uv (V,2) origin bottom-left; texture
+    (C,Ht,Wt) or (B,C,Ht,Wt) albedo; sh (9,) or (B,9) (None: unlit); occluder (verts, faces) of
+    an opaque surface (e.g. the body) that hides the mesh where it is nearer. Returns colour
+    (B,H,W,C) (zero where the mesh is not visible), the hard visibility (B,H,W) bool and the soft
+    silhouette (B,H,W) with the pixels where the occluder is nearer removed.
+    """
+    frags = soft_rasterize(verts, faces, K, image_size, options)
+    visible = frags.mask
+    if occluder is not None:
+        over = rasterize(occluder[0], occluder[1], K, image_size, znear=options.znear)
+        hidden = over.depth < frags.depth
+        visible = visible & ~hidden
+        alpha = frags.alpha * ~hidden
+    else:
+        alpha = frags.alpha
+    tex_uv = interpolate(frags, faces, uv.to(frags.bary.dtype))
+    colour = sample_texture(texture.to(verts.dtype), tex_uv)
+    if sh is not None:
+        v3 = verts if verts.dim() == 3 else verts.unsqueeze(0)
+        n = interpolate(frags, faces, vertex_normals(v3, faces).to(frags.bary.dtype))
+        colour = colour * sh_shading(F.normalize(n, dim=-1, eps=1e-8), sh).clamp(min=0).unsqueeze(-1)
+    return colour * visible.unsqueeze(-1), visible, alpha
