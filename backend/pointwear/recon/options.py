@@ -39,6 +39,7 @@ class ReconOptions:
     max_offset: float = 0.25          # m: offsets are bounded (tanh) so nothing flies off
     # -- texture ---------------------------------------------------------------------------------
     texture_size: int = 512
+    texture_erode_px: int = 2         # texels are taken from the photo this far inside the mask
     visible_depth_tol: float = 0.01   # m: a texel is seen when its depth is this close to the z-buffer
     inpaint_iters: int = 200          # Jacobi sweeps that fill hidden vertices from their neighbours
     seed: int = 0

@@ -86,7 +86,7 @@ def reconstruct(image: str | Path, out: str | Path, *, mask: str | Path | None =
                                           obs.image, obs.mask, obs.K, refined.sh, body_verts,
                                           model.faces_t, options)
         hooks.step("texture", 1, 1)
-        metrics = input_view_metrics(obs, refined, template, atlas, texture, model)
+        metrics = input_view_metrics(obs, refined, atlas, texture, model)
         seconds = {"perceive": t_perceive - t0, "refine": refined.seconds,
                    "total": time.perf_counter() - t0}
         result = write_result(partial, obs, model, template, refined, atlas, texture, options,
@@ -102,26 +102,29 @@ def reconstruct(image: str | Path, out: str | Path, *, mask: str | Path | None =
 
 
 @torch.no_grad()
-def render_result(obs: Observation, refined: Refined, atlas: Atlas, texture: np.ndarray, model,
-                  K: np.ndarray | None = None, size: tuple[int, int] | None = None,
-                  posed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The textured, lit garment re-rendered (default: in the photo's camera), hidden where the
-    fitted body is nearer: rgb (H,W,3) float in [0,1] (0 off the garment), mask (H,W) bool."""
+def render_result(obs: Observation, model, posed: np.ndarray, atlas: Atlas, texture: np.ndarray, sh: np.ndarray,
+                  rotation: np.ndarray | None = None, pivot: np.ndarray | None = None,
+                  target: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The textured, lit garment (posed (V,3) camera space) re-rendered in the photo's camera,
+    hidden where the fitted body is nearer: rgb (H,W,3) float in [0,1] (0 off the garment) and the
+    visible mask (H,W) bool. With `rotation` (3,3), garment and body are first turned about
+    `pivot` (3,) and moved to `target` (3,): a novel view of the same person."""
     from ..render.soft import render_textured
     dev = model.device
     t = lambda a, d=torch.float32: torch.as_tensor(a, dtype=d, device=dev)  # noqa: E731
-    verts = t(refined.posed if posed is None else posed)[t(atlas.vmapping, torch.long)]
+    verts = t(posed)[t(atlas.vmapping, torch.long)]
     body_verts = obs.posed_body(model)[0]
+    if rotation is not None:
+        R, c, d = t(rotation), t(pivot), t(target)
+        verts, body_verts = ((v - c) @ R.T + d for v in (verts, body_verts))
     rgb, vis, _ = render_textured(verts, t(atlas.faces, torch.long), t(atlas.uv), t(texture).permute(2, 0, 1) / 255,
-                                  t(obs.K if K is None else K), obs.size if size is None else size,
-                                  sh=t(refined.sh), occluder=(body_verts, model.faces_t))
+                                  t(obs.K), obs.size, sh=t(sh), occluder=(body_verts, model.faces_t))
     return rgb[0].clamp(0, 1).cpu().numpy(), vis[0].cpu().numpy()
 
 
-def input_view_metrics(obs: Observation, refined: Refined, template: Template, atlas: Atlas,
-                       texture: np.ndarray, model) -> dict:
+def input_view_metrics(obs: Observation, refined: Refined, atlas: Atlas, texture: np.ndarray, model) -> dict:
     """Mask IoU of the re-rendered garment against the clothing mask, in the photo."""
-    _, vis = render_result(obs, refined, atlas, texture, model)
+    _, vis = render_result(obs, model, refined.posed, atlas, texture, refined.sh)
     inter = (vis & obs.mask).sum()
     union = (vis | obs.mask).sum()
     return {"input_iou": round(float(inter / max(union, 1)), 4)}
@@ -143,10 +146,11 @@ def write_result(folder: Path, obs: Observation, model, template: Template, refi
              drape=np.array(DRAPE_ID), betas=obs.betas.astype(np.float32), params=np.array(json.dumps(params)),
              body=np.array(str(obs.subject.meta.get("body", "default"))),
              gender=np.array(str(obs.subject.meta.get("gender", "neutral"))), offsets=refined.offsets,
-             body_vertex=template.body_vertex.astype(np.int32), sh=refined.sh)
+             body_vertex=template.body_vertex.astype(np.int32), sh=refined.sh,
+             atlas_point=atlas.vmapping.astype(np.int32))
     write_posed(folder / POSED_NPZ, model, obs.subject, refined.posed[None], obs.betas)
     export_body(model, folder / BODY_NPZ, obs.betas)
-    rgb, vis = render_result(obs, refined, atlas, texture, model)
+    rgb, vis = render_result(obs, model, refined.posed, atlas, texture, refined.sh)
     preview = np.where(vis[..., None], rgb, obs.image / 255.0 * 0.35)
     with atomic_path(folder / PREVIEW_PNG) as tmp:
         Image.fromarray((preview * 255 + 0.5).astype(np.uint8)).save(tmp, format="PNG")

@@ -127,7 +127,10 @@ def bake_texture(rest: np.ndarray, posed: np.ndarray, faces: np.ndarray, mirror:
     posed_t, Kt, sh_t = t(posed), t(K), t(sh)
     normals = vertex_normals(posed_t, faces_t)
     depth = photo_depth(posed_t, faces_t, body_verts.to(posed_t.dtype), body_faces, Kt, mask.shape)
-    photo, mask_t = t(image) / 255.0, t(mask, torch.bool)
+    import cv2
+    k = 2 * options.texture_erode_px + 1   # colours at the mask's edge blend with the background
+    inner = cv2.erode(mask.astype(np.uint8), np.ones((k, k), np.uint8)) > 0
+    photo, mask_t = t(image) / 255.0, t(inner, torch.bool)
 
     def albedo_of(p: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         seen, px = _seen(p, n, depth, mask_t, Kt, options.visible_depth_tol)
