@@ -615,6 +615,62 @@ register(JobKind(P.KIND_PREPARE, _validate_prepare, _run_prepare,
                  "a subject from a video, an image folder or one image (masks, labels, SMPL body, camera)"))
 
 
+# -- reconstruct ----------------------------------------------------------------------------------
+
+RECONSTRUCT_FILES = P.RESULT_FILES[P.KIND_RECONSTRUCT]
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _validate_reconstruct(p: Params, ctx: SubmitContext) -> dict:
+    from ..errors import InputError
+    from ..recon.options import ReconOptions
+    d = ReconOptions()
+    params = {
+        "image": p.path("image", required=True, kind="file", suffixes=IMAGE_SUFFIXES),
+        "mask": p.path("mask", kind="file", suffixes=IMAGE_SUFFIXES),
+        "focal": p.float("focal", None, 1.0, 1e6),
+        "steps": p.int("steps", d.steps, 1, 10_000),
+        "texture_size": p.int("texture_size", d.texture_size, 64, 4096),
+        "body": p.model("body", "default"),
+        "gender": p.choice("gender", "neutral", GENDERS),
+    }
+    try:   # the CLI's own checks too
+        ReconOptions(steps=params["steps"], texture_size=params["texture_size"]).check()
+    except InputError as exc:
+        raise ParamError((exc.field or "params").lstrip("-").replace("-", "_"), exc.message, exc.hint or "") from None
+    return params
+
+
+def _run_reconstruct(job: JobContext) -> dict[str, Path]:
+    import time
+
+    from ..perception.prepare import Hooks, PrepareCancelled
+    from ..recon.options import ReconOptions
+    from ..recon.pipeline import reconstruct
+    prm = job.params
+    last = [-math.inf]
+
+    def preview(rgb) -> None:
+        now = time.monotonic()
+        if now - last[0] >= PREPARE_PREVIEW_EVERY_S:
+            last[0] = now
+            job.preview(rgb)
+
+    try:   # reconstruct writes its result folder atomically: all of it appears, or nothing
+        reconstruct(prm["image"], job.out, mask=prm["mask"], focal=prm["focal"], body=prm["body"],
+                    gender=prm["gender"], device=job.device,
+                    options=ReconOptions(steps=prm["steps"], texture_size=prm["texture_size"],
+                                         threads=job.threads or 1),
+                    hooks=Hooks(progress=job.progress, should_stop=job.should_stop, preview=preview))
+    except PrepareCancelled as exc:
+        raise JobCancelled(str(exc)) from exc
+    return {name: job.out / rel for name, rel in RECONSTRUCT_FILES.items()}
+
+
+register(JobKind(P.KIND_RECONSTRUCT, _validate_reconstruct, _run_reconstruct,
+                 "a textured garment mesh skinned to the SMPL body from one photo"))
+
+
 def warm_up() -> None:
     """Import what the validators import, once at start: a first submit then answers in
     milliseconds (the add-on waits at most link.client.UI_TIMEOUT for a reply)."""
@@ -623,5 +679,6 @@ def warm_up() -> None:
     from ..fit.outfit_fit import FitOptions  # noqa: F401
     from ..garment.outfit import OUTFITS  # noqa: F401
     from ..perception.options import PrepareOptions  # noqa: F401
+    from ..recon.options import ReconOptions  # noqa: F401
     from ..synth.generate import SynthOptions  # noqa: F401
     from ..synth.motion import MOTIONS  # noqa: F401
