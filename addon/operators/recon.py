@@ -8,7 +8,7 @@ body. When the job ends its result folder is imported as any fit result (armatur
 garment mesh skinned to the armature, camera, the photo's pose) and becomes the scene's result
 folder.
 
-Like every job operator (:class:`~.jobs.JobOperatorMixin`): clicked in the UI it opens the file
+Like every browsing job operator (:class:`~.jobs.BrowseJobMixin`): clicked in the UI it opens the file
 browser and, once a file is chosen, runs modal (progress, the refinement preview, Esc cancels);
 called from a script or in background mode with ``filepath`` it blocks until the result is
 imported.
@@ -22,7 +22,7 @@ from bpy.types import Operator
 
 from ..link import protocol
 from . import runtime
-from .jobs import JobOperatorMixin, poll_backend_free
+from .jobs import BrowseJobMixin
 
 
 def image_path(path, what="Choose a photo"):
@@ -36,7 +36,7 @@ def image_path(path, what="Choose a photo"):
     return path
 
 
-class POINTWEAR_OT_reconstruct_image(JobOperatorMixin, Operator):
+class POINTWEAR_OT_reconstruct_image(BrowseJobMixin, Operator):
     """Reconstruct the clothing of one photo on the backend as a textured garment mesh skinned to
     the SMPL body, then import it. Esc cancels"""
 
@@ -59,28 +59,6 @@ class POINTWEAR_OT_reconstruct_image(JobOperatorMixin, Operator):
                        default=80, min=1, max=10000, soft_max=500)
     texture_size: IntProperty(name="Texture", description="Side of the albedo texture in pixels",
                               default=512, min=64, max=4096)
-
-    _browsing = False
-
-    @classmethod
-    def poll(cls, context):
-        if getattr(context.scene, "pointwear", None) is None:
-            cls.poll_message_set("The Pointwear add-on is not enabled")
-            return False
-        return poll_backend_free(cls)
-
-    def invoke(self, context, event):
-        if bpy.app.background or context.window is None:
-            return self.execute(context)
-        self._browsing = True
-        context.window_manager.fileselect_add(self)
-        return {"RUNNING_MODAL"}
-
-    def execute(self, context):
-        if self._browsing and not bpy.app.background and context.window is not None:
-            self._browsing = False
-            return JobOperatorMixin.invoke(self, context, None)
-        return JobOperatorMixin.execute(self, context)
 
     def draw(self, context):
         layout = self.layout

@@ -587,20 +587,25 @@ def params_options(params: dict) -> dict:
     return {k: v for k, v in params.items() if k != "input"}
 
 
-def _run_prepare(job: JobContext) -> dict[str, Path]:
+def throttled_preview(job: JobContext, every_s: float):
+    """job.preview, passed on at most once per `every_s` seconds (the first always)."""
     import time
-
-    from ..perception.options import PrepareOptions
-    from ..perception.prepare import Hooks, PrepareCancelled, prepare_subject
-    options = PrepareOptions(**params_options(job.params), device=job.device)
     last = [-math.inf]
 
     def preview(rgb) -> None:
         now = time.monotonic()
-        if now - last[0] >= PREPARE_PREVIEW_EVERY_S:
+        if now - last[0] >= every_s:
             last[0] = now
             job.preview(rgb)
 
+    return preview
+
+
+def _run_prepare(job: JobContext) -> dict[str, Path]:
+    from ..perception.options import PrepareOptions
+    from ..perception.prepare import Hooks, PrepareCancelled, prepare_subject
+    options = PrepareOptions(**params_options(job.params), device=job.device)
+    preview = throttled_preview(job, PREPARE_PREVIEW_EVERY_S)
     # prepare writes the subject atomically itself: "subject" appears whole or not at all.
     subject = job.out / PREPARE_FILES["subject"]
     try:
@@ -642,20 +647,11 @@ def _validate_reconstruct(p: Params, ctx: SubmitContext) -> dict:
 
 
 def _run_reconstruct(job: JobContext) -> dict[str, Path]:
-    import time
-
     from ..perception.prepare import Hooks, PrepareCancelled
     from ..recon.options import ReconOptions
     from ..recon.pipeline import reconstruct
     prm = job.params
-    last = [-math.inf]
-
-    def preview(rgb) -> None:
-        now = time.monotonic()
-        if now - last[0] >= PREPARE_PREVIEW_EVERY_S:
-            last[0] = now
-            job.preview(rgb)
-
+    preview = throttled_preview(job, PREPARE_PREVIEW_EVERY_S)
     try:   # reconstruct writes its result folder atomically: all of it appears, or nothing
         reconstruct(prm["image"], job.out, mask=prm["mask"], focal=prm["focal"], body=prm["body"],
                     gender=prm["gender"], device=job.device,
