@@ -42,6 +42,7 @@ SUBJECTS = [("tshirt-shorts", 100), ("longsleeve-trousers", 101), ("tank-skirt",
             ("tshirt-shorts", 104), ("longsleeve-trousers", 105), ("tank-skirt", 106), ("dress", 107),
             ("hoodie+trousers", 108), ("tshirt+skirt", 109), ("jacket+tshirt+trousers", 110),
             ("jumpsuit", 111), ("longsleeve+shorts", 112)]
+TUNING = [("dress", 0), ("tshirt-shorts", 1), ("tank-skirt", 2)]   # for choosing ReconOptions only
 VIEWS = {1: "+90", 2: "180", 3: "-90"}
 
 
@@ -70,7 +71,7 @@ def chamfer_cm(a: np.ndarray, b: np.ndarray) -> float:
     return float(50.0 * (cKDTree(b).query(a)[0].mean() + cKDTree(a).query(b)[0].mean()))
 
 
-def run_subject(outfit: str, seed: int, work: Path, steps: int | None) -> dict:
+def run_subject(outfit: str, seed: int, work: Path, steps: int | None, overrides: dict | None = None) -> dict:
     from pointwear.body import load_body
     from pointwear.data.subject import read_subject
     from pointwear.mesh.result_mesh import read_result_mesh
@@ -86,7 +87,7 @@ def run_subject(outfit: str, seed: int, work: Path, steps: int | None) -> dict:
         generate_subject(subj, SynthOptions(frames=4, size=512, outfit=outfit, motion="turntable", seed=seed))
     s = read_subject(subj)
     out = work / "results" / name
-    options = ReconOptions() if steps is None else ReconOptions(steps=steps)
+    options = ReconOptions(**(overrides or {}), **({} if steps is None else {"steps": steps}))
     t0 = time.perf_counter()
     result = reconstruct(subj / "frames" / "000000.png", out, mask=subj / "masks" / "000000.png",
                          focal=float(s.K[0, 0, 0]), options=options)
@@ -167,8 +168,16 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/pointwear_bench_recon"))
     ap.add_argument("--quick", action="store_true", help="two subjects, 10 steps (checks the script)")
     ap.add_argument("--no-real", action="store_true")
+    ap.add_argument("--tuning", action="store_true", help="the tuning subjects (seeds 0-2); no doc")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="a ReconOptions field for this run (tuning)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    overrides = {k: float(v) for k, v in (a.split("=", 1) for a in args.set)}
+    if args.tuning:
+        for outfit, seed in TUNING:
+            print(json.dumps(run_subject(outfit, seed, args.work, None, overrides)), flush=True)
+        return
     subjects = SUBJECTS[:2] if args.quick else SUBJECTS
     rows_file = args.work / "rows.json"
     rows = json.loads(rows_file.read_text()) if rows_file.exists() and not args.quick else []

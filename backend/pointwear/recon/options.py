@@ -13,6 +13,7 @@ class ReconOptions:
     render_height: int = 320          # px: the person's box is rendered this tall while refining
     mask_dilate_px: int = 2           # body vertices projecting this close to the mask are garment
     start_offset: float = 0.008       # m: the template starts this far outside the body
+    ring_bin: float = 0.03            # m: cross-section rings bin a bone's vertices this finely
     min_faces: int = 50               # fewer garment faces than this: the mask misses the body
     # -- refinement (per-vertex offsets, albedo, light) -----------------------------------------
     steps: int = 80
@@ -33,6 +34,8 @@ class ReconOptions:
     w_symmetry: float = 0.1 * 1000
     w_deform: float = 0.1 * 100
     w_penetration: float = 1000.0
+    w_ring: float = 100.0             # a cross-section swells evenly: offsets along the normal
+                                      # near their ring's mean (the unseen depth follows the width)
     w_albedo_smooth: float = 0.1
     w_light_prior: float = 0.01
     clearance: float = 0.003          # m the garment keeps outside the body surface

@@ -11,7 +11,9 @@ Losses (weights in ReconOptions): 2 x (1 - soft IoU) of the garment's silhouette
 hides in front of it, against the clothing mask; L1 of albedo x SH shading against the image on
 the visible garment; uniform Laplacian of the offsets; relative edge-length change; flatness
 (1 - cos of adjacent face normals); symmetry of the offsets across x = 0; deformation |o|^2; body
-penetration (clearance along the body normal of the nearest body vertex); albedo smoothness;
+penetration (clearance along the body normal of the nearest body vertex); cross-section rings
+(offsets along the normal near their ring's mean, so the unseen depth swells with the seen width);
+albedo smoothness;
 light prior (non-ambient SH terms small).
 
 The image and masks are cropped to the person's box and resampled so that it is
@@ -88,6 +90,9 @@ class MeshTerms:
     neighbours: torch.Tensor   # (E2,2) directed edges (i, j), both ways, for Laplacians
     degree: torch.Tensor       # (V,)
     mirror: torch.Tensor       # (M,2) vertex pairs (i, mirror(i)), i < mirror(i)
+    ring: torch.Tensor         # (V,) cross-section ring id
+    ring_count: torch.Tensor   # (R,) vertices per ring
+    normals: torch.Tensor      # (V,3) rest-pose normals of the template
 
     @classmethod
     def build(cls, t: Template, start_offset: float, device: torch.device, dtype=torch.float32) -> "MeshTerms":
@@ -109,7 +114,15 @@ class MeshTerms:
         mirror = np.stack([i[(m >= 0) & (i < m)], m[(m >= 0) & (i < m)]], 1)
         tt = lambda a, d=torch.long: torch.as_tensor(a, dtype=d, device=device)  # noqa: E731
         return cls(faces=tt(f), edges=tt(edges), rest_len=tt(rest_len, dtype), face_pairs=tt(pairs),
-                   neighbours=tt(nb), degree=tt(np.maximum(deg, 1), dtype), mirror=tt(mirror.reshape(-1, 2)))
+                   neighbours=tt(nb), degree=tt(np.maximum(deg, 1), dtype), mirror=tt(mirror.reshape(-1, 2)),
+                   ring=tt(t.ring), ring_count=tt(np.bincount(t.ring).astype(np.float32), dtype),
+                   normals=tt(t.normals, dtype))
+
+    def ring_spread(self, d: torch.Tensor) -> torch.Tensor:
+        """Mean squared deviation of each vertex's offset along its normal from its ring's mean."""
+        on = (d * self.normals).sum(-1)
+        mean = torch.zeros_like(self.ring_count).index_add(0, self.ring, on) / self.ring_count
+        return (on - mean.index_select(0, self.ring)).pow(2).mean()
 
     def laplacian(self, x: torch.Tensor) -> torch.Tensor:
         """(V,C) -> (V,C) uniform Laplacian: mean of the neighbours minus the vertex."""
@@ -209,16 +222,17 @@ class _Problem:
         sym = (d.index_select(0, T.mirror[:, 0]) - d.index_select(0, T.mirror[:, 1]) * flip).pow(2).sum(-1)
         sym = sym.mean() if T.mirror.shape[0] else d.new_zeros(())
         deform = d.pow(2).sum(-1).mean()
+        ring = T.ring_spread(d)
         bn = self.body_normals.index_select(0, self.nearest)
         gap = ((posed - self.body_verts.index_select(0, self.nearest)) * bn).sum(-1)
         pen = F.relu(o.clearance - gap).pow(2).mean()
         a_smooth = T.laplacian(albedo).abs().sum(-1).mean()
         light = sh[1:].pow(2).sum() + (sh[0] - SH_DC).pow(2) * 0.1
         total = (o.w_iou * (1 - iou) + o.w_l1 * l1 + o.w_laplacian * lap + o.w_edge * edge + o.w_flat * flat
-                 + o.w_symmetry * sym + o.w_deform * deform + o.w_penetration * pen
+                 + o.w_symmetry * sym + o.w_deform * deform + o.w_penetration * pen + o.w_ring * ring
                  + o.w_albedo_smooth * a_smooth + o.w_light_prior * light)
         parts = {"total": total, "iou": iou, "l1": l1, "laplacian": lap, "edge": edge, "flat": flat,
-                 "symmetry": sym, "deform": deform, "penetration": pen}
+                 "symmetry": sym, "deform": deform, "penetration": pen, "ring": ring}
         return total, {"posed": posed, "rest": rest, "parts": parts}
 
 

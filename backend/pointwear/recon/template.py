@@ -30,7 +30,8 @@ class Template:
 
     body_vertex (V,) int64 the body vertex each came from; faces (F,3) int64 local, CCW outside;
     rest (V,3) float32 rest-pose positions (the fit's betas); normals (V,3) rest-pose unit normals;
-    weights (V,24) skin weights; mirror (V,) local index of the mirror vertex or -1.
+    weights (V,24) skin weights; mirror (V,) local index of the mirror vertex or -1; ring (V,)
+    int64 id of the vertex's cross-section ring (its dominant bone, binned along the bone).
     """
 
     body_vertex: np.ndarray
@@ -39,6 +40,7 @@ class Template:
     normals: np.ndarray
     weights: np.ndarray
     mirror: np.ndarray
+    ring: np.ndarray
 
     @property
     def num_vertices(self) -> int:
@@ -58,6 +60,22 @@ def mirror_vertices(rest: np.ndarray) -> np.ndarray:
     """(V,) index of each vertex's mirror image (x -> -x), or -1 when none lies close."""
     d, idx = cKDTree(rest).query(rest * np.array([-1.0, 1.0, 1.0]))
     return np.where(d < MIRROR_MAX_DIST, idx, -1).astype(np.int64)
+
+
+def cross_section_rings(rest: np.ndarray, weights: np.ndarray, joints: np.ndarray, parents: np.ndarray,
+                        bin_size: float) -> np.ndarray:
+    """(V,) ring id: vertices of one dominant bone whose positions along the bone's axis (from the
+    joint to its first child; a leaf joint: from its parent) fall in one `bin_size` bin."""
+    dominant = weights.argmax(1)
+    child = np.full(len(joints), -1)
+    for j in range(len(joints) - 1, 0, -1):
+        child[parents[j]] = j
+    axis = np.where((child >= 0)[:, None], joints[np.maximum(child, 0)] - joints,
+                    joints - joints[np.maximum(parents, 0)])
+    axis /= np.maximum(np.linalg.norm(axis, axis=1, keepdims=True), 1e-9)
+    t = ((rest - joints[dominant]) * axis[dominant]).sum(1)
+    key = dominant.astype(np.int64) * 100_000 + np.round(t / bin_size).astype(np.int64)
+    return np.unique(key, return_inverse=True)[1].astype(np.int64)
 
 
 def _close(sel: np.ndarray, adj: sparse.csr_matrix, rings: int) -> np.ndarray:
@@ -86,7 +104,8 @@ def body_region_template(obs: Observation, body: BodyModel, options: ReconOption
     import cv2
     with torch.no_grad():
         posed = obs.posed_body(body)[0].cpu().numpy()                         # (Vb,3) camera space
-        rest = body.shaped(obs.betas)[0][0].cpu().numpy()
+        rest_t, joints_t = body.shaped(obs.betas)
+        rest, joints = rest_t[0].cpu().numpy(), joints_t[0].cpu().numpy()
     K = obs.K
     uv = posed[:, :2] / posed[:, 2:3] * np.diag(K)[:2] + K[:2, 2]
     k = 2 * options.mask_dilate_px + 1
@@ -109,12 +128,13 @@ def body_region_template(obs: Observation, body: BodyModel, options: ReconOption
     local = np.full(len(posed), -1, np.int64)
     local[used] = np.arange(len(used))
     faces = local[faces_b[keep]]
-    rest_t = torch.as_tensor(rest)
     from ..render.soft import vertex_normals
-    normals = vertex_normals(rest_t, torch.as_tensor(faces_b)).numpy()[used]
+    normals = vertex_normals(torch.as_tensor(rest), torch.as_tensor(faces_b)).numpy()[used]
     mirror_b = mirror_vertices(rest) if mirror is None else mirror
     m = mirror_b[used]
     mirror_local = np.where(m >= 0, local[np.maximum(m, 0)], -1)
     return Template(body_vertex=used, faces=faces, rest=rest[used].astype(np.float32),
                     normals=normals.astype(np.float32), weights=body.weights_np[used].astype(np.float32),
-                    mirror=mirror_local.astype(np.int64))
+                    mirror=mirror_local.astype(np.int64),
+                    ring=cross_section_rings(rest[used], body.weights_np[used], joints, body.parents,
+                                             options.ring_bin))
