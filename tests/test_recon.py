@@ -79,3 +79,14 @@ def test_bad_photos_are_named(tmp_path, case):
     proc = run(str(photo), "--out", str(out), timeout=300)
     _expect_error(proc, str(photo), out)
     assert {"no-person": "no person", "two-people": "2 people", "too-small": "px tall"}[case] in proc.stderr
+
+
+def test_mask_that_misses_the_person_is_named(tmp_path):
+    mask = tmp_path / "corner.png"
+    m = np.zeros((512, 512), np.uint8)
+    m[:60, :60] = 255                      # clothing in the empty top-left corner
+    Image.fromarray(m).save(mask)
+    out = tmp_path / "R"
+    proc = run(str(PHOTO), "--mask", str(mask), "--out", str(out), timeout=300)
+    _expect_error(proc, str(mask), out)
+    assert "lies on the person" in proc.stderr

@@ -68,8 +68,9 @@ def _check_mask_file(mask: Path, image: Path) -> None:
                          file=mask, field="--mask", hint="give the clothing mask of this image")
 
 
-def _count_people(image: Path, options: PrepareOptions) -> tuple[int, float]:
-    """People the pose model sees in the image and the tallest one's height (px, prepared size)."""
+def _people(image: Path, options: PrepareOptions) -> tuple[list, float]:
+    """The people the pose model sees in the image (visibility >= MIN_PERSON_SCORE) and the scale
+    of the prepared frame (prepared px / image px)."""
     from ..perception.decode import open_input
     from ..perception.pose import PoseDetector
     from ..perception.prepare import MAX_PEOPLE
@@ -80,8 +81,36 @@ def _count_people(image: Path, options: PrepareOptions) -> tuple[int, float]:
     frame = next(iter(frames))
     with PoseDetector(video=False) as det:
         people = det.detect(frame.rgb, max_people=MAX_PEOPLE)
-    people = [p for p in people if p.score >= MIN_PERSON_SCORE]
-    return len(people), max((p.height_px * (1.0 / info.scale) for p in people), default=0.0)
+    return [p for p in people if p.score >= MIN_PERSON_SCORE], info.scale
+
+
+def _check_mask_on_person(mask: Path, person: np.ndarray) -> None:
+    """A user's clothing mask must lie mostly on the person the pose model found."""
+    from ..data.subject import image_to_mask_values
+    with Image.open(mask) as m:
+        values, full = image_to_mask_values(m, mask)
+    on = (values > 0.5 * full).astype(np.uint8) * 255
+    on = np.asarray(Image.fromarray(on).resize(person.shape[::-1], Image.NEAREST)) > 127
+    share = (on & person).sum() / max(1, on.sum())
+    if on.sum() == 0 or share < MIN_MASK_ON_PERSON:
+        raise InputError(f"only {share:.0%} of the clothing mask lies on the person in the image",
+                         file=mask, field="--mask", hint="give the clothing mask of this image")
+
+
+def _check_photo(image: Path, options: PrepareOptions, mask: Path | None) -> None:
+    """Exactly one person, tall enough, and a user's mask on them: checked before the body fit."""
+    people, scale = _people(image, options)
+    if not people:
+        raise InputError("no person found in the image", file=image, field="IMAGE")
+    if len(people) > 1:
+        raise InputError(f"{len(people)} people in the image; reconstruct takes a photo of one person",
+                         file=image, field="IMAGE", hint="crop the image to one person")
+    height = people[0].height_px / scale
+    if height < MIN_PERSON_HEIGHT_PX:
+        raise InputError(f"the person is {height:.0f} px tall, under {MIN_PERSON_HEIGHT_PX} px",
+                         file=image, field="IMAGE", hint="use a larger or closer photo")
+    if mask is not None:
+        _check_mask_on_person(mask, people[0].mask > 0.5)
 
 
 def perceive_image(image: str | Path, subject_dir: Path, *, mask: str | Path | None = None,
@@ -103,16 +132,8 @@ def perceive_image(image: str | Path, subject_dir: Path, *, mask: str | Path | N
         masks_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(mask, masks_dir / f"{image.stem}{mask.suffix.lower()}")
         options.masks = str(masks_dir)
-    n, height = _count_people(image, options)
-    if n == 0:
-        raise InputError("no person found in the image", file=image, field="IMAGE")
-    if n > 1:
-        raise InputError(f"{n} people in the image; reconstruct takes a photo of one person",
-                         file=image, field="IMAGE", hint="crop the image to one person")
-    if height < MIN_PERSON_HEIGHT_PX:
-        raise InputError(f"the person is {height:.0f} px tall, under {MIN_PERSON_HEIGHT_PX} px",
-                         file=image, field="IMAGE", hint="use a larger or closer photo")
     try:
+        _check_photo(image, options, mask)
         prepare_subject(image, subject_dir, options, hooks)
     finally:
         if masks_dir is not None:
