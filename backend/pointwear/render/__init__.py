@@ -10,7 +10,9 @@ from pointwear.render.rasterizer import (
 from pointwear.render.soft import (
     SoftFragments,
     SoftOptions,
+    render_textured,
     sample_texture,
+    sh_basis,
     sh_shading,
     soft_rasterize,
     soft_silhouette,
@@ -18,4 +20,4 @@ from pointwear.render.soft import (
 )
 
 __all__ = ["Fragments", "covered_pairs", "interpolate", "project", "rasterize", "SoftFragments", "SoftOptions",
-           "sample_texture", "sh_shading", "soft_rasterize", "soft_silhouette", "vertex_normals"]
+           "render_textured", "sample_texture", "sh_basis", "sh_shading", "soft_rasterize", "soft_silhouette", "vertex_normals"]
