@@ -164,8 +164,8 @@ def doc(rows: list[dict], real: dict | None) -> str:
               "the silhouette in the image plane, the cross-section rings swell the unseen depth with the "
               "seen width, but loose garments (skirts, dresses) and arms whose depth the fit got wrong "
               "still show at +-90 degrees (the 180 degree view, the same silhouette mirrored, scores "
-              "higher). The subjects with the lowest input IoU (104, 106, 109) are the side-on inputs "
-              "(the body turned 79, -103 and -73 degrees from the camera), where a single frame's body fit "
+              "higher). The subjects with the lowest input IoU (104, 105, 109) are turned away "
+              "(79, 117 and -73 degrees from facing the camera), where a single frame's body fit "
               "is least sure. The Chamfer figure includes the body fit's "
               "error (prepare's body fit: 33 mm PA-MPJPE on its benchmark); the raw figure adds the "
               "monocular depth/size ambiguity.",

@@ -34,7 +34,7 @@ class ReconOptions:
     w_symmetry: float = 0.1 * 1000
     w_deform: float = 0.1 * 100
     w_penetration: float = 1000.0
-    w_ring: float = 100.0             # a cross-section swells evenly: offsets along the normal
+    w_ring: float = 1000.0            # a cross-section swells evenly: offsets along the normal
                                       # near their ring's mean (the unseen depth follows the width)
     w_albedo_smooth: float = 0.1
     w_light_prior: float = 0.01
