@@ -97,6 +97,7 @@ class VIEW3D_PT_pointwear(_PointwearPanel, Panel):
         layout.separator()
         layout.prop(props, "subject_folder")
         layout.operator("pointwear.new_subject", icon="FILE_MOVIE")
+        layout.operator("pointwear.reconstruct_image", icon="MOD_CLOTH")
         sheet = subject.subject_sheet(props)
         if sheet is not None:
             layout.label(text="Contact sheet: " + sheet.name, icon="IMAGE_DATA")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # Lines of scripts/requirements.txt that are for development only (not the artist's backend).
-DEV_ONLY = ("pytest", "hypothesis", "bpy")
+DEV_ONLY = ("pytest", "hypothesis", "bpy", "pytorch-msssim")
 # What the build needs from a source tree (relative to its root).
 SOURCES = ("pyproject.toml", "README.md", "backend", "addon/link")
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", "*.egg-info", ".*")

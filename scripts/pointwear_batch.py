@@ -4,6 +4,8 @@
         [--appearance [--app-epochs N] [--app-minutes M] [--app-size S]] [--neural-render DIR]
     blender -b -P scripts/pointwear_batch.py -- --video FILE | --images DIR [--subject DIR] --out scene.blend ...
         [--every N] [--max-frames N] [--size PX] [--person auto|N] [--focal PX] [--masks DIR]
+    blender -b -P scripts/pointwear_batch.py -- --image FILE --out scene.blend [--mask FILE] [--focal PX]
+        [--recon-steps N] [--motion m.npz] [--render out.png] ...
     python scripts/pointwear_batch.py --subject DIR --out scene.blend ...      (the bpy module)
 
 It drives the real add-on through its operators, as an artist's clicks would: the add-on starts
@@ -11,7 +13,9 @@ the backend (or connects to a running one with --port/--token), fits the outfit 
 timers never fire in background mode), imports the result onto an SMPL armature, keys the motion,
 saves the .blend and renders with Cycles on the CPU when asked. With --video or --images (a folder
 or one image) it first makes the subject from that footage (the add-on's New Subject, the backend's
-`prepare`) and keeps it in --subject DIR, else beside --out (`<out stem>_subject/`). With --appearance it also fits the
+`prepare`) and keeps it in --subject DIR, else beside --out (`<out stem>_subject/`). With --image it
+reconstructs the clothing of one photo instead of fitting (the add-on's Reconstruct from Image, the
+backend's `reconstruct`): a textured garment mesh skinned to the armature, imported as a fit's. With --appearance it also fits the
 subject's appearance after the outfit (the clothing gets its baked colours), and --neural-render
 renders that appearance with the backend over the keyed motion (scene frame range, the subject's
 camera, or with --motion a camera framing it) into a folder of RGBA PNGs. The add-on is used from an
@@ -43,6 +47,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     footage.add_argument("--video", type=Path, metavar="FILE", help="make the subject from this video first")
     footage.add_argument("--images", type=Path, metavar="DIR",
                          help="make the subject from this folder of images (or one image) first")
+    footage.add_argument("--image", type=Path, metavar="FILE",
+                         help="reconstruct the clothing of this one photo (no subject, no fit)")
+    p.add_argument("--mask", type=Path, help="--image: your own clothing mask of the photo")
+    p.add_argument("--recon-steps", type=int, default=80, help="--image: refinement steps")
     p.add_argument("--every", type=int, default=1, help="prepare: keep every Nth frame")
     p.add_argument("--max-frames", type=int, default=0, help="prepare: at most N frames, evenly spread (0: all)")
     p.add_argument("--size", type=int, default=0, help="prepare: long side in px (0: the input's, at most 1024)")
@@ -86,7 +94,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--neural-frames", type=int, default=0, help="neural-render only the first N frames (0: all)")
     args = p.parse_args(argv)
     args.footage = args.video or args.images
-    if args.footage is not None:
+    if args.image is not None:
+        check_image(p, args)
+    elif args.footage is not None:
         check_footage(p, args)
     elif (args.subject is None) == (args.result is None):
         p.error("give one of --subject, --result, --video or --images")
@@ -99,6 +109,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if path is not None and not path.exists() and not (name == "subject" and args.footage):
             p.error(f"--{name}: {path} does not exist")
     return args
+
+
+def check_image(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--image: one existing photo (and mask); it goes with neither --subject nor --result."""
+    if args.subject is not None or args.result is not None:
+        p.error("--image reconstructs from the photo alone: it does not go with --subject or --result")
+    for flag, path in (("--image", args.image), ("--mask", args.mask)):
+        if path is not None and not path.is_file():
+            p.error(f"{flag}: {path} is not a file")
+    if args.appearance:
+        p.error("--appearance needs a subject: it does not go with --image")
+    if not (1 <= args.recon_steps <= 10_000 and args.focal >= 0):
+        p.error(f"--recon-steps / --focal: out of range: {args.recon_steps} / {args.focal}")
 
 
 def check_footage(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -176,9 +199,19 @@ def run_pointwear(args: argparse.Namespace) -> None:
     import bpy
 
     props = bpy.context.scene.pointwear
-    if args.footage is not None:
+    if args.image is not None:
+        ensure_backend()
+        try:
+            check(bpy.ops.pointwear.reconstruct_image(
+                filepath=str(args.image.resolve()), mask=str(args.mask.resolve()) if args.mask else "",
+                focal=args.focal, steps=args.recon_steps), "reconstructing from the image")
+        except RuntimeError as ex:   # the operator's error report: what is wrong with the photo
+            raise SystemExit(f"pointwear_batch: reconstructing from the image failed: {ex}") from None
+    elif args.footage is not None:
         prepare_subject(args)
-    if args.subject is not None:
+    if args.image is not None:
+        pass
+    elif args.subject is not None:
         props.subject_folder = str(args.subject.resolve())
         props.fit_drape = args.drape.upper()
         props.fit_template = args.template.upper().replace("-", "_")

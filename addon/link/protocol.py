@@ -91,8 +91,9 @@ KIND_FIT_APPEARANCE = "fit_appearance"
 KIND_RENDER = "render"
 KIND_PREPARE = "prepare"           # a subject from a video, an image folder or one image
 KIND_EXPORT = "export"             # a result as glb / obj / ply (backend pointwear.mesh.export)
+KIND_RECONSTRUCT = "reconstruct"   # a textured, skinned garment mesh from one photo
 JOB_KINDS = (KIND_BODY, KIND_SYNTH, KIND_FIT_OUTFIT, KIND_DRAPE, KIND_FIT_APPEARANCE, KIND_RENDER,
-             KIND_PREPARE, KIND_EXPORT)
+             KIND_PREPARE, KIND_EXPORT, KIND_RECONSTRUCT)
 EXPORT_FORMATS = ("glb", "obj", "ply")
 
 # -- result files: the RESULT event's "files" maps these names to absolute paths --------------------
@@ -125,6 +126,8 @@ RESULT_FILES = {
                   "ply": "garment.ply"},
     KIND_PREPARE: {"subject": "subject", "sheet": "subject/prepare/contact_sheet.png",
                    "report": "subject/prepare/report.json"},
+    KIND_RECONSTRUCT: {"outfit": OUTFIT_NPZ, "posed": POSED_NPZ, "body": BODY_NPZ, "result_json": RESULT_JSON,
+                       "texture": TEXTURE_PNG, "preview": "preview.png", "subject": "subject"},
 }
 
 # -- error codes ------------------------------------------------------------------------------------

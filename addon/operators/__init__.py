@@ -8,6 +8,7 @@
   scripts and background mode)
 - :mod:`.appearance` ``fit_appearance``, ``neural_render`` (job operators, as above)
 - :mod:`.subject`   ``new_subject`` (a subject from a video or images: the ``prepare`` job)
+- :mod:`.recon`     ``reconstruct_image`` (a textured garment mesh from one photo: ``reconstruct``)
 - :mod:`.scene_ops` ``import_result``, ``load_motion``, ``redrape``
 - :mod:`.runtime`   the backend session, the event pump (timer) and the scene mirror
 """
@@ -27,16 +28,19 @@ from .jobs import CLASSES as _JOB_CLASSES
 from .runtime import backend_python_path
 from .scene_ops import POINTWEAR_OT_import_result, POINTWEAR_OT_load_motion, POINTWEAR_OT_redrape
 from .scene_ops import CLASSES as _SCENE_CLASSES
+from .recon import CLASSES as _RECON_CLASSES
+from .recon import POINTWEAR_OT_reconstruct_image
 from .subject import POINTWEAR_OT_new_subject
 from .subject import CLASSES as _SUBJECT_CLASSES
 
-CLASSES = _BACKEND_CLASSES + _INSTALL_CLASSES + _JOB_CLASSES + _SUBJECT_CLASSES + _APPEARANCE_CLASSES + _SCENE_CLASSES
+CLASSES = (_BACKEND_CLASSES + _INSTALL_CLASSES + _JOB_CLASSES + _SUBJECT_CLASSES + _RECON_CLASSES
+           + _APPEARANCE_CLASSES + _SCENE_CLASSES)
 
 __all__ = [
     "CLASSES", "backend_python_path", "runtime",
     "POINTWEAR_OT_check_backend", "POINTWEAR_OT_start_backend", "POINTWEAR_OT_stop_backend",
     "POINTWEAR_OT_fit_outfit", "POINTWEAR_OT_cancel_job", "POINTWEAR_OT_wait_job",
-    "POINTWEAR_OT_new_subject",
+    "POINTWEAR_OT_new_subject", "POINTWEAR_OT_reconstruct_image",
     "POINTWEAR_OT_fit_appearance", "POINTWEAR_OT_neural_render",
     "POINTWEAR_OT_import_result", "POINTWEAR_OT_load_motion", "POINTWEAR_OT_redrape",
 ]

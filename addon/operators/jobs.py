@@ -161,6 +161,35 @@ class JobOperatorMixin:
                 job.kind, job.progress_text, 100.0 * job.fraction))
 
 
+class BrowseJobMixin(JobOperatorMixin):
+    """A job operator that first opens Blender's file browser (its options in the browser's
+    sidebar): clicked in the UI it browses, then runs modal once a file is chosen; from a script or
+    in background mode it runs at once (blocking unless ``wait=False``)."""
+
+    _browsing = False
+
+    @classmethod
+    def poll(cls, context):
+        if getattr(context.scene, "pointwear", None) is None:
+            cls.poll_message_set("The Pointwear add-on is not enabled")
+            return False
+        return poll_backend_free(cls)
+
+    def invoke(self, context, event):
+        if bpy.app.background or context.window is None:
+            return self.execute(context)
+        self._browsing = True
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        if self._browsing and not bpy.app.background and context.window is not None:
+            # Chosen in the file browser: run modal (progress, preview, Esc), as a click would.
+            self._browsing = False
+            return JobOperatorMixin.invoke(self, context, None)
+        return JobOperatorMixin.execute(self, context)
+
+
 def poll_subject_job(cls, context):
     """Shared poll of the jobs that fit a subject folder: add-on on, backend free, folder set."""
     props = getattr(context.scene, "pointwear", None)

@@ -7,7 +7,7 @@ the scene's subject folder is the new subject (so Fit Outfit is ready) and the s
 sheet is loaded as the image "Pointwear Contact Sheet", shown under the subject folder in the
 sidebar.
 
-Like every job operator (:class:`~.jobs.JobOperatorMixin`): clicked in the UI it opens the file
+Like every browsing job operator (:class:`~.jobs.BrowseJobMixin`): clicked in the UI it opens the file
 browser and, once a file or folder is chosen, runs modal (progress, the detection preview, Esc
 cancels); called from a script or in background mode with ``filepath`` (or ``directory``) it
 blocks until the subject is made.
@@ -21,7 +21,7 @@ from bpy.types import Operator
 
 from ..link import protocol
 from . import runtime
-from .jobs import JobOperatorMixin, poll_backend_free
+from .jobs import BrowseJobMixin
 
 SHEET_IMAGE = "Pointwear Contact Sheet"
 SHEET_PATH = tuple(protocol.RESULT_FILES[protocol.KIND_PREPARE]["sheet"].split("/")[1:])   # in a subject
@@ -76,7 +76,7 @@ def input_path(filepath, directory):
     return path
 
 
-class POINTWEAR_OT_new_subject(JobOperatorMixin, Operator):
+class POINTWEAR_OT_new_subject(BrowseJobMixin, Operator):
     """Make a subject from a video, one image or a folder of images on the backend (frames,
     clothing masks, SMPL body, camera); it becomes the subject folder to fit. Esc cancels"""
 
@@ -123,29 +123,6 @@ class POINTWEAR_OT_new_subject(JobOperatorMixin, Operator):
                                   "Pointwear's)",
         subtype="DIR_PATH", default="", options={"SKIP_SAVE"},
     )
-
-    _browsing = False
-
-    @classmethod
-    def poll(cls, context):
-        if getattr(context.scene, "pointwear", None) is None:
-            cls.poll_message_set("The Pointwear add-on is not enabled")
-            return False
-        return poll_backend_free(cls)
-
-    def invoke(self, context, event):
-        if bpy.app.background or context.window is None:
-            return self.execute(context)
-        self._browsing = True
-        context.window_manager.fileselect_add(self)
-        return {"RUNNING_MODAL"}
-
-    def execute(self, context):
-        if self._browsing and not bpy.app.background and context.window is not None:
-            # Chosen in the file browser: run modal (progress, preview, Esc), as a click would.
-            self._browsing = False
-            return JobOperatorMixin.invoke(self, context, None)
-        return JobOperatorMixin.execute(self, context)
 
     def draw(self, context):
         layout = self.layout

@@ -250,6 +250,27 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    import logging
+
+    from .perception.prepare import Hooks
+    from .recon.options import ReconOptions
+    from .recon.pipeline import reconstruct
+    logging.basicConfig(format="pointwear: warning: %(message)s", level=logging.WARNING)
+    options = ReconOptions(steps=args.steps, texture_size=args.texture_size)
+    progress = _TqdmProgress()
+    try:
+        result = reconstruct(args.image, args.out, mask=args.mask, focal=args.focal, body=args.body,
+                             gender=args.gender, device=args.device, options=options,
+                             hooks=Hooks(progress=progress))
+    finally:
+        progress.close()
+    print(f"wrote {args.out}: {result['mesh_vertices']} vertices, {result['faces']} faces, input-view IoU "
+          f"{result['metrics']['input_iou']:.3f}, refinement {result['seconds']['refine']:.1f} s, "
+          f"total {result['seconds']['total']:.1f} s")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     if args.show_fingerprint:
         from .server.tls import certificate_fingerprint, ensure_certificate
@@ -283,6 +304,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .recon.options import ReconOptions as ReconOptionsDefaults
     parser = argparse.ArgumentParser(prog="pointwear", description=__doc__)
     parser.add_argument("--version", action="version", version=f"pointwear {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -421,6 +443,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gender", default="neutral", choices=["neutral", "male", "female"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("reconstruct", help="one photo -> a textured garment mesh skinned to the SMPL body "
+                       "(after 3D Magic Mirror; docs/recon.md)")
+    p.add_argument("image", help="a photo of one person (png, jpg, ...)")
+    p.add_argument("--out", required=True, help="result folder to write (new, empty or an earlier result)")
+    p.add_argument("--mask", default=None, help="your own clothing mask of the photo (same size; white = clothing)")
+    p.add_argument("--focal", type=float, default=None, help="focal length in px (default: EXIF, else a phone "
+                   "camera's 69 deg field of view)")
+    p.add_argument("--steps", type=int, default=ReconOptionsDefaults.steps, help="refinement steps")
+    p.add_argument("--texture-size", type=int, default=ReconOptionsDefaults.texture_size, help="texture side in px")
+    p.add_argument("--body", default="default", help='"default" or a path to an SMPL model')
+    p.add_argument("--gender", default="neutral", choices=["neutral", "male", "female"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("serve", help="run the job server the Blender add-on talks to (docs/protocol.md)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: other machines too; "

@@ -191,3 +191,17 @@ def test_batch_says_why_prepare_failed(tmp_path):
     assert proc.returncode == 1, (proc.stdout[-3000:], proc.stderr[-3000:])
     assert "preparing the subject failed" in proc.stderr and "no person" in proc.stderr, proc.stderr[-3000:]
     assert not (tmp_path / "room_subject").exists() and not (tmp_path / "room.blend").exists()
+
+
+def test_batch_reconstructs_one_photo(tmp_path, walk):
+    """--image: the add-on's Reconstruct from Image (the backend's reconstruct), imported, a motion
+    keyed, saved; the .blend has the skinned garment mesh on the armature."""
+    blend = tmp_path / "recon.blend"
+    proc = run_batch(tmp_path, "--image", PHOTO, "--recon-steps", 4, "--out", blend, "--motion", walk,
+                     "--up", "Y")
+    assert "saved" in proc.stdout
+    summary = read_blend(tmp_path, blend)
+    assert set(summary["kinds"]) >= {"armature", "body", "clothing_mesh"}
+    assert summary["bones"] == 24 and summary["action"]
+    result = Path(summary["result"])
+    assert json.loads((result / "result.json").read_text())["drape"] == "recon:single-image"

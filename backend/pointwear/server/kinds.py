@@ -612,20 +612,25 @@ def params_options(params: dict) -> dict:
     return {k: v for k, v in params.items() if k != "input"}
 
 
-def _run_prepare(job: JobContext) -> dict[str, Path]:
+def throttled_preview(job: JobContext, every_s: float):
+    """job.preview, passed on at most once per `every_s` seconds (the first always)."""
     import time
-
-    from ..perception.options import PrepareOptions
-    from ..perception.prepare import Hooks, PrepareCancelled, prepare_subject
-    options = PrepareOptions(**params_options(job.params), device=job.device)
     last = [-math.inf]
 
     def preview(rgb) -> None:
         now = time.monotonic()
-        if now - last[0] >= PREPARE_PREVIEW_EVERY_S:
+        if now - last[0] >= every_s:
             last[0] = now
             job.preview(rgb)
 
+    return preview
+
+
+def _run_prepare(job: JobContext) -> dict[str, Path]:
+    from ..perception.options import PrepareOptions
+    from ..perception.prepare import Hooks, PrepareCancelled, prepare_subject
+    options = PrepareOptions(**params_options(job.params), device=job.device)
+    preview = throttled_preview(job, PREPARE_PREVIEW_EVERY_S)
     # prepare writes the subject atomically itself: "subject" appears whole or not at all.
     subject = job.out / PREPARE_FILES["subject"]
     try:
@@ -640,6 +645,53 @@ register(JobKind(P.KIND_PREPARE, _validate_prepare, _run_prepare,
                  "a subject from a video, an image folder or one image (masks, labels, SMPL body, camera)"))
 
 
+# -- reconstruct ----------------------------------------------------------------------------------
+
+RECONSTRUCT_FILES = P.RESULT_FILES[P.KIND_RECONSTRUCT]
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _validate_reconstruct(p: Params, ctx: SubmitContext) -> dict:
+    from ..errors import InputError
+    from ..recon.options import ReconOptions
+    d = ReconOptions()
+    params = {
+        "image": p.path("image", required=True, kind="file", suffixes=IMAGE_SUFFIXES),
+        "mask": p.path("mask", kind="file", suffixes=IMAGE_SUFFIXES),
+        "focal": p.float("focal", None, 1.0, 1e6),
+        "steps": p.int("steps", d.steps, 1, 10_000),
+        "texture_size": p.int("texture_size", d.texture_size, 64, 4096),
+        "body": p.model("body", "default"),
+        "gender": p.choice("gender", "neutral", GENDERS),
+    }
+    try:   # the CLI's own checks too
+        ReconOptions(steps=params["steps"], texture_size=params["texture_size"]).check()
+    except InputError as exc:
+        raise ParamError((exc.field or "params").lstrip("-").replace("-", "_"), exc.message, exc.hint or "") from None
+    return params
+
+
+def _run_reconstruct(job: JobContext) -> dict[str, Path]:
+    from ..perception.prepare import Hooks, PrepareCancelled
+    from ..recon.options import ReconOptions
+    from ..recon.pipeline import reconstruct
+    prm = job.params
+    preview = throttled_preview(job, PREPARE_PREVIEW_EVERY_S)
+    try:   # reconstruct writes its result folder atomically: all of it appears, or nothing
+        reconstruct(prm["image"], job.out, mask=prm["mask"], focal=prm["focal"], body=prm["body"],
+                    gender=prm["gender"], device=job.device,
+                    options=ReconOptions(steps=prm["steps"], texture_size=prm["texture_size"],
+                                         threads=job.threads or 1),
+                    hooks=Hooks(progress=job.progress, should_stop=job.should_stop, preview=preview))
+    except PrepareCancelled as exc:
+        raise JobCancelled(str(exc)) from exc
+    return {name: job.out / rel for name, rel in RECONSTRUCT_FILES.items()}
+
+
+register(JobKind(P.KIND_RECONSTRUCT, _validate_reconstruct, _run_reconstruct,
+                 "a textured garment mesh skinned to the SMPL body from one photo"))
+
+
 def warm_up() -> None:
     """Import what the validators import, once at start: a first submit then answers in
     milliseconds (the add-on waits at most link.client.UI_TIMEOUT for a reply)."""
@@ -648,5 +700,6 @@ def warm_up() -> None:
     from ..fit.outfit_fit import FitOptions  # noqa: F401
     from ..garment.outfit import OUTFITS  # noqa: F401
     from ..perception.options import PrepareOptions  # noqa: F401
+    from ..recon.options import ReconOptions  # noqa: F401
     from ..synth.generate import SynthOptions  # noqa: F401
     from ..synth.motion import MOTIONS  # noqa: F401

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..render.rasterizer import interpolate, rasterize
+from ..render.soft import vertex_normals
 from .texture import Texture
 
 
@@ -22,16 +23,6 @@ class SceneAssets:
     face_garment: torch.Tensor    # (Fg,) garment index of each cloth face
     textures: list[Texture]
     background: np.ndarray        # (H, W, 3) float in [0, 1]
-
-
-def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """Area-weighted vertex normals of a (V, 3) mesh."""
-    v0, v1, v2 = (verts[faces[:, k]] for k in range(3))
-    fn = torch.cross(v1 - v0, v2 - v0, dim=-1)
-    vn = torch.zeros_like(verts)
-    for k in range(3):
-        vn.index_add_(0, faces[:, k], fn)
-    return F.normalize(vn, dim=-1, eps=1e-12)
 
 
 def supersampled_K(K: np.ndarray, factor: int) -> np.ndarray:

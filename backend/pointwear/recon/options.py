@@ -1,0 +1,61 @@
+"""Every tuning number of `pointwear reconstruct` in one options object (the user's choices are the
+CLI flags; the loss weights follow 3D Magic Mirror's where the loss is the same)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MIN_PERSON_HEIGHT_PX = 128      # a person shorter than this in the photo is refused
+
+
+@dataclass(frozen=True)
+class ReconOptions:
+    # -- template: the body surface under the clothing mask ----------------------------------
+    render_height: int = 320          # px: the person's box is rendered this tall while refining
+    mask_dilate_px: int = 2           # body vertices projecting this close to the mask are garment
+    start_offset: float = 0.008       # m: the template starts this far outside the body
+    ring_bin: float = 0.03            # m: cross-section rings bin a bone's vertices this finely
+    min_faces: int = 50               # fewer garment faces than this: the mask misses the body
+    # -- refinement (per-vertex offsets, albedo, light) -----------------------------------------
+    steps: int = 80
+    smooth_passes: int = 6            # Laplacian smoothing of the raw offset parameters
+    lr_offsets: float = 2e-3
+    lr_albedo: float = 2e-2
+    lr_light: float = 1e-2
+    sigma: float = 1.0                # soft silhouette softness, px^2 at render_height, at the start
+    sigma_final: float = 0.1          # ... annealed geometrically to this (a blurred IoU's optimum
+                                      # sits inside the mask; a sharp one at its edge)
+    occlusion_every: int = 10         # steps between updates of what the body hides of the garment
+    # loss weights
+    w_iou: float = 2.0                # 1 - soft mask IoU (x2 as the paper)
+    w_l1: float = 1.0                 # L1 on the masked image
+    w_laplacian: float = 1e4          # offsets in metres: |L o|^2 ~ 1e-6 per vertex
+    w_edge: float = 0.001 * 4000
+    w_flat: float = 0.0005 * 50
+    w_symmetry: float = 0.1 * 1000
+    w_deform: float = 0.1 * 100
+    w_penetration: float = 1000.0
+    w_ring: float = 1000.0            # a cross-section swells evenly: offsets along the normal
+                                      # near their ring's mean (the unseen depth follows the width)
+    w_albedo_smooth: float = 0.1
+    w_light_prior: float = 0.01
+    clearance: float = 0.003          # m the garment keeps outside the body surface
+    max_offset: float = 0.25          # m: offsets are bounded (tanh) so nothing flies off
+    # -- texture ---------------------------------------------------------------------------------
+    texture_size: int = 512
+    texture_erode_px: int = 2         # texels are taken from the photo this far inside the mask
+    visible_depth_tol: float = 0.01   # m: a texel is seen when its depth is this close to the z-buffer
+    inpaint_iters: int = 200          # Jacobi sweeps that fill hidden vertices from their neighbours
+    seed: int = 0
+    threads: int = 1                  # CPU threads for torch (0: torch's default): many small ops,
+                                      # where spinning OpenMP threads cost more than they give
+
+    def check(self) -> "ReconOptions":
+        """Bounds of what a user sets (errors name the flag) and of the tuning numbers."""
+        from ..errors import InputError
+        if not (isinstance(self.steps, int) and 1 <= self.steps <= 10_000):
+            raise InputError(f"must be an integer 1..10000, got {self.steps!r}", field="--steps")
+        if not (isinstance(self.texture_size, int) and 64 <= self.texture_size <= 4096):
+            raise InputError(f"must be an integer 64..4096, got {self.texture_size!r}", field="--texture-size")
+        if not (64 <= self.render_height <= 1024 and self.occlusion_every >= 1 and self.smooth_passes >= 0):
+            raise ValueError(f"ReconOptions out of range: {self}")
+        return self

@@ -1,0 +1,140 @@
+"""The starting garment mesh: the part of the fitted body's surface under the clothing mask.
+
+Every body vertex whose posed position projects into the (slightly dilated) clothing mask is a
+garment vertex, seen or not: the back of a shirt lies behind its front. The selection is closed on
+the mesh graph (small holes behind arms and hands filled), faces with all three corners selected
+are kept, tiny islands dropped. Each garment vertex remembers its body vertex: skin weights,
+rest position and normal, and its mirror image across the body's sagittal plane (x = 0 in SMPL's
+rest space, found once on the mean-shape template).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import sparse
+from scipy.spatial import cKDTree
+
+from ..body.model import BodyModel
+from ..errors import InputError
+from .options import ReconOptions
+from .perceive import Observation
+
+MIRROR_MAX_DIST = 0.02     # m: a body vertex's mirror image must land this close to a vertex
+
+
+@dataclass
+class Template:
+    """Garment vertices taken from the body (V garment vertices, F faces).
+
+    body_vertex (V,) int64 the body vertex each came from; faces (F,3) int64 local, CCW outside;
+    rest (V,3) float32 rest-pose positions (the fit's betas); normals (V,3) rest-pose unit normals;
+    weights (V,24) skin weights; mirror (V,) local index of the mirror vertex or -1; ring (V,)
+    int64 id of the vertex's cross-section ring (its dominant bone, binned along the bone).
+    """
+
+    body_vertex: np.ndarray
+    faces: np.ndarray
+    rest: np.ndarray
+    normals: np.ndarray
+    weights: np.ndarray
+    mirror: np.ndarray
+    ring: np.ndarray
+
+    @property
+    def num_vertices(self) -> int:
+        return len(self.body_vertex)
+
+
+def vertex_adjacency(faces: np.ndarray, n: int) -> sparse.csr_matrix:
+    """(n,n) symmetric 0/1 adjacency of a triangle mesh."""
+    i = np.concatenate([faces[:, 0], faces[:, 1], faces[:, 2], faces[:, 1], faces[:, 2], faces[:, 0]])
+    j = np.concatenate([faces[:, 1], faces[:, 2], faces[:, 0], faces[:, 0], faces[:, 1], faces[:, 2]])
+    a = sparse.coo_matrix((np.ones(len(i), np.float32), (i, j)), shape=(n, n)).tocsr()
+    a.data[:] = 1.0
+    return a
+
+
+def mirror_vertices(rest: np.ndarray) -> np.ndarray:
+    """(V,) index of each vertex's mirror image (x -> -x), or -1 when none lies close."""
+    d, idx = cKDTree(rest).query(rest * np.array([-1.0, 1.0, 1.0]))
+    return np.where(d < MIRROR_MAX_DIST, idx, -1).astype(np.int64)
+
+
+def cross_section_rings(rest: np.ndarray, weights: np.ndarray, joints: np.ndarray, parents: np.ndarray,
+                        bin_size: float) -> np.ndarray:
+    """(V,) ring id: vertices of one dominant bone whose positions along the bone's axis (from the
+    joint to its first child; a leaf joint: from its parent) fall in one `bin_size` bin."""
+    dominant = weights.argmax(1)
+    child = np.full(len(joints), -1)
+    for j in range(len(joints) - 1, 0, -1):
+        child[parents[j]] = j
+    axis = np.where((child >= 0)[:, None], joints[np.maximum(child, 0)] - joints,
+                    joints - joints[np.maximum(parents, 0)])
+    axis /= np.maximum(np.linalg.norm(axis, axis=1, keepdims=True), 1e-9)
+    t = ((rest - joints[dominant]) * axis[dominant]).sum(1)
+    key = dominant.astype(np.int64) * 100_000 + np.round(t / bin_size).astype(np.int64)
+    return np.unique(key, return_inverse=True)[1].astype(np.int64)
+
+
+def _close(sel: np.ndarray, adj: sparse.csr_matrix, rings: int) -> np.ndarray:
+    """Morphological closing of a vertex set on the mesh graph (dilate, then erode, `rings` times)."""
+    x = sel.astype(np.float32)
+    for _ in range(rings):
+        x = np.maximum(x, (adj @ x > 0).astype(np.float32))
+    for _ in range(rings):
+        outside = 1.0 - x
+        x = x * (adj @ outside == 0)
+    return (x > 0) | sel
+
+
+def _islands(faces: np.ndarray, n: int, min_share: float) -> np.ndarray:
+    """Bool (F,): faces of the connected components holding at least `min_share` of all faces."""
+    adj = vertex_adjacency(faces, n)
+    _, label = sparse.csgraph.connected_components(adj, directed=False)
+    flab = label[faces[:, 0]]
+    counts = np.bincount(flab, minlength=label.max() + 1)
+    return counts[flab] >= min_share * len(faces)
+
+
+def body_region_template(obs: Observation, body: BodyModel, options: ReconOptions,
+                         mirror: np.ndarray | None = None) -> Template:
+    """The body surface under the clothing mask as a garment mesh (see the module docstring)."""
+    import cv2
+    with torch.no_grad():
+        posed = obs.posed_body(body)[0].cpu().numpy()                         # (Vb,3) camera space
+        rest_t, joints_t = body.shaped(obs.betas)
+        rest, joints = rest_t[0].cpu().numpy(), joints_t[0].cpu().numpy()
+    K = obs.K
+    uv = posed[:, :2] / posed[:, 2:3] * np.diag(K)[:2] + K[:2, 2]
+    k = 2 * options.mask_dilate_px + 1
+    mask = cv2.dilate(obs.mask.astype(np.uint8), np.ones((k, k), np.uint8)) > 0
+    H, W = mask.shape
+    px = np.round(uv).astype(np.int64)
+    inside = (px[:, 0] >= 0) & (px[:, 0] < W) & (px[:, 1] >= 0) & (px[:, 1] < H) & (posed[:, 2] > 0)
+    sel = np.zeros(len(posed), bool)
+    sel[inside] = mask[px[inside, 1], px[inside, 0]]
+    faces_b = body.faces.astype(np.int64)
+    sel = _close(sel, vertex_adjacency(faces_b, len(posed)), rings=2)
+    keep = sel[faces_b].all(1)
+    if keep.sum() >= options.min_faces:
+        keep[keep] = _islands(faces_b[keep], len(posed), 0.02)
+    if keep.sum() < options.min_faces:
+        raise InputError(f"the clothing mask covers only {int(keep.sum())} faces of the fitted body",
+                         file=obs.mask_file, field="mask",
+                         hint="the mask must cover the person's clothing in this image")
+    used = np.unique(faces_b[keep])
+    local = np.full(len(posed), -1, np.int64)
+    local[used] = np.arange(len(used))
+    faces = local[faces_b[keep]]
+    from ..render.soft import vertex_normals
+    normals = vertex_normals(torch.as_tensor(rest), torch.as_tensor(faces_b)).numpy()[used]
+    mirror_b = mirror_vertices(rest) if mirror is None else mirror
+    m = mirror_b[used]
+    mirror_local = np.where(m >= 0, local[np.maximum(m, 0)], -1)
+    return Template(body_vertex=used, faces=faces, rest=rest[used].astype(np.float32),
+                    normals=normals.astype(np.float32), weights=body.weights_np[used].astype(np.float32),
+                    mirror=mirror_local.astype(np.int64),
+                    ring=cross_section_rings(rest[used], body.weights_np[used], joints, body.parents,
+                                             options.ring_bin))

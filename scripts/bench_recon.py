@@ -1,0 +1,219 @@
+"""Single-image reconstruction (`pointwear reconstruct`) measured on synthetic subjects with truth and
+on the real photo; writes the "Single-image reconstruction" section of docs/benchmarks.md.
+
+Protocol (docs/recon.md):
+* Subjects: `pointwear synth` turntables of 4 frames (yaw y0, y0+90, y0+180, y0+270 with a random y0
+  per seed), 512 px. Frame 0 is the input photo, given with its clothing mask (--mask, as the paper
+  uses its datasets' masks) and its focal length (--focal). Frames 1-3 are the truth renders of the
+  novel views +90, 180 and -90 degrees.
+* Input view (the paper's protocol): the reconstruction re-rendered in the photo's camera, textured
+  and lit, hidden where the fitted body is nearer; mask IoU against the clothing mask and SSIM
+  (pytorch_msssim's SSIM, data range 1) of the garment-only images (background removed: pixels off
+  the garment are 0 in both), on the box around both masks (+8 %).
+* Novel views: the garment and the fitted body turned about the fitted pelvis by the truth's
+  relative rotation and moved to the truth pelvis (plus the input view's pelvis offset); mask IoU
+  and SSIM against the truth frame as above.
+* 3D Chamfer: 8192 points sampled on the posed reconstruction against the truth's 8192 clothing
+  points of the input frame, symmetric mean, in cm; raw and with the fitted pelvis moved onto the
+  truth pelvis (a single photo leaves depth to the body fit).
+* Time: refinement seconds (result.json), torch on 1 thread.
+Tuning subjects: seeds 0-2 (used while choosing ReconOptions); evaluation seeds: 100+ (never tuned on).
+
+Usage: python scripts/bench_recon.py [--work DIR] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchdoc import machine, write_section  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT.parent / "shared" / "data" / "real" / "ryota.png"
+# (outfit, seed): all four legacy outfits and newer garment outfits; evaluation seeds 100+.
+SUBJECTS = [("tshirt-shorts", 100), ("longsleeve-trousers", 101), ("tank-skirt", 102), ("dress", 103),
+            ("tshirt-shorts", 104), ("longsleeve-trousers", 105), ("tank-skirt", 106), ("dress", 107),
+            ("hoodie+trousers", 108), ("tshirt+skirt", 109), ("jacket+tshirt+trousers", 110),
+            ("jumpsuit", 111), ("longsleeve+shorts", 112)]
+TUNING = [("dress", 0), ("tshirt-shorts", 1), ("tank-skirt", 2)]   # for choosing ReconOptions only
+VIEWS = {1: "+90", 2: "180", 3: "-90"}
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    from pytorch_msssim import ssim as _ssim
+    ta = torch.as_tensor(a, dtype=torch.float32).permute(2, 0, 1)[None]
+    tb = torch.as_tensor(b, dtype=torch.float32).permute(2, 0, 1)[None]
+    return float(_ssim(ta, tb, data_range=1.0, size_average=True))
+
+
+def compare(rgb: np.ndarray, vis: np.ndarray, image: np.ndarray, mask: np.ndarray) -> dict:
+    """IoU of the masks; SSIM of the garment-only images on the box around both masks."""
+    iou = float((vis & mask).sum() / max(1, (vis | mask).sum()))
+    ys, xs = np.nonzero(vis | mask)
+    pad = int(0.08 * (ys.max() - ys.min() + 1))
+    H, W = mask.shape
+    y0, y1 = max(0, ys.min() - pad), min(H, ys.max() + 1 + pad)
+    x0, x1 = max(0, xs.min() - pad), min(W, xs.max() + 1 + pad)
+    pred = (rgb * vis[..., None])[y0:y1, x0:x1]
+    truth = (image / 255.0 * mask[..., None])[y0:y1, x0:x1]
+    return {"iou": iou, "ssim": ssim(pred, truth)}
+
+
+def chamfer_cm(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.spatial import cKDTree
+    return float(50.0 * (cKDTree(b).query(a)[0].mean() + cKDTree(a).query(b)[0].mean()))
+
+
+def run_subject(outfit: str, seed: int, work: Path, steps: int | None, overrides: dict | None = None) -> dict:
+    from pointwear.body import load_body
+    from pointwear.data.subject import read_subject
+    from pointwear.mesh.result_mesh import read_result_mesh
+    from pointwear.recon.options import ReconOptions
+    from pointwear.recon.perceive import observation_from_subject
+    from pointwear.recon.pipeline import reconstruct, render_result
+    from pointwear.recon.texture import Atlas
+    from pointwear.synth.generate import SynthOptions, generate_subject, sample_surface
+    from scipy.spatial.transform import Rotation as R
+    name = f"{outfit}_{seed}"
+    subj = work / "subjects" / name
+    if not (subj / "subject.json").exists():
+        generate_subject(subj, SynthOptions(frames=4, size=512, outfit=outfit, motion="turntable", seed=seed))
+    s = read_subject(subj)
+    out = work / "results" / name
+    options = ReconOptions(**(overrides or {}), **({} if steps is None else {"steps": steps}))
+    t0 = time.perf_counter()
+    result = reconstruct(subj / "frames" / "000000.png", out, mask=subj / "masks" / "000000.png",
+                         focal=float(s.K[0, 0, 0]), options=options)
+    wall = time.perf_counter() - t0
+    body = load_body("default", device="cpu")
+    obs = observation_from_subject(out / "subject")
+    posed = np.load(out / "posed.npz")["points"][0]
+    arrays = np.load(out / "outfit.npz")
+    mesh = read_result_mesh(out)
+    atlas = Atlas(arrays["atlas_point"].astype(np.int64), mesh.faces.astype(np.int64), mesh.uv)
+    sh = arrays["sh"]
+    row = {"subject": name, "outfit": outfit, "seed": seed, "refine_s": result["seconds"]["refine"],
+           "total_s": round(wall, 1)}
+    rgb, vis = render_result(obs, body, posed, atlas, mesh.texture, sh)
+    row["input"] = compare(rgb, vis, s.frame(0), s.mask(0))
+    # Novel views: the truth's relative rotation about the pelvis.
+    with torch.no_grad():
+        ours = body.forward(*obs.pose_tensors(body.device)).joints[0, 0].numpy()
+        truth = body.forward(s.smpl.betas, s.smpl.global_orient, s.smpl.body_pose, s.smpl.transl).joints[:, 0].numpy()
+    rots = R.from_rotvec(s.smpl.global_orient)
+    for k, label in VIEWS.items():
+        rel = (rots[k] * rots[0].inv()).as_matrix()
+        target = truth[k] + (ours - truth[0])
+        rgb, vis = render_result(obs, body, posed, atlas, mesh.texture, sh, rotation=rel, pivot=ours, target=target)
+        row[label] = compare(rgb, vis, s.frame(k), s.mask(k))
+    # 3D Chamfer against the truth clothing of the input frame.
+    faces = np.asarray(arrays["faces"], np.int64)
+    f, bary = sample_surface(posed, faces, 8192, np.random.default_rng(0))
+    pts = np.einsum("pk,pkc->pc", bary, posed[faces[f]])
+    tpts = np.load(subj / "truth" / "clothing.npz")["points"][0]
+    row["chamfer_cm"] = chamfer_cm(pts, tpts)
+    row["chamfer_aligned_cm"] = chamfer_cm(pts - (ours - truth[0]), tpts)
+    return row
+
+
+def run_real(work: Path) -> dict:
+    from pointwear.recon.pipeline import reconstruct
+    t0 = time.perf_counter()
+    result = reconstruct(REAL, work / "results" / "ryota")
+    return {"subject": "ryota.png", "input_iou": result["metrics"]["input_iou"],
+            "refine_s": result["seconds"]["refine"], "total_s": round(time.perf_counter() - t0, 1)}
+
+
+def doc(rows: list[dict], real: dict | None) -> str:
+    mean = lambda key, sub=None: float(np.mean([r[key][sub] if sub else r[key] for r in rows]))  # noqa: E731
+    lines = [f"Machine: {machine()}; 2 cores shared with other jobs, torch on 1 thread.", "",
+             "`scripts/bench_recon.py`: `pointwear reconstruct` on synthetic turntables (evaluation seeds "
+             "100-112, never tuned on; tuning used seeds 0-2), input = frame 0 with its clothing mask and "
+             "focal; novel views = the truth frames at +90/180/-90 degrees (protocol in the script and "
+             "docs/recon.md).", "",
+             "| subject | input IoU | input SSIM | +90 IoU | +90 SSIM | 180 IoU | 180 SSIM | -90 IoU | -90 SSIM "
+             "| Chamfer cm (aligned / raw) | refine s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['subject']} | {r['input']['iou']:.3f} | {r['input']['ssim']:.3f} | "
+                     + " | ".join(f"{r[v]['iou']:.3f} | {r[v]['ssim']:.3f}" for v in VIEWS.values())
+                     + f" | {r['chamfer_aligned_cm']:.2f} / {r['chamfer_cm']:.2f} | {r['refine_s']:.1f} |")
+    novel_iou = float(np.mean([r[v]["iou"] for r in rows for v in VIEWS.values()]))
+    novel_ssim = float(np.mean([r[v]["ssim"] for r in rows for v in VIEWS.values()]))
+    lines.append(f"| **mean ({len(rows)})** | **{mean('input', 'iou'):.3f}** | **{mean('input', 'ssim'):.3f}** | "
+                 + " | ".join(f"{mean(v, 'iou'):.3f} | {mean(v, 'ssim'):.3f}" for v in VIEWS.values())
+                 + f" | **{mean('chamfer_aligned_cm'):.2f}** / {mean('chamfer_cm'):.2f} | **{mean('refine_s'):.1f}** |")
+    lines += ["", f"Means: input-view IoU {mean('input', 'iou'):.3f} (target >= 0.92), SSIM "
+              f"{mean('input', 'ssim'):.3f} (>= 0.85); novel views IoU {novel_iou:.3f} (>= 0.75), SSIM "
+              f"{novel_ssim:.3f}; 3D Chamfer {mean('chamfer_aligned_cm'):.2f} cm pelvis-aligned, "
+              f"{mean('chamfer_cm'):.2f} cm raw (<= 2.5); refinement {mean('refine_s'):.1f} s per image "
+              f"(<= 60), max {max(r['refine_s'] for r in rows):.1f} s."]
+    if real:
+        lines += ["", f"Real photo `{real['subject']}` (prepare's own masks, body and camera): input-view IoU "
+                  f"{real['input_iou']:.3f} (target >= 0.9), refinement {real['refine_s']:.1f} s, "
+                  f"{real['total_s']:.0f} s in all (with the body fit)."]
+    lines += ["", "Not met: novel views and 3D Chamfer. One photo leaves the body's depth, yaw and the "
+              "garment's thickness to the body fit and to the priors: the refinement pulls the garment to "
+              "the silhouette in the image plane, the cross-section rings swell the unseen depth with the "
+              "seen width, but loose garments (skirts, dresses) and arms whose depth the fit got wrong "
+              "still show at +-90 degrees (the 180 degree view, the same silhouette mirrored, scores "
+              "higher). The subjects with the lowest input IoU (104, 105, 109) are turned away "
+              "(79, 117 and -73 degrees from facing the camera), where a single frame's body fit "
+              "is least sure. The Chamfer figure includes the body fit's "
+              "error (prepare's body fit: 33 mm PA-MPJPE on its benchmark); the raw figure adds the "
+              "monocular depth/size ambiguity.",
+              "", "The learned feed-forward path (`--fast`) is not built yet: no figures for it."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/pointwear_bench_recon"))
+    ap.add_argument("--quick", action="store_true", help="two subjects, 10 steps (checks the script)")
+    ap.add_argument("--no-real", action="store_true")
+    ap.add_argument("--tuning", action="store_true", help="the tuning subjects (seeds 0-2); no doc")
+    ap.add_argument("--doc-only", action="store_true", help="re-publish the saved rows (no runs)")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="a ReconOptions field for this run (tuning)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    overrides = {k: float(v) for k, v in (a.split("=", 1) for a in args.set)}
+    if args.tuning:
+        for outfit, seed in TUNING:
+            print(json.dumps(run_subject(outfit, seed, args.work, None, overrides)), flush=True)
+        return
+    subjects = SUBJECTS[:2] if args.quick else SUBJECTS
+    rows_file, real_file = args.work / "rows.json", args.work / "real.json"
+    if args.doc_only:
+        real = json.loads(real_file.read_text()) if real_file.exists() else None
+        write_section("Single-image reconstruction", doc(json.loads(rows_file.read_text()), real))
+        return
+    rows = json.loads(rows_file.read_text()) if rows_file.exists() and not args.quick else []
+    done = {r["subject"] for r in rows}
+    args.work.mkdir(parents=True, exist_ok=True)
+    for outfit, seed in subjects:
+        if f"{outfit}_{seed}" in done:
+            continue
+        row = run_subject(outfit, seed, args.work, 10 if args.quick else None)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        if not args.quick:
+            rows_file.write_text(json.dumps(rows, indent=1))
+    real = None if args.no_real or args.quick else run_real(args.work)
+    if real is not None:
+        real_file.write_text(json.dumps(real))
+    text = doc(rows, real)
+    print(text)
+    if not args.quick:
+        write_section("Single-image reconstruction", text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Parts of single-image reconstruction on real data structures: the body-surface template on a
+synthetic subject (true body and mask), mirror pairs, cross-section rings, the UV atlas and its
+texel rasterization, the inpainting diffusion, and a short refinement that must raise the IoU."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pointwear.recon.options import ReconOptions
+from pointwear.recon.template import mirror_vertices, vertex_adjacency
+from pointwear.recon.texture import _texels, diffuse, uv_atlas
+from test_rasterizer import icosphere
+
+
+@pytest.fixture(scope="module")
+def synth_obs(tmp_path_factory):
+    from pointwear.body import load_body
+    from pointwear.recon.perceive import observation_from_subject
+    from pointwear.synth.generate import SynthOptions, generate_subject
+    out = tmp_path_factory.mktemp("s") / "subject"
+    generate_subject(out, SynthOptions(frames=1, size=256, outfit="longsleeve-trousers", seed=5))
+    from pointwear.data.subject import read_subject
+    s = read_subject(out)
+    person = s.labels(0) > 0   # clothing; the person mask only bounds the crop here
+    import cv2
+    person = cv2.dilate(person.astype(np.uint8), np.ones((25, 25), np.uint8)) > 0
+    return observation_from_subject(out, person=person), load_body("default", device="cpu")
+
+
+def test_template_lies_under_the_mask_and_pairs_are_consistent(synth_obs):
+    from pointwear.recon.template import body_region_template
+    obs, body = synth_obs
+    t = body_region_template(obs, body, ReconOptions())
+    assert t.faces.max() < t.num_vertices and len(t.faces) > 1000
+    with torch.no_grad():
+        posed = obs.posed_body(body)[0].numpy()[t.body_vertex]
+    uv = posed[:, :2] / posed[:, 2:3] * np.diag(obs.K)[:2] + obs.K[:2, 2]
+    px = np.clip(np.round(uv).astype(int), 0, 255)
+    import cv2
+    near = cv2.dilate(obs.mask.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+    assert near[px[:, 1], px[:, 0]].mean() > 0.97
+    ok = t.mirror >= 0
+    assert ok.mean() > 0.8 and (t.mirror[t.mirror[ok]] == np.nonzero(ok)[0]).mean() > 0.95
+    assert np.allclose(np.linalg.norm(t.normals, axis=1), 1, atol=1e-4)
+    assert np.allclose(t.weights.sum(1), 1, atol=1e-4)
+    counts = np.bincount(t.ring)
+    assert counts.min() >= 1 and 20 < len(counts) < t.num_vertices / 5
+
+
+def test_short_refinement_raises_the_iou(synth_obs):
+    from pointwear.recon.refine import refine
+    from pointwear.recon.template import body_region_template
+    obs, body = synth_obs
+    o = ReconOptions(steps=12, render_height=160)
+    r = refine(obs, body, body_region_template(obs, body, o), o)
+    first, last = r.history[0], r.history[-1]
+    assert last["iou"] > first["iou"] and last["total"] < first["total"]
+    assert np.isfinite(r.posed).all() and np.abs(r.offsets).max() < o.max_offset
+    assert r.albedo.min() >= 0 and r.albedo.max() <= 1 and r.sh.shape == (9,)
+
+
+def test_mirror_pairs_of_a_symmetric_mesh_are_an_involution():
+    v, _ = icosphere(2)
+    m = mirror_vertices(v)
+    assert (m >= 0).all() and (m[m] == np.arange(len(v))).all()
+    assert np.allclose(v[m] * [-1, 1, 1], v, atol=1e-6)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**16), share=st.floats(0.05, 0.9))
+def test_diffusion_keeps_known_values_and_stays_within_their_range(seed, share):
+    rng = np.random.default_rng(seed)
+    v, f = icosphere(2)
+    known = rng.random(len(v)) < share
+    known[0] = True
+    values = rng.random((len(v), 3))
+    out = diffuse(values, known, f, iters=200)
+    assert np.array_equal(out[known], values[known])
+    lo, hi = values[known].min(0), values[known].max(0)
+    assert (out >= lo - 1e-9).all() and (out <= hi + 1e-9).all()
+    const = diffuse(np.full((len(v), 3), 0.3), known, f, iters=50)
+    assert np.allclose(const, 0.3)
+
+
+def test_atlas_covers_the_mesh_and_maps_back():
+    v, f = icosphere(3)
+    atlas = uv_atlas(v, f, 256)
+    assert len(atlas.faces) == len(f) and atlas.uv.min() >= 0 and atlas.uv.max() <= 1
+    # Each atlas face is a mesh face (same vertices through vmapping).
+    assert {tuple(sorted(x)) for x in atlas.vmapping[atlas.faces]} == {tuple(sorted(x)) for x in f}
+    frags = _texels(atlas, 256, torch.device("cpu"))
+    covered = (frags.face_id[0] >= 0).float().mean()
+    assert 0.4 < covered < 0.95
+    adj = vertex_adjacency(f, len(v))
+    assert (adj != adj.T).nnz == 0
