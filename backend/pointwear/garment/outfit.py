@@ -5,7 +5,7 @@ those numbers (torch); `Detail` adds what lies outside them (folds, uneven hems)
 the parametric model to a synthetic subject is not a tautology."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -205,9 +205,10 @@ def _hanging_ease(ease: float, flare: float, hip_s: float) -> Callable[[torch.Te
 # -- building the mesh --------------------------------------------------------------------------
 def build_outfit(frame: BodyFrame, params: list[GarmentParams], names: list[str] | None = None,
                  detail: Detail | None = None, keep_sleeves: bool = False,
-                 with_weights: bool = True) -> GarmentMesh:
+                 with_weights: bool = True, coarsen: int = 1) -> GarmentMesh:
     """Rest-pose mesh of the outfit on this body, with skin weights from the body (or none,
-    when a caller computes them less often than the geometry)."""
+    when a caller computes them less often than the geometry). `coarsen` divides every piece's
+    grid resolution (a coarse template for learned reconstruction)."""
     detail = detail or Detail()
     rng = np.random.default_rng(detail.seed)
     names = names or [p.kind for p in params]
@@ -215,6 +216,8 @@ def build_outfit(frame: BodyFrame, params: list[GarmentParams], names: list[str]
     offset = 0
     for g, p in enumerate(params):
         for piece in garment_pieces(frame, p, keep_sleeves):
+            if coarsen > 1:
+                piece = replace(piece, grid=(max(2, piece.grid[0] // coarsen), max(3, piece.grid[1] // coarsen)))
             v = _piece_vertices(piece, detail, rng)
             n_s, n_phi = piece.grid
             verts.append(v.reshape(-1, 3))
