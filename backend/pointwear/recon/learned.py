@@ -36,7 +36,7 @@ from ..errors import InputError
 from ..fileio import atomic_path
 from ..render.rasterizer import interpolate, rasterize
 from ..render.soft import SH_COUNT, SoftOptions, sample_texture, sh_basis, soft_silhouette, vertex_normals
-from .datasets import crop_box, crop_grid, crop_input
+from .datasets import crop_input
 from .learned_template import TEMPLATE_KEYS, TemplateMesh
 
 MODEL_FORMAT = "pointwear-recon-learned"
@@ -685,4 +685,4 @@ def render_prediction(model: ReconNet, pred: Prediction, image_hw: tuple[int, in
 
 
 __all__ = ["LearnOptions", "ReconNet", "Attributes", "Prediction", "Camera", "train", "load_model", "predict",
-           "render_prediction", "export_model", "save_checkpoint", "DEFAULT_MODEL", "crop_box", "crop_grid"]
+           "render_prediction", "export_model", "save_checkpoint", "DEFAULT_MODEL"]

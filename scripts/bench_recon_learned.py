@@ -1,0 +1,131 @@
+"""Benchmark of the learned (feed-forward) reconstruction on held-out images: the paper's input-view
+protocol (re-rendered mask IoU and SSIM) and the time of one prediction.
+
+Images: synthetic subjects on EVAL_SEEDS (never trained on: scripts/train_recon_default.py uses
+other seeds; random outfits, turntable views) and the real photo ../shared/data/real/ryota.png with
+the clothing mask `pointwear prepare` makes for it. For each image: `predict` (timed: crop, one
+forward pass, texture sampling), then the mesh re-rendered in the predicted camera at the image's
+size (hard rasterizer, texture x SH shading).
+
+Metrics, in the window the network sees (the mask's box grown to 1:2 with the clothing filling 84%
+of its height, at the image's own resolution, so an image's empty surroundings do not inflate SSIM):
+  * mask IoU of the re-rendered silhouette against the clothing mask;
+  * SSIM as pytorch_msssim computes it (11x11 Gaussian window, sigma 1.5, data range 1), between
+    the render and the image with the background removed (image x mask; the render is black
+    off the mesh), mean over the window.
+Writes docs/recon_learned_bench.json and prints a Markdown table; `learned_rows(...)` gives the rows
+to scripts/bench_recon.py, which shows them beside the per-image refinement.
+
+    .venv/bin/python scripts/bench_recon_learned.py [--model PATH] [--work build/recon_learned_bench]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "backend"))
+
+from pointwear.appearance.losses import ssim  # noqa: E402
+from pointwear.data.subject import read_subject  # noqa: E402
+from pointwear.recon.datasets import crop_box  # noqa: E402
+from pointwear.recon.learned import load_model, predict, render_prediction  # noqa: E402
+from pointwear.synth.generate import SynthOptions, generate_subject  # noqa: E402
+
+EVAL_SEEDS = (1000, 1001, 1002, 1003)
+FRAMES = 3
+SIZE = 384
+RYOTA = ROOT.parent / "shared" / "data" / "real" / "ryota.png"
+OUT = ROOT / "docs" / "recon_learned_bench.json"
+
+
+def eval_images(work: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, rgb uint8, clothing mask bool) of the held-out synthetic frames and ryota.png."""
+    out = []
+    for seed in EVAL_SEEDS:
+        sub = work / f"synth_{seed}"
+        if not (sub / "subject.json").is_file():
+            generate_subject(sub, SynthOptions(frames=FRAMES, size=SIZE, seed=seed, points=256),
+                             progress=lambda *a: None)
+        s = read_subject(sub)
+        out += [(f"synth {seed} frame {i}", s.frame(i), s.mask(i)) for i in range(s.num_frames)]
+    real = work / "ryota"
+    if not (real / "subject.json").is_file():
+        subprocess.run([sys.executable, "-m", "pointwear", "prepare", str(RYOTA), "--out", str(real)], check=True)
+    s = read_subject(real)
+    out.append(("ryota.png", s.frame(0), s.mask(0)))
+    return out
+
+
+def window(a: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+    """The part of `a` inside `box` (x0, y0, w, h), zero-padded where the box leaves the image."""
+    x0, y0, w, h = (int(round(v)) for v in box)
+    pad = max(0, -x0, -y0, x0 + w - a.shape[1], y0 + h - a.shape[0])
+    a = np.pad(a, [(pad, pad), (pad, pad)] + [(0, 0)] * (a.ndim - 2))
+    return a[y0 + pad:y0 + pad + h, x0 + pad:x0 + pad + w]
+
+
+def score(rgb: np.ndarray, mask: np.ndarray, render: np.ndarray, hit: np.ndarray) -> dict[str, float]:
+    """Input-view mask IoU and SSIM (background removed) in the network's window."""
+    box = crop_box(mask)
+    m, h = window(mask, box), window(hit, box)
+    target = window(rgb.astype(np.float32) / 255.0 * mask[..., None], box)
+    pred = window(render, box)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].double()  # noqa: E731
+    return {"iou": float((m & h).sum() / max((m | h).sum(), 1)),
+            "ssim": float(ssim(t(pred), t(target), value_range=(0.0, 1.0))[0])}
+
+
+def learned_rows(images, model_path: str | Path | None = None) -> list[dict]:
+    """One row per image: name, iou, ssim, seconds (one prediction, after a warm-up)."""
+    model = load_model(model_path)
+    predict(model, images[0][1], images[0][2])       # warm-up (first-call allocations)
+    rows = []
+    for name, rgb, mask in images:
+        t0 = time.perf_counter()
+        pred = predict(model, rgb, mask)
+        seconds = time.perf_counter() - t0
+        render, hit = render_prediction(model, pred, rgb.shape[:2])
+        rows.append({"image": name, "method": "learned (one pass)", **score(rgb, mask, render, hit),
+                     "seconds": round(seconds, 3)})
+    return rows
+
+
+def summary(rows: list[dict]) -> dict[str, dict[str, float]]:
+    groups = {"synthetic (held out)": [r for r in rows if r["image"].startswith("synth")],
+              "ryota.png": [r for r in rows if r["image"] == "ryota.png"]}
+    return {g: {k: round(float(np.mean([r[k] for r in rs])), 3) for k in ("iou", "ssim")} |
+            {"median_seconds": round(float(np.median([r["seconds"] for r in rs])), 3), "images": len(rs)}
+            for g, rs in groups.items() if rs}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="model file (default: the shipped weights)")
+    ap.add_argument("--work", type=Path, default=ROOT / "build" / "recon_learned_bench")
+    args = ap.parse_args()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    rows = learned_rows(eval_images(args.work), args.model)
+    result = {"rows": rows, "summary": summary(rows), "eval_seeds": list(EVAL_SEEDS),
+              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs visible, {torch.get_num_threads()} torch "
+                         f"threads, torch {torch.__version__} (shared host: other jobs running)"}
+    OUT.write_text(json.dumps(result, indent=1) + "\n")
+    print("| images | method | input-view mask IoU | input-view SSIM | time per image (median) |")
+    print("|---|---|---|---|---|")
+    for g, s in result["summary"].items():
+        print(f"| {g} ({s['images']}) | learned, one pass | {s['iou']:.3f} | {s['ssim']:.3f} | {s['median_seconds']:.2f} s |")
+    print(f"wrote {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
