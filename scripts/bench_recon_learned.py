@@ -1,18 +1,18 @@
 """Benchmark of the learned (feed-forward) reconstruction on held-out images: the paper's input-view
 protocol (re-rendered mask IoU and SSIM) and the time of one prediction.
 
-Images: synthetic subjects on EVAL_SEEDS (never trained on: scripts/train_recon_default.py uses
-other seeds; random outfits, turntable views) and the real photo ../shared/data/real/ryota.png with
-the clothing mask `pointwear prepare` makes for it. For each image: `predict` (timed: crop, one
-forward pass, texture sampling), then the mesh re-rendered in the predicted camera at the image's
-size (hard rasterizer, texture x SH shading).
+Images: the per-image refinement's benchmark subjects (scripts/bench_recon.py SUBJECTS: 13
+synthetic turntables, seeds 100-112, all outfits, 512 px, frame 0 is the input photo; never trained
+on: scripts/train_recon_default.py uses seeds 200-215) and the real photo
+../shared/data/real/ryota.png with the clothing mask `pointwear prepare` makes for it. For each
+image: `predict` (timed: crop, one forward pass, texture sampling), then the mesh re-rendered in
+the predicted camera at the image's size (hard rasterizer, texture x SH shading).
 
-Metrics, in the window the network sees (the mask's box grown to 1:2 with the clothing filling 84%
-of its height, at the image's own resolution, so an image's empty surroundings do not inflate SSIM):
-  * mask IoU of the re-rendered silhouette against the clothing mask;
+Metrics, as scripts/bench_recon.py computes them for the refinement (so the rows sit side by side):
+  * input-view mask IoU of the re-rendered silhouette against the clothing mask (whole image);
   * SSIM as pytorch_msssim computes it (11x11 Gaussian window, sigma 1.5, data range 1), between
-    the render and the image with the background removed (image x mask; the render is black
-    off the mesh), mean over the window.
+    the render and the image with the background removed (both x their masks), on the box around
+    both masks grown by 8 % of its height.
 Writes docs/recon_learned_bench.json and prints a Markdown table; `learned_rows(...)` gives the rows
 to scripts/bench_recon.py, which shows them beside the per-image refinement.
 
@@ -37,13 +37,15 @@ sys.path.insert(0, str(ROOT / "backend"))
 
 from pointwear.appearance.losses import ssim  # noqa: E402
 from pointwear.data.subject import read_subject  # noqa: E402
-from pointwear.recon.datasets import crop_box  # noqa: E402
 from pointwear.recon.learned import load_model, predict, render_prediction  # noqa: E402
 from pointwear.synth.generate import SynthOptions, generate_subject  # noqa: E402
 
-EVAL_SEEDS = (1000, 1001, 1002, 1003)
-FRAMES = 3
-SIZE = 384
+# The same (outfit, seed) list as scripts/bench_recon.py (import it from there once both are merged).
+SUBJECTS = [("tshirt-shorts", 100), ("longsleeve-trousers", 101), ("tank-skirt", 102), ("dress", 103),
+            ("tshirt-shorts", 104), ("longsleeve-trousers", 105), ("tank-skirt", 106), ("dress", 107),
+            ("hoodie+trousers", 108), ("tshirt+skirt", 109), ("jacket+tshirt+trousers", 110),
+            ("jumpsuit", 111), ("longsleeve+shorts", 112)]
+EVAL_SEEDS = tuple(seed for _, seed in SUBJECTS)
 RYOTA = ROOT.parent / "shared" / "data" / "real" / "ryota.png"
 OUT = ROOT / "docs" / "recon_learned_bench.json"
 
@@ -51,13 +53,13 @@ OUT = ROOT / "docs" / "recon_learned_bench.json"
 def eval_images(work: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(name, rgb uint8, clothing mask bool) of the held-out synthetic frames and ryota.png."""
     out = []
-    for seed in EVAL_SEEDS:
-        sub = work / f"synth_{seed}"
+    for outfit, seed in SUBJECTS:
+        sub = work / f"{outfit}_{seed}"
         if not (sub / "subject.json").is_file():
-            generate_subject(sub, SynthOptions(frames=FRAMES, size=SIZE, seed=seed, points=256),
+            generate_subject(sub, SynthOptions(frames=4, size=512, outfit=outfit, motion="turntable", seed=seed),
                              progress=lambda *a: None)
         s = read_subject(sub)
-        out += [(f"synth {seed} frame {i}", s.frame(i), s.mask(i)) for i in range(s.num_frames)]
+        out.append((f"synth {outfit}_{seed}", s.frame(0), s.mask(0)))
     real = work / "ryota"
     if not (real / "subject.json").is_file():
         subprocess.run([sys.executable, "-m", "pointwear", "prepare", str(RYOTA), "--out", str(real)], check=True)
@@ -66,22 +68,17 @@ def eval_images(work: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     return out
 
 
-def window(a: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
-    """The part of `a` inside `box` (x0, y0, w, h), zero-padded where the box leaves the image."""
-    x0, y0, w, h = (int(round(v)) for v in box)
-    pad = max(0, -x0, -y0, x0 + w - a.shape[1], y0 + h - a.shape[0])
-    a = np.pad(a, [(pad, pad), (pad, pad)] + [(0, 0)] * (a.ndim - 2))
-    return a[y0 + pad:y0 + pad + h, x0 + pad:x0 + pad + w]
-
-
 def score(rgb: np.ndarray, mask: np.ndarray, render: np.ndarray, hit: np.ndarray) -> dict[str, float]:
-    """Input-view mask IoU and SSIM (background removed) in the network's window."""
-    box = crop_box(mask)
-    m, h = window(mask, box), window(hit, box)
-    target = window(rgb.astype(np.float32) / 255.0 * mask[..., None], box)
-    pred = window(render, box)
+    """Input-view mask IoU, and SSIM (background removed) on the box around both masks + 8 %."""
+    ys, xs = np.nonzero(hit | mask)
+    pad = int(0.08 * (ys.max() - ys.min() + 1))
+    H, W = mask.shape
+    y0, y1 = max(0, ys.min() - pad), min(H, ys.max() + 1 + pad)
+    x0, x1 = max(0, xs.min() - pad), min(W, xs.max() + 1 + pad)
+    pred = (render * hit[..., None])[y0:y1, x0:x1]
+    target = (rgb / 255.0 * mask[..., None])[y0:y1, x0:x1]
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].double()  # noqa: E731
-    return {"iou": float((m & h).sum() / max((m | h).sum(), 1)),
+    return {"iou": float((hit & mask).sum() / max((hit | mask).sum(), 1)),
             "ssim": float(ssim(t(pred), t(target), value_range=(0.0, 1.0))[0])}
 
 

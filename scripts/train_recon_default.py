@@ -2,8 +2,8 @@
 
 Data (all made here, nothing downloaded):
   * synthetic subjects from `pointwear synth` on the training seeds TRAIN_SEEDS (random outfits,
-    turntable and walk motions); the benchmark (scripts/bench_recon_learned.py) evaluates on
-    EVAL_SEEDS, which never appear here;
+    turntable and walk motions); the benchmarks (scripts/bench_recon.py, bench_recon_learned.py)
+    evaluate on EVAL_SEEDS (100-112), which never appear here;
   * the 40 real frames of ../shared/data/real/single_person_demo.mp4 through `pointwear prepare`.
 Then `train` for at most --minutes, and the shipped file is the checkpoint without its optimizer,
 in float16. Every stage is resumable: re-running skips what is already in --work.
@@ -35,7 +35,7 @@ from pointwear.recon.learned import DEFAULT_MODEL, LearnOptions, export_model, t
 from pointwear.synth.generate import SynthOptions, generate_subject  # noqa: E402
 
 TRAIN_SEEDS = tuple(range(200, 216))
-EVAL_SEEDS = (1000, 1001, 1002, 1003)   # the benchmark's; asserted disjoint below
+EVAL_SEEDS = tuple(range(100, 113))      # bench_recon(_learned).py's; asserted disjoint below
 FRAMES = 10
 SIZE = 192
 VIDEO = ROOT.parent / "shared" / "data" / "real" / "single_person_demo.mp4"

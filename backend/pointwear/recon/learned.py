@@ -67,7 +67,7 @@ class LearnOptions:
     cutoff: float = 1e-3
     silhouette_scale: int = 2          # the soft silhouette is rendered at 1/this of the input size
     batch: int = 12
-    lr: float = 5e-4
+    lr: float = 1.5e-3
     steps: int = 1000
     w_iou: float = 2.0
     w_l1: float = 1.0
@@ -77,6 +77,7 @@ class LearnOptions:
     w_edge: float = 0.001
     w_deform: float = 0.1
     w_ic: float = 1.0
+    ic_every: int = 2                  # steps between interpolation-consistency terms (it costs a pass)
     em_every: int = 2                  # epochs between template updates
     em_step: float = 0.1
     em_clip: float = 0.05              # metres per update
@@ -357,8 +358,9 @@ def interpolation_consistency(model: ReconNet, att: Attributes) -> Tensor:
             + ((again.texture - texture).abs() * seen).sum() / (3 * seen.sum()).clamp(min=1.0))
 
 
-def step_loss(model: ReconNet, x: Tensor) -> tuple[Tensor, dict[str, Tensor], Attributes]:
-    """Total loss of a batch x (B,4,H,W) and its terms (detached tensors, no host sync)."""
+def step_loss(model: ReconNet, x: Tensor, with_ic: bool = True) -> tuple[Tensor, dict[str, Tensor], Attributes]:
+    """Total loss of a batch x (B,4,H,W) and its terms (detached tensors, no host sync); the
+    interpolation consistency only `with_ic`."""
     o = model.options
     att = model(x)
     rgb, alpha = render(model, model.vertices(att.offsets), att.camera, att.texture, att.light)
@@ -367,7 +369,7 @@ def step_loss(model: ReconNet, x: Tensor) -> tuple[Tensor, dict[str, Tensor], At
     terms = {"iou": mask_iou_loss(alpha, F.avg_pool2d(mask[:, None], k)[:, 0] if k > 1 else mask),
              "l1": ((rgb - x[:, :3]).abs().sum(1) * mask).flatten(1).sum(1).div(mask.flatten(1).sum(1).clamp(min=1)).mean() / 3}
     terms.update(regularisers(model, att.offsets))
-    if o.w_ic > 0:
+    if o.w_ic > 0 and with_ic:
         terms["ic"] = interpolation_consistency(model, att)
     weights = {"iou": o.w_iou, "l1": o.w_l1, "laplacian": o.w_laplacian, "flat": o.w_flat, "symmetry": o.w_symmetry,
                "edge": o.w_edge, "deform": o.w_deform, "ic": o.w_ic}
@@ -507,7 +509,7 @@ def train(inputs: Tensor, out: str | Path, options: LearnOptions, template: Temp
           log: Callable[[int, dict[str, float]], None] | None = None, max_seconds: float | None = None) -> dict:
     """Train on (N,4,H,W) uint8 inputs (datasets.build_inputs) up to options.steps steps (or until
     max_seconds have passed), writing the checkpoint `out` every options.checkpoint_every steps and
-    at the end. With `resume` an existing `out` is continued (its options win, but for `steps`).
+    at the end. With `resume` an existing `out` is continued (its options win, but for `steps` and `lr`).
     Returns a report with the loss history."""
     out = Path(out)
     options = options.check()
@@ -520,7 +522,7 @@ def train(inputs: Tensor, out: str | Path, options: LearnOptions, template: Temp
     if resume and out.exists():
         blob = _read_blob(out)
         model = _model_from_blob(blob, out, device).train()
-        options = model.options.__class__(**{**asdict(model.options), "steps": options.steps})
+        options = LearnOptions(**{**asdict(model.options), "steps": options.steps, "lr": options.lr})
         model.options = options
         start, em_step = int(blob.get("step", 0)), float(blob.get("em_step", options.em_step))
         opt_state, history = blob.get("optimizer"), list(blob.get("history", []))
@@ -532,6 +534,8 @@ def train(inputs: Tensor, out: str | Path, options: LearnOptions, template: Temp
     opt = torch.optim.Adam(model.parameters(), lr=options.lr)
     if opt_state is not None:
         opt.load_state_dict(opt_state)
+        for group in opt.param_groups:
+            group["lr"] = options.lr
     em = TemplateEM(model, em_step)
     gen = torch.Generator().manual_seed(options.seed + start)
     n = inputs.shape[0]
@@ -539,6 +543,7 @@ def train(inputs: Tensor, out: str | Path, options: LearnOptions, template: Temp
     batches = _batches(n, options.batch, gen)
     last_epoch = start // per_epoch
     running: dict[str, Tensor] = {}
+    counts: dict[str, int] = {}
     t0 = time.perf_counter()
 
     def checkpoint(step: int) -> None:
@@ -553,21 +558,21 @@ def train(inputs: Tensor, out: str | Path, options: LearnOptions, template: Temp
                 em.update(model)
             last_epoch = epoch
         x = _augment(inputs.index_select(0, idx).to(device=device, dtype=torch.float32) / 255.0, options.flip)
-        total, terms, att = step_loss(model, x)
+        total, terms, att = step_loss(model, x, with_ic=step % options.ic_every == 0)
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
         em.add(att.offsets)
         for k, v in {"total": total.detach(), **terms}.items():
             running[k] = running.get(k, 0) + v
+            counts[k] = counts.get(k, 0) + 1
         done = step + 1
         out_of_time = max_seconds is not None and time.perf_counter() - t0 > max_seconds
         if done % options.checkpoint_every == 0 or done == options.steps or out_of_time:
-            k = done - (history[-1]["step"] if history else start)
             row = {"step": done, "epoch": epoch, "seconds": round(time.perf_counter() - t0, 1),
-                   **{name: round(float(v) / max(k, 1), 5) for name, v in running.items()}}
+                   **{name: round(float(v) / counts[name], 5) for name, v in running.items()}}
             history.append(row)
-            running = {}
+            running, counts = {}, {}
             if log:
                 log(done, row)
             checkpoint(done)
