@@ -13,7 +13,8 @@ Metrics, as scripts/bench_recon.py computes them for the refinement (so the rows
   * SSIM as pytorch_msssim computes it (11x11 Gaussian window, sigma 1.5, data range 1), between
     the render and the image with the background removed (both x their masks), on the box around
     both masks grown by 8 % of its height.
-Writes docs/recon_learned_bench.json and prints a Markdown table; `learned_rows(...)` gives the rows
+Writes docs/recon_learned_bench.json, docs/images/recon_learned.png (ryota.png and four subjects:
+input with the background removed | re-render) and prints a Markdown table; `learned_rows(...)` gives the rows
 to scripts/bench_recon.py, which shows them beside the per-image refinement.
 
     .venv/bin/python scripts/bench_recon_learned.py [--model PATH] [--work build/recon_learned_bench]
@@ -48,6 +49,7 @@ SUBJECTS = [("tshirt-shorts", 100), ("longsleeve-trousers", 101), ("tank-skirt",
 EVAL_SEEDS = tuple(seed for _, seed in SUBJECTS)
 RYOTA = ROOT.parent / "shared" / "data" / "real" / "ryota.png"
 OUT = ROOT / "docs" / "recon_learned_bench.json"
+FIGURE = ROOT / "docs" / "images" / "recon_learned.png"
 
 
 def eval_images(work: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -82,8 +84,9 @@ def score(rgb: np.ndarray, mask: np.ndarray, render: np.ndarray, hit: np.ndarray
             "ssim": float(ssim(t(pred), t(target), value_range=(0.0, 1.0))[0])}
 
 
-def learned_rows(images, model_path: str | Path | None = None) -> list[dict]:
-    """One row per image: name, iou, ssim, seconds (one prediction, after a warm-up)."""
+def learned_rows(images, model_path: str | Path | None = None, panels: list | None = None) -> list[dict]:
+    """One row per image: name, iou, ssim, seconds (one prediction, after a warm-up). With `panels`
+    a list, (input with background removed, re-render) image pairs are appended to it."""
     model = load_model(model_path)
     predict(model, images[0][1], images[0][2])       # warm-up (first-call allocations)
     rows = []
@@ -94,7 +97,25 @@ def learned_rows(images, model_path: str | Path | None = None) -> list[dict]:
         render, hit = render_prediction(model, pred, rgb.shape[:2])
         rows.append({"image": name, "method": "learned (one pass)", **score(rgb, mask, render, hit),
                      "seconds": round(seconds, 3)})
+        if panels is not None:
+            panels.append((rgb * mask[..., None], (render * hit[..., None] * 255).round().astype(np.uint8)))
     return rows
+
+
+def save_panels(panels: list, path: Path, height: int = 256) -> None:
+    """Pairs side by side (input | re-render), resized to `height`, in one PNG."""
+    from PIL import Image
+    tiles = []
+    for a, b in panels:
+        for im in (a, b):
+            img = Image.fromarray(np.ascontiguousarray(im))
+            tiles.append(img.resize((max(1, round(img.width * height / img.height)), height)))
+    sheet = Image.new("RGB", (sum(t.width for t in tiles), height))
+    x = 0
+    for t in tiles:
+        sheet.paste(t, (x, 0))
+        x += t.width
+    sheet.save(path)
 
 
 def summary(rows: list[dict]) -> dict[str, dict[str, float]]:
@@ -111,7 +132,9 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "recon_learned_bench")
     args = ap.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    rows = learned_rows(eval_images(args.work), args.model)
+    panels: list = []
+    rows = learned_rows(eval_images(args.work), args.model, panels)
+    save_panels([panels[-1]] + panels[:4], FIGURE)
     result = {"rows": rows, "summary": summary(rows), "eval_seeds": list(EVAL_SEEDS),
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs visible, {torch.get_num_threads()} torch "
                          f"threads, torch {torch.__version__} (shared host: other jobs running)"}

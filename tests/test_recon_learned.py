@@ -234,3 +234,16 @@ def test_corrupt_or_foreign_model_files_are_named(tmp_path, template):
     torch.save(blob, tmp_path / "faces.pt")
     with pytest.raises(InputError, match="faces.pt.*malformed"):
         load_model(tmp_path / "faces.pt")
+
+
+def test_predict_refuses_bad_images(template):
+    from pointwear.recon.learned import ReconNet
+    model = ReconNet(template.arrays(), SMALL).eval()
+    rgb, mask = _person()
+    with pytest.raises(InputError, match="mask is empty"):
+        predict(model, rgb, np.zeros(mask.shape, bool))
+    with pytest.raises(InputError, match="uint8"):
+        predict(model, rgb, mask[:40])
+    with pytest.raises(InputError, match="texture size"):
+        predict(model, rgb, mask > 0, texture_size=(0, 16))
+    assert predict(model, rgb, mask > 0, texture_size=(16, 8)).texture.shape == (16, 8, 3)

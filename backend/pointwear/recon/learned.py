@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.subject import MAX_IMAGE_PIXELS
 from ..errors import InputError
 from ..fileio import atomic_path
 from ..render.rasterizer import interpolate, rasterize
@@ -647,6 +648,9 @@ def predict(model: ReconNet, rgb: np.ndarray, mask: np.ndarray, texture_size: tu
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or mask.shape != rgb.shape[:2]:
         raise InputError(f"predict: rgb must be (H,W,3) uint8 and mask (H,W), got {rgb.shape} {rgb.dtype} and "
                          f"{mask.shape}", field="image")
+    if rgb.shape[0] * rgb.shape[1] > MAX_IMAGE_PIXELS or not 1 <= min(texture_size) <= max(texture_size) <= 4096:
+        raise InputError(f"predict: image {rgb.shape[1]}x{rgb.shape[0]} over {MAX_IMAGE_PIXELS} pixels or texture "
+                         f"size {texture_size} outside 1..4096", field="image")
     o = model.options
     got = crop_input(rgb, mask, (o.height, o.width))
     if got is None:
