@@ -268,6 +268,25 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: {result['mesh_vertices']} vertices, {result['faces']} faces, input-view IoU "
           f"{result['metrics']['input_iou']:.3f}, refinement {result['seconds']['refine']:.1f} s, "
           f"total {result['seconds']['total']:.1f} s")
+def cmd_train_recon(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .device import pick_device
+    from .recon.datasets import build_inputs, list_items
+    from .recon.learned import LearnOptions, train
+    items = list_items(args.data, args.layout, max_items=args.max_images)
+    options = replace(LearnOptions(), steps=args.steps, batch=args.batch, seed=args.seed).check()
+    progress = _TqdmProgress()
+    try:
+        inputs = build_inputs(items, (options.height, options.width), progress=progress)
+        report = train(inputs, args.out, options, device=pick_device(args.device), progress=progress,
+                       max_seconds=None if args.minutes is None else args.minutes * 60)
+    finally:
+        progress.close()
+    last = report["history"][-1] if report["history"] else {}
+    print(f"wrote model {args.out}: {report['steps']} steps on {report['images']} images "
+          f"({args.layout} layout), {report['seconds']:.0f} s; last loss {last.get('total', float('nan')):.4f} "
+          f"(mask 1-IoU {last.get('iou', float('nan')):.3f}, L1 {last.get('l1', float('nan')):.3f})")
     return 0
 
 
@@ -457,6 +476,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gender", default="neutral", choices=["neutral", "male", "female"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_reconstruct)
+    p = sub.add_parser("train-recon", help="train the learned single-image reconstruction (camera, shape, "
+                       "texture flow, light encoders; self-supervised; docs/recon_learned.md)")
+    p.add_argument("--data", required=True, help="training data folder")
+    p.add_argument("--layout", required=True, choices=["subject", "market", "atr"],
+                   help="subject: our subject folders; market: Market-HQ (pytorch/ + seg_hmr/); "
+                        "atr: ATR humanparsing (JPEGImages/ + SegmentationClassAug/ or Seg/)")
+    p.add_argument("--out", required=True, help="model file to write (training resumes from it if present)")
+    p.add_argument("--steps", type=int, default=1000, help="optimisation steps in total")
+    p.add_argument("--batch", type=int, default=12)
+    p.add_argument("--minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    p.add_argument("--max-images", type=int, default=20000, help="refuse data folders with more images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_train_recon)
 
     p = sub.add_parser("serve", help="run the job server the Blender add-on talks to (docs/protocol.md)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: other machines too; "

@@ -6,7 +6,7 @@ the parametric model to a synthetic subject is not a tautology."""
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -222,11 +222,12 @@ def _hanging_ease(ease: float, flare: float, hip_s: float) -> Callable[[torch.Te
 # -- building the mesh --------------------------------------------------------------------------
 def build_outfit(frame: BodyFrame, params: list[GarmentParams], names: list[str] | None = None,
                  detail: Detail | None = None, keep_sleeves: bool = False,
-                 with_weights: bool = True) -> GarmentMesh:
+                 with_weights: bool = True, coarsen: int = 1) -> GarmentMesh:
     """Rest-pose mesh of the outfit on this body, with skin weights from the body (or none,
     when a caller computes them less often than the geometry). Made on the device and dtype of
     the parameters' tensors (the CPU in float32 for plain numbers). Parameters may hold (C, 1, 1)
-    tensors, C outfits of one topology at once: vertices (C, V, 3) and weights (C, V, 24)."""
+    tensors, C outfits of one topology at once: vertices (C, V, 3) and weights (C, V, 24).
+    `coarsen` divides every piece's grid resolution (a coarse template for learned reconstruction)."""
     detail = detail or Detail()
     rng = np.random.default_rng(detail.seed)
     names = names or [p.kind for p in params]
@@ -235,6 +236,8 @@ def build_outfit(frame: BodyFrame, params: list[GarmentParams], names: list[str]
     offset = 0
     for g, p in enumerate(params):
         for piece in garment_pieces(frame, p, keep_sleeves):
+            if coarsen > 1:
+                piece = replace(piece, grid=(max(2, piece.grid[0] // coarsen), max(3, piece.grid[1] // coarsen)))
             v = _piece_vertices(piece, detail, rng, like)
             n_s, n_phi = piece.grid
             verts.append(v.reshape(*v.shape[:-3], -1, 3))
