@@ -213,6 +213,8 @@ class VIEW3D_PT_pointwear_result(_PointwearPanel, Panel):
         layout.separator()
         layout.prop(props, "armature")
         layout.operator("pointwear.load_motion", icon="ARMATURE_DATA")
+        layout.operator("pointwear.retarget_armature", icon="CON_ARMATURE")
+        layout.operator_menu_enum("pointwear.make_cloth", "preset", text="Make Cloth Simulation", icon="MOD_CLOTH")
 
 
 class VIEW3D_PT_pointwear_redrape(_PointwearPanel, Panel):
