@@ -229,6 +229,22 @@ def cmd_motion_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_edit(args: argparse.Namespace) -> int:
+    from .drape.sliders import Editor, edit_result, parse_sets, slider_table
+    if args.list:
+        for s in Editor(args.result).sliders:
+            print(f"{s.name:24s} {s.value:9.4f}   range {s.low:g}..{s.high:g}")
+        return 0
+    if args.table:
+        print(f"wrote {slider_table(args.result, args.table)}")
+        return 0
+    if not args.out or not args.set:
+        raise ValueError("edit: give --set NAME=VALUE (one or more) and --out NEW (or --list, or --table FILE)")
+    applied = edit_result(args.result, args.out, parse_sets(args.set))
+    print(f"wrote {args.out}: " + ", ".join(f"{k}={v:g}" for k, v in applied.items()))
+    return 0
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     import logging
 
@@ -400,6 +416,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--body", default="default", help="default, or an SMPL model file / folder")
     p.add_argument("--gender", default="neutral", choices=["neutral", "male", "female"])
     p.set_defaults(func=cmd_motion_import)
+
+    p = sub.add_parser("edit", help="change a fitted outfit's garment parameters (sleeve, hem, waist, neckline, "
+                                     "looseness, flare, ...; a neural drape's named directions) into a new result")
+    p.add_argument("result", help="a fit result folder (outfit.npz)")
+    p.add_argument("--set", action="append", default=None, metavar="NAME=VALUE",
+                   help="a slider and its new value: sleeve=0.4, tshirt.hem=0.9, looseness=0.03 (repeatable)")
+    p.add_argument("--out", default=None, help="the new result folder")
+    p.add_argument("--list", action="store_true", help="list the result's sliders, values and ranges")
+    p.add_argument("--table", default=None, metavar="FILE", help="write the slider table (sliders.npz) the "
+                                                                   "add-on re-drapes from live")
+    p.set_defaults(func=cmd_edit)
 
     p = sub.add_parser("eval-outfit", help="score a fitted outfit against a subject (and its truth)")
     p.add_argument("result")

@@ -23,8 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from scipy.spatial.transform import Rotation
+
 from ..body.joints import JOINT_INDEX, JOINT_NAMES
 from ..errors import InputError
+from ..link.protocol import SKELETON_KEYS
 from .bvh import Bvh, read_bvh
 from .bvh_smpl import (CMU_JOINT_MAP, BvhSmplOptions, _leg_length, _rest_bvh, _targets, bvh_to_smpl,
                        bvh_up_axis, match_joints, source_and_result, to_motion)
@@ -153,6 +156,64 @@ def retarget_report(bvh: Bvh, converted: dict, body, options: BvhSmplOptions, fr
             "foot_skating": {"source": foot_skating(target, fps), "retargeted": foot_skating(joints, fps)}}
 
 
+MAX_SKELETON_JOINTS = 1000
+MAX_SKELETON_FRAMES = 200_000
+
+
+def bvh_from_skeleton(path: str | Path) -> Bvh:
+    """A Bvh from an armature's sampled motion (protocol SKELETON_NPZ, written by the add-on's
+    Retarget from Armature): offsets from the rest joint heads, ZYX rotation channels from the
+    local rotations L_j = D_parent^T D_j of the rest-relative world rotations D, the root's
+    position channels from its head; leaf bones end at their tails (End Sites)."""
+    from ..fileio import load_npz
+    j, t = MAX_SKELETON_JOINTS, MAX_SKELETON_FRAMES
+    data = load_npz(path, {"names": j, "parents": j, "rest": 3 * j, "tails": 3 * j, "rotations": 9 * j * t,
+                           "root": 3 * t, "fps": 1})
+    missing = [k for k in SKELETON_KEYS if k not in data]
+    if missing:
+        raise InputError("missing key", file=path, field=missing[0])
+    names = [str(n) for n in data["names"]]
+    parents = np.asarray(data["parents"], np.int64)
+    rest, tails = np.asarray(data["rest"], np.float64), np.asarray(data["tails"], np.float64)
+    rot, root = np.asarray(data["rotations"], np.float64), np.asarray(data["root"], np.float64)
+    count = len(names)
+    shapes = {"parents": (parents.shape, (count,)), "rest": (rest.shape, (count, 3)),
+              "tails": (tails.shape, (count, 3)), "rotations": (rot.shape[1:], (count, 3, 3)),
+              "root": (root.shape, (len(rot), 3))}
+    for key, (got, want) in shapes.items():
+        if tuple(got) != want:
+            raise InputError(f"shape {tuple(got)}, expected {want}", file=path, field=key)
+    if not (np.isfinite(rest).all() and np.isfinite(rot).all() and np.isfinite(root).all()):
+        raise InputError("not finite", file=path, field="rotations")
+    if not count or (parents[0] != -1) or (parents[1:] < 0).any() or (parents[1:] >= np.arange(1, count)).any():
+        raise InputError("parents must list the root first (-1), then each joint after its parent", file=path,
+                         field="parents")
+    fps = float(np.asarray(data["fps"]).reshape(-1)[0])
+    if not 0 < fps <= 1000:
+        raise InputError(f"must be within 0..1000, got {fps}", file=path, field="fps")
+    u, _, vt = np.linalg.svd(rot)                       # the nearest rotations (scale, shear removed)
+    rot = u @ vt
+    local = rot.copy()
+    local[:, 1:] = np.einsum("tjki,tjkl->tjil", rot[:, parents[1:]], rot[:, 1:])
+    euler = Rotation.from_matrix(local.reshape(-1, 3, 3)).as_euler("ZYX", degrees=True).reshape(len(rot), count, 3)
+    offsets = rest - np.where(parents[:, None] >= 0, rest[np.maximum(parents, 0)], 0.0)
+    offsets[0] = 0.0
+    motion = np.concatenate([root[:, None, :], euler], 1)                  # root: position + rotation
+    columns = [motion[:, 0], motion[:, 1]] + [motion[:, k] for k in range(2, count + 1)]
+    channels = [("Xposition", "Yposition", "Zposition", "Zrotation", "Yrotation", "Xrotation")] + \
+        [("Zrotation", "Yrotation", "Xrotation")] * (count - 1)
+    has_child = np.zeros(count, bool)
+    has_child[parents[1:]] = True
+    ends = [(int(k), tails[k] - rest[k]) for k in np.flatnonzero(~has_child)]
+    return Bvh([n.replace(" ", "_") for n in names], parents, offsets, channels, 1.0 / fps,
+               np.concatenate(columns, 1).astype(np.float32), ends, str(path))
+
+
+def read_source(path: str | Path) -> Bvh:
+    """A motion source: a .bvh file, or an armature's sampled motion (.npz, SKELETON_NPZ)."""
+    return bvh_from_skeleton(path) if str(path).lower().endswith(".npz") else read_bvh(path)
+
+
 def _frames(frames: tuple[int, int] | None, bvh: Bvh) -> slice | None:
     if frames is None:
         return None
@@ -166,13 +227,13 @@ def _frames(frames: tuple[int, int] | None, bvh: Bvh) -> slice | None:
 def retarget_bvh(path: str | Path, out: str | Path, body, name_tables: list[str | Path] = (),
                  options: RetargetOptions = RetargetOptions(), frames: tuple[int, int] | None = None,
                  progress=None) -> dict:
-    """Retarget the BVH at `path` onto `body` and write OUT (an AMASS-style Y-up motion .npz)
+    """Retarget the BVH (or the add-on's skeleton .npz) at `path` onto `body` and write OUT (an AMASS-style Y-up motion .npz)
     and OUT with .json (the report). Returns the report: {"motion", "source", "units",
     "metres_per_unit", "up", "notes": [what was detected and done], "unknown_joints",
     "joint_error_cm", "foot_skating", "frames", "fps"}. Nothing is written on error."""
     progress = progress or (lambda stage, i, n: None)
     table, table_files = load_name_table(name_tables)
-    source = read_bvh(path)
+    source = read_source(path)
     bvh, unknown = canonical_bvh(source, table)
     try:
         match_joints(bvh)
