@@ -32,6 +32,7 @@ def finish_retarget(context, job, scene):
     import bpy
 
     from ..scene import importer
+    from ..scene import motion as motion_keys
 
     armature = bpy.data.objects.get(job.tag.get("armature") or "")
     if armature is None:
@@ -42,6 +43,9 @@ def finish_retarget(context, job, scene):
         report = json.load(f)
     keyed = importer.load_motion(context, armature, motion, up="Y")
     action = keyed["action"]
+    start = int(job.tag.get("frame_start") or 0)     # key on the source's own frames
+    motion_keys.shift_keys(armature, start)
+    scene.frame_start, scene.frame_end = start, start + keyed["frames"] - 1
     action.name = "{} retargeted".format(job.tag.get("source") or "motion")
     summary = {"joint_error_cm": report["joint_error_cm"]["all"],
                "root_and_legs_error_cm": report["joint_error_cm"]["root_and_legs"],
@@ -101,9 +105,9 @@ class POINTWEAR_OT_retarget_armature(JobOperatorMixin, Operator):
         folder = tempfile.mkdtemp(prefix="retarget-inputs-", dir=work)
         path = os.path.join(folder, protocol.SKELETON_NPZ)
         np.savez(path, **arrays)
-        fps = float(arrays["fps"])
-        params = {"source": path, "fps": min(240.0, max(1.0, fps))}
-        tag = {"armature": armature.name, "source": source.name, "inputs": folder}
+        # the source's own frame rate: the retargeted keys land on the source's frames
+        params = {"source": path, "fps": min(240.0, max(1.0, float(arrays["fps"])))}
+        tag = {"armature": armature.name, "source": source.name, "inputs": folder, "frame_start": start}
         return protocol.KIND_MOTION_IMPORT, params, AFTER_RETARGET, tag
 
 

@@ -3,6 +3,10 @@ armature's action, outfit sliders and the live fitting preview (issue 12, parts 
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -185,3 +189,114 @@ def test_slider_table_errors_name_the_file(installed_addon, fit_result, slider_f
     with pytest.raises(results.ResultFileError, match="samples"):
         sliders.load(arm, str(bad))
     assert len(arm.pointwear_sliders) == 0 and sliders.TABLE_PROP not in arm
+
+
+# -- with the real backend: live fit points, slider table + Apply, Retarget from Armature ---------
+
+CMU = Path(__file__).resolve().parents[3] / "shared" / "data" / "real" / "cmu_01_01.bvh"
+if not CMU.is_file():
+    CMU = Path("/work/shared/data/real/cmu_01_01.bvh")
+
+
+@pytest.fixture
+def live_addon(installed_addon, tmp_path):
+    """The installed add-on with its preferences pointing at the backend Python (CPU, a work
+    folder of this test); the backend is stopped afterwards whatever happened."""
+    from blender_support import ADDON_MODULE, backend_python
+
+    bpy = installed_addon["bpy"]
+    prefs = bpy.context.preferences.addons[ADDON_MODULE].preferences
+    prefs.backend_python = str(backend_python())
+    prefs.work_folder = str(tmp_path / "work")
+    prefs.device = "CPU"
+    runtime = _addon_module("operators.runtime")
+    yield bpy, runtime
+    if runtime._session is not None:
+        runtime._session.stop(timeout=5.0)
+
+
+def _heads(bpy, arm, names):
+    world = np.array(arm.matrix_world)
+    return np.array([(world @ np.append(np.array(arm.pose.bones[n].head), 1.0))[:3] for n in names])
+
+
+def test_live_points_sliders_apply_and_retarget_with_the_backend(live_addon, fit_result, tmp_path):
+    bpy, runtime = live_addon
+    ops, props = bpy.ops.pointwear, bpy.context.scene.pointwear
+    live = _addon_module("scene.live")
+    protocol = _addon_module("link.protocol")
+    assert ops.start_backend() == {"FINISHED"}
+
+    # 1. Live fitting preview: the fit's points appear as a temporary object, gone at the end.
+    props.subject_folder = str(fit_result.parent / "subject")
+    props.fit_drape, props.fit_template = "PARAMETRIC", "TSHIRT_SHORTS"
+    props.fit_codes, props.fit_coarse_steps, props.fit_fine_steps = 1, 12, 4
+    assert ops.fit_outfit(wait=False) == {"FINISHED"}
+    job = runtime.session().current_job
+    seen = None
+    deadline = time.monotonic() + 300
+    while not job.handled and time.monotonic() < deadline:    # the pump finishes (imports) it
+        runtime.pump()
+        obj = live.live_object()
+        if obj is not None and seen is None:
+            seen = (obj.name, len(obj.data.vertices), tuple(obj.location), _rest(obj))
+        time.sleep(0.05)
+    assert seen is not None, "no live points arrived during the fit"
+    name, count, location, rest = seen
+    assert name == live.OBJECT_NAME and 100 < count <= protocol.PREVIEW_POINTS_MAX
+    assert location == pytest.approx(live.OFFSET)
+    assert 1.0 < np.ptp(rest[:, 2]) < 2.0          # a garment's height in the body's rest pose
+    assert job.state == "done" and props.job_state == "done"
+    assert live.live_object() is None and name not in bpy.data.meshes
+    arm = props.armature
+    assert arm is not None and arm.get("pointwear_result")
+
+    # 2. Outfit sliders from the backend's table; Apply drapes them exactly into a new result.
+    assert ops.load_sliders() == {"FINISHED"}
+    assert len(arm.pointwear_sliders) == 7
+    kids = _addon_module("scene.importer").pointwear_children(arm)
+    arm.pointwear_sliders["top.sleeve"].factor = 0.25
+    live_rest = _smpl(_rest(kids["clothing_mesh"]))
+    old = arm["pointwear_result"]
+    assert ops.apply_sliders() == {"FINISHED"}
+    new = Path(arm["pointwear_result"])
+    assert str(new) != old and props.result_folder == str(new)
+    outfit = _addon_module("io.results").read_outfit(new / "outfit.npz")
+    assert json.loads((new / "result.json").read_text())["set"] == {"top.sleeve": 0.25}
+    assert np.abs(_smpl(_rest(kids["clothing_mesh"])) - outfit.points).max() < 1e-5
+    assert np.abs(live_rest - outfit.points).max() < 0.002     # what the slider showed is what Apply made
+    assert len(arm.pointwear_sliders) == 0
+
+    # 3. Retarget from Armature: the CMU take through Blender's own BVH importer.
+    target = arm.name
+    assert bpy.ops.import_anim.bvh(filepath=str(CMU), update_scene_fps=True) == {"FINISHED"}
+    source = bpy.context.active_object
+    props.retarget_source = source
+    assert ops.retarget_armature(frame_start=1, frame_end=240) == {"FINISHED"}
+    arm = bpy.data.objects[target]
+    action = arm.animation_data.action
+    report = json.loads(action["pointwear_retarget_report"])
+    assert report["up"] == "z" and report["units"].startswith("CMU units")
+    assert report["root_and_legs_error_cm"] < 3.0
+    assert report["foot_skating_cm_s"] < report["source_foot_skating_cm_s"] + 5.0
+    assert tuple(action.frame_range) == (1.0, 240.0)          # the source's frames, at its 120 fps
+    assert (bpy.context.scene.frame_start, bpy.context.scene.frame_end) == (1, 240)
+    legs_smpl = ["left_knee", "right_knee", "left_ankle", "right_ankle"]
+    legs_cmu = ["LeftLeg", "RightLeg", "LeftFoot", "RightFoot"]
+    job_folder = runtime.session().jobs[props.job_id].folder
+    scale = json.loads((Path(job_folder) / "motion.json").read_text())["metres_per_unit"]
+    errors = []
+    for k in (1, 80, 160, 240):
+        bpy.context.scene.frame_set(k)
+        smpl, cmu = _heads(bpy, arm, legs_smpl), _heads(bpy, source, legs_cmu) * scale
+        errors.append(np.linalg.norm(smpl - cmu, axis=1))
+    assert np.mean(errors) < 0.05, np.round(errors, 3)
+
+    # An armature without an action: a clear message, nothing submitted.
+    still = bpy.data.objects.new("Still", bpy.data.armatures.new("Still"))
+    bpy.context.scene.collection.objects.link(still)
+    props.retarget_source = still
+    jobs_before = len(runtime.session().jobs)
+    with pytest.raises(RuntimeError, match="has no action to retarget"):
+        ops.retarget_armature()
+    assert len(runtime.session().jobs) == jobs_before
