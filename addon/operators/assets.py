@@ -22,6 +22,7 @@ from ..link import protocol
 from ..properties import is_pointwear_armature
 from . import runtime
 from .jobs import JobOperatorMixin, poll_backend_free
+from .scene_ops import _poll_armature
 
 AFTER_RETARGET = "retarget"
 REPORT_PROP = "pointwear_retarget_report"
@@ -75,14 +76,9 @@ class POINTWEAR_OT_retarget_armature(JobOperatorMixin, Operator):
 
     @classmethod
     def poll(cls, context):
-        props = getattr(context.scene, "pointwear", None)
-        if props is None:
-            cls.poll_message_set("The Pointwear add-on is not enabled")
+        if _poll_armature(cls, context) is None:
             return False
-        if runtime.target_armature(context) is None:
-            cls.poll_message_set("Import a Pointwear result first")
-            return False
-        if props.retarget_source is None:
+        if context.scene.pointwear.retarget_source is None:
             cls.poll_message_set("Choose the armature to retarget from")
             return False
         return poll_backend_free(cls)

@@ -10,6 +10,7 @@ from bpy.types import Operator
 from ..link import protocol
 from . import runtime
 from .jobs import JobOperatorMixin, poll_backend_free
+from .scene_ops import _poll_armature
 
 AFTER_SLIDERS = "sliders"
 AFTER_EDIT = "edit"
@@ -52,12 +53,10 @@ runtime.register_finisher(AFTER_EDIT, finish_edit)
 
 
 def _poll_result(cls, context):
-    if getattr(context.scene, "pointwear", None) is None:
-        cls.poll_message_set("The Pointwear add-on is not enabled")
-        return None
-    armature = runtime.target_armature(context)
-    if armature is None or not armature.get("pointwear_result"):
-        cls.poll_message_set("Import a Pointwear result first")
+    """The target armature when it has a fitted result (else None, with the poll message)."""
+    armature = _poll_armature(cls, context)
+    if armature is not None and not armature.get("pointwear_result"):
+        cls.poll_message_set("The armature has no fitted result")
         return None
     return armature
 
