@@ -47,6 +47,20 @@ def backend_inputs(root: Path) -> dict:
     return {"result": root / "result", "table": root / "sliders.npz", "walk": root / "walk.npz", **first}
 
 
+def frame_objects(bpy, objects, pad=1.15):
+    """(target (3,), distance) that frame the evaluated objects' world bounding box."""
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    corners = []
+    for obj in objects:
+        ev = obj.evaluated_get(depsgraph)
+        m = np.array(ev.matrix_world)
+        corners += [(m @ np.append(np.array(c), 1.0))[:3] for c in ev.bound_box]
+    corners = np.array(corners)
+    lo, hi = corners.min(0), corners.max(0)
+    height = max(hi[2] - lo[2], (hi[0] - lo[0]) * SIZE / SIZE)
+    return (lo + hi) / 2, pad * height / (2 * np.tan(np.radians(19.8)))
+
+
 def setup_scene(bpy, target=(0.0, 0.0, 0.9), distance=3.4, width=SIZE):
     scene = bpy.context.scene
     scene.render.engine = "CYCLES"
@@ -65,8 +79,8 @@ def setup_scene(bpy, target=(0.0, 0.0, 0.9), distance=3.4, width=SIZE):
     light.rotation_euler = (0.6, 0.2, 0.5)
     scene.collection.objects.link(light)
     cam = bpy.data.objects.new("cam", bpy.data.cameras.new("cam"))
-    cam.location = (target[0], target[1] - distance, target[2] + 0.2)
-    cam.rotation_euler = (np.radians(87), 0, 0)
+    cam.location = (target[0], target[1] - distance, target[2])
+    cam.rotation_euler = (np.radians(90), 0, 0)
     scene.collection.objects.link(cam)
     scene.camera = cam
     return scene
@@ -107,7 +121,7 @@ def sliders_image(bpy, inputs, out: Path, tmp: Path) -> None:
     objs = importer.import_result(bpy.context, str(inputs["result"]), with_camera=False, with_motion=False)
     objs["clothing_points"].hide_render = True
     arm = objs["armature"]
-    setup_scene(bpy)
+    setup_scene(bpy, *frame_objects(bpy, [objs["body"], objs["clothing_mesh"]]))
     before = render(bpy, tmp / "s0.png")
     sliders.load(arm, str(inputs["table"]))
     for name, factor in (("top.sleeve", 1.0), ("top.hem", 1.0), ("trousers.hem", 1.0), ("trousers.ease", 0.9)):
@@ -131,8 +145,8 @@ def cloth_image(bpy, inputs, out: Path, tmp: Path) -> None:
                      armature_builder.rest_joints(arm), "COTTON")
     for frame in range(0, 21):
         ctx.scene.frame_set(frame)
-    setup_scene(bpy, target=(0.0, 0.3, 0.9))
     ctx.scene.frame_set(20)
+    setup_scene(bpy, *frame_objects(bpy, [objs["body"]], pad=1.3))
     iio.imwrite(out, render(bpy, tmp / "c.png"))
 
 
@@ -176,10 +190,10 @@ def retarget_image(bpy, inputs, out: Path, tmp: Path) -> None:
     motion.shift_keys(arm, 1)
     frame = 300
     ctx.scene.frame_set(frame)
-    _stick_figure(bpy, source, report["metres_per_unit"], np.array([-1.0, 0.0, 0.0]))
-    arm.location = (0.0, 0.0, 0.0)
-    root = np.array(arm.matrix_world) @ np.append(np.array(arm.pose.bones[0].head), 1.0)
-    setup_scene(bpy, target=(root[0] - 0.5, root[1], 0.9), distance=4.2, width=2 * SIZE)
+    sticks = _stick_figure(bpy, source, report["metres_per_unit"], np.array([-1.0, 0.0, 0.0]))
+    objs["clothing_points"].hide_render = True
+    target, distance = frame_objects(bpy, [objs["body"], sticks], pad=1.1)
+    setup_scene(bpy, target, distance * 0.6, width=2 * SIZE)
     iio.imwrite(out, render(bpy, tmp / "r.png"))
 
 
@@ -192,7 +206,7 @@ def live_image(bpy, inputs, out: Path, tmp: Path) -> None:
     flat = (np.round(inputs["points"][::max(1, len(inputs["points"]) // protocol.PREVIEW_POINTS_MAX + 1)]
                      / protocol.PREVIEW_POINTS_UNIT)).astype(int).ravel().tolist()
     obj = live.show_points(bpy.context.scene, protocol.decode_points(flat))
-    setup_scene(bpy, target=tuple(np.array(obj.location) + np.array([0.0, 0.0, 0.9])))
+    setup_scene(bpy, *frame_objects(bpy, [obj]))
     iio.imwrite(out, side_by_side(inputs["image"], render(bpy, tmp / "l.png")))
 
 

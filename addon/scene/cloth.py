@@ -8,7 +8,10 @@ neck (``SHOULDER_JOINTS``, at least ``SHOULDER_WEIGHT``); a waistband is the top
 (``WAISTBAND_DEPTH``) of every garment whose top edge lies below the spine3 joint (a lower
 garment: shorts, trousers, a skirt). Three vertex groups are written, ``pointwear_pin_shoulders``,
 ``pointwear_pin_waistband`` and their union ``pointwear_pin`` (the Cloth modifier's pin group),
-so an artist can repaint them.
+so an artist can repaint them. A garment made of separate pieces (the parametric garments' legs
+and sleeves are tubes of their own) would lose a piece that neither rule pins: such a piece is
+pinned along its open edge nearest the pelvis or the neck (a trouser leg at the crotch, a sleeve
+at the shoulder), ``pointwear_pin_seams``.
 
 Modifier order matters: the Armature modifier stays first (pinned vertices follow the skinned
 pose), Cloth after it; on the body, Collision after its Armature modifier (a deforming collider).
@@ -23,12 +26,15 @@ from ..io import results, smpl_math
 PIN_GROUP = "pointwear_pin"
 SHOULDER_GROUP = "pointwear_pin_shoulders"
 WAISTBAND_GROUP = "pointwear_pin_waistband"
+SEAM_GROUP = "pointwear_pin_seams"
 CLOTH_MODIFIER = "Pointwear Cloth"
 COLLISION_MODIFIER = "Pointwear Collision"
 SHOULDER_JOINTS = ("left_collar", "right_collar", "neck")
 SHOULDER_WEIGHT = 0.3          # summed skin weight of SHOULDER_JOINTS that pins a vertex
 WAISTBAND_DEPTH = 0.04         # m below a lower garment's top edge that is its waistband
 WAIST_JOINT = "spine3"         # a garment whose top edge is below this joint is a lower garment
+SEAM_JOINTS = ("pelvis", "neck")   # a loose piece hangs from its open edge nearest one of these
+SEAM_DEPTH = 0.025             # m around that edge that is pinned
 COLLISION_DISTANCE = 0.006     # m: cloth keeps this far from the body
 BODY_THICKNESS = 0.004         # m: the body's outer collision shell
 
@@ -92,6 +98,48 @@ def pin_weights(rest_smpl, skin, joint_names, garment, waist_height):
     return (shoulders | waistband).astype(np.float32), shoulders, waistband
 
 
+def _components(count, edges):
+    """(count,) connected-component label of every vertex over (E, 2) edges (label propagation)."""
+    label = np.arange(count)
+    while True:
+        low = np.minimum(label[edges[:, 0]], label[edges[:, 1]])
+        new = label.copy()
+        np.minimum.at(new, edges[:, 0], low)
+        np.minimum.at(new, edges[:, 1], low)
+        new = new[new]                                  # jump along chains
+        if np.array_equal(new, label):
+            return label
+        label = new
+
+
+def seam_pins(rest_smpl, faces, pinned, anchors):
+    """(V,) bool: for every piece (connected component of the triangles (F, 3)) with no vertex in
+    ``pinned``, the vertices within SEAM_DEPTH of its open edge (boundary loop) nearest the
+    ``anchors`` (K, 3) (SMPL space)."""
+    count = len(rest_smpl)
+    edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+    uniq, uses = np.unique(edges, axis=0, return_counts=True)
+    piece = _components(count, uniq)
+    boundary = uniq[uses == 1]
+    loop = _components(count, boundary) if len(boundary) else np.arange(count)
+    on_boundary = np.zeros(count, bool)
+    on_boundary[boundary.ravel()] = True
+    out = np.zeros(count, bool)
+    for p in np.unique(piece):
+        mine = piece == p
+        if (pinned & mine).any():
+            continue
+        loops = np.unique(loop[mine & on_boundary])
+        if not len(loops):
+            continue                                     # a closed piece: nothing hangs from it
+        dist = [np.linalg.norm(rest_smpl[loop == lp].mean(0) - anchors, axis=1).min() for lp in loops]
+        edge = rest_smpl[loop == loops[int(np.argmin(dist))]]
+        idx = np.flatnonzero(mine)
+        near = np.linalg.norm(rest_smpl[idx, None] - edge[None], axis=-1).min(1) <= SEAM_DEPTH
+        out[idx[near]] = True
+    return out
+
+
 def _set_group(obj, name, weights):
     group = obj.vertex_groups.get(name) or obj.vertex_groups.new(name=name)
     group.remove(list(range(len(obj.data.vertices))))
@@ -104,7 +152,7 @@ def _set_group(obj, name, weights):
 def make_cloth(context, armature, garment_obj, body_obj, joint_names, rest_joints_smpl, preset="COTTON"):
     """Cloth on ``garment_obj`` (pinned, ``preset``), Collision on ``body_obj``, the cache over the
     armature's action frames (else the scene's). Returns {"cloth", "collision", "pinned" (count),
-    "shoulders", "waistband" (counts), "frame_start", "frame_end"}. Raises ClothError."""
+    "shoulders", "waistband", "seams" (counts), "frame_start", "frame_end"}. Raises ClothError."""
     if preset not in PRESETS:
         raise ClothError("unknown cloth preset {!r} (one of {})".format(preset, ", ".join(PRESETS)))
     if garment_obj is None or not len(garment_obj.data.polygons):
@@ -122,12 +170,20 @@ def make_cloth(context, armature, garment_obj, body_obj, joint_names, rest_joint
     garment = garment_index(garment_obj, armature.get("pointwear_result", ""))
     waist = float(rest_joints_smpl[joint_names.index(WAIST_JOINT)][1])
     pins, shoulders, waistband = pin_weights(rest, skin, list(joint_names), garment, waist)
+    faces = np.empty(len(garment_obj.data.polygons) * 3, np.int32)
+    if any(len(p.vertices) != 3 for p in garment_obj.data.polygons):
+        raise ClothError("{}: the garment mesh must be triangles".format(garment_obj.name))
+    garment_obj.data.polygons.foreach_get("vertices", faces)
+    anchors = np.array([rest_joints_smpl[joint_names.index(n)] for n in SEAM_JOINTS], np.float64)
+    seams = seam_pins(rest, faces.reshape(-1, 3), pins > 0, anchors)
+    pins = np.maximum(pins, seams.astype(np.float32))
     if not pins.any():
         raise ClothError("no vertex of {} lies at the shoulders or a waistband: nothing to pin".format(
             garment_obj.name))
 
     _set_group(garment_obj, SHOULDER_GROUP, shoulders)
     _set_group(garment_obj, WAISTBAND_GROUP, waistband)
+    _set_group(garment_obj, SEAM_GROUP, seams)
     _set_group(garment_obj, PIN_GROUP, pins)
     for obj, kind in ((garment_obj, "CLOTH"), (body_obj, "COLLISION")):
         for mod in [m for m in obj.modifiers if m.type == kind]:
@@ -152,7 +208,7 @@ def make_cloth(context, armature, garment_obj, body_obj, joint_names, rest_joint
     cloth.point_cache.frame_end = end
     garment_obj["pointwear_cloth_preset"] = preset
     return {"cloth": cloth, "collision": collision, "pinned": int(pins.sum()), "shoulders": int(shoulders.sum()),
-            "waistband": int(waistband.sum()), "frame_start": start, "frame_end": end}
+            "waistband": int(waistband.sum()), "seams": int(seams.sum()), "frame_start": start, "frame_end": end}
 
 
 def _frame_range(scene, armature):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from blender_support import run_backend
+from test_addon_backend import draw_all_panels
 
 
 @pytest.fixture
@@ -82,6 +83,14 @@ def test_cloth_handoff_simulates_24_frames_outside_the_body(scene_api, fit_resul
     moved = np.linalg.norm(co - skinned, axis=1)
     assert np.median(moved[pinned]) < 0.002
     assert np.mean(moved[~pinned]) > 0.005
+    # every separate piece (the legs and sleeves are tubes of their own) hangs from a pin: none
+    # slides down the body, so the garment's lowest points stay near the skinned pose's
+    faces = np.array([tuple(p.vertices) for p in garment.data.polygons])
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]]])
+    piece = cloth._components(len(pinned), edges)
+    assert all(pinned[piece == p].any() for p in np.unique(piece))
+    assert info["seams"] > 0
+    assert np.sort(co[:, 2])[:50].mean() > np.sort(skinned[:, 2])[:50].mean() - 0.05
 
 
 def test_cloth_handoff_refuses_a_points_only_result_and_unknown_presets(scene_api, fit_result):
@@ -254,6 +263,10 @@ def test_live_points_sliders_apply_and_retarget_with_the_backend(live_addon, fit
     # 2. Outfit sliders from the backend's table; Apply drapes them exactly into a new result.
     assert ops.load_sliders() == {"FINISHED"}
     assert len(arm.pointwear_sliders) == 7
+    layout = draw_all_panels(bpy)                       # the Result panel shows them, grouped
+    assert {"top", "trousers"} <= set(layout.texts()) and any(t.startswith("sleeve 0.") for t in layout.texts())
+    assert {"pointwear.apply_sliders", "pointwear.reset_sliders", "pointwear.retarget_armature"} <= set(
+        layout.operators())
     kids = _addon_module("scene.importer").pointwear_children(arm)
     arm.pointwear_sliders["top.sleeve"].factor = 0.25
     live_rest = _smpl(_rest(kids["clothing_mesh"]))
