@@ -53,9 +53,17 @@ def frame_objects(bpy, objects, pad=1.15):
     corners = []
     for obj in objects:
         ev = obj.evaluated_get(depsgraph)
-        m = np.array(ev.matrix_world)
-        corners += [(m @ np.append(np.array(c), 1.0))[:3] for c in ev.bound_box]
-    corners = np.array(corners)
+        mesh = ev.to_mesh()
+        if not len(mesh.vertices):                      # drawn as points: the vertices it draws
+            ev.to_mesh_clear()
+            ev, mesh = obj, obj.data
+        co = np.empty(len(mesh.vertices) * 3, np.float32)
+        mesh.vertices.foreach_get("co", co)
+        if ev is not obj:
+            ev.to_mesh_clear()
+        m = np.array(obj.matrix_world)
+        corners.append(co.reshape(-1, 3) @ m[:3, :3].T + m[:3, 3])
+    corners = np.concatenate(corners)
     lo, hi = corners.min(0), corners.max(0)
     height = max(hi[2] - lo[2], (hi[0] - lo[0]) * SIZE / SIZE)
     return (lo + hi) / 2, pad * height / (2 * np.tan(np.radians(19.8)))
@@ -150,27 +158,8 @@ def cloth_image(bpy, inputs, out: Path, tmp: Path) -> None:
     iio.imwrite(out, render(bpy, tmp / "c.png"))
 
 
-def _stick_figure(bpy, source, scale, offset):
-    """A skin-modifier mesh along the source armature's posed bones (armatures do not render)."""
-    heads, edges, verts = {}, [], []
-    world = np.array(source.matrix_world)
-    for pb in source.pose.bones:
-        for end in ("head", "tail"):
-            p = (world @ np.append(np.array(getattr(pb, end)), 1.0))[:3] * scale + offset
-            verts.append(p)
-        edges.append((len(verts) - 2, len(verts) - 1))
-        heads[pb.name] = len(verts) - 2
-    mesh = bpy.data.meshes.new("cmu")
-    mesh.from_pydata([tuple(v) for v in verts], edges, [])
-    obj = bpy.data.objects.new("cmu sticks", mesh)
-    bpy.context.scene.collection.objects.link(obj)
-    obj.modifiers.new("skin", "SKIN")
-    for v in mesh.skin_vertices[0].data:
-        v.radius = (0.025, 0.025)
-    return obj
-
-
 def retarget_image(bpy, inputs, out: Path, tmp: Path) -> None:
+    """The fitted clothing on the CMU take retargeted from Blender's own BVH import: three frames."""
     import imageio.v3 as iio
 
     from addon.scene import importer, motion, retarget
@@ -179,22 +168,27 @@ def retarget_image(bpy, inputs, out: Path, tmp: Path) -> None:
     fresh(bpy)
     ctx = bpy.context
     objs = importer.import_result(ctx, str(inputs["result"]), with_camera=False, with_motion=False)
+    objs["clothing_points"].hide_render = True
     arm = objs["armature"]
     bpy.ops.import_anim.bvh(filepath=str(CMU), update_scene_fps=True)
     source = ctx.active_object
     arrays = retarget.sample_armature(ctx.scene, source, 1, 480)
+    source.hide_render = True
     np.savez(tmp / "skeleton.npz", **arrays)
-    report = retarget_bvh(tmp / "skeleton.npz", tmp / "m.npz", load_body("default", device="cpu"),
-                          options=RetargetOptions(fps=float(arrays["fps"]), iterations=30))
+    retarget_bvh(tmp / "skeleton.npz", tmp / "m.npz", load_body("default", device="cpu"),
+                 options=RetargetOptions(fps=float(arrays["fps"]), iterations=30))
     importer.load_motion(ctx, arm, str(tmp / "m.npz"), up="Y")
     motion.shift_keys(arm, 1)
-    frame = 300
-    ctx.scene.frame_set(frame)
-    sticks = _stick_figure(bpy, source, report["metres_per_unit"], np.array([-1.0, 0.0, 0.0]))
-    objs["clothing_points"].hide_render = True
-    target, distance = frame_objects(bpy, [objs["body"], sticks], pad=1.1)
-    setup_scene(bpy, target, distance * 0.6, width=2 * SIZE)
-    iio.imwrite(out, render(bpy, tmp / "r.png"))
+    images = []
+    for k, frame in enumerate((120, 300, 460)):
+        ctx.scene.frame_set(frame)
+        if k == 0:
+            setup_scene(bpy, *frame_objects(bpy, [objs["body"]], pad=1.3))
+        else:
+            target, distance = frame_objects(bpy, [objs["body"]], pad=1.3)
+            ctx.scene.camera.location = (target[0], target[1] - distance, target[2])
+        images.append(render(bpy, tmp / f"r{k}.png"))
+    iio.imwrite(out, side_by_side(*images))
 
 
 def live_image(bpy, inputs, out: Path, tmp: Path) -> None:
