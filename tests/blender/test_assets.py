@@ -12,6 +12,7 @@ import pytest
 
 from blender_support import run_backend
 from test_addon_backend import draw_all_panels
+from test_scene import rest_positions as _rest
 
 
 @pytest.fixture
@@ -107,12 +108,6 @@ def test_cloth_handoff_refuses_a_points_only_result_and_unknown_presets(scene_ap
 
 
 # -- outfit sliders (no backend: the table and the exact edit come from the CLI) -----------------
-
-def _rest(obj):
-    co = np.empty(len(obj.data.vertices) * 3, np.float32)
-    obj.data.vertices.foreach_get("co", co)
-    return co.reshape(-1, 3).astype(np.float64)
-
 
 def _smpl(points_blender):
     from addon.io import smpl_math
