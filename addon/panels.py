@@ -211,9 +211,34 @@ class VIEW3D_PT_pointwear_result(_PointwearPanel, Panel):
             box.label(text="Garments (inner first)", icon="MATCLOTH")
             for name in str(arm["pointwear_garments"]).split(", "):
                 box.label(text=name)
+        if arm is not None:
+            _draw_sliders(layout.box(), arm)
         layout.separator()
         layout.prop(props, "armature")
         layout.operator("pointwear.load_motion", icon="ARMATURE_DATA")
+        row = layout.row(align=True)
+        row.prop(props, "retarget_source", text="")
+        row.operator("pointwear.retarget_armature", text="Retarget", icon="CON_ARMATURE")
+        layout.operator_menu_enum("pointwear.make_cloth", "preset", text="Make Cloth Simulation", icon="MOD_CLOTH")
+
+
+def _draw_sliders(box, arm):
+    """The outfit sliders: one per garment parameter, grouped by garment, with the value."""
+    items = getattr(arm, "pointwear_sliders", ())
+    if not len(items):
+        box.operator("pointwear.load_sliders", icon="OPTIONS")
+        return
+    box.label(text="Outfit sliders", icon="OPTIONS")
+    garment = None
+    for item in items:
+        if item.garment != garment:
+            garment = item.garment
+            box.label(text=garment)
+        value = item.low + item.factor * (item.high - item.low)
+        box.prop(item, "factor", text="{} {:.3g}".format(item.param, value), slider=True)
+    row = box.row(align=True)
+    row.operator("pointwear.apply_sliders", icon="CHECKMARK")
+    row.operator("pointwear.reset_sliders", icon="LOOP_BACK")
 
 
 class VIEW3D_PT_pointwear_redrape(_PointwearPanel, Panel):

@@ -13,6 +13,7 @@ Three kinds of fields:
 import bpy
 from bpy.props import (
     BoolProperty,
+    CollectionProperty,
     EnumProperty,
     FloatProperty,
     FloatVectorProperty,
@@ -55,6 +56,31 @@ def is_pointwear_armature(obj):
 
 def _armature_poll(self, obj):
     return is_pointwear_armature(obj)
+
+
+def _source_armature_poll(self, obj):
+    return getattr(obj, "type", "") == "ARMATURE" and not is_pointwear_armature(obj)
+
+
+def _slider_update(self, context):
+    from .scene import sliders
+
+    sliders.redrape(self.id_data)
+
+
+class POINTWEAR_Slider(PropertyGroup):
+    """One outfit slider of a Pointwear armature (``Object.pointwear_sliders``): a garment
+    parameter as a factor of its range; moving it re-drapes the clothing (scene/sliders.py)."""
+
+    garment: StringProperty(name="Garment", default="")
+    param: StringProperty(name="Parameter", default="")
+    low: FloatProperty(name="Low", default=0.0)
+    high: FloatProperty(name="High", default=1.0)
+    rest_factor: FloatProperty(name="Fitted", description="The fit's own value (as a factor)", default=0.5)
+    factor: FloatProperty(
+        name="Value", description="The parameter within its range (0: its low end, 1: its high end)",
+        default=0.5, min=0.0, max=1.0, subtype="FACTOR", update=_slider_update,
+    )
 
 
 class POINTWEAR_SceneProperties(PropertyGroup):
@@ -136,6 +162,13 @@ class POINTWEAR_SceneProperties(PropertyGroup):
         type=bpy.types.Object,
         poll=_armature_poll,
     )
+    retarget_source: PointerProperty(
+        name="From",
+        description="Armature whose action Retarget from Armature copies onto the Pointwear armature "
+                    "(e.g. one Blender's BVH importer made)",
+        type=bpy.types.Object,
+        poll=_source_armature_poll,
+    )
     redrape_betas: FloatVectorProperty(
         name="Shape",
         description="SMPL shape coefficients (betas) of the new body",
@@ -200,13 +233,16 @@ class POINTWEAR_SceneProperties(PropertyGroup):
     )
 
 
-CLASSES = (POINTWEAR_SceneProperties,)
+CLASSES = (POINTWEAR_Slider, POINTWEAR_SceneProperties)
 
 
 def register_extra():
     bpy.types.Scene.pointwear = PointerProperty(type=POINTWEAR_SceneProperties)
+    bpy.types.Object.pointwear_sliders = CollectionProperty(type=POINTWEAR_Slider)
 
 
 def unregister_extra():
+    if hasattr(bpy.types.Object, "pointwear_sliders"):
+        del bpy.types.Object.pointwear_sliders
     if hasattr(bpy.types.Scene, "pointwear"):
         del bpy.types.Scene.pointwear

@@ -28,6 +28,13 @@ MAX_UPLOAD_BYTES = 32 << 30       # bytes in one upload
 MAX_PATH_CHARS = 400              # a relative path in an upload or a listing
 LIST_PAGE = 2000                  # entries per list reply ("next" pages on)
 MIN_REMOTE_TOKEN_CHARS = 16       # a server bound beyond this machine refuses a shorter token
+# Live fitting preview: a fit's PROGRESS event may carry "points", the current clothing points in
+# the body's rest pose (SMPL space, Y-up) as one flat list of integers in PREVIEW_POINTS_UNIT
+# metres [x0, y0, z0, x1, ...]: at most PREVIEW_POINTS_MAX points (evenly strided), sent with the
+# preview image (every FIT_PREVIEW_EVERY_S seconds of the fit, i.e. every few steps).
+PREVIEW_POINTS_MAX = 4096
+PREVIEW_POINTS_UNIT = 0.001
+PREVIEW_POINTS_LIMIT = 100_000    # |integer| bound (100 m): anything larger is refused
 
 # -- client -> server message types (the "type" field) --------------------------------------------
 MSG_HELLO = "hello"
@@ -92,8 +99,11 @@ KIND_RENDER = "render"
 KIND_PREPARE = "prepare"           # a subject from a video, an image folder or one image
 KIND_EXPORT = "export"             # a result as glb / obj / ply (backend pointwear.mesh.export)
 KIND_RECONSTRUCT = "reconstruct"   # a textured, skinned garment mesh from one photo
+KIND_MOTION_IMPORT = "motion_import"   # a BVH or an armature's sampled motion retargeted to SMPL
+KIND_EDIT = "edit"                 # garment parameters changed: a new result folder
+KIND_SLIDERS = "sliders"           # a result's slider table (per-slider response, for live re-drape)
 JOB_KINDS = (KIND_BODY, KIND_SYNTH, KIND_FIT_OUTFIT, KIND_DRAPE, KIND_FIT_APPEARANCE, KIND_RENDER,
-             KIND_PREPARE, KIND_EXPORT, KIND_RECONSTRUCT)
+             KIND_PREPARE, KIND_EXPORT, KIND_RECONSTRUCT, KIND_MOTION_IMPORT, KIND_EDIT, KIND_SLIDERS)
 EXPORT_FORMATS = ("glb", "obj", "ply")
 
 # -- result files: the RESULT event's "files" maps these names to absolute paths --------------------
@@ -109,6 +119,15 @@ RENDER_JSON = "render.json"
 # read by the add-on's io/results.py) and its albedo texture beside it.
 MESH_KEYS = ("mesh_vertices", "mesh_faces", "mesh_weights", "mesh_garment", "mesh_uv")
 TEXTURE_PNG = "texture.png"
+MOTION_NPZ = "motion.npz"          # an AMASS-style motion (Y-up) written by motion_import
+MOTION_REPORT = "motion.json"      # its report: units, up axis, joint error, foot skating
+SLIDERS_NPZ = "sliders.npz"        # a result's slider table (docs/protocol.md "Slider tables")
+# An armature's sampled motion, written by the add-on for motion_import (docs/protocol.md
+# "Skeleton files"): names (J,), parents (J,) int, rest (J, 3) joint heads, tails (J, 3) bone
+# tails, rotations (T, J, 3, 3) world rotations relative to the rest pose, root (T, 3) root
+# head positions, fps; world axes Blender's (Z-up), any unit.
+SKELETON_NPZ = "skeleton.npz"
+SKELETON_KEYS = ("names", "parents", "rest", "tails", "rotations", "root", "fps")
 CHECKPOINT_PT = "checkpoint.pt"    # a fit's resumable state, kept on cancel / interrupt
 JOB_JSON = "job.json"              # a job's record in WORK/jobs/<job_id>/
 TRACEBACK_TXT = "traceback.txt"    # an internal error's traceback, beside job.json
@@ -128,6 +147,9 @@ RESULT_FILES = {
                    "report": "subject/prepare/report.json"},
     KIND_RECONSTRUCT: {"outfit": OUTFIT_NPZ, "posed": POSED_NPZ, "body": BODY_NPZ, "result_json": RESULT_JSON,
                        "texture": TEXTURE_PNG, "preview": "preview.png", "subject": "subject"},
+    KIND_MOTION_IMPORT: {"motion": MOTION_NPZ, "report": MOTION_REPORT},
+    KIND_EDIT: {"outfit": OUTFIT_NPZ, "body": BODY_NPZ, "posed": POSED_NPZ, "result_json": RESULT_JSON},
+    KIND_SLIDERS: {"sliders": SLIDERS_NPZ},
 }
 
 # -- error codes ------------------------------------------------------------------------------------
@@ -284,6 +306,18 @@ def parse_frames(value, limit=MAX_FRAMES, top=MAX_FRAME_NUMBER):
             raise ValueError("expected frame numbers 0..{}".format(top))
         return sorted(set(value)) or None
     raise ValueError('expected frame numbers like "0,2,4-7" or a list of them')
+
+
+def decode_points(value):
+    """A PROGRESS event's "points" -> a flat list of floats in metres (3 per point); ValueError
+    if it is not a list of at most 3 * PREVIEW_POINTS_MAX bounded integers in threes."""
+    if not isinstance(value, list) or len(value) % 3 or len(value) > 3 * PREVIEW_POINTS_MAX:
+        raise ValueError("points: expected a flat list of at most {} integers in threes".format(
+            3 * PREVIEW_POINTS_MAX))
+    if not all(isinstance(v, int) and not isinstance(v, bool) and -PREVIEW_POINTS_LIMIT <= v <= PREVIEW_POINTS_LIMIT
+               for v in value):
+        raise ValueError("points: expected integers within +-{}".format(PREVIEW_POINTS_LIMIT))
+    return [v * PREVIEW_POINTS_UNIT for v in value]
 
 
 class LineBuffer:

@@ -57,6 +57,8 @@ class JobState:
         self.i = 0
         self.n = 0
         self.preview = ""
+        self.points = None           # the live fit's latest points: flat metres (protocol.decode_points)
+        self.points_seq = 0          # how many point sets arrived (a new one: show it)
         self.warnings = []
         self.error = None            # the last ERROR event (dict), if any
         self.folder = ""             # RESULT folder
@@ -109,6 +111,12 @@ class JobState:
             self.n = int(event.get("n") or 0)
             if event.get("preview"):
                 self.preview = str(event["preview"])
+            if event.get("points") is not None:
+                try:
+                    self.points = protocol.decode_points(event["points"])
+                    self.points_seq += 1
+                except ValueError:
+                    pass             # a bad preview never stops the job
         elif kind == protocol.EVENT_WARN:
             self.warnings.append(str(event.get("message") or ""))
             del self.warnings[:-MAX_WARNINGS]

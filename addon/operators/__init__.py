@@ -9,13 +9,17 @@
 - :mod:`.appearance` ``fit_appearance``, ``neural_render`` (job operators, as above)
 - :mod:`.subject`   ``new_subject`` (a subject from a video or images: the ``prepare`` job)
 - :mod:`.recon`     ``reconstruct_image`` (a textured garment mesh from one photo: ``reconstruct``)
-- :mod:`.scene_ops` ``import_result``, ``load_motion``, ``redrape``
+- :mod:`.scene_ops` ``import_result``, ``load_motion``, ``redrape``, ``make_cloth``
+- :mod:`.assets`    ``retarget_armature`` (a job); :mod:`.sliders` the outfit sliders
 - :mod:`.runtime`   the backend session, the event pump (timer) and the scene mirror
 """
 
 from . import install, runtime
 from .appearance import POINTWEAR_OT_fit_appearance, POINTWEAR_OT_neural_render
 from .appearance import CLASSES as _APPEARANCE_CLASSES
+from .assets import POINTWEAR_OT_retarget_armature
+from .assets import CLASSES as _ASSET_CLASSES
+from .sliders import CLASSES as _SLIDER_CLASSES
 from .backend import (
     POINTWEAR_OT_check_backend,
     POINTWEAR_OT_start_backend,
@@ -34,7 +38,7 @@ from .subject import POINTWEAR_OT_new_subject
 from .subject import CLASSES as _SUBJECT_CLASSES
 
 CLASSES = (_BACKEND_CLASSES + _INSTALL_CLASSES + _JOB_CLASSES + _SUBJECT_CLASSES + _RECON_CLASSES
-           + _APPEARANCE_CLASSES + _SCENE_CLASSES)
+           + _APPEARANCE_CLASSES + _SCENE_CLASSES + _ASSET_CLASSES + _SLIDER_CLASSES)
 
 __all__ = [
     "CLASSES", "backend_python_path", "runtime",
@@ -43,6 +47,7 @@ __all__ = [
     "POINTWEAR_OT_new_subject", "POINTWEAR_OT_reconstruct_image",
     "POINTWEAR_OT_fit_appearance", "POINTWEAR_OT_neural_render",
     "POINTWEAR_OT_import_result", "POINTWEAR_OT_load_motion", "POINTWEAR_OT_redrape",
+    "POINTWEAR_OT_retarget_armature",
 ]
 
 

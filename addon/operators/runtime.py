@@ -285,6 +285,7 @@ def finish_job(context, job):
                      "hint": "The result files are kept in " + (job.folder or "the job folder")}
         return False, "Importing the result failed: {}: {}".format(type(ex).__name__, ex)
     finally:
+        remove_live_points()
         sync()
 
 
@@ -446,14 +447,43 @@ def redraw():
 # -- preview image ----------------------------------------------------------------------------
 
 def _update_preview(job):
-    """Load a new preview PNG into the ``.pointwear_preview`` image (UI only: no icons in
-    background mode, and nobody would see them)."""
+    """Show the job's newest live points in the viewport (scene/live.py), and load a new preview
+    PNG into the ``.pointwear_preview`` image (UI only: no icons in background mode, and nobody
+    would see them)."""
     global _preview_loaded
+    _update_live_points(job)
     path = job.preview
     if bpy.app.background or not path or path == _preview_loaded or not os.path.isfile(path):
         return
     _preview_loaded = path
     load_preview(path)
+
+
+_live_seq = [None, 0]   # (job id, points_seq) last shown
+
+
+def _update_live_points(job):
+    if job.done or job.points is None or _live_seq == [job.job_id, job.points_seq]:
+        return
+    from ..scene import live
+
+    scene = bpy.data.scenes.get(job.tag.get("scene") or "") or bpy.context.scene
+    try:
+        live.show_points(scene, job.points)
+        _live_seq[:] = [job.job_id, job.points_seq]
+    except (RuntimeError, ReferenceError, ValueError) as ex:
+        print("Pointwear: cannot show the live points: {}".format(ex), file=sys.stderr)
+
+
+def remove_live_points():
+    """Remove the live fitting preview object (the job ended)."""
+    from ..scene import live
+
+    _live_seq[:] = [None, 0]
+    try:
+        live.remove()
+    except (AttributeError, RuntimeError, ReferenceError):
+        pass
 
 
 def load_preview(path):
@@ -541,6 +571,7 @@ def unregister():
     if s is not None:
         s.stop(timeout=STOP_TIMEOUT)
     _remove_preview()
+    remove_live_points()
 
 
 __all__ = [

@@ -8,6 +8,7 @@ from bpy.types import Operator
 
 from ..link import protocol
 from ..properties import UP_ITEMS
+from ..scene import cloth
 from . import runtime
 from .jobs import JobOperatorMixin, poll_backend_free
 
@@ -147,4 +148,45 @@ class POINTWEAR_OT_redrape(JobOperatorMixin, Operator):
         return protocol.KIND_DRAPE, params, runtime.AFTER_REDRAPE, {"armature": armature.name}
 
 
-CLASSES = (POINTWEAR_OT_import_result, POINTWEAR_OT_load_motion, POINTWEAR_OT_redrape)
+class POINTWEAR_OT_make_cloth(Operator):
+    """Hand the garment mesh to Blender's cloth simulation: a Cloth modifier pinned at the
+    waistband and shoulders (from the skin weights), Collision on the body, the frame range of
+    the armature's motion"""
+
+    bl_idname = "pointwear.make_cloth"
+    bl_label = "Make Cloth Simulation"
+    bl_options = {"REGISTER", "UNDO"}
+
+    preset: EnumProperty(name="Preset", description="Cloth material (Blender's presets)",
+                         items=cloth.PRESET_ITEMS, default="COTTON")
+
+    @classmethod
+    def poll(cls, context):
+        armature = _poll_armature(cls, context)
+        if armature is None:
+            return False
+        if context.mode != "OBJECT":
+            cls.poll_message_set("Switch to Object Mode")
+            return False
+        return True
+
+    def execute(self, context):
+        from ..scene import armature as armature_builder
+        from ..scene import importer
+
+        armature = runtime.target_armature(context)
+        parts = importer.pointwear_children(armature)
+        try:
+            info = cloth.make_cloth(context, armature, parts.get("clothing_mesh"), parts.get("body"),
+                                    armature_builder.joint_names(armature),
+                                    armature_builder.rest_joints(armature), self.preset)
+        except (ValueError, OSError, KeyError) as ex:
+            self.report({"ERROR"}, "Cannot make the cloth simulation: {}".format(ex))
+            return {"CANCELLED"}
+        self.report({"INFO"}, "Cloth ({}) on {}: {} pinned vertices ({} shoulders, {} waistband), frames {}-{}".format(
+            self.preset.lower(), parts["clothing_mesh"].name, info["pinned"], info["shoulders"], info["waistband"],
+            info["frame_start"], info["frame_end"]))
+        return {"FINISHED"}
+
+
+CLASSES = (POINTWEAR_OT_import_result, POINTWEAR_OT_load_motion, POINTWEAR_OT_redrape, POINTWEAR_OT_make_cloth)

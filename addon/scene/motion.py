@@ -161,3 +161,18 @@ def shift_root_keys(armature, pelvis):
         fcurve.update()
     action[PELVIS_PROP] = [float(v) for v in np.asarray(pelvis, np.float64).reshape(3)]
     return shift
+
+
+def shift_keys(armature, offset):
+    """Move every key of the armature's action by ``offset`` frames (a motion keyed from frame 0
+    that belongs at another frame)."""
+    channels = action_channels(armature)
+    if channels is None or not offset:
+        return
+    for fcurve in channels.fcurves:
+        points = fcurve.keyframe_points
+        co = np.empty(2 * len(points), np.float32)
+        points.foreach_get("co", co)
+        co[0::2] += offset
+        points.foreach_set("co", co)
+        fcurve.update()

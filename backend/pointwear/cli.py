@@ -222,6 +222,47 @@ def cmd_motion_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _row_range(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    a, sep, b = text.partition("-")
+    if not (sep and a.isdigit() and b.isdigit() and int(a) < int(b)):
+        raise ValueError(f"--frames: expected START-END file rows like 0-600, got {text!r}")
+    return int(a), int(b)
+
+
+def cmd_motion_import(args: argparse.Namespace) -> int:
+    from .body import load_body
+    from .data.retarget import RetargetOptions, retarget_bvh
+    options = RetargetOptions(fps=args.fps, up=args.up, iterations=args.iterations)
+    body = load_body(args.body, args.gender, device="cpu")
+    report = retarget_bvh(args.file, args.out, body, args.map or [], options, _row_range(args.frames))
+    for note in report["notes"]:
+        print(note)
+    err, skate = report["joint_error_cm"], report["foot_skating"]
+    print(f"wrote {args.out} ({report['frames']} frames at {report['fps']:g} fps, Y-up: load it with up=Y) "
+          f"and {report['motion'].rsplit('.', 1)[0]}.json")
+    print(f"joint-position error {err['root_and_legs']:.1f} cm (root and legs), {err['all']:.1f} cm (all joints); "
+          f"foot skating {skate['retargeted']['speed_cm_s']:.1f} cm/s (source {skate['source']['speed_cm_s']:.1f} cm/s)")
+    return 0
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from .drape.sliders import Editor, edit_result, parse_sets, slider_table
+    if args.list:
+        for s in Editor(args.result).sliders:
+            print(f"{s.name:24s} {s.value:9.4f}   range {s.low:g}..{s.high:g}")
+        return 0
+    if args.table:
+        print(f"wrote {slider_table(args.result, args.table)}")
+        return 0
+    if not args.out or not args.set:
+        raise ValueError("edit: give --set NAME=VALUE (one or more) and --out NEW (or --list, or --table FILE)")
+    applied = edit_result(args.result, args.out, parse_sets(args.set))
+    print(f"wrote {args.out}: " + ", ".join(f"{k}={v:g}" for k, v in applied.items()))
+    return 0
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     import logging
 
@@ -435,6 +476,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_motion_export)
+    p = motion.add_parser("import", help="retarget a BVH (CMU, Mixamo-style, others by a name table) to SMPL's "
+                                         "24 joints as an AMASS-style .npz (Y-up)")
+    p.add_argument("file", help="a .bvh motion capture file")
+    p.add_argument("--out", required=True, help="motion .npz to write (its report beside it as .json)")
+    p.add_argument("--map", action="append", default=None, metavar="FILE",
+                   help="a joint-name table of your own (layout of backend/pointwear/data/bvh_names.json), "
+                        "added to the shipped one; repeatable")
+    p.add_argument("--fps", type=float, default=30.0, help="output frame rate")
+    p.add_argument("--up", default="auto", choices=["auto", "y", "z"], help="the BVH's up axis (auto: from its legs)")
+    p.add_argument("--frames", default=None, help="file rows START-END to convert (default all)")
+    p.add_argument("--iterations", type=int, default=60, help="refinement iterations (0: rotation transfer only)")
+    p.add_argument("--body", default="default", help="default, or an SMPL model file / folder")
+    p.add_argument("--gender", default="neutral", choices=["neutral", "male", "female"])
+    p.set_defaults(func=cmd_motion_import)
+
+    p = sub.add_parser("edit", help="change a fitted outfit's garment parameters (sleeve, hem, waist, neckline, "
+                                     "looseness, flare, ...; a neural drape's named directions) into a new result")
+    p.add_argument("result", help="a fit result folder (outfit.npz)")
+    p.add_argument("--set", action="append", default=None, metavar="NAME=VALUE",
+                   help="a slider and its new value: sleeve=0.4, tshirt.hem=0.9, looseness=0.03 (repeatable)")
+    p.add_argument("--out", default=None, help="the new result folder")
+    p.add_argument("--list", action="store_true", help="list the result's sliders, values and ranges")
+    p.add_argument("--table", default=None, metavar="FILE", help="write the slider table (sliders.npz) the "
+                                                                   "add-on re-drapes from live")
+    p.set_defaults(func=cmd_edit)
 
     p = sub.add_parser("eval-outfit", help="score a fitted outfit against a subject (and its truth)")
     p.add_argument("result")

@@ -428,12 +428,12 @@ def to_motion(converted: dict) -> Motion:
                   float(converted["mocap_framerate"]), converted["betas"].copy())
 
 
-def conversion_errors(bvh: Bvh, converted: dict, body, joint_map: dict[str, JointSource] | None = None,
+def source_and_result(bvh: Bvh, converted: dict, body, joint_map: dict[str, JointSource] | None = None,
                       options: BvhSmplOptions = BvhSmplOptions(), frames: slice | None = None
-                      ) -> dict[str, dict[str, np.ndarray]]:
-    """How far the converted body is from the mocap, over the same frames as bvh_to_smpl with
-    the same arguments: {"position": {SMPL joint: (T,) metres to its scaled BVH point},
-    "direction": {"a->b": (T,) degrees between the SMPL bone a->b and the BVH's}}."""
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Over the same frames as bvh_to_smpl with the same arguments: the BVH's points for each
+    SMPL joint, scaled and turned into the Y-up world (T, 24, 3) metres (zeros where none),
+    (24,) bool has a point, and the converted body's joints (T, 24, 3)."""
     resolved = match_joints(bvh, joint_map)
     rows, _ = _rows(bvh, float(converted["mocap_framerate"]), frames)
     target, has, _ = _targets(bvh_global_transforms(bvh, rows)[1], bvh, resolved)
@@ -442,7 +442,16 @@ def conversion_errors(bvh: Bvh, converted: dict, body, joint_map: dict[str, Join
     with torch.no_grad():
         joints = smpl_joints(body, body.betas_tensor(converted["betas"]), poses.reshape(-1, NUM_JOINTS, 3),
                              torch.as_tensor(converted["trans"], dtype=torch.float32, device=body.device))
-    joints = joints.cpu().double().numpy()
+    return target, has, joints.cpu().double().numpy()
+
+
+def conversion_errors(bvh: Bvh, converted: dict, body, joint_map: dict[str, JointSource] | None = None,
+                      options: BvhSmplOptions = BvhSmplOptions(), frames: slice | None = None
+                      ) -> dict[str, dict[str, np.ndarray]]:
+    """How far the converted body is from the mocap, over the same frames as bvh_to_smpl with
+    the same arguments: {"position": {SMPL joint: (T,) metres to its scaled BVH point},
+    "direction": {"a->b": (T,) degrees between the SMPL bone a->b and the BVH's}}."""
+    target, has, joints = source_and_result(bvh, converted, body, joint_map, options, frames)
     position = np.linalg.norm(joints - target, axis=-1)
     starts, ends = _bones(has)
     cos = (_unit(joints[:, ends] - joints[:, starts]) * _unit(target[:, ends] - target[:, starts])).sum(-1)

@@ -46,11 +46,13 @@ class OutfitFitter:
     def __init__(self, subject: Subject, out: Path, options: FitOptions,
                  progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
                  body: BodyModel | None = None, preview: Preview | None = None,
-                 preview_every_s: float = 2.0) -> None:
+                 preview_every_s: float = 2.0, preview_points: Callable[[np.ndarray], None] | None = None) -> None:
         self.subject, self.out, self.options = subject, Path(out), options
         # `preview`: called with the current fit drawn over the first training frame, after the
         # first step and then at most every `preview_every_s` seconds (the server's live view).
         self.preview, self.preview_every_s, self._preview_at = preview, preview_every_s, None
+        # `preview_points`: called with the same fit's (P, 3) rest-pose points (the live 3D view).
+        self.preview_points = preview_points
         self.progress = progress or (lambda stage, i, n: None)
         self.should_stop = should_stop or (lambda: False)
         self.device = pick_device(options.device)
@@ -461,15 +463,19 @@ class OutfitFitter:
                 drape, code = self.drapes[best.drape_id], best.code
             else:
                 drape, code = cand.drape, cand.codes[0]
-            image = self._preview_image(drape, code, offsets)
+            image, points = self._preview_image(drape, code, offsets)
         except Exception as exc:  # a preview never stops a fit
             warnings.warn(f"fit preview failed, previews are off: {type(exc).__name__}: {exc}")
             self.preview = None
             return
+        if self.preview_points is not None:
+            self.preview_points(points)
         self.preview(image, stage, step)
 
     @torch.no_grad()
-    def _preview_image(self, drape: DrapeModel, code: torch.Tensor, offsets: torch.Tensor | None) -> np.ndarray:
+    def _preview_image(self, drape: DrapeModel, code: torch.Tensor, offsets: torch.Tensor | None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """The fit drawn on the first training frame (H, W, 3) and its rest-pose points (P, 3)."""
         d = drape(drape.constrain(code.detach().to(self.device)[None]), self.betas, refresh_weights=False)
         points = d.points if offsets is None else d.points + offsets[None]
         f = self.train
@@ -478,7 +484,8 @@ class OutfitFitter:
         uv, _ = project(posed, f.K[:1])
         vis = visible_points(posed, f.depth[:1], f.K[:1], threshold=self.options.visibility_threshold)
         scale = max(1, self.subject.image_size[0] // 256)
-        return _overlay(self.subject.frame(self.train_ids[0]), uv[0].cpu().numpy(), vis[0].cpu().numpy(), scale)
+        return (_overlay(self.subject.frame(self.train_ids[0]), uv[0].cpu().numpy(), vis[0].cpu().numpy(), scale),
+                points[0].cpu().numpy())
 
     def _snapshot(self, stage: str, state: FitState) -> None:
         """Keep the current best's projected points on the first training frame for the GIF."""

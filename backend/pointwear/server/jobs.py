@@ -267,6 +267,7 @@ class JobContext:
         self._stage: str | None = None
         self._last = 0.0
         self._preview: str | None = None
+        self._points: list[int] | None = None
         self._preview_seq = 0
         self._lock = threading.Lock()
 
@@ -281,12 +282,14 @@ class JobContext:
         now = time.monotonic()
         with self._lock:
             first = stage != self._stage
-            if not (first or i >= n or self._preview or now - self._last >= PROGRESS_INTERVAL_S):
+            if not (first or i >= n or self._preview or self._points or now - self._last >= PROGRESS_INTERVAL_S):
                 return
             self._stage, self._last = stage, now
             event = {"type": P.PROGRESS, "stage": stage, "i": int(i), "n": int(n)}
             if self._preview:
                 event["preview"], self._preview = self._preview, None
+            if self._points:
+                event["points"], self._points = self._points, None
         self.emit(event)
 
     def status(self, message: str) -> None:
@@ -309,6 +312,17 @@ class JobContext:
         with self._lock:
             self._preview = str(path)
         return path
+
+    def preview_points(self, points: "np.ndarray") -> None:
+        """The fit's current (P, 3) rest-pose points for the next PROGRESS event: evenly strided
+        down to protocol PREVIEW_POINTS_MAX, as integers of PREVIEW_POINTS_UNIT metres."""
+        import numpy as np
+        points = np.asarray(points, np.float64).reshape(-1, 3)
+        step = max(1, -(-len(points) // P.PREVIEW_POINTS_MAX))
+        q = np.round(points[::step] / P.PREVIEW_POINTS_UNIT)
+        q = np.clip(q[np.isfinite(q).all(1)], -P.PREVIEW_POINTS_LIMIT, P.PREVIEW_POINTS_LIMIT)
+        with self._lock:
+            self._points = q.astype(np.int64).ravel().tolist()
 
     # -- cancel --------------------------------------------------------------------------------
     def should_stop(self) -> bool:

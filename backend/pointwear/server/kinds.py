@@ -367,7 +367,7 @@ def _run_fit(job: JobContext) -> dict[str, Path]:
     subject = read_subject(prm["subject"])
     job.check_cancel()
     fitter = OutfitFitter(subject, job.out, options, job.progress, job.should_stop, preview=job.preview,
-                          preview_every_s=FIT_PREVIEW_EVERY_S)
+                          preview_every_s=FIT_PREVIEW_EVERY_S, preview_points=job.preview_points)
     try:
         fitter.run()
     except FitCancelled as exc:
@@ -690,6 +690,81 @@ def _run_reconstruct(job: JobContext) -> dict[str, Path]:
 
 register(JobKind(P.KIND_RECONSTRUCT, _validate_reconstruct, _run_reconstruct,
                  "a textured garment mesh skinned to the SMPL body from one photo"))
+# -- motion_import ------------------------------------------------------------------------------
+
+def _validate_motion_import(p: Params, ctx: SubmitContext) -> dict:
+    from ..data.retarget import RetargetOptions
+    d = RetargetOptions()
+    return {"source": p.path("source", required=True, kind="file", suffixes=(".bvh", ".npz")),
+            "map": p.path("map", kind="file", suffixes=(".json",)),
+            "fps": p.float("fps", d.fps, 1.0, 240.0), "up": p.choice("up", d.up, ("auto", "y", "z")),
+            "iterations": p.int("iterations", d.iterations, 0, 1000),
+            "body": p.model("body"), "gender": p.choice("gender", "neutral", GENDERS)}
+
+
+def _run_motion_import(job: JobContext) -> dict[str, Path]:
+    from ..body import load_body
+    from ..data.retarget import RetargetOptions, retarget_bvh
+    prm = job.params
+    body = load_body(prm["body"], gender=prm["gender"], device="cpu")
+    options = RetargetOptions(fps=prm["fps"], up=prm["up"], iterations=prm["iterations"])
+    report = retarget_bvh(prm["source"], job.out / P.MOTION_NPZ, body, [prm["map"]] if prm["map"] else [],
+                          options, progress=job.progress)
+    for note in report["notes"]:
+        job.status(note)
+    return {name: job.out / f for name, f in P.RESULT_FILES[P.KIND_MOTION_IMPORT].items()}
+
+
+register(JobKind(P.KIND_MOTION_IMPORT, _validate_motion_import, _run_motion_import,
+                 "a BVH or an armature's sampled motion retargeted to SMPL's 24 joints (AMASS-style, Y-up)"))
+
+
+# -- sliders / edit -------------------------------------------------------------------------------
+
+MAX_SETS = 64
+
+
+def _result_param(p: Params) -> str:
+    result = p.path("result", required=True, kind="dir")
+    if not (Path(result) / P.OUTFIT_NPZ).is_file():
+        raise ParamError("result", f"not a fit result folder (no {P.OUTFIT_NPZ}): {result}")
+    return result
+
+
+def _validate_sliders(p: Params, ctx: SubmitContext) -> dict:
+    return {"result": _result_param(p)}
+
+
+def _run_sliders(job: JobContext) -> dict[str, Path]:
+    from ..drape.sliders import slider_table
+    slider_table(job.params["result"], job.out / P.SLIDERS_NPZ, progress=job.progress)
+    return {name: job.out / f for name, f in P.RESULT_FILES[P.KIND_SLIDERS].items()}
+
+
+def _validate_edit(p: Params, ctx: SubmitContext) -> dict:
+    result = _result_param(p)
+    sets = p._get("set", None)
+    if not isinstance(sets, dict) or not 0 < len(sets) <= MAX_SETS:
+        raise ParamError("set", f"must be an object of 1..{MAX_SETS} slider names and numbers, got {_short(sets)}")
+    for name, value in sets.items():
+        if not isinstance(name, str) or not 0 < len(name) <= 100:
+            raise ParamError("set", f"slider names are short strings, got {_short(name)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ParamError(f"set.{name}", f"must be a number, got {_short(value)}")
+    return {"result": result, "set": {k: float(v) for k, v in sets.items()}}
+
+
+def _run_edit(job: JobContext) -> dict[str, Path]:
+    from ..drape.sliders import edit_result
+    applied = edit_result(job.params["result"], job.out, job.params["set"])
+    job.status("applied " + ", ".join(f"{k}={v:g}" for k, v in applied.items()))
+    return {name: job.out / f for name, f in P.RESULT_FILES[P.KIND_EDIT].items() if (job.out / f).exists()}
+
+
+register(JobKind(P.KIND_SLIDERS, _validate_sliders, _run_sliders,
+                 "a result's slider table: rest points per garment-parameter value, for live re-draping"))
+register(JobKind(P.KIND_EDIT, _validate_edit, _run_edit,
+                 "a new result with garment parameters changed (sleeve=0.4, hem, looseness, ...)"))
 
 
 def warm_up() -> None:
