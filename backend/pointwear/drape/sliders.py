@@ -34,6 +34,7 @@ from ..errors import InputError
 from ..fileio import atomic_path, load_npz, save_npz
 from ..link.protocol import BODY_NPZ, OUTFIT_NPZ, POSED_NPZ, RESULT_JSON, SLIDERS_NPZ
 from . import drape_from_id
+from .base import present_points
 from .redrape import load_outfit
 
 SAMPLES = 10                  # table samples per slider (9 evenly over its range + the fitted value)
@@ -137,6 +138,13 @@ class Editor:
             self.sliders = parametric_sliders(self.drape, self.code)
         offsets = self.outfit.get("offsets")
         self.offsets = None if offsets is None else torch.as_tensor(offsets, dtype=torch.float32, device=device)
+        # The result's own points: a result leaves absent pieces out (a sleeveless dress's sleeve
+        # stubs, drape/base.py present_points); every slider value keeps that same point set, so
+        # per-point data and the add-on's slider tables stay aligned.
+        with torch.no_grad():
+            keep = present_points(self.drape(self.drape.constrain(self.code[None]), self.betas))
+        n = len(self.outfit["points"])
+        self.keep = keep if keep is not None and int(keep.sum()) == n else None
 
     def code_for(self, values: dict[str, float]) -> torch.Tensor:
         """The drape code (D,) with these slider values (names as in self.sliders; others stay)."""
@@ -161,11 +169,14 @@ class Editor:
         d = self.drape(self.drape.constrain(self.code_for(values)[None]), self.betas,
                        refresh_weights=with_weights)
         rest = d.points[0]
+        weights = d.weights[0] if d.weights.dim() == 3 else d.weights
+        if self.keep is not None:
+            rest, weights = rest[self.keep], weights[self.keep]
         if self.offsets is not None and self.offsets.shape == rest.shape:
             rest = rest + self.offsets
         if not with_weights:
             return rest
-        return rest, d.weights[0] if d.weights.dim() == 3 else d.weights
+        return rest, weights
 
     def resolve(self, sets: dict[str, float]) -> dict[str, float]:
         """Slider values by full name from user names ("sleeve", "tshirt.sleeve", "looseness"):

@@ -38,6 +38,7 @@ DRAPE_ID = "recon:single-image"
 GARMENT_NAME = "reconstructed"
 SUBJECT_DIR = RESULT_FILES[KIND_RECONSTRUCT]["subject"]
 PREVIEW_PNG = RESULT_FILES[KIND_RECONSTRUCT]["preview"]
+RECON_FILES = RESULT_FILES[KIND_RECONSTRUCT]
 
 
 def _check_out(out: Path, image: Path) -> None:
@@ -168,4 +169,7 @@ def write_result(folder: Path, obs: Observation, model, template: Template, refi
     write_result_mesh(folder, GarmentMesh(refined.rest[atlas.vmapping], atlas.faces.astype(np.int32),
                                           template.weights[atlas.vmapping],
                                           np.zeros(len(atlas.vmapping), np.int32), atlas.uv, texture))
+    from ..mesh.export import export_result   # garment.glb (skinned, textured) and garment.obj + mtl + png
+    for fmt, name in (("glb", RECON_FILES["glb"]), ("obj", RECON_FILES["obj"])):
+        export_result(folder, fmt, folder / name, warn=lambda msg: None)
     return json.loads((folder / RESULT_JSON).read_text())
