@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import VENV_BIN
+VENV_BIN = Path(sys.executable).parent   # the venv running the tests (its `pointwear` script)
 
 PHOTO = Path("/work/shared/data/real/ryota.png")
 ADDON = Path(__file__).resolve().parents[1] / "addon"
