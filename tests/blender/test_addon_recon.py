@@ -45,10 +45,11 @@ def test_reconstruct_from_image(addon, tmp_path):  # noqa: F811
     folder = Path(job.folder)
     assert Path(props.result_folder) == folder and (folder / "texture.png").is_file()
     arm = pointwear_objects(bpy, "armature")[0]
-    garment = pointwear_objects(bpy, "clothing_mesh")[0]
+    garment = pointwear_objects(bpy, "garment_mesh")[0]          # the textured mesh block
     outfit = np.load(folder / "outfit.npz")
-    assert len(garment.data.vertices) == len(outfit["points"])
-    assert len(garment.data.polygons) == len(outfit["faces"])
+    assert len(garment.data.vertices) == len(outfit["mesh_vertices"])
+    assert len(garment.data.polygons) == len(outfit["mesh_faces"])
+    assert garment.data.uv_layers and any(n.type == "TEX_IMAGE" for n in garment.active_material.node_tree.nodes)
     assert any(m.type == "ARMATURE" and m.object == arm for m in garment.modifiers)
     assert len(garment.vertex_groups) >= 20                      # SMPL skin weights
     result = json.loads((folder / "result.json").read_text())

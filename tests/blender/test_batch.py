@@ -201,7 +201,7 @@ def test_batch_reconstructs_one_photo(tmp_path, walk):
                      "--up", "Y")
     assert "saved" in proc.stdout
     summary = read_blend(tmp_path, blend)
-    assert set(summary["kinds"]) >= {"armature", "body", "clothing_mesh"}
+    assert set(summary["kinds"]) >= {"armature", "body", "garment_mesh"}
     assert summary["bones"] == 24 and summary["action"]
     result = Path(summary["result"])
     assert json.loads((result / "result.json").read_text())["drape"] == "recon:single-image"

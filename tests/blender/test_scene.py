@@ -606,7 +606,7 @@ def test_redrape_in_place_then_new_motion_matches_the_backend(scene_api, fit_res
     bpy, importer = scene_api["bpy"], scene_api["importer"]
     out = importer.import_result(bpy.context, fit_result)
     arm = out["armature"]
-    names_before = {k: o.name for k, o in out.items() if k in importer.CHILD_KINDS + ("armature",)}
+    names_before = {k: o.name for k, o in out.items() if k in importer.CHILD_KINDS + ("armature",) and o is not None}
     names = list(arm["pointwear_joint_names"])
     old_joints = np.array([arm.data.bones[n].head_local for n in names])
     mods_before = [m.name for m in out["clothing_points"].modifiers]
