@@ -184,6 +184,47 @@ def test_cancelled_fit_resumes_and_counts_its_epochs(tiny, tmp_path, default_bod
     assert again["steps"] == 12 and again["resumed_from"]["epoch"] == 6
 
 
+def _other_code(outfit: Path, out: Path) -> Path:
+    """A copy of the outfit result with another code (what a re-fit of the same template gives)."""
+    shutil.copytree(outfit, out)
+    arrays = dict(np.load(out / "outfit.npz"))
+    arrays["code"] = arrays["code"] + 0.25
+    np.savez(out / "outfit.npz", **arrays)
+    return out
+
+
+def test_checkpoint_of_another_outfit_is_not_resumed(tiny, tmp_path, default_body):
+    """A checkpoint in the output folder that was fitted on another outfit (another code) is kept
+    aside with a warning naming it, and the fit starts afresh; so is one written before
+    checkpoints carried the outfit's fingerprint."""
+    _, subject_dir, outfit = tiny
+    subject = read_subject(subject_dir)
+    app = tmp_path / "app"
+    first = AppearanceFitter(subject, outfit, app, AppearanceOptions(epochs=1), body=default_body)
+    first.run()
+    ckpt = app / "checkpoint.pt"
+    old = ckpt.read_bytes()
+    assert torch.load(ckpt, weights_only=True)["outfit_fingerprint"] == first.fingerprint
+    other = _other_code(outfit, tmp_path / "other")
+    with pytest.warns(UserWarning, match="another outfit") as caught:
+        result = AppearanceFitter(subject, other, app, AppearanceOptions(epochs=1), body=default_body).run()
+    message = str(caught[0].message)
+    assert str(ckpt) in message and str(other) in message and "starts afresh" in message
+    assert result["resumed_from"] is None and result["steps"] == 2 and len(result["history"]) == 1
+    assert (app / "checkpoint-other-outfit.pt").read_bytes() == old          # nothing computed is lost
+    second = torch.load(ckpt, weights_only=True)
+    assert second["outfit_fingerprint"] != first.fingerprint
+    # the same outfit again: resumed as before (nothing left to train)
+    again = AppearanceFitter(subject, other, app, AppearanceOptions(epochs=1), body=default_body).run()
+    assert again["resumed_from"] == {"epoch": 1, "step": 2, "pos": 0}
+    # a checkpoint without a fingerprint (older runs): told apart by its code
+    del second["outfit_fingerprint"]
+    torch.save(second, ckpt)
+    with pytest.warns(UserWarning, match="another code"):
+        result = AppearanceFitter(subject, outfit, app, AppearanceOptions(epochs=1), body=default_body).run()
+    assert result["resumed_from"] is None
+
+
 def test_outfit_from_another_subject_is_refused_naming_file_and_field(tiny, tmp_path, default_body):
     _, subject_dir, outfit = tiny
     subject = read_subject(subject_dir)

@@ -13,11 +13,14 @@ Per step, a batch of training frames, each as a random window around its clothin
 
 Every fourth frame is held out by default (`--frames` picks the training frames). A checkpoint is
 written after every epoch (and when cancelled); running the same command again continues from
-it. Adam, network 1e-3 and descriptors 1e-2 (the paper: 1e-4 and 1e-2 over ~80 much longer
+it. The checkpoint carries a fingerprint of the outfit it was fitted on (`outfit_fingerprint`):
+a checkpoint of another outfit (another code, a re-fit, a refined result) is not resumed but kept
+aside as `checkpoint-other-outfit.pt` with a warning naming it, and the fit starts afresh. Adam, network 1e-3 and descriptors 1e-2 (the paper: 1e-4 and 1e-2 over ~80 much longer
 epochs) with a cosine decay to 5 % over the run, batch 2 on the CPU (8 on CUDA).
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 import warnings
@@ -48,6 +51,18 @@ __all__ = ["AppearanceOptions", "AppearanceFitter", "fit_appearance", "FitCancel
 Progress = Callable[[str, int, int], None]
 Preview = Callable[[np.ndarray, str, int], None]
 CHECKPOINT_FORMAT = "pointwear-appearance-checkpoint"
+OTHER_OUTFIT_CHECKPOINT = "checkpoint-other-outfit.pt"   # where a checkpoint of another outfit is kept
+
+
+def outfit_fingerprint(outfit: dict, posed_points: np.ndarray) -> str:
+    """A short hex digest of what an appearance is fitted to: the outfit's drape, code, betas and
+    rest points (P, 3), and its posed points (N, P, 3) in the subject's frames."""
+    digest = hashlib.sha256()
+    digest.update(str(outfit["drape"]).encode())
+    for key in ("code", "betas", "points"):
+        digest.update(np.ascontiguousarray(np.asarray(outfit[key], np.float32)).tobytes())
+    digest.update(np.ascontiguousarray(np.asarray(posed_points, np.float32)).tobytes())
+    return digest.hexdigest()[:16]
 
 
 @dataclass
@@ -104,6 +119,7 @@ class AppearanceFitter:
             raise InputError(f"epochs must be >= 0 and batch >= 1, got {options.epochs}, {options.batch}",
                              field="--epochs")
         self.outfit, posed = read_outfit_result(self.outfit_dir, subject)
+        self.fingerprint = outfit_fingerprint(self.outfit, posed["points"])
         self.body = body or load_body(subject.meta.get("body", "default"), subject.meta.get("gender", "neutral"),
                                       device=self.device)
         self.train_ids, self.held_ids = split_frames(subject.num_frames, options.frames)
@@ -330,7 +346,7 @@ class AppearanceFitter:
                    "pos": state.pos, "order": state.order, "elapsed": state.elapsed, "history": state.history,
                    "losses": state.losses, "rng": self.rng.get_state(),
                    "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.options).items()},
-                   "train_ids": self.train_ids}
+                   "train_ids": self.train_ids, "outfit_fingerprint": self.fingerprint}
         with atomic_path(self.ckpt_path) as tmp:
             torch.save(payload, tmp)
 
@@ -347,6 +363,13 @@ class AppearanceFitter:
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             raise InputError("not an appearance fit checkpoint; delete it to start over", file=path, field="format")
         saved = AppearanceModel.from_payload(ckpt["model"], path)
+        other = self._other_outfit(ckpt, saved.config)
+        if other:
+            kept = path.with_name(OTHER_OUTFIT_CHECKPOINT)
+            path.replace(kept)
+            warnings.warn(f"{path}: the checkpoint was fitted on another outfit ({other}) than "
+                          f"{self.outfit_dir}: not resumed; kept as {kept}, this fit starts afresh")
+            return state
         saved.descriptors.check(self.config.num_points, self.config.descriptor_dim, file=path, field="descriptors")
         if list(saved.config.widths) != list(self.config.widths):
             raise InputError(f"network widths {list(saved.config.widths)} differ from this fit's "
@@ -377,6 +400,22 @@ class AppearanceFitter:
                            losses=list(ckpt.get("losses") or []))
         state.resumed_from = {"epoch": state.epoch, "step": state.step, "pos": state.pos}
         return state
+
+    def _other_outfit(self, ckpt: dict, saved: AppearanceConfig) -> str:
+        """How the checkpoint's outfit differs from this fit's ("" when it is the same): by the
+        stored fingerprint, or for checkpoints without one by drape, code, betas and point count."""
+        stored = ckpt.get("outfit_fingerprint")
+        if stored is not None:
+            return "" if stored == self.fingerprint else f"fingerprint {stored}, this outfit's {self.fingerprint}"
+        if saved.drape != self.config.drape:
+            return f"drape {saved.drape!r}, this outfit's {self.config.drape!r}"
+        if saved.num_points != self.config.num_points:
+            return f"{saved.num_points} points, this outfit's {self.config.num_points}"
+        for key in ("code", "betas"):
+            a, b = np.asarray(getattr(saved, key), np.float64), np.asarray(getattr(self.config, key), np.float64)
+            if a.shape != b.shape or np.abs(a - b).max(initial=0.0) > 1e-6:
+                return f"another {key}"
+        return ""
 
     # -- previews -------------------------------------------------------------------------------
     def _maybe_preview(self, state: TrainState) -> None:
