@@ -7,6 +7,8 @@
 #   3. the appearance fitted to the frames (neural descriptors + U-Net; baked point colours);
 #   4. Blender again: the fitted result with its colours on a new motion (a procedural walk),
 #      saved as scene.blend, rendered with Cycles to walk.gif and neurally to neural_walk.gif;
+#   4b. the appearance result exported as walk.glb (mesh, texture, skeleton, the walk) and checked
+#      by Khronos' glTF-Validator;
 #   5. score the fit against the synthetic truth, and re-drape it on a taller body from the CLI;
 #   6. real footage: the real video ../shared/data/real/single_person_demo.mp4 through prepare ->
 #      fit-outfit -> fit-appearance -> Blender: the overlay contact sheet (real_sheet.png) and the
@@ -62,6 +64,18 @@ iio.imwrite(out / "neural_walk.gif", frames, duration=1000 / 24, loop=0)
 print(f"wrote {out / 'neural_walk.gif'} ({len(frames)} frames)")
 PY
 
+# the appearance result as a skinned, textured glTF walking (the motion file says it is Y-up),
+# checked by Khronos' glTF-Validator when node/npm are here (scripts/validate_gltf.sh)
+$pw export "$out/app" --format glb --motion "$out/walk.npz" --out "$out/walk.glb"
+status=0
+bash scripts/validate_gltf.sh "$out/walk.glb" || status=$?
+if [ "$status" = 3 ]; then
+  echo "demo: $out/walk.glb not validated (no node/npm)" >&2
+elif [ "$status" != 0 ]; then
+  echo "demo: $out/walk.glb FAILED glTF validation" >&2
+  exit 1
+fi
+
 $pw eval-outfit "$out/fit" "$out/subject"
 $pw drape "$out/fit" --betas "2.0" --out "$out/redrape"
 
@@ -104,6 +118,7 @@ demo: subject         $out/subject (contact sheet $out/contact_sheet.png)
       appearance      $out/app (appearance.pt, outfit.npz with colours, heldout/, heldout_sheet.png, result.json)
       renders         $out/compare_frame.png (subject frame $frame | Cycles), $out/walk.gif (Cycles),
                       $out/neural_walk.gif (neural render of the walk)
+      glTF            $out/walk.glb (textured, skinned garment + the walk; glTF-Validator checked)
       re-draped       $out/redrape (beta1 = 2)
       real video      $out/real (prepared subject; overlay sheet $out/real_sheet.png), $out/real_fit,
                       $out/real_app, $out/real.blend, $out/real.gif (video | Cycles render of the fit)

@@ -150,7 +150,7 @@ def _skinned(doc, blob, frame):
 
 def test_glb_passes_the_validator_and_poses_like_smpl_skinning(meshed, walk, tmp_path, default_body):
     out = tmp_path / "sub" / "walk.glb"
-    assert export_result(meshed, "glb", out, motion=walk, up="y") == [out]
+    assert export_result(meshed, "glb", out, motion=walk) == [out]          # up "auto": the file says y
     report = validate_gltf(out)
     assert report["issues"]["numErrors"] == 0 and report["issues"]["numWarnings"] == 0, report["issues"]
     assert report["info"]["animationCount"] == 1 and report["info"]["hasSkins"] and report["info"]["hasTextures"]
@@ -170,6 +170,21 @@ def test_glb_passes_the_validator_and_poses_like_smpl_skinning(meshed, walk, tmp
                                         torch.as_tensor(dense, dtype=torch.float32), None,
                                         t(m.global_orient), t(m.body_pose), t(m.transl))[0].numpy()
         assert np.abs(posed - want).max() < 1e-4
+
+
+def test_motion_up_axis_comes_from_the_files_hint_else_amass_z(walk, tmp_path):
+    from pointwear.data.motion import motion_up
+    assert motion_up(walk) == "y" and motion_up(walk, "z") == "z"
+    with np.load(walk) as z:
+        arrays = {k: z[k] for k in z.files if k != "up"}
+    np.savez(tmp_path / "amass.npz", **arrays)
+    assert motion_up(tmp_path / "amass.npz") == "z"
+    np.savez(tmp_path / "odd.npz", **arrays, up=np.array("x"))
+    with pytest.raises(InputError) as err:
+        motion_up(tmp_path / "odd.npz")
+    assert err.value.field == "up" and err.value.file == str(tmp_path / "odd.npz")
+    with pytest.raises(InputError, match="'auto', 'y' or 'z'"):
+        motion_up(walk, "x")
 
 
 def test_cli_export_obj_and_ply_read_back(meshed, tmp_path, pointwear_exe):

@@ -457,7 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("result", help="a result folder (fit-outfit, fit-appearance, drape, ...)")
     p.add_argument("--format", required=True, choices=["glb", "obj", "ply"])
     p.add_argument("--motion", default=None, help="AMASS-style .npz animated in the glb")
-    p.add_argument("--up", default="z", choices=["y", "z"], help="the motion file's up axis (AMASS: z)")
+    p.add_argument("--up", default="auto", choices=["auto", "y", "z"],
+                   help="the motion file's up axis; auto (default): the file's own 'up' hint (Pointwear's "
+                        "motions: y), else z (AMASS)")
     p.add_argument("--out", required=True, help="the file to write (.glb, .obj, .ply)")
     p.set_defaults(func=cmd_export)
 

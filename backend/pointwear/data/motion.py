@@ -47,6 +47,25 @@ def read_motion(path: str | Path, up: str = "z") -> Motion:
     return Motion(orient.astype(np.float32), poses[:, 3:72].astype(np.float32), trans.astype(np.float32), fps, betas)
 
 
+def motion_up(path: str | Path, up: str = "auto") -> str:
+    """The up axis to read the motion file at `path` with: `up` itself ("y" or "z"), or for
+    "auto" the file's own `up` hint (`write_motion` stores one: Pointwear's walks and retargeted
+    BVHs are Y-up), else "z" (AMASS)."""
+    if up in ("y", "z"):
+        return up
+    if up != "auto":
+        raise InputError(f"up must be 'auto', 'y' or 'z', got {up!r}", field="up")
+    from ..fileio import load_npz
+    hint = load_npz(path, {"up": 8}, keys=("up",)).get("up")
+    if hint is None:
+        return "z"
+    value = str(np.asarray(hint).reshape(-1)[0]).lower() if np.asarray(hint).size == 1 else ""
+    if value not in ("y", "z"):
+        raise InputError(f"the up hint must be 'y' or 'z', got {value or np.asarray(hint).tolist()!r}",
+                         file=path, field="up")
+    return value
+
+
 def pelvis_fix(transl: np.ndarray, pelvis: np.ndarray, up: str) -> np.ndarray:
     """smplx rotates about the pelvis joint J0, so turning a Z-up motion needs t' = C J0 + C t - J0
     (read_motion applied C t): add C J0 - J0 for this body's pelvis."""

@@ -1,10 +1,11 @@
 """`pointwear export`: a result folder as files other tools read.
 
-    export_result(result_dir, fmt, out_path, motion=None, up="z") -> list[Path]
+    export_result(result_dir, fmt, out_path, motion=None, up="auto") -> list[Path]
 
 - "glb": the skinned garment mesh with UVs, its albedo texture embedded, the SMPL skeleton,
   skin weights (top 4 joints, renormalised), inverse bind matrices and, with `motion` (an
-  AMASS-style npz, `up` its up axis), the animation (`gltf.py`). Returns [out.glb].
+  AMASS-style npz, `up` its up axis: "y", "z" or "auto" = the file's own `up` hint, else z),
+  the animation (`gltf.py`). Returns [out.glb].
 - "obj": OBJ (positions, UVs, normals; one group per garment) + MTL + the texture as PNG beside
   it (same stem). Returns [out.obj, out.mtl, out.png] (no PNG when untextured).
 - "ply": the result's clothing points with their colours (binary little-endian PLY; grey
@@ -39,7 +40,7 @@ def _stderr_warn(message: str) -> None:
 
 
 def export_result(result_dir: str | Path, fmt: str, out_path: str | Path, motion: str | Path | None = None,
-                  up: str = "z", *, warn: Warn | None = None, progress: Progress | None = None,
+                  up: str = "auto", *, warn: Warn | None = None, progress: Progress | None = None,
                   options: MeshOptions = DEFAULT_OPTIONS) -> list[Path]:
     """Write the result in `fmt` ("glb", "obj" or "ply") to `out_path`; the files written."""
     warn = warn or _stderr_warn
@@ -48,8 +49,8 @@ def export_result(result_dir: str | Path, fmt: str, out_path: str | Path, motion
         raise InputError(f"unknown export format {fmt!r}; one of {', '.join(FORMATS)}", field="format")
     if motion is not None and fmt != "glb":
         raise InputError("a motion goes into glb files only", field="motion", hint="--format glb")
-    if up not in ("y", "z"):
-        raise InputError(f"up must be 'y' or 'z', got {up!r}", field="up")
+    if up not in ("auto", "y", "z"):
+        raise InputError(f"up must be 'auto', 'y' or 'z', got {up!r}", field="up")
     if not (result_dir / OUTFIT_NPZ).is_file():
         raise InputError(f"no {OUTFIT_NPZ} here: not a result folder", file=result_dir)
     if fmt == "ply":
@@ -99,7 +100,8 @@ def motion_animation(motion: str | Path, up: str, skeleton: Skeleton) -> Animati
     """An AMASS-style motion as joint quaternions and root positions for this skeleton."""
     from scipy.spatial.transform import Rotation as R
 
-    from ..data.motion import pelvis_fix, read_motion
+    from ..data.motion import motion_up, pelvis_fix, read_motion
+    up = motion_up(motion, up)
     m = read_motion(motion, up=up)
     J = len(skeleton.joints)
     pose = np.concatenate([m.global_orient, m.body_pose], 1).reshape(m.num_frames, -1, 3)

@@ -503,7 +503,7 @@ def _validate_export(p: Params, ctx: SubmitContext) -> dict:
     motion = p.path("motion", kind="file", suffixes=(".npz",))
     if motion is not None and fmt != "glb":
         raise ParamError("motion", "a motion goes into glb files only", "format glb")
-    return {"result": result, "format": fmt, "motion": motion, "up": p.choice("up", "z", ["y", "z"])}
+    return {"result": result, "format": fmt, "motion": motion, "up": p.choice("up", "auto", ["auto", "y", "z"])}
 
 
 def _run_export(job: JobContext) -> dict[str, Path]:
