@@ -1,7 +1,9 @@
 """Artist-ready garments in the real bpy: a result with a garment mesh block imports as a textured,
-skinned mesh; the exported GLB goes through Blender's own glTF importer textured and animated,
-posing exactly as the add-on's own SMPL armature does; and a round trip through Blender's glTF
-exporter and importer keeps vertex positions and skin weights.
+skinned mesh; the GLB exported as the demo does (an appearance result: `pointwear export APP
+--format glb --motion walk.npz --out walk.glb`) goes through Blender's own glTF importer textured
+(the baked texture in the material's Image Texture) and animated (an action whose bones move, the
+skinned vertices posing exactly as the add-on's own SMPL armature does); and a round trip through
+Blender's glTF exporter and importer keeps vertex positions and skin weights.
 
 The backend runs as a child process (``pointwear mesh`` / ``motion export`` / ``export``), so
 this file runs in both lanes (bpy 4.5 and 5.0)."""
@@ -45,10 +47,23 @@ def textured_result(fit_result, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def walk_glb(textured_result, tmp_path_factory):
+def appearance_result(fit_result, tmp_path_factory):
+    """What the demo exports, small: fit-appearance (20 epochs) on the tiny fit's subject, then
+    `pointwear mesh` (UVs, the texture baked from the neural appearance, 256 px)."""
+    folder = tmp_path_factory.mktemp("appearance") / "app"
+    run_backend("fit-appearance", fit_result.parent / "subject", "--outfit", fit_result, "--out", folder,
+                "--epochs", 20)
+    run_backend("mesh", folder, "--texture-size", 256)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def walk_glb(appearance_result, tmp_path_factory):
+    """The demo's export command on the appearance result and a 10-frame walk (its up axis from the
+    file's own hint)."""
     root = tmp_path_factory.mktemp("glb")
     run_backend("motion", "export", "walk", "--frames", 10, "--out", root / "walk.npz")
-    run_backend("export", textured_result, "--format", "glb", "--motion", root / "walk.npz", "--up", "y",
+    run_backend("export", appearance_result, "--format", "glb", "--motion", root / "walk.npz",
                 "--out", root / "walk.glb")
     return root / "walk.glb", root / "walk.npz"
 
@@ -160,8 +175,11 @@ def _in_child(call, tmp_path):
     run_python(code, env=blender_env(tmp_path / "blender-user"), timeout=900)
 
 
-def test_blender_gltf_importer_reads_the_glb_textured_and_posing_like_the_addon(textured_result, walk_glb, tmp_path):
-    _in_child("t.check_gltf_import(bpy, {!r}, {!r}, {!r})".format(str(textured_result), *map(str, walk_glb)),
+def test_blender_gltf_importer_reads_the_demo_glb_textured_and_animated(appearance_result, walk_glb, tmp_path):
+    import json
+    assert json.loads((appearance_result / "result.json").read_text())["mesh"]["texture"] == \
+        "baked from the neural appearance"
+    _in_child("t.check_gltf_import(bpy, {!r}, {!r}, {!r})".format(str(appearance_result), *map(str, walk_glb)),
               tmp_path)
 
 
@@ -169,18 +187,38 @@ def test_round_trip_through_blenders_gltf_exporter_keeps_positions_and_weights(w
     _in_child("t.check_round_trip(bpy, {!r}, {!r})".format(str(walk_glb[0]), str(tmp_path)), tmp_path)
 
 
+def _pixels(image):
+    """(H, W, 3) of a Blender image as stored (8-bit images: the file's values / 255)."""
+    w, h = image.size
+    px = np.empty(w * h * 4, np.float32)
+    image.pixels.foreach_get(px)
+    return px.reshape(h, w, 4)[..., :3]
+
+
 def check_gltf_import(bpy, textured_result, glb, walk):
-    """Blender's glTF importer reads the GLB textured and animated, and poses it as the add-on's
-    own SMPL armature keyed with the same motion does."""
+    """Blender's glTF importer reads the GLB textured (the result's baked texture in the
+    material's Image Texture) and animated (an action whose bones move between frames), and
+    poses it as the add-on's own SMPL armature keyed with the same motion does."""
     from addon.scene import importer
     bpy.ops.wm.read_factory_settings(use_empty=True)
     mesh_obj, arm = _gltf_garment(bpy, glb)
-    assert tuple(_base_color_image(mesh_obj.data.materials[0]).size) == (256, 256)
+    image = _base_color_image(mesh_obj.data.materials[0])
+    assert tuple(image.size) == (256, 256)
+    baked = bpy.data.images.load(results.read_mesh_block(textured_result).texture_path)
+    got, want = _pixels(image), _pixels(baked)
+    assert np.abs(got - want).max() <= 1.5 / 255 and want.std() > 0.01    # the baked texture, not a flat colour
     assert mesh_obj.data.uv_layers and any(m.type == "ARMATURE" and m.object == arm for m in mesh_obj.modifiers)
     action = arm.animation_data.action
     assert action is not None
     lo, hi = action.frame_range
     assert hi - lo >= 8, action.frame_range
+    scene = bpy.context.scene
+    bones = {}
+    for frame in (int(lo), int(lo) + 9):
+        scene.frame_set(frame)
+        bones[frame] = np.array([np.array(b.matrix) for b in arm.pose.bones])
+    turn = np.abs(bones[int(lo)][:, :3, :3] - bones[int(lo) + 9][:, :3, :3]).max()
+    assert turn > 0.05, turn                                   # the action moves the bones
 
     ours = importer.import_result(bpy.context, textured_result, with_camera=False, with_motion=False)
     importer.load_motion(bpy.context, ours["armature"], str(walk), up="Y")
