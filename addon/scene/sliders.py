@@ -24,9 +24,15 @@ def table_for(armature):
     mtime = os.path.getmtime(path)
     cached = _cache.get(path)
     if cached is None or cached[0] != mtime:
-        _cache.clear()
-        cached = _cache[path] = (mtime, table_io.read_table(path))
+        cached = _remember(path, mtime, table_io.read_table(path))
     return cached[1]
+
+
+def _remember(path, mtime, table):
+    """Keep one table in memory: the one the sliders were last loaded from or moved with."""
+    _cache.clear()
+    _cache[path] = (mtime, table)
+    return _cache[path]
 
 
 def slider_value(item):
@@ -36,12 +42,16 @@ def slider_value(item):
 def load(armature, path):
     """Read the table at ``path``, check it against the armature's clothing and fill the sliders
     at the result's values. Raises ResultFileError / ValueError (nothing changed then)."""
+    mtime = os.path.getmtime(path) if os.path.isfile(path) else None
     table = table_io.read_table(path)
     for kind, obj in importer.pointwear_children(armature).items():
         if kind in ("clothing_points", "clothing_mesh") and len(obj.data.vertices) != len(table.base):
             raise ValueError("the slider table {} has {} points but {} has {}".format(
                 path, len(table.base), obj.name, len(obj.data.vertices)))
     armature[TABLE_PROP] = os.path.abspath(path)
+    # the first move uses this very table: reading the file again (tens of MB inflated) made the
+    # first move ~0.6 s on a loaded machine (scripts/bench_assets.py)
+    _remember(os.path.abspath(path), mtime, table)
     _filling[0] = True
     try:
         armature.pointwear_sliders.clear()
