@@ -98,6 +98,10 @@ def test_neural_fit_is_remeshed_outside_the_body_and_exports_untextured_with_a_w
     assert report["issues"]["numErrors"] == 0 and report["issues"]["numWarnings"] == 0, report["issues"]
     doc, _ = read_glb(out.read_bytes())
     assert "images" not in doc and any("untextured" in w for w in warnings)
+    warnings.clear()                                  # PLY points without colours: grey, said so
+    ply = export_result(result, "ply", tmp_path / "neural.ply", warn=warnings.append)[0]
+    assert len(warnings) == 1 and "no appearance" in warnings[0] and "grey" in warnings[0]
+    assert ply.read_bytes().split(b"end_header\n", 1)[1][12:15] == bytes([153, 153, 153])
 
 
 def test_texture_from_point_colours_reproduces_them(parametric):
