@@ -220,6 +220,7 @@ class VIEW3D_PT_pointwear_result(_PointwearPanel, Panel):
         row.prop(props, "retarget_source", text="")
         row.operator("pointwear.retarget_armature", text="Retarget", icon="CON_ARMATURE")
         layout.operator_menu_enum("pointwear.make_cloth", "preset", text="Make Cloth Simulation", icon="MOD_CLOTH")
+        layout.operator("pointwear.export_result", icon="EXPORT")
 
 
 def _draw_sliders(box, arm):

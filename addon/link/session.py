@@ -92,7 +92,12 @@ class JobState:
 
     @property
     def error_message(self):
-        return str((self.error or {}).get("message") or "")
+        """The ERROR's message after the file and field it names ("FILE: FIELD: message", as the
+        backend's own errors read), "" without an error."""
+        error = self.error or {}
+        message = str(error.get("message") or "")
+        named = [str(error[k]) for k in ("file", "field") if error.get(k)]
+        return ": ".join(named + [message]) if message else ""
 
     @property
     def error_hint(self):

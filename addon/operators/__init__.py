@@ -10,14 +10,14 @@
 - :mod:`.subject`   ``new_subject`` (a subject from a video or images: the ``prepare`` job)
 - :mod:`.recon`     ``reconstruct_image`` (a textured garment mesh from one photo: ``reconstruct``)
 - :mod:`.scene_ops` ``import_result``, ``load_motion``, ``redrape``, ``make_cloth``
-- :mod:`.assets`    ``retarget_armature`` (a job); :mod:`.sliders` the outfit sliders
+- :mod:`.assets`    ``retarget_armature``, ``export_result`` (jobs); :mod:`.sliders` the outfit sliders
 - :mod:`.runtime`   the backend session, the event pump (timer) and the scene mirror
 """
 
 from . import install, runtime
 from .appearance import POINTWEAR_OT_fit_appearance, POINTWEAR_OT_neural_render
 from .appearance import CLASSES as _APPEARANCE_CLASSES
-from .assets import POINTWEAR_OT_retarget_armature
+from .assets import POINTWEAR_OT_export_result, POINTWEAR_OT_retarget_armature
 from .assets import CLASSES as _ASSET_CLASSES
 from .sliders import CLASSES as _SLIDER_CLASSES
 from .backend import (
@@ -47,7 +47,7 @@ __all__ = [
     "POINTWEAR_OT_new_subject", "POINTWEAR_OT_reconstruct_image",
     "POINTWEAR_OT_fit_appearance", "POINTWEAR_OT_neural_render",
     "POINTWEAR_OT_import_result", "POINTWEAR_OT_load_motion", "POINTWEAR_OT_redrape",
-    "POINTWEAR_OT_retarget_armature",
+    "POINTWEAR_OT_retarget_armature", "POINTWEAR_OT_export_result",
 ]
 
 

@@ -308,3 +308,65 @@ def test_live_points_sliders_apply_and_retarget_with_the_backend(live_addon, fit
     with pytest.raises(RuntimeError, match="has no action to retarget"):
         ops.retarget_armature()
     assert len(runtime.session().jobs) == jobs_before
+
+
+# -- Export... ------------------------------------------------------------------------------------
+
+def _glb_json(path):
+    """The JSON chunk of a .glb (numpy-free: the bpy 5 lane has no backend to read it with)."""
+    import struct
+    data = Path(path).read_bytes()
+    magic, version, length = struct.unpack("<4sII", data[:12])
+    chunk_length, chunk_type = struct.unpack("<II", data[12:20])
+    assert magic == b"glTF" and version == 2 and length == len(data) and chunk_type == 0x4E4F534A
+    return json.loads(data[20:20 + chunk_length])
+
+
+def test_export_button_runs_the_export_job_with_the_current_motion(live_addon, fit_result, walk_y, tmp_path):
+    """Result panel > Export...: the backend's export job through the add-on's job client, the
+    armature's current motion file as the animation, the files put at the chosen path; its warning
+    (no appearance: untextured) and a failing job shown as the add-on shows every job's."""
+    bpy, runtime = live_addon
+    ops, props = bpy.ops.pointwear, bpy.context.scene.pointwear
+    assets = _addon_module("operators.assets")
+    props.result_folder = str(fit_result)
+    props.import_motion = False
+    assert ops.import_result() == {"FINISHED"}
+    arm = props.armature
+    assert ops.load_motion(filepath=str(walk_y), up="Y") == {"FINISHED"}
+    assert assets.export_source(bpy.context) == str(fit_result)
+    assert assets.current_motion(arm) == (str(walk_y), "Y")
+    assert "pointwear.export_result" in draw_all_panels(bpy).operators()
+    assert ops.export_result.poll() is False                    # no backend yet
+    assert ops.start_backend() == {"FINISHED"}
+
+    # glTF with the armature's current motion (30 frames), untextured with the backend's warning
+    assert ops.export_result(filepath=str(tmp_path / "walk"), format="GLB") == {"FINISHED"}
+    job = runtime.session().jobs[props.job_id]
+    assert job.kind == "export" and job.params["motion"] == str(walk_y) and job.params["up"] == "y"
+    assert props.job_state == "done" and props.job_message.startswith("Warning: ") and "untextured" in props.job_message
+    doc = _glb_json(tmp_path / "walk.glb")
+    assert doc["skins"] and "images" not in doc
+    sampler = doc["animations"][0]["samplers"][0]
+    assert doc["accessors"][sampler["input"]]["count"] == 30
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]     # no temporary files left
+
+    # OBJ: the three names follow the chosen one, and the OBJ names its own MTL
+    assert ops.export_result(filepath=str(tmp_path / "shirt.obj"), format="OBJ") == {"FINISHED"}
+    assert (tmp_path / "shirt.mtl").is_file() and not (tmp_path / "shirt.png").exists()
+    head = (tmp_path / "shirt.obj").read_text().splitlines()[:3]
+    assert "mtllib shirt.mtl" in head
+    assert sum(1 for line in (tmp_path / "shirt.obj").open() if line.startswith("v ")) > 1000
+
+    # a bad motion file: the job fails naming it, as every job error is shown; nothing written
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(RuntimeError, match="bad.npz"):
+        ops.export_result(filepath=str(tmp_path / "bad.glb"), format="GLB", motion=str(bad))
+    assert props.job_state == "failed" and "bad.npz" in props.job_message
+    assert not (tmp_path / "bad.glb").exists()
+    # a folder that does not exist: refused before anything is submitted
+    jobs_before = len(runtime.session().jobs)
+    with pytest.raises(RuntimeError, match="does not exist"):
+        ops.export_result(filepath=str(tmp_path / "nowhere" / "x.glb"))
+    assert len(runtime.session().jobs) == jobs_before
