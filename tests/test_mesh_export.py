@@ -3,6 +3,7 @@ textures, GLB files that pass Khronos' glTF-Validator and pose exactly as SMPL s
 OBJ + MTL + PNG and PLY read back, bad input named, nothing half-written."""
 import json
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -250,6 +251,34 @@ def test_cli_export_obj_and_ply_read_back(meshed, tmp_path, pointwear_exe):
     data = np.load(meshed / "outfit.npz")
     np.testing.assert_array_equal(rows["p"], data["points"])
     assert np.abs(rows["c"] / 255 - data["colors"]).max() <= 0.5 / 255 + 1e-6
+
+
+def test_addon_places_the_export_jobs_files_under_the_chosen_name(meshed, tmp_path):
+    """addon/io/export_files.py (pure): the job's garment.obj/.mtl/.png become shirt.obj/.mtl/.png
+    naming each other; an existing target is replaced whole; a missing job file is named."""
+    import sys
+    from pointwear.link import protocol as P
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from addon.io import export_files
+    job = tmp_path / "job"
+    names = P.RESULT_FILES[P.KIND_EXPORT]
+    export_result(meshed, "obj", job / names["obj"])
+    export_result(meshed, "glb", job / names["glb"])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "shirt.obj").write_text("old")
+    written = export_files.place_export(job, "obj", out / "shirt")
+    assert [Path(w).name for w in written] == ["shirt.obj", "shirt.mtl", "shirt.png"]
+    obj, src = (out / "shirt.obj").read_text().splitlines(), (job / names["obj"]).read_text().splitlines()
+    assert obj[1] == "mtllib shirt.mtl" and src[1] == "mtllib garment.mtl" and obj[2:] == src[2:]
+    assert "map_Kd shirt.png" in (out / "shirt.mtl").read_text().splitlines()
+    assert (out / "shirt.png").read_bytes() == (job / names["texture"]).read_bytes()
+    assert export_files.place_export(job, "glb", out / "walk.GLB") == [str(out / "walk.GLB")]
+    assert (out / "walk.GLB").read_bytes() == (job / names["glb"]).read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == ["shirt.mtl", "shirt.obj", "shirt.png", "walk.GLB"]
+    with pytest.raises(export_files.ExportFileError, match="garment.ply"):
+        export_files.place_export(job, "ply", out / "points")
+    assert not (out / "points.ply").exists()
 
 
 def test_bad_input_is_named_and_nothing_is_half_written(parametric, tmp_path):
