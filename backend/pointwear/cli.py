@@ -166,7 +166,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     try:
         summary = render_sequence(args.app, args.out, motion=args.motion, camera=args.camera,
                                   outfit_dir=args.outfit, betas=args.betas, up=args.up, progress=progress,
-                                  device=args.device)
+                                  device=args.device, precision=args.precision)
     finally:
         progress.close()
     print(f"wrote {summary['frames']} frames {Path(args.out) / summary['pattern']} "
@@ -441,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(see docs/appearance.md)")
     p.add_argument("--out", required=True, help="folder for NNNNNN.png and render.json")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="the U-Net's convolutions (auto: bfloat16 on CPUs that have it natively, else float32)")
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("drape", help="re-drape a fitted outfit on a new body shape and motion")

@@ -27,6 +27,7 @@ from ..fileio import atomic_path
 from ..fit.visibility import body_depth, visible_points
 from .camera import read_camera
 from .model import AppearanceModel, load_appearance, rgba_uint8
+from .unet import network_dtype
 from ..link.protocol import APPEARANCE_PT, OUTFIT_NPZ, RENDER_JSON
 
 __all__ = ["render_sequence", "check_outfit_for_appearance"]
@@ -52,10 +53,13 @@ def render_sequence(app_dir: str | Path, out: str | Path, motion: str | Path, ca
                     outfit_dir: str | Path | None = None, betas=None, up: str = "z",
                     progress: Callable[[str, int, int], None] | None = None,
                     should_stop: Callable[[], bool] | None = None, device: str = "auto",
-                    drape_checkpoint: str | None = None, chunk: int = 8, threads: int = 1) -> dict:
+                    drape_checkpoint: str | None = None, chunk: int = 8, threads: int = 1,
+                    precision: str = "auto") -> dict:
     """Render the appearance in `app_dir` on a motion seen by a camera into `out`/NNNNNN.png.
     Returns the summary also written to `out`/render.json. `should_stop` is polled per frame
-    (the frames written so far stay). threads: torch CPU threads (0: leave torch's setting)."""
+    (the frames written so far stay). threads: torch CPU threads (0: leave torch's setting);
+    precision: the U-Net's convolutions (`unet.network_dtype`: auto = bfloat16 on CPUs that
+    have it natively)."""
     progress = progress or (lambda stage, i, n: None)
     should_stop = should_stop or (lambda: False)
     dev = pick_device(device)
@@ -101,7 +105,7 @@ def render_sequence(app_dir: str | Path, out: str | Path, motion: str | Path, ca
         # The chunk's frames at once: one body raster, one visibility test, one copy back.
         depth = body_depth(verts, body.faces_t, Ks, (H, W))
         vis = visible_points(points, depth, Ks, threshold=model.config.visibility_threshold)
-        rgb, mask = model.render(points, vis, Ks, (H, W))
+        rgb, mask = model.render(points, vis, Ks, (H, W), precision=precision)
         images = rgba_uint8(rgb, mask)
         compute += time.perf_counter() - t0
         for k, f in enumerate(frames):
@@ -119,6 +123,7 @@ def render_sequence(app_dir: str | Path, out: str | Path, motion: str | Path, ca
                "pattern": "%06d.png", "image_size": [H, W], "fps": float(m.fps), "app": str(app_file),
                "outfit": str(outfit_file), "betas": [float(b) for b in new_betas[0].cpu()],
                "motion": str(motion), "up": up, "camera": str(camera), "device": str(dev),
+               "network_dtype": str(network_dtype(dev, precision)).replace("torch.", ""),
                "seconds": round(seconds, 3), "compute_seconds": round(compute, 3),
                "frames_per_second": round(len(files) / seconds, 2) if seconds > 0 and files else None,
                "compute_frames_per_second": round(len(files) / compute, 2) if compute > 0 and files else None,
