@@ -135,9 +135,14 @@ class AppearanceModel(nn.Module):
         c = self.config
         return splat(points, self.descriptors(), K, size, radius_px=c.radius_px, k=c.k, visible=visible)
 
-    def forward(self, points: Tensor, visible: Tensor, K: Tensor, size: tuple[int, int]
-                ) -> tuple[Tensor, Tensor]:
-        return self.net(self.splat_input(points, visible, K, size))
+    def forward(self, points: Tensor, visible: Tensor, K: Tensor, size: tuple[int, int],
+                dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+        """RGB (B,3,h,w) and mask (B,1,h,w) in the points' dtype; `dtype`: the network's
+        convolutions (bfloat16: mixed precision under autocast, the weights stay float32)."""
+        x = self.splat_input(points, visible, K, size)
+        with torch.autocast(device_type=x.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            rgb, mask = self.net(x)
+        return rgb.to(points.dtype), mask.to(points.dtype)
 
     # -- inference ------------------------------------------------------------------------------
     @torch.no_grad()
