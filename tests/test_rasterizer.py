@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from scipy.spatial import ConvexHull
 
 from pointwear.render import Fragments, covered_pairs, interpolate, project, rasterize
-from pointwear.render.rasterizer import depth_map
+from pointwear.render.rasterizer import depth_map, outward_wound
 
 SUB = 256  # 1/256 px fixed point, as documented by the rasterizer
 
@@ -313,7 +313,11 @@ def test_depth_map_of_a_closed_mesh_is_the_same_with_back_faces_culled(seed):
     surface always faces the camera, so culling back faces does not change the depth map."""
     verts, faces = sphere_scene(np.random.default_rng(seed), subdiv=3)
     K, size = make_K(60.0, 60.0, 31.5, 29.5), (64, 60)
+    assert outward_wound(verts, faces) and not outward_wound(verts, faces.flip(1))
     assert torch.equal(depth_map(verts, faces, K, size), depth_map(verts, faces, K, size, cull_backfaces=True))
+    inward = depth_map(verts, faces.flip(1), K, size, cull_backfaces=True)     # why the winding is checked
+    hit = torch.isfinite(inward)
+    assert (inward[hit] > depth_map(verts, faces, K, size)[hit]).all()
 
 
 def test_interpolated_position_reproduces_depth_and_pixel_ray():

@@ -24,6 +24,7 @@ from ..device import pick_device
 from ..drape.redrape import load_outfit, redraped_points
 from ..errors import InputError
 from ..fileio import atomic_path
+from ..render.rasterizer import outward_wound
 from ..fit.visibility import body_depth, visible_points
 from .camera import read_camera
 from .model import AppearanceModel, load_appearance, rgba_uint8
@@ -81,7 +82,8 @@ def render_sequence(app_dir: str | Path, out: str | Path, motion: str | Path, ca
         rest, weights, new_betas = redraped_points(outfit, body, betas, drape_checkpoint, outfit_file)
     except ValueError as exc:   # e.g. more betas than the body has
         raise InputError(str(exc), field="betas") from None
-    _, joints = body.shaped(new_betas)
+    rest_body, joints = body.shaped(new_betas)
+    cull = outward_wound(rest_body[0], body.faces_t)      # SMPL: yes, so back faces can be skipped
     transl = pelvis_fix(m.transl, joints[0, 0].cpu().numpy(), up)
 
     out = Path(out)
@@ -97,13 +99,15 @@ def render_sequence(app_dir: str | Path, out: str | Path, motion: str | Path, ca
         go, bp, tr = t(m.global_orient[frames]), t(m.body_pose[frames]), t(transl[frames])
         points = body.pose_points(rest[None], weights, new_betas, go, bp, tr)                # (c,P,3) world
         verts = body(new_betas, go, bp, tr).vertices                                          # (c,V,3) world
-        mats = t(np.stack([cam.at(f)[1] for f in frames]))                                    # (c,4,4)
+        mats_np = np.stack([cam.at(f)[1] for f in frames])
+        mats = t(mats_np)                                                                     # (c,4,4)
+        proper = bool((np.linalg.det(mats_np[:, :3, :3]) > 0).all())   # a mirroring camera flips the winding
         Ks = t(np.stack([cam.at(f)[0] for f in frames]))
         R, tvec = mats[:, :3, :3], mats[:, None, :3, 3]
         points = torch.einsum("bij,bpj->bpi", R, points) + tvec
         verts = torch.einsum("bij,bvj->bvi", R, verts) + tvec
         # The chunk's frames at once: one body raster, one visibility test, one copy back.
-        depth = body_depth(verts, body.faces_t, Ks, (H, W))
+        depth = body_depth(verts, body.faces_t, Ks, (H, W), cull_backfaces=cull and proper)
         vis = visible_points(points, depth, Ks, threshold=model.config.visibility_threshold)
         rgb, mask = model.render(points, vis, Ks, (H, W), precision=precision)
         images = rgba_uint8(rgb, mask)

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Fragments", "project", "rasterize", "depth_map", "interpolate", "covered_pairs", "SUBPIXEL_BITS"]
+__all__ = ["Fragments", "project", "rasterize", "depth_map", "outward_wound", "interpolate", "covered_pairs",
+           "SUBPIXEL_BITS"]
 
 SUBPIXEL_BITS = 8
 _S = 1 << SUBPIXEL_BITS
@@ -382,6 +383,16 @@ def depth_map(verts: Tensor, faces: Tensor, K: Tensor, image_size: tuple[int, in
     bits = (key >> 32).to(torch.int32)                     # the float32 depth's bit pattern
     depth = torch.where(key != _EMPTY_KEY, bits.view(torch.float32), torch.full_like(bits.view(torch.float32), math.inf))
     return depth.to(st.uv.dtype).view(st.B, st.H, st.W)
+
+
+def outward_wound(verts: Tensor, faces: Tensor) -> bool:
+    """True when the closed mesh (V,3), (F,3) encloses a positive signed volume, i.e. its faces
+    are wound counter-clockwise seen from outside (normals (v1-v0)x(v2-v0) outward). One value
+    read back: call it once per mesh, not per frame."""
+    v = verts.detach().to(torch.float64)
+    f = faces.to(device=v.device, dtype=torch.long)
+    a, b, c = v.index_select(0, f[:, 0]), v.index_select(0, f[:, 1]), v.index_select(0, f[:, 2])
+    return bool((a * torch.cross(b, c, dim=1)).sum() > 0)
 
 
 def _bary_at(uv: Tensor, z: Tensor, faces: Tensor, b: Tensor, f: Tensor, j: Tensor,
