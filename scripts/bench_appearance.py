@@ -132,13 +132,21 @@ def finish_fit(fit: dict) -> tuple[float, float, float]:
 
 
 def bench_seed(seed: int, fresh: bool, extra: list[str], sides: list[str], base: Path | None,
-               repeats: int) -> list[dict]:
+               repeats: int, render_only: bool = False) -> list[dict]:
     """Fit the seed's appearance with each side's code, all sides at once (so they share the
-    machine's load), then render the walk with each, the sides interleaved `repeats` times."""
+    machine's load), then render the walk with each, the sides interleaved `repeats` times.
+    render_only: keep the fits of the last run, render again."""
     _, _, info = prepare(seed, fresh)
     folder = CACHE / f"seed{seed}"
-    started = {side: start_fit(seed, extra, side, base) for side in sides}
-    fits = {side: finish_fit(fit) for side, fit in started.items()}
+    if render_only:      # the cached fits of an earlier run (bench*.json), renders made again
+        started = {side: {"app": folder / ("app" if side == "new" else "app_old")} for side in sides}
+        fits = {}
+        for side in sides:
+            old = json.loads((folder / f"bench{'' if side == 'new' else '_old'}.json").read_text())
+            fits[side] = (old["fit_seconds"], old.get("fit_cpu_seconds"), old.get("load_average"))
+    else:
+        started = {side: start_fit(seed, extra, side, base) for side in sides}
+        fits = {side: finish_fit(fit) for side, fit in started.items()}
     motion, camera = walk_and_camera(folder, started["new"]["app"])
     renders: dict[str, dict[str, list[dict]]] = {side: {} for side in sides}
     for _ in range(repeats):
@@ -232,6 +240,8 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true",
                     help="re-publish the figures of the cached runs (out/bench_appearance/seedS) without running")
     ap.add_argument("--base", default=None, help="also run this older revision's code (e.g. cf730f3)")
+    ap.add_argument("--render-only", action="store_true",
+                    help="keep the last run's fits (out/bench_appearance/seedS/app*), run the renders again")
     ap.add_argument("--repeats", type=int, default=1, help="render runs per side and body (interleaved; the median is shown)")
     ap.add_argument("fit_args", nargs="*", help="extra fit-appearance arguments (after --)")
     args = ap.parse_args()
@@ -246,7 +256,7 @@ def main() -> None:
         if args.report_only:
             rows += [load_row(seed, "" if side == "new" else "_old") for side in sides]
         else:
-            rows += bench_seed(seed, args.fresh, args.fit_args, sides, base, args.repeats)
+            rows += bench_seed(seed, args.fresh, args.fit_args, sides, base, args.repeats, args.render_only)
         for r in rows[-len(sides):]:
             print(json.dumps({k: v for k, v in r.items() if k not in ("result", "renders", "render_runs")}), flush=True)
             print(json.dumps(r["result"]["metrics"]), flush=True)
@@ -266,12 +276,12 @@ def main() -> None:
     command = " ".join(["--seeds", *map(str, args.seeds)] + (["--base", args.base] if args.base else [])
                        + (["--repeats", str(args.repeats)] if args.repeats != 1 else [])
                        + (["--", *args.fit_args] if args.fit_args else []))
+    fit_command = " ".join(["pointwear fit-appearance SUBJECT --outfit OUT --out APP", *args.fit_args])
     lines = [f"`.venv/bin/python scripts/bench_appearance.py {command}` {when} "
              "(the machine is shared, so wall times vary; the load average is given beside each figure).", "",
              "Subjects: `pointwear synth DIR --frames 16 --size 256 --outfit tshirt-shorts --seed S` (textures as "
              "listed), outfit by `pointwear fit-outfit` at default settings (all four templates, the best kept); "
-             f"then `pointwear fit-appearance SUBJECT --outfit OUT --out APP {' '.join(args.fit_args)}`".replace(" `", "`")
-             + f" ({opts['epochs']} epochs, batch {opts['batch']}, Adam net {opts['lr_net']:g} / descriptors "
+             f"then `{fit_command}` ({opts['epochs']} epochs, batch {opts['batch']}, Adam net {opts['lr_net']:g} / descriptors "
              f"{opts['lr_descriptors']:g}, cosine decay, L1 + SSIM + Dice, no VGG19 file), frames 3, 7, 11, 15 held "
              "out; network precision per row (new code: bfloat16 mixed precision on CPUs that have it natively). "
              "Fit time = the whole command, wall clock, with the load average when it ended; CPU time = user + "
@@ -289,7 +299,7 @@ def main() -> None:
         ok = (h["ssim"] >= TARGETS["ssim"] and h["psnr"] >= TARGETS["psnr"]
               and r["fit_seconds"] <= 60 * TARGETS["minutes"] and h["ssim"] > b["ssim"])
         code = f"old ({args.base})" if r.get("side") == "old" else "new"
-        cpu = f"{r['fit_cpu_seconds'] / 60:.1f} min" if r.get("fit_cpu_seconds") else "-"
+        cpu = f"{r['fit_cpu_seconds'] / 60:.2f} min" if r.get("fit_cpu_seconds") else "-"
         precision = r["result"]["options"].get("precision", "float32")
         lines.append(f"| {r['seed']} | {code} | {precision} | {' + '.join(r['textures'])} | {r['drape'].split(':')[-1]} "
                      f"({r['outfit_iou']:.3f}) | {r['points']} | {r['fit_seconds'] / 60:.1f} min "
@@ -309,17 +319,19 @@ def main() -> None:
     lines += ["", "Neural render (`pointwear render`, 48-frame travelling walk, a camera swinging around the walker "
               "at the training pixel density, 256 x 256 RGBA): frames per second per frame, pose + visibility "
               "(body rasterised with that camera) + splat + U-Net, without file writing (target >= 25, issue 15), and with "
-              "writing the PNGs.", "",
-              "| seed | code | body | frames/s (no file writing) | frames/s (with PNG writing) | every run: frames/s "
-              "(load average) | target |",
-              "|---|---|---|---|---|---|---|"]
+              "writing the PNGs; 'by CPU time': frames per CPU second of the render process over the same part "
+              "(what other jobs' load inflates least; the old revision does not record it).", "",
+              "| seed | code | body | frames/s (no file writing) | frames/s (with PNG writing) | frames/s by CPU time "
+              "| every run: frames/s (load average) | target |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         for name, s in r["renders"].items():
             ok = "met" if s["compute_frames_per_second"] >= TARGETS["fps"] else "MISSED"
             code = f"old ({args.base})" if r.get("side") == "old" else "new"
             runs = ", ".join(f"{fps:.1f} ({load})" for fps, load in s.get("all_runs", []))
+            cpu_fps = f"{s['frames'] / s['compute_cpu_seconds']:.1f}" if s.get("compute_cpu_seconds") else "-"
             lines.append(f"| {r['seed']} | {code} | {name} | **{s['compute_frames_per_second']:.1f}** | "
-                         f"{s['frames_per_second']:.1f} | {runs} | {ok} |")
+                         f"{s['frames_per_second']:.1f} | {cpu_fps} | {runs} | {ok} |")
     publish(SECTION, lines, write=not args.no_write)
 
 
