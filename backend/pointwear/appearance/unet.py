@@ -32,14 +32,13 @@ here does it for you and restores the previous mode.
 Inference speed (`RenderNet.inference_net`, `network_dtype`): for rendering, each conv and its
 eval-mode BatchNorm are folded into one conv with a bias (the same affine map, one pass over the
 image instead of two), and on CPUs with native bfloat16 dot products (AVX512-BF16 / AMX) the
-network runs in bfloat16 (oneDNN accumulates in float32; about 3x faster on one core here, RGB
-within ~1/255 of float32, see docs/benchmarks.md).
+network runs in bfloat16 (oneDNN accumulates in float32; about half the CPU time of float32 on
+one core here, RGB within ~1/255 of float32 on average, see docs/benchmarks.md).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import copy
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
