@@ -275,6 +275,7 @@ def main() -> None:
                 f"{os.getloadavg()[0]:.1f}")
     command = " ".join(["--seeds", *map(str, args.seeds)] + (["--base", args.base] if args.base else [])
                        + (["--repeats", str(args.repeats)] if args.repeats != 1 else [])
+                       + (["--render-only"] if args.render_only else [])
                        + (["--", *args.fit_args] if args.fit_args else []))
     fit_command = " ".join(["pointwear fit-appearance SUBJECT --outfit OUT --out APP", *args.fit_args])
     lines = [f"`.venv/bin/python scripts/bench_appearance.py {command}` {when} "
