@@ -85,7 +85,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="after the outfit, fit the subject's appearance (needs --subject, or --app-subject "
                         "with --result)")
     p.add_argument("--app-subject", type=Path, help="the subject folder of --result for --appearance")
-    p.add_argument("--app-epochs", type=int, default=300, help="appearance fit epochs")
+    p.add_argument("--app-epochs", type=int, default=150, help="appearance fit epochs")
     p.add_argument("--app-minutes", type=float, default=0.0, help="appearance fit time limit (0: none)")
     p.add_argument("--app-size", type=int, default=0, help="appearance training size in px (0: the frames')")
     p.add_argument("--neural-render", type=Path, metavar="DIR",

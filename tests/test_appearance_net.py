@@ -84,6 +84,70 @@ def test_render_uses_eval_mode_and_restores(net):
     net.train()
 
 
+def test_inference_net_folds_batchnorm_and_follows_the_weights():
+    """The render path's network: BatchNorm folded into the convs gives the eval-mode outputs;
+    the folded copy is made again when the weights change (an optimiser step)."""
+    torch.manual_seed(2)
+    net = RenderNet(17, (8, 16, 32))
+    net.train()
+    with torch.no_grad():
+        net(torch.randn(4, 17, 24, 20) * 2 + 1)     # running statistics off their init
+    x = torch.rand(2, 17, 24, 20)
+    net.eval()
+    with torch.no_grad():
+        ref = net(x)
+    net.train()
+    fused = net.inference_net()
+    assert net.training and fused is net.inference_net()            # cached, the original untouched
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    with torch.no_grad():
+        out = fused(x)
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    net(x)[0].mean().backward()
+    opt.step()
+    assert net.inference_net() is not fused
+    net.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(net.inference_net()(x)[0], net(x)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_bfloat16_inference_stays_close_to_float32():
+    """The CPU render's bfloat16 network (when the CPU has it natively): within ~1/255 of the
+    float32 outputs on average, a few levels at most."""
+    from pointwear.appearance.unet import network_dtype
+    torch.manual_seed(3)
+    net = RenderNet(17, (8, 16, 32, 64))
+    net.train()
+    with torch.no_grad():
+        net(torch.rand(4, 17, 32, 32) * 2)
+    x = torch.rand(1, 17, 40, 36).clamp(min=0.3) - 0.3
+    with torch.no_grad():
+        f_rgb, f_mask = net.inference_net(torch.float32)(x)
+        b_rgb, b_mask = net.inference_net(torch.bfloat16)(x)
+    assert b_rgb.dtype == torch.bfloat16
+    for a, b in ((f_rgb, b_rgb.float()), (f_mask, b_mask.float())):
+        assert (a - b).abs().mean() < 4e-3 and (a - b).abs().max() < 4e-2
+    assert network_dtype("cpu", "float32") == torch.float32
+    assert network_dtype("meta", "bfloat16") == torch.float32     # no autocast-free bf16 there
+    assert network_dtype("cpu", "auto") in (torch.float32, torch.bfloat16)
+    with pytest.raises(ValueError, match="precision"):
+        network_dtype("cpu", "half")
+
+
+def test_near_points_is_the_square_max_pool():
+    """The mask cut's reach test (separable max pool) equals one square max pool."""
+    import torch.nn.functional as F
+
+    from pointwear.appearance.model import MASK_REACH_PX, near_points
+    torch.manual_seed(4)
+    cov = (torch.rand(2, 1, 50, 43) > 0.995).float() * torch.rand(2, 1, 50, 43)
+    k = 2 * MASK_REACH_PX + 1
+    ref = (F.max_pool2d(cov, k, stride=1, padding=MASK_REACH_PX) > 1e-3).float()
+    assert torch.equal(near_points(cov), ref) and 0 < ref.mean() < 1
+
+
 def test_bad_input_channels(net):
     with pytest.raises(ValueError, match="17"):
         net(torch.randn(1, 16, 8, 8))

@@ -120,3 +120,20 @@ def test_body_export_cli_names_a_missing_file(tmp_path, pointwear_exe):
     assert r.returncode == 2
     assert "SMPL_NEUTRAL.pkl" in r.stderr and "error" in r.stderr
     assert not (tmp_path / "b.npz").exists()
+
+
+def test_body_is_wound_outward_so_the_render_may_cull_back_faces(default_body):
+    """`pointwear render` skips the body's back faces in its visibility raster when the mesh is
+    wound outward: true for the default body, and the depth map is then the same."""
+    from pointwear.fit.visibility import body_depth
+    from pointwear.render.rasterizer import outward_wound
+    rest, _ = default_body.shaped(torch.tensor([[1.5, -1.0]]))
+    assert outward_wound(rest[0], default_body.faces_t)
+    g = torch.Generator().manual_seed(5)
+    pose = torch.randn(2, 69, generator=g) * 0.3
+    verts = default_body(torch.zeros(1, 10), torch.zeros(2, 3), pose, torch.tensor([[0.0, 0.2, 2.6]] * 2)).vertices
+    verts = verts * torch.tensor([1.0, -1.0, -1.0]) + torch.tensor([0.0, 0.0, 5.2])    # a proper rotation: 180 deg about x
+    K = torch.tensor([[300.0, 0.0, 95.5], [0.0, 300.0, 127.5], [0.0, 0.0, 1.0]])
+    full = body_depth(verts, default_body.faces_t, K, (256, 192))
+    assert torch.isfinite(full).float().mean() > 0.1
+    assert torch.equal(full, body_depth(verts, default_body.faces_t, K, (256, 192), cull_backfaces=True))

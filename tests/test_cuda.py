@@ -72,6 +72,7 @@ def test_renderers_agree(bodies):
 
 
 def test_appearance_step_and_render_agree(tmp_path_factory, bodies):
+    """Both devices in float32 (auto precision picks bfloat16 on some CPUs only)."""
     from test_appearance_fit import make_tiny_app
     from pointwear.appearance.fit import AppearanceFitter, AppearanceOptions
     root = tmp_path_factory.mktemp("cuda_app")
@@ -79,12 +80,12 @@ def test_appearance_step_and_render_agree(tmp_path_factory, bodies):
     values = []
     for dev, body in zip(("cpu", "cuda"), bodies):
         fitter = AppearanceFitter(read_subject(subject), outfit, root / f"app_{dev}",
-                                  AppearanceOptions(epochs=1, device=dev, seed=3), body=body)
+                                  AppearanceOptions(epochs=1, device=dev, seed=3, precision="float32"), body=body)
         fitter.model.eval()           # BatchNorm from its running statistics: same on both devices
         idx = torch.arange(min(2, len(fitter.train)))
         loss, _ = fitter.batch_loss(fitter.train, idx, augment=False)
         f = fitter.held
-        rgb, mask = fitter.model.render(f.points, f.visible, f.K, f.size)
+        rgb, mask = fitter.model.render(f.points, f.visible, f.K, f.size, precision="float32")
         values.append((float(loss), rgb.cpu(), mask.cpu()))
     (l_cpu, rgb_cpu, m_cpu), (l_gpu, rgb_gpu, m_gpu) = values
     assert abs(l_cpu - l_gpu) <= 1e-3 * max(1.0, abs(l_cpu))

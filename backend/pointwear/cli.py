@@ -137,7 +137,7 @@ def cmd_fit_outfit(args: argparse.Namespace) -> int:
 def cmd_fit_appearance(args: argparse.Namespace) -> int:
     from .appearance.fit import AppearanceOptions, fit_appearance
     options = AppearanceOptions(epochs=args.epochs, size=args.size, frames=args.frames, minutes=args.minutes,
-                                vgg=args.vgg, seed=args.seed, device=args.device)
+                                vgg=args.vgg, seed=args.seed, device=args.device, precision=args.precision)
     if (Path(args.out) / CHECKPOINT_PT).exists():
         print(f"resuming from {Path(args.out) / 'checkpoint.pt'}")
     progress = _TqdmProgress()
@@ -166,7 +166,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     try:
         summary = render_sequence(args.app, args.out, motion=args.motion, camera=args.camera,
                                   outfit_dir=args.outfit, betas=args.betas, up=args.up, progress=progress,
-                                  device=args.device)
+                                  device=args.device, precision=args.precision)
     finally:
         progress.close()
     print(f"wrote {summary['frames']} frames {Path(args.out) / summary['pattern']} "
@@ -416,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("subject")
     p.add_argument("--outfit", required=True, help="the fit-outfit result folder of this subject")
     p.add_argument("--out", required=True, help="result folder (resumes from its checkpoint.pt if present)")
-    p.add_argument("--epochs", type=int, default=300, help="passes over the training frames (default 300)")
+    p.add_argument("--epochs", type=int, default=150, help="passes over the training frames (default 150)")
     p.add_argument("--size", type=int, default=None,
                    help="training image size, longer side in px (default: the frames' own, at most 512)")
     p.add_argument("--frames", type=_frame_list, default=None,
@@ -427,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "vgg19-dcbb9e9d.pth) for the perceptual loss; never downloaded")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="the U-Net's convolutions (auto: bfloat16 mixed precision on CPUs that have it natively)")
     p.set_defaults(func=cmd_fit_appearance)
 
     p = sub.add_parser("render", help="render a fitted appearance on a motion, body shape and camera "
@@ -441,6 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(see docs/appearance.md)")
     p.add_argument("--out", required=True, help="folder for NNNNNN.png and render.json")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="the U-Net's convolutions (auto: bfloat16 on CPUs that have it natively, else float32)")
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("drape", help="re-drape a fitted outfit on a new body shape and motion")

@@ -15,8 +15,12 @@ Every fourth frame is held out by default (`--frames` picks the training frames)
 written after every epoch (and when cancelled); running the same command again continues from
 it. The checkpoint carries a fingerprint of the outfit it was fitted on (`outfit_fingerprint`):
 a checkpoint of another outfit (another code, a re-fit, a refined result) is not resumed but kept
-aside as `checkpoint-other-outfit.pt` with a warning naming it, and the fit starts afresh. Adam, network 1e-3 and descriptors 1e-2 (the paper: 1e-4 and 1e-2 over ~80 much longer
-epochs) with a cosine decay to 5 % over the run, batch 2 on the CPU (8 on CUDA).
+aside as `checkpoint-other-outfit.pt` with a warning naming it, and the fit starts afresh. Adam,
+network 1e-3 and descriptors 1e-2 (the paper: 1e-4 and 1e-2 over ~80 much longer epochs) with a
+cosine decay to 5 % over the run, batch 2 on the CPU (8 on CUDA), 150 epochs. On CPUs with native
+bfloat16 the U-Net runs in bfloat16 mixed precision (autocast; weights, Adam and losses stay
+float32): ~1.45x cheaper steps, the same loss curve within ~1 % epoch by epoch
+(docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ from .losses import VGGPerceptual, dice_loss, ssim_loss
 from .model import APPEARANCE_VISIBILITY, AppearanceConfig, AppearanceModel
 from .outputs import side_by_side, write_outputs, write_png
 from .state import TrainState
+from .unet import network_dtype
 
 __all__ = ["AppearanceOptions", "AppearanceFitter", "fit_appearance", "FitCancelled"]
 
@@ -67,7 +72,7 @@ def outfit_fingerprint(outfit: dict, posed_points: np.ndarray) -> str:
 
 @dataclass
 class AppearanceOptions:
-    epochs: int = 300                  # passes over the training frames
+    epochs: int = 150                  # passes over the training frames
     size: int | None = None            # training image size (longer side); None: the frames' own, <= 512
     frames: list[int] | None = None    # training frames; the rest are held out (default: every 4th held out)
     minutes: float | None = None       # time budget for training (over resumes); None: epochs only
@@ -92,6 +97,7 @@ class AppearanceOptions:
     seed: int = 0
     device: str = "auto"
     threads: int = 1                   # CPU threads for torch (0: torch's default)
+    precision: str = "auto"            # the U-Net's convolutions: auto (bfloat16 on CPUs that have it), float32, bfloat16
 
 
 def _round_up(x: float, m: int = 16) -> int:
@@ -115,6 +121,10 @@ class AppearanceFitter:
             torch.set_num_threads(options.threads)
         if options.batch == 0:
             self.options = options = replace(options, batch=scaled(2, self.device, 8))
+        try:
+            self.net_dtype = network_dtype(self.device, options.precision)
+        except ValueError as exc:
+            raise InputError(str(exc), field="precision") from None
         if options.epochs < 0 or options.batch < 1:
             raise InputError(f"epochs must be >= 0 and batch >= 1, got {options.epochs}, {options.batch}",
                              field="--epochs")
@@ -240,7 +250,7 @@ class AppearanceFitter:
         A = self._affines(frames, idx, augment and self.options.augment)    # idx on the host
         idx = idx.to(self.device)
         K = A @ frames.K[idx]
-        rgb, mask = self.model(frames.points[idx], frames.visible[idx], K, self.crop)
+        rgb, mask = self.model(frames.points[idx], frames.visible[idx], K, self.crop, self.net_dtype)
         with torch.no_grad():
             image, target_mask = self._targets(frames, idx, A)
             if augment:

@@ -45,7 +45,7 @@ from ..fileio import atomic_path
 from ..render.rasterizer import project
 from ..render.splat import splat
 from .descriptors import PointDescriptors
-from .unet import RenderNet
+from .unet import RenderNet, network_dtype
 from ..link.protocol import APPEARANCE_PT
 
 __all__ = ["AppearanceConfig", "AppearanceModel", "APPEARANCE_VISIBILITY", "RENDER_MARGIN_PX",
@@ -135,38 +135,42 @@ class AppearanceModel(nn.Module):
         c = self.config
         return splat(points, self.descriptors(), K, size, radius_px=c.radius_px, k=c.k, visible=visible)
 
-    def forward(self, points: Tensor, visible: Tensor, K: Tensor, size: tuple[int, int]
-                ) -> tuple[Tensor, Tensor]:
-        return self.net(self.splat_input(points, visible, K, size))
+    def forward(self, points: Tensor, visible: Tensor, K: Tensor, size: tuple[int, int],
+                dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+        """RGB (B,3,h,w) and mask (B,1,h,w) in the points' dtype; `dtype`: the network's
+        convolutions (bfloat16: mixed precision under autocast, the weights stay float32)."""
+        x = self.splat_input(points, visible, K, size)
+        with torch.autocast(device_type=x.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            rgb, mask = self.net(x)
+        return rgb.to(points.dtype), mask.to(points.dtype)
 
     # -- inference ------------------------------------------------------------------------------
     @torch.no_grad()
     def render(self, points: Tensor, visible: Tensor, K: Tensor, image_size: tuple[int, int],
-               margin: int = RENDER_MARGIN_PX, rescale: bool = True) -> tuple[Tensor, Tensor]:
+               margin: int = RENDER_MARGIN_PX, rescale: bool = True, precision: str = "auto"
+               ) -> tuple[Tensor, Tensor]:
         """RGB (B,3,H,W) in [-1,1] (0 outside the window) and mask (B,1,H,W) for posed points
         (B,P,3) in camera space, visibility (B,P) bool and intrinsics K (B,3,3) or (3,3).
-        The network runs in eval mode; its train/eval mode is restored afterwards."""
-        was = self.net.training
-        self.net.eval()
-        try:
-            B = points.shape[0]
-            K = K.to(points).expand(B, 3, 3)
-            H, W = (int(s) for s in image_size)
-            rgb = points.new_zeros(B, 3, H, W)
-            mask = points.new_zeros(B, 1, H, W)
-            # Every item's scale, then its window, each read back once for the whole batch.
-            scales = self.render_scales(points, visible, K) if rescale else [1.0] * B
-            sizes = [(max(1, round(H * r)), max(1, round(W * r))) for r in scales]
-            Ks = torch.stack([scale_intrinsics(K[b], w / W, h / H) if r != 1.0 else K[b]
-                              for b, (r, (h, w)) in enumerate(zip(scales, sizes))])
-            windows = _windows(points, visible, Ks, sizes, margin)
-            for b in range(B):
-                if windows[b] is not None:
-                    self._render_one(points[b], visible[b], Ks[b], (H, W), scales[b], sizes[b], windows[b],
-                                     rgb[b], mask[b])
-            return rgb, mask
-        finally:
-            self.net.train(was)
+        The network runs in eval mode (its BatchNorms folded into the convs) and in
+        `network_dtype(device, precision)` (`RenderNet.inference_net`); the outputs have the
+        points' dtype. The network's own train/eval mode is left as it was."""
+        net = self.net.inference_net(network_dtype(points.device, precision))
+        B = points.shape[0]
+        K = K.to(points).expand(B, 3, 3)
+        H, W = (int(s) for s in image_size)
+        rgb = points.new_zeros(B, 3, H, W)
+        mask = points.new_zeros(B, 1, H, W)
+        # Every item's scale, then its window, each read back once for the whole batch.
+        scales = self.render_scales(points, visible, K) if rescale else [1.0] * B
+        sizes = [(max(1, round(H * r)), max(1, round(W * r))) for r in scales]
+        Ks = torch.stack([scale_intrinsics(K[b], w / W, h / H) if r != 1.0 else K[b]
+                          for b, (r, (h, w)) in enumerate(zip(scales, sizes))])
+        windows = _windows(points, visible, Ks, sizes, margin)
+        for b in range(B):
+            if windows[b] is not None:
+                self._render_one(net, points[b], visible[b], Ks[b], (H, W), scales[b], sizes[b],
+                                 windows[b], rgb[b], mask[b])
+        return rgb, mask
 
     def render_scale(self, points: Tensor, visible: Tensor, K: Tensor) -> float:
         """Factor to bring this view (points (P,3), visible (P,), K (3,3)) to the training pixel
@@ -189,16 +193,17 @@ class AppearanceModel(nn.Module):
                        else float(min(max(r, SCALE_RANGE[0]), SCALE_RANGE[1])))
         return out
 
-    def _render_one(self, pts: Tensor, vis: Tensor, Ks: Tensor, size: tuple[int, int], r: float,
-                    scaled: tuple[int, int], window: tuple[int, int, int, int], rgb_out: Tensor,
-                    mask_out: Tensor) -> None:
-        """One view: Ks its intrinsics at scale r (image `scaled` = (h, w)), `window` in there."""
+    def _render_one(self, net: RenderNet, pts: Tensor, vis: Tensor, Ks: Tensor,
+                    size: tuple[int, int], r: float, scaled: tuple[int, int], window: tuple[int, int, int, int],
+                    rgb_out: Tensor, mask_out: Tensor) -> None:
+        """One view: Ks its intrinsics at scale r (image `scaled` = (h, w)), `window` in there;
+        `net` the inference network (`RenderNet.inference_net`)."""
         H, W = size
         h, w = scaled
         x0, y0, x1, y1 = window
         x = splat(pts[None], self.descriptors(), shift_intrinsics(Ks, x0, y0)[None], (y1 - y0, x1 - x0),
                   radius_px=self.config.radius_px, k=self.config.k, visible=vis[None])
-        c_rgb, c_mask = self.net(x)
+        c_rgb, c_mask = (t.to(pts.dtype) for t in net(x))
         c_mask = c_mask * near_points(x[:, -1:])
         if r == 1.0:
             rgb_out[:, y0:y1, x0:x1] = c_rgb[0]
@@ -254,7 +259,9 @@ def near_points(coverage: Tensor, reach: int = MASK_REACH_PX) -> Tensor:
     """(B,1,h,w) 1 within `reach` px (Chebyshev) of a splatted point, else 0: the mask is cut
     there, so the faint haze a network leaves over empty background never shows in a render."""
     k = 2 * reach + 1
-    return (F.max_pool2d(coverage, k, stride=1, padding=reach) > 1e-3).to(coverage.dtype)
+    near = F.max_pool2d(coverage, (1, k), stride=1, padding=(0, reach))        # the square window's max
+    near = F.max_pool2d(near, (k, 1), stride=1, padding=(reach, 0))            # as rows, then columns
+    return (near > 1e-3).to(coverage.dtype)
 
 
 def rescale_possible(target: float, z: Tensor) -> bool:

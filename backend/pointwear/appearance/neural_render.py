@@ -24,9 +24,11 @@ from ..device import pick_device
 from ..drape.redrape import load_outfit, redraped_points
 from ..errors import InputError
 from ..fileio import atomic_path
+from ..render.rasterizer import outward_wound
 from ..fit.visibility import body_depth, visible_points
 from .camera import read_camera
 from .model import AppearanceModel, load_appearance, rgba_uint8
+from .unet import network_dtype
 from ..link.protocol import APPEARANCE_PT, OUTFIT_NPZ, RENDER_JSON
 
 __all__ = ["render_sequence", "check_outfit_for_appearance"]
@@ -52,10 +54,13 @@ def render_sequence(app_dir: str | Path, out: str | Path, motion: str | Path, ca
                     outfit_dir: str | Path | None = None, betas=None, up: str = "z",
                     progress: Callable[[str, int, int], None] | None = None,
                     should_stop: Callable[[], bool] | None = None, device: str = "auto",
-                    drape_checkpoint: str | None = None, chunk: int = 8, threads: int = 1) -> dict:
+                    drape_checkpoint: str | None = None, chunk: int = 8, threads: int = 1,
+                    precision: str = "auto") -> dict:
     """Render the appearance in `app_dir` on a motion seen by a camera into `out`/NNNNNN.png.
     Returns the summary also written to `out`/render.json. `should_stop` is polled per frame
-    (the frames written so far stay). threads: torch CPU threads (0: leave torch's setting)."""
+    (the frames written so far stay). threads: torch CPU threads (0: leave torch's setting);
+    precision: the U-Net's convolutions (`unet.network_dtype`: auto = bfloat16 on CPUs that
+    have it natively)."""
     progress = progress or (lambda stage, i, n: None)
     should_stop = should_stop or (lambda: False)
     dev = pick_device(device)
@@ -77,7 +82,8 @@ def render_sequence(app_dir: str | Path, out: str | Path, motion: str | Path, ca
         rest, weights, new_betas = redraped_points(outfit, body, betas, drape_checkpoint, outfit_file)
     except ValueError as exc:   # e.g. more betas than the body has
         raise InputError(str(exc), field="betas") from None
-    _, joints = body.shaped(new_betas)
+    rest_body, joints = body.shaped(new_betas)
+    cull = outward_wound(rest_body[0], body.faces_t)      # SMPL: yes, so back faces can be skipped
     transl = pelvis_fix(m.transl, joints[0, 0].cpu().numpy(), up)
 
     out = Path(out)
@@ -85,25 +91,28 @@ def render_sequence(app_dir: str | Path, out: str | Path, motion: str | Path, ca
     H, W = cam.image_size
     T = m.num_frames
     t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=dev)  # noqa: E731
-    files, compute, t_all = [], 0.0, time.perf_counter()
+    files, compute, compute_cpu, t_all = [], 0.0, 0.0, time.perf_counter()
     cancelled = False
     for s in range(0, T, chunk):
         frames = list(range(s, min(T, s + chunk)))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         go, bp, tr = t(m.global_orient[frames]), t(m.body_pose[frames]), t(transl[frames])
         points = body.pose_points(rest[None], weights, new_betas, go, bp, tr)                # (c,P,3) world
         verts = body(new_betas, go, bp, tr).vertices                                          # (c,V,3) world
-        mats = t(np.stack([cam.at(f)[1] for f in frames]))                                    # (c,4,4)
+        mats_np = np.stack([cam.at(f)[1] for f in frames])
+        mats = t(mats_np)                                                                     # (c,4,4)
+        proper = bool((np.linalg.det(mats_np[:, :3, :3]) > 0).all())   # a mirroring camera flips the winding
         Ks = t(np.stack([cam.at(f)[0] for f in frames]))
         R, tvec = mats[:, :3, :3], mats[:, None, :3, 3]
         points = torch.einsum("bij,bpj->bpi", R, points) + tvec
         verts = torch.einsum("bij,bvj->bvi", R, verts) + tvec
         # The chunk's frames at once: one body raster, one visibility test, one copy back.
-        depth = body_depth(verts, body.faces_t, Ks, (H, W))
+        depth = body_depth(verts, body.faces_t, Ks, (H, W), cull_backfaces=cull and proper)
         vis = visible_points(points, depth, Ks, threshold=model.config.visibility_threshold)
-        rgb, mask = model.render(points, vis, Ks, (H, W))
+        rgb, mask = model.render(points, vis, Ks, (H, W), precision=precision)
         images = rgba_uint8(rgb, mask)
         compute += time.perf_counter() - t0
+        compute_cpu += time.process_time() - c0
         for k, f in enumerate(frames):
             if should_stop():
                 cancelled = True
@@ -119,12 +128,15 @@ def render_sequence(app_dir: str | Path, out: str | Path, motion: str | Path, ca
                "pattern": "%06d.png", "image_size": [H, W], "fps": float(m.fps), "app": str(app_file),
                "outfit": str(outfit_file), "betas": [float(b) for b in new_betas[0].cpu()],
                "motion": str(motion), "up": up, "camera": str(camera), "device": str(dev),
+               "network_dtype": str(network_dtype(dev, precision)).replace("torch.", ""),
                "seconds": round(seconds, 3), "compute_seconds": round(compute, 3),
+               "compute_cpu_seconds": round(compute_cpu, 3),
                "frames_per_second": round(len(files) / seconds, 2) if seconds > 0 and files else None,
                "compute_frames_per_second": round(len(files) / compute, 2) if compute > 0 and files else None,
                "cancelled": cancelled,
                "timing_note": "compute = pose + visibility (body raster) + splat + U-Net per frame, no file "
-                              "writing; seconds/frames_per_second include writing the PNGs"}
+                              "writing (compute_cpu_seconds: the process's CPU time over the same part); "
+                              "seconds/frames_per_second include writing the PNGs"}
     with atomic_path(out / RENDER_JSON) as tmp:
         tmp.write_text(json.dumps(summary, indent=1))
     return summary

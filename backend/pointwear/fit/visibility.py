@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..render.rasterizer import project, rasterize
+from ..render.rasterizer import depth_map, project
 
 __all__ = ["PAPER_THRESHOLD", "body_depth", "visible_points", "visibility_weights"]
 
@@ -29,14 +29,19 @@ PAPER_THRESHOLD = 2.5 * 1e-3 * 10.0   # metres: 2.5 x visibility_thr x depth ran
 
 @torch.no_grad()
 def body_depth(body_vertices: Tensor, faces: Tensor, K: Tensor,
-               image_size: tuple[int, int]) -> Tensor:
+               image_size: tuple[int, int], cull_backfaces: bool = False) -> Tensor:
     """(B,H,W) camera z of the nearest body surface per pixel, +inf off the body.
 
     body_vertices (B,V,3) or (V,3) in camera space; faces (F,3); K (B,3,3) or (3,3);
     image_size = the frames' own (H, W). No gradient: visibility is a selection, not a loss.
+    The rasterizer's z-buffer depth (`depth_map`: no barycentrics, sub-millimetre from the
+    interpolated depth, far below the centimetre thresholds here). cull_backfaces: only for a
+    closed mesh wound outward (`rasterizer.outward_wound`, e.g. SMPL's): seen from outside, its
+    nearest surface on every ray faces the camera, so skipping back faces gives the same map
+    for about a third of the work.
     """
     H, W = (int(s) for s in image_size)
-    return rasterize(body_vertices.detach(), faces, K, (H, W)).depth
+    return depth_map(body_vertices, faces, K, (H, W), cull_backfaces=cull_backfaces)
 
 
 def _depth_gap(points: Tensor, depth: Tensor, K: Tensor) -> tuple[Tensor, Tensor]:

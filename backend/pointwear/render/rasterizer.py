@@ -34,7 +34,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Fragments", "project", "rasterize", "interpolate", "covered_pairs", "SUBPIXEL_BITS"]
+__all__ = ["Fragments", "project", "rasterize", "depth_map", "outward_wound", "interpolate", "covered_pairs",
+           "SUBPIXEL_BITS"]
 
 SUBPIXEL_BITS = 8
 _S = 1 << SUBPIXEL_BITS
@@ -331,17 +332,7 @@ def rasterize(verts: Tensor, faces: Tensor, K: Tensor, image_size: tuple[int, in
     st = _setup(verts, faces, K, image_size, cull_backfaces, znear)
     B, H, W = st.B, st.H, st.W
     dev = st.uv.device
-    key = torch.full((B * H * W,), _EMPTY_KEY, dtype=torch.int64, device=dev)
-    for pix, face, invz, inside in _iter_blocks(st, max_pairs):
-        # Positive float32 bit patterns sort like the floats, so one int64 min finds the nearest
-        # surface and, on exactly equal depth, the smallest face id. Uncovered candidates get the
-        # empty key: scattering the whole dense block is cheaper than compacting it.
-        depth = invz.clamp_(min=1e-30).reciprocal_().to(torch.float32)  # in place: bounded memory
-        del invz
-        cand = depth.view(torch.int32).to(torch.int64).bitwise_left_shift_(32).bitwise_or_(face)
-        del depth
-        cand.masked_fill_(inside.logical_not_(), _EMPTY_KEY)
-        key.scatter_reduce_(0, pix.view(-1), cand.view(-1), reduce="amin")
+    key = _zbuffer(st, max_pairs)
     hit = key != _EMPTY_KEY
     face_flat = torch.where(hit, key & _FACE_MASK, torch.full_like(key, -1))
 
@@ -360,6 +351,48 @@ def rasterize(verts: Tensor, faces: Tensor, K: Tensor, image_size: tuple[int, in
     depth = torch.full((B * H * W,), float("inf"), dtype=dtype, device=dev).index_copy(
         0, idx, depth_v.to(dtype)).view(B, H, W)
     return Fragments(face_id=face_flat.view(B, H, W), bary=bary, depth=depth)
+
+
+def _zbuffer(st: _Setup, max_pairs: int) -> Tensor:
+    """(B*H*W,) int64 z-buffer: ``(float32 depth bits << 32) | face`` of the nearest covering
+    face per pixel, `_EMPTY_KEY` where none covers it."""
+    key = torch.full((st.B * st.H * st.W,), _EMPTY_KEY, dtype=torch.int64, device=st.uv.device)
+    for pix, face, invz, inside in _iter_blocks(st, max_pairs):
+        # Positive float32 bit patterns sort like the floats, so one int64 min finds the nearest
+        # surface and, on exactly equal depth, the smallest face id. Uncovered candidates get the
+        # empty key: scattering the whole dense block is cheaper than compacting it.
+        depth = invz.clamp_(min=1e-30).reciprocal_().to(torch.float32)  # in place: bounded memory
+        del invz
+        cand = depth.view(torch.int32).to(torch.int64).bitwise_left_shift_(32).bitwise_or_(face)
+        del depth
+        cand.masked_fill_(inside.logical_not_(), _EMPTY_KEY)
+        key.scatter_reduce_(0, pix.view(-1), cand.view(-1), reduce="amin")
+    return key
+
+
+@torch.no_grad()
+def depth_map(verts: Tensor, faces: Tensor, K: Tensor, image_size: tuple[int, int], *,
+              max_pairs: int = 2_000_000, cull_backfaces: bool = False, znear: float = 1e-3) -> Tensor:
+    """(B,H,W) camera z of the nearest surface per pixel centre, +inf where none: the depth of
+    `rasterize` without its barycentrics, for depth tests (no gradient). Same coverage as
+    `rasterize`; the depth is the z-buffer's own (1/z interpolated from the 1/256 px snapped
+    vertices, float32), within ~2e-4 relative (a fraction of a millimetre for a body at 2-3 m)
+    of `rasterize(...).depth` (un-snapped vertices, float64), and about 20 % cheaper."""
+    st = _setup(verts.detach(), faces, K, image_size, cull_backfaces, znear)
+    key = _zbuffer(st, max_pairs)
+    bits = (key >> 32).to(torch.int32)                     # the float32 depth's bit pattern
+    depth = torch.where(key != _EMPTY_KEY, bits.view(torch.float32), torch.full_like(bits.view(torch.float32), math.inf))
+    return depth.to(st.uv.dtype).view(st.B, st.H, st.W)
+
+
+def outward_wound(verts: Tensor, faces: Tensor) -> bool:
+    """True when the closed mesh (V,3), (F,3) encloses a positive signed volume, i.e. its faces
+    are wound counter-clockwise seen from outside (normals (v1-v0)x(v2-v0) outward). One value
+    read back: call it once per mesh, not per frame."""
+    v = verts.detach().to(torch.float64)
+    f = faces.to(device=v.device, dtype=torch.long)
+    a, b, c = v.index_select(0, f[:, 0]), v.index_select(0, f[:, 1]), v.index_select(0, f[:, 2])
+    return bool((a * torch.cross(b, c, dim=1)).sum() > 0)
 
 
 def _bary_at(uv: Tensor, z: Tensor, faces: Tensor, b: Tensor, f: Tensor, j: Tensor,
