@@ -432,6 +432,10 @@ class OutfitFitter:
         steps, ro = self.options.refine_steps, self.options.refine
         if steps <= 0:
             return None
+        if not self.held_ids:    # nothing to judge it on: free-form offsets would only overfit
+            warnings.warn(f"{self.subject.root}: no held-out frame (fewer than 4 frames, or --frames names them "
+                          "all), so the free-form refinement is skipped")
+            return None
         code = state.best.code.to(self.device)[None]
         with torch.no_grad():
             base = drape(drape.constrain(code), self.betas)
