@@ -19,7 +19,7 @@ from pointwear.synth.generate import SynthOptions, generate_subject
 
 # Small but honest: every candidate outfit competes, pruned after a few scored steps.
 SMALL = dict(drape="parametric", codes=2, select_codes=1, coarse_steps=24, prune_after=8, keep=2, fine_steps=12,
-             score_every=4, checkpoint_every=8, frames_per_step=2, seed=3, refine_steps=0)
+             score_every=4, checkpoint_every=8, frames_per_step=2, seed=3)
 
 
 def _subject(tmp_path_factory, default_body, outfit: str, seed: int, labels: dict | None = None):
