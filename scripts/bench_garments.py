@@ -1,9 +1,9 @@
 """Compositional outfit fitting on physically simulated clothing: every subject of a clothsim
 evaluation set (scripts/make_clothsim_set.py, evaluation seeds only; training-split subjects are
 refused) fitted three ways and scored against its truth: the default fit (garments chosen per
-label), the same with refinement (`--refine-steps`), and today's-before fit (the four fixed
-outfits of the older model, no labels, all codes kept), beside the naked-body baseline. Writes
-the section "Garments on simulated cloth" of docs/benchmarks.md.
+label, then the free-form refinement, kept only when the held-out frames gain), the same without
+refinement, and the older model (the four fixed outfits, no labels, no refinement), beside the
+naked-body baseline. Writes the section "Garments on simulated cloth" of docs/benchmarks.md.
 
     .venv/bin/python scripts/bench_garments.py CLOTHSIM_DIR [--subjects tshirt_1000,skirt_1000] [--no-write]
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -21,14 +22,13 @@ from benchdoc import machine, publish  # noqa: E402
 
 SECTION = "Garments on simulated cloth"
 LEGACY = ("tshirt-shorts", "longsleeve-trousers", "tank-skirt", "dress")
-REFINE_STEPS = 100
 
 
 def variants():
     from pointwear.fit.outfit_fit import FitOptions
     return {"garments": FitOptions(),
-            "garments + refine": FitOptions(refine_steps=REFINE_STEPS),
-            "four outfits (before)": FitOptions(labels="off", outfits=LEGACY, keep=len(LEGACY))}
+            "garments without refine": FitOptions(refine_steps=0),
+            "four outfits (before)": FitOptions(labels="off", outfits=LEGACY, keep=len(LEGACY), refine_steps=0)}
 
 
 def main() -> None:
@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--subjects", default=None, help="comma-separated subject folder names (default: all)")
     ap.add_argument("--variants", default=None, help="comma-separated variant names (default: all)")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--append", action="store_true", help="keep the rows already published (another size, more subjects)")
     ap.add_argument("--rows", default=None, help="publish the rows of an earlier run (out/bench_garments_rows.json)")
     args = ap.parse_args()
     from pointwear.fit.evaluate import evaluate_outfit
@@ -53,7 +54,8 @@ def main() -> None:
     if args.variants:
         runs = {k: v for k, v in runs.items() if k in args.variants.split(",")}
     tmp = Path(tempfile.mkdtemp(prefix="bench_garments_"))
-    rows = []
+    saved = Path("out/bench_garments_rows.json")
+    rows = json.loads(saved.read_text()) if args.append and saved.is_file() else []
     for name in names:
         subject = args.clothsim / name
         meta = json.loads((subject / "subject.json").read_text())
@@ -68,33 +70,43 @@ def main() -> None:
             r = evaluate_outfit(out, subject)
             picked = [g["name"] for g in (result.get("garments") or [])]
             row = {**r, "subject": name, "truth": truth, "variant": variant, "picked": picked,
-                   "drape": result["drape"], "best_stage": result["best_stage"], "seconds": seconds}
+                   "drape": result["drape"], "best_stage": result["best_stage"], "seconds": seconds,
+                   "size": int(meta.get("image_size", [0])[0]), "set": args.clothsim.name,
+                   "load": round(os.getloadavg()[0], 1)}
             rows.append(row)
             f, b = r["fit"], r["baseline"]
             print(f"{name:28s} {variant:22s} {result['drape']:40s} {f['chamfer_cm']:.2f} cm IoU {f['heldout_iou']:.3f} "
                   f"| base {b['chamfer_cm']:.2f} cm IoU {b['heldout_iou']:.3f} | {seconds:.0f} s", flush=True)
-    Path("out").mkdir(exist_ok=True)
-    Path("out/bench_garments_rows.json").write_text(json.dumps(rows))
-    publish(SECTION, doc_lines(rows, args.clothsim.name, list(runs)), write=not args.no_write)
+            Path("out").mkdir(exist_ok=True)
+            saved.write_text(json.dumps(rows))         # after every fit: an interrupted run keeps its rows
+    publish(SECTION, doc_lines(rows, args.clothsim.name, list(dict.fromkeys(r["variant"] for r in rows))),
+            write=not args.no_write)
 
 
 def doc_lines(rows: list[dict], set_name: str, variants_run: list[str]) -> list[str]:
-    described = {"garments": "the default fit (garments chosen per label)",
-                 "garments + refine": f"the same with {REFINE_STEPS} refinement steps (kept only when the held-out "
-                                      "score improves)",
-                 "four outfits (before)": "the older model (the four fixed outfits, no labels)"}
-    lines = [f"`.venv/bin/python scripts/bench_garments.py {set_name}` on {time.strftime('%Y-%m-%d')}; "
-             f"{machine()}; 1 torch thread.", "",
-             "Subjects: the clothsim evaluation set (`scripts/make_clothsim_set.py`, evaluation seeds 1000+, never "
-             "tuned on; 8 frames at 256 px, every fourth frame held out), labels by slot (upper / lower / one-piece). "
+    from pointwear.fit.outfit_fit import FitOptions
+    described = {"garments": f"the default fit (garments chosen per label, then {FitOptions().refine_steps} "
+                             "refinement steps, kept only when the held-out score improves)",
+                 "garments without refine": "the same without refinement",
+                 "four outfits (before)": "the older model (the four fixed outfits, no labels, no refinement)"}
+    sets = ", ".join(dict.fromkeys(r.get("set", set_name) for r in rows)) or set_name
+    loads = [r["load"] for r in rows if "load" in r]
+    load = f"; 1-minute load average {min(loads):.1f}-{max(loads):.1f} during the fits (a shared machine)" if loads else ""
+    lines = [f"`.venv/bin/python scripts/bench_garments.py SET` on {time.strftime('%Y-%m-%d')} (sets: {sets}); "
+             f"{machine()}; 1 torch thread{load}.", "",
+             "Subjects: clothsim evaluation subjects (`scripts/make_clothsim_set.py`, evaluation seeds 1000+, never "
+             "tuned on: the fit's choices were made on training seeds 0-1 of `--kinds all`; 8 frames, every fourth "
+             "frame held out), labels by slot (upper / lower / one-piece). "
              "Variants: " + "; ".join(described[v] for v in variants_run) + ". Targets: held-out IoU >= 0.85 and "
              "3D Chamfer <= 2.0 cm.", "",
-             "| subject | truth | variant | picked | 3D Chamfer (cm) | F@1cm | held-out IoU | held-out 2D Chamfer (px) "
-             "| baseline 3D Chamfer (cm) | baseline IoU | fit time |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| subject | size | truth | variant | picked | 3D Chamfer (cm) | F@1cm | held-out IoU | held-out 2D Chamfer "
+             "(px) | baseline 3D Chamfer (cm) | baseline IoU | fit time |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         f, b = r["fit"], r["baseline"]
         picked = r["drape"].split(":", 1)[-1]
-        lines.append(f"| {Path(r['subject']).name} | {'+'.join(r['truth'])} | {r['variant']} | {picked} | "
+        lines.append(f"| {Path(r['subject']).name} | {r.get('size', '')} px | {'+'.join(r['truth'])} | {r['variant']} | "
+                     f"{picked} | "
                      f"{f['chamfer_cm']:.2f} | {f['fscore_1cm']:.3f} | {f['heldout_iou']:.3f} | "
                      f"{f['heldout_chamfer_px']:.2f} | {b['chamfer_cm']:.2f} | {b['heldout_iou']:.3f} | "
                      f"{r['seconds']:.0f} s |")

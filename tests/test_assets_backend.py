@@ -159,7 +159,9 @@ def test_jobs_over_a_real_socket(parametric_result, tmp_path):
             for flat in sets:
                 points = np.array(P.decode_points(flat)).reshape(-1, 3)
                 assert 100 < len(points) <= P.PREVIEW_POINTS_MAX
-                assert 1.0 < np.ptp(points[:, 1]) < 2.0       # a garment on a standing body, Y-up
+                # A garment on a standing body, Y-up (a T-shirt over shorts spans 0.96-1.02 m
+                # during this fit; which previews are sent depends on timing).
+                assert 0.8 < np.ptp(points[:, 1]) < 2.0
             assert max(len(json.dumps(e)) for e in events) < P.MAX_LINE_BYTES
 
             bvh = read_bvh(CMU)

@@ -129,3 +129,26 @@ def test_a_garment_no_label_supports_is_named_in_a_warning(tmp_path_factory, tmp
         fitter = OutfitFitter(subject, tmp_path, options, body=default_body)
         cand = fitter.make_candidates()[0]
     assert cand.targets == (-1, 1)       # the skirt on the whole mask, the T-shirt on its label
+
+
+def test_family_results_from_before_loose_and_flare_redrape_as_they_were(default_body, tmp_path):
+    """A tshirt+trousers result written before tops had `loose` and trouser legs `flare` (7
+    logits: trousers 3, T-shirt 4) loads with both at the low end of their range: the same
+    rest geometry as a straight leg and a fitted top, and Editor / re-drape accept it."""
+    from pointwear.drape.redrape import load_outfit, redraped_points
+    from pointwear.garment.families import upgrade_code
+    drape = ParametricDrape(default_body, "tshirt+trousers")
+    old = np.array([0.3, -0.2, 0.5, 0.1, 0.4, -0.3, 0.2], np.float32)
+    new = upgrade_code("tshirt+trousers", old)
+    assert new.shape == (drape.code_dim,) and np.array_equal(upgrade_code("tshirt+trousers", new), new)
+    trousers, tshirt = drape.describe(torch.as_tensor(new))
+    assert trousers["flare"] < 1e-5 and tshirt["loose"] < 1e-5
+    assert abs(trousers["hem"] - (0.6 + 0.42 / (1 + np.exp(-0.3)))) < 1e-5 and abs(tshirt["sleeve"] - (
+        0.08 + 0.47 / (1 + np.exp(-0.1)))) < 1e-5
+    out = drape(torch.as_tensor(new)[None], torch.zeros(10))
+    np.savez(tmp_path / "outfit.npz", points=out.points[0].numpy(), weights=out.weights[0].numpy(), code=old,
+             drape=np.array("parametric:tshirt+trousers"), betas=np.zeros(10, np.float32))
+    outfit = load_outfit(tmp_path)
+    assert np.array_equal(outfit["code"], new)
+    points, _, _ = redraped_points(outfit, default_body)
+    assert np.allclose(points.numpy(), out.points[0].numpy(), atol=1e-5)

@@ -119,7 +119,8 @@ def cmd_fit_outfit(args: argparse.Namespace) -> int:
     garments = args.garments or args.template
     options = FitOptions(drape=args.drape, template=garments, frames=args.frames, codes=args.codes,
                          coarse_steps=args.coarse_steps, fine_steps=args.fine_steps,
-                         refine_steps=args.refine_steps, seed=args.seed, device=args.device,
+                         refine_steps=FitOptions.refine_steps if args.refine_steps is None else args.refine_steps,
+                         seed=args.seed, device=args.device,
                          labels="off" if args.no_labels else "auto")
     progress = _TqdmProgress()
     try:
@@ -406,7 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codes", type=int, default=4, help="random codes per template in the coarse stage")
     p.add_argument("--coarse-steps", type=int, default=100)
     p.add_argument("--fine-steps", type=int, default=100)
-    p.add_argument("--refine-steps", type=int, default=0, help="free-form offset refinement steps (default off)")
+    p.add_argument("--refine-steps", type=int, default=None,
+                   help="free-form offset refinement steps, kept only when the held-out frames gain "
+                        "(default: FitOptions.refine_steps, 100; 0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_fit_outfit)

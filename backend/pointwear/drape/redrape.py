@@ -13,6 +13,7 @@ from ..body.export import export_body
 from ..data.motion import pelvis_fix, read_motion
 from ..errors import InputError
 from ..fileio import load_npz, save_npz
+from ..garment.families import upgrade_code
 from . import drape_from_id
 from .base import present_points
 from ..link.protocol import BODY_NPZ, OUTFIT_NPZ, POSED_NPZ
@@ -31,6 +32,9 @@ def load_outfit(result_dir: str | Path) -> dict[str, np.ndarray]:
     for key in ("points", "weights", "code", "drape", "betas"):
         if key not in data:
             raise InputError("missing key", file=path, field=key)
+    drape = str(data["drape"])
+    if drape.startswith("parametric:"):      # a family result from before a family grew a parameter
+        data["code"] = upgrade_code(drape.partition(":")[2], data["code"])
     return data
 
 

@@ -23,11 +23,12 @@ from scipy.spatial import cKDTree
 @dataclass
 class RefineOptions:
     basis: int = 64                 # smooth basis vectors (over all garments)
-    lr: float = 2e-3                # Adam on the basis coefficients (metres)
+    lr: float = 4e-3                # Adam on the basis coefficients (metres)
     prior_weight: float = 1.0       # x mean squared offset (m^2)
     clearance_weight: float = 1e4   # x mean squared penetration (m^2) below `clearance`
     clearance: float = 0.003        # the cloth stays at least this far outside the body (m)
     knn: int = 8                    # graph neighbours for point clouds without faces
+    patience: int = 2               # stop after this many held-out checks without a gain
 
 
 def surface_graph(points: np.ndarray, faces: np.ndarray | None, knn: int = 8) -> sp.csr_matrix:

@@ -37,9 +37,11 @@ class FitOptions:
     codes: int = 4                     # random codes per template (coarse stage)
     coarse_steps: int = 100
     fine_steps: int = 100
-    refine_steps: int = 0              # free-form offsets along normals (kept if held-out improves)
+    refine_steps: int = 100            # free-form offsets along normals (kept if held-out improves; 0: off)
     refine: RefineOptions = field(default_factory=RefineOptions)
     score_every: int = 20
+    score_frames: str = "all"          # codes and garments compared on "all" frames or the "heldout" ones
+                                       # (the refinement is always judged on the held-out frames)
     frames_per_step: int = 0           # frames sampled per step (all when fewer); 0: 4 on the CPU, 8 on CUDA
     lr: float | None = None            # default: 0.1 (neural, as the paper) / 0.05 (parametric)
     coverage_weight: float = 0.002     # soft IoU splats reach past the points: strong weights shrink the fit

@@ -28,18 +28,21 @@ class Family:
         return len(self.ranges)
 
 
-_TOP = (("hem", 0.5, 1.05), ("neckline", 0.02, 0.14), ("ease", 0.003, 0.06))
+_TOP = (("hem", 0.5, 1.05), ("neckline", 0.02, 0.14), ("ease", 0.003, 0.06), ("loose", 0.0, 0.3))
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("tank", "upper", "top", (("hem", 0.5, 1.05), ("neckline", 0.05, 0.16), ("ease", 0.003, 0.06)),
-           {"sleeve": 0.0}, layer=1),
+    Family("tank", "upper", "top", (("hem", 0.5, 1.05), ("neckline", 0.05, 0.16), ("ease", 0.003, 0.06),
+                                    ("loose", 0.0, 0.3)), {"sleeve": 0.0}, layer=1),
     Family("tshirt", "upper", "top", (("sleeve", 0.08, 0.55),) + _TOP, layer=1),
     Family("longsleeve", "upper", "top", (("sleeve", 0.55, 1.02),) + _TOP, layer=1),
     Family("hoodie", "upper", "hoodie", (("sleeve", 0.6, 1.02), ("hem", 0.6, 1.1), ("ease", 0.01, 0.07),
-                                         ("hood", 0.4, 1.0)), {"neckline": 0.03}, layer=1),
+                                         ("hood", 0.4, 1.0), ("loose", 0.0, 0.3)), {"neckline": 0.03}, layer=1),
     Family("jacket", "upper", "jacket", (("sleeve", 0.6, 1.02), ("hem", 0.6, 1.25), ("neckline", 0.02, 0.12),
-                                         ("ease", 0.012, 0.08), ("opening", 0.0, 1.4)), layer=2),
-    Family("shorts", "lower", "trousers", (("hem", 0.12, 0.6), ("waist", 0.5, 0.75), ("ease", 0.003, 0.06))),
-    Family("trousers", "lower", "trousers", (("hem", 0.6, 1.02), ("waist", 0.5, 0.75), ("ease", 0.003, 0.06))),
+                                         ("ease", 0.012, 0.08), ("opening", 0.0, 1.4), ("loose", 0.0, 0.3)),
+           layer=2),
+    Family("shorts", "lower", "trousers", (("hem", 0.12, 0.6), ("waist", 0.5, 0.75), ("ease", 0.003, 0.06),
+                                           ("flare", 0.0, 0.2))),
+    Family("trousers", "lower", "trousers", (("hem", 0.6, 1.02), ("waist", 0.5, 0.75), ("ease", 0.003, 0.06),
+                                             ("flare", 0.0, 0.2))),
     Family("skirt", "lower", "skirt", (("hem", 0.05, 0.95), ("waist", 0.5, 0.7), ("ease", 0.003, 0.05),
                                        ("flare", 0.0, 0.8))),
     Family("dress", "onepiece", "dress", (("sleeve", 0.0, 0.5), ("hem", 0.05, 0.9), ("neckline", 0.02, 0.14),
@@ -47,6 +50,34 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("jumpsuit", "onepiece", "jumpsuit", (("sleeve", 0.0, 1.02), ("hem", 0.15, 1.0), ("neckline", 0.02, 0.12),
                                                 ("ease", 0.003, 0.06))),
 )}
+
+# Parameters appended to a family after results were first written with it: an older code
+# lacks them and reads them at the low end of their range (`upgrade_code`).
+ADDED_LATER: dict[str, tuple[str, ...]] = {"shorts": ("flare",), "trousers": ("flare",), "tank": ("loose",),
+                                           "tshirt": ("loose",), "longsleeve": ("loose",), "hoodie": ("loose",),
+                                           "jacket": ("loose",)}
+ABSENT_LOGIT = -12.0      # sigmoid(-12) = 6e-6: the low end of the range (a straight leg, a fitted top)
+
+
+def upgrade_code(spec: str, code):
+    """A family outfit's code of an older result (without the ADDED_LATER parameters) in
+    today's layout: each garment's missing trailing logits set to ABSENT_LOGIT. Codes already
+    in today's layout, or of another length, are returned unchanged. (D,) numpy array."""
+    import numpy as np
+    code = np.asarray(code, np.float32).reshape(-1)
+    try:
+        families = outfit_families(spec)
+    except ValueError:
+        return code
+    old = [f.code_dim - len(ADDED_LATER.get(f.name, ())) for f in families]
+    if len(code) != sum(old) or sum(old) == sum(f.code_dim for f in families):
+        return code
+    parts, start = [], 0
+    for fam, n in zip(families, old):
+        parts += [code[start:start + n], np.full(fam.code_dim - n, ABSENT_LOGIT, np.float32)]
+        start += n
+    return np.concatenate(parts)
+
 
 # The four fixed outfits of results made before families existed: their geometry kinds and the
 # parameter ranges their codes were fitted with (kept exactly, so old results re-drape the same).

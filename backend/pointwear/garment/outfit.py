@@ -17,7 +17,7 @@ from ..body.joints import JOINT_INDEX as J
 from .body_frame import BodyFrame
 from .fields import Axis, RadiusField
 
-from .families import FAMILIES, LEGACY_OUTFITS as OUTFITS, outfit_families, outfit_name
+from .families import ADDED_LATER, FAMILIES, LEGACY_OUTFITS as OUTFITS, outfit_families, outfit_name
 
 GARMENT_KINDS = ("top", "trousers", "skirt", "dress", "jacket", "hoodie", "jumpsuit")
 # Grid resolution (along the axis, around it) of each kind of piece: fixed, so a garment's
@@ -33,7 +33,8 @@ class GarmentParams:
     crotch->ankle (skirts, dresses) for the rest; `waist` of neck->crotch; `neckline` and
     `ease` in metres; `flare` is the skirt's outward slope below the hips; `opening` the angle
     (radians) of a jacket's open front (0 = closed); `hood` a hood's height as a fraction of the
-    neck -> crown distance (0 = none)."""
+    neck -> crown distance (0 = none); `loose` a top's widening (metres per metre) below the
+    armpits and along the sleeves: boxy and kimono cuts that hang away from waist and arms."""
     kind: str
     sleeve: float = 0.0
     hem: float = 1.0
@@ -43,6 +44,7 @@ class GarmentParams:
     flare: float = 0.0
     opening: float = 0.0
     hood: float = 0.0
+    loose: float = 0.0
 
 
 @dataclass
@@ -71,6 +73,10 @@ class Piece:
     # topology (`keep_sleeves`) fades out as it shortens, so its points, crowded on the shoulder
     # ring, neither pull a sleeveless fit nor show in the silhouette losses.
     presence: float | torch.Tensor = 1.0
+    # How much the piece hangs from the hips instead of following knees and shins, 0..1 (read
+    # on the host only when skin weights are made): loose cloth below the hips swings with the
+    # thigh, it does not bend at the knee the way a leg does.
+    hang: float | torch.Tensor = 0.0
 
 
 @dataclass
@@ -108,7 +114,8 @@ def _const(value):
 
 def _torso_piece(frame: BodyFrame, p: GarmentParams, end, phi_range=None) -> Piece:
     crotch = frame.crotch_s
-    ease = lambda s, e=p.ease: e * (1.0 + 0.4 * (s / crotch).clamp(0, 1))  # noqa: E731
+    armpit = frame.torso_s(float(frame.joints[[J["left_shoulder"], J["right_shoulder"]], 1].mean())) + 0.05
+    ease = lambda s, e=p.ease, k=p.loose: e * (1.0 + 0.4 * (s / crotch).clamp(0, 1)) + k * torch.relu(s - armpit)  # noqa: E731
     fld = frame.field(frame.torso_axis, ("torso", "neck"), (0.0, crotch + 0.15))
     return Piece("torso", frame.torso_axis, fld, p.neckline, end, GRID["torso"], ease, ("torso", "neck"),
                  phi_range=phi_range)
@@ -124,7 +131,7 @@ def _sleeves(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Pie
         regions = (f"{side}_upper_arm", f"{side}_lower_arm")
         fld = frame.field(axis, regions, (-0.05, length))
         pieces.append(Piece(f"{side}_sleeve", axis, fld, -0.03, p.sleeve * length,
-                            GRID["sleeve"], _const(p.ease * 0.8), regions, presence=presence))
+                            GRID["sleeve"], _flared_ease(p.ease * 0.8, p.loose, 0.0), regions, presence=presence))
     return pieces
 
 
@@ -145,7 +152,8 @@ def _legs(frame: BodyFrame, p: GarmentParams) -> list[Piece]:
         regions = (f"{side}_upper_leg", f"{side}_lower_leg")
         start = frame.leg_s_at_crotch(side) - 0.02
         fld = frame.field(axis, regions, (start - 0.05, length + 0.02))
-        pieces.append(Piece(f"{side}_leg", axis, fld, start, p.hem * length, GRID["leg"], _const(p.ease), regions))
+        pieces.append(Piece(f"{side}_leg", axis, fld, start, p.hem * length, GRID["leg"],
+                            _flared_ease(p.ease, p.flare, start), regions, hang=p.flare / HANG_FLARE))
     return pieces
 
 
@@ -213,6 +221,12 @@ def _dress(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Piece
 _PIECES: dict[str, Callable[[BodyFrame, GarmentParams, bool], list[Piece]]] = {
     "top": _top, "jacket": _jacket, "hoodie": _hoodie, "trousers": _trousers, "skirt": _skirt,
     "dress": _dress, "jumpsuit": _jumpsuit}
+
+
+def _flared_ease(ease: float, flare: float, start: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A trouser leg's ease: `ease` at the crotch, widening by `flare` per metre down the leg
+    (wide and culotte legs hang away from the knees and calves; flare 0 is a straight leg)."""
+    return lambda s: ease + flare * torch.relu(s - start)
 
 
 def _hanging_ease(ease: float, flare: float, hip_s: float) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -343,8 +357,26 @@ def _piece_weights(frame: BodyFrame, piece: Piece, v: np.ndarray) -> np.ndarray:
     sigma_phi = 4.0 if piece.hanging else 1.0
     around = "wrap" if piece.phi_range is None else "nearest"
     w = gaussian_filter1d(gaussian_filter1d(w, sigma_phi, axis=1, mode=around), 1.5, axis=0, mode="nearest")
-    w = w.reshape(n_s * n_phi, -1)
+    w = _hang_from_hips(w.reshape(n_s * n_phi, -1), piece.hang)
     return w / w.sum(1, keepdims=True)
+
+
+HANG_FLARE = 0.15     # a trouser leg flaring this much (m per m) or more hangs from the hip entirely
+_LEG_CHAINS = ((J["left_hip"], (J["left_knee"], J["left_ankle"], J["left_foot"])),
+               (J["right_hip"], (J["right_knee"], J["right_ankle"], J["right_foot"])))
+
+
+def _hang_from_hips(w: np.ndarray, hang: float | torch.Tensor) -> np.ndarray:
+    """(n, 24) skin weights with the share `hang` (clamped to 0..1; a batch of values is
+    averaged) of each knee, ankle and foot weight moved to the hip above it."""
+    h = float(np.clip(np.mean(hang.detach().cpu().numpy()) if torch.is_tensor(hang) else hang, 0.0, 1.0))
+    if h <= 0:
+        return w
+    w = w.copy()
+    for hip, below in _LEG_CHAINS:
+        w[:, hip] += h * w[:, below].sum(1)
+        w[:, below] *= 1.0 - h
+    return w
 
 
 # -- random outfits ---------------------------------------------------------------------------
@@ -392,7 +424,10 @@ def sample_garments(spec: str, rng: np.random.Generator, margin: float = 0.12) -
     for fam in families:                                  # inner layer first
         values = dict(fam.fixed)
         for name, lo, hi in fam.ranges:
-            values[name] = float(rng.uniform(lo + margin * (hi - lo), hi - margin * (hi - lo)))
+            # Parameters a family gained later stay at their low end: the synthetic sets (and
+            # the benchmarks on them) keep the garments their seeds drew before.
+            later = name in ADDED_LATER.get(fam.name, ())
+            values[name] = lo if later else float(rng.uniform(lo + margin * (hi - lo), hi - margin * (hi - lo)))
         if fam.layer > 0 and inner_ease > 0:
             values["ease"] = max(values.get("ease", 0.0), inner_ease + 0.012)
         inner_ease = max(inner_ease, values.get("ease", 0.0))
