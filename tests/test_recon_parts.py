@@ -134,3 +134,18 @@ def test_subdivide_splits_every_face_in_four_and_shares_midpoints(level, times):
     a, b, c = (nv[nf[:, k]] for k in range(3))
     n = np.cross(b - a, c - a)
     assert ((n * (a + b + c)).sum(1) > 0).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(2, 40), st.integers(1, 5), st.integers(0, 10_000))
+def test_front_back_images_reflect_each_ring_about_its_mean_depth(n, rings, seed):
+    from pointwear.recon.texture import front_back_images
+    rng = np.random.default_rng(seed)
+    rest = rng.normal(size=(n, 3))
+    ring = rng.integers(0, rings, n)
+    back = front_back_images(rest, ring)
+    assert np.allclose(back[:, :2], rest[:, :2])
+    assert np.allclose(front_back_images(back, ring), rest)             # an involution
+    for r in np.unique(ring):                                            # each ring's centre kept
+        assert np.isclose(back[ring == r, 2].mean(), rest[ring == r, 2].mean())
+    assert front_back_images(rest, None) is None

@@ -130,7 +130,7 @@ def build_result(obs: Observation, folder: Path, *, body: str = "default", gende
             body_verts = obs.posed_body(model)[0]
         texture, tex_stats = bake_texture(refined.rest, refined.posed, template.faces, template.mirror, atlas,
                                           obs.image, obs.mask, obs.K, refined.sh, body_verts,
-                                          model.faces_t, options)
+                                          model.faces_t, options, ring=template.ring)
         hooks.step("texture", 1, 1)
     metrics = input_view_metrics(obs, refined, atlas, texture, model)
     seconds["total"] = time.perf_counter() - t0
