@@ -10,7 +10,7 @@ photo's camera, so the mesh is moved onto the fitted body instead:
     likewise): the template's long edges would otherwise cut through the curved body between
     vertices that lie outside it
     rest     = predicted rest + (shaped(betas) - shaped(0))[nearest body vertex]   (the fit's shape)
-    rest    += max(0, start_offset - gap along the body normal) * normal            (no penetration)
+    rest    += max(0, start_offset - gap along the body normal) * normal            (ease, no penetration)
     posed    = LBS with the nearest body vertex's skin weights and pose correctives, in the photo's
                camera (the garment moves with the body surface under it, so it stays outside)
 
