@@ -5,7 +5,7 @@
     blender -b -P scripts/pointwear_batch.py -- --video FILE | --images DIR [--subject DIR] --out scene.blend ...
         [--every N] [--max-frames N] [--size PX] [--person auto|N] [--focal PX] [--masks DIR]
     blender -b -P scripts/pointwear_batch.py -- --image FILE --out scene.blend [--mask FILE] [--focal PX]
-        [--recon-steps N] [--motion m.npz] [--render out.png] ...
+        [--recon-steps N] [--recon-fast [--recon-refine]] [--motion m.npz] [--render out.png] ...
     python scripts/pointwear_batch.py --subject DIR --out scene.blend ...      (the bpy module)
 
 It drives the real add-on through its operators, as an artist's clicks would: the add-on starts
@@ -51,6 +51,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                          help="reconstruct the clothing of this one photo (no subject, no fit)")
     p.add_argument("--mask", type=Path, help="--image: your own clothing mask of the photo")
     p.add_argument("--recon-steps", type=int, default=80, help="--image: refinement steps")
+    p.add_argument("--recon-fast", action="store_true", help="--image: the learned model's one forward pass "
+                   "instead of the refinement (reconstruct --fast)")
+    p.add_argument("--recon-refine", action="store_true", help="--image with --recon-fast: refine the learned mesh")
     p.add_argument("--every", type=int, default=1, help="prepare: keep every Nth frame")
     p.add_argument("--max-frames", type=int, default=0, help="prepare: at most N frames, evenly spread (0: all)")
     p.add_argument("--size", type=int, default=0, help="prepare: long side in px (0: the input's, at most 1024)")
@@ -120,6 +123,8 @@ def check_image(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             p.error(f"{flag}: {path} is not a file")
     if args.appearance:
         p.error("--appearance needs a subject: it does not go with --image")
+    if args.recon_refine and not args.recon_fast:
+        p.error("--recon-refine refines the learned mesh: it needs --recon-fast")
     if not (1 <= args.recon_steps <= 10_000 and args.focal >= 0):
         p.error(f"--recon-steps / --focal: out of range: {args.recon_steps} / {args.focal}")
 
@@ -204,7 +209,8 @@ def run_pointwear(args: argparse.Namespace) -> None:
         try:
             check(bpy.ops.pointwear.reconstruct_image(
                 filepath=str(args.image.resolve()), mask=str(args.mask.resolve()) if args.mask else "",
-                focal=args.focal, steps=args.recon_steps), "reconstructing from the image")
+                focal=args.focal, steps=args.recon_steps, fast=args.recon_fast, refine=args.recon_refine),
+                "reconstructing from the image")
         except RuntimeError as ex:   # the operator's error report: what is wrong with the photo
             raise SystemExit(f"pointwear_batch: reconstructing from the image failed: {ex}") from None
     elif args.footage is not None:

@@ -1,5 +1,6 @@
-"""`pointwear reconstruct`: the real CLI on the real photo (few steps), its result folder read back
-by the result-mesh reader and by the add-on's own readers; bad input named, exit 2, nothing written."""
+"""`pointwear reconstruct`: the real CLI on the real photo (few steps; and `--fast`, the learned one
+pass, shared by its tests through a module fixture), its result folder read back by the result-mesh
+reader and by the add-on's own readers; bad input named, exit 2, nothing written."""
 from __future__ import annotations
 
 import json
@@ -90,3 +91,65 @@ def test_mask_that_misses_the_person_is_named(tmp_path):
     proc = run(str(PHOTO), "--mask", str(mask), "--out", str(out), timeout=300)
     _expect_error(proc, str(mask), out)
     assert "lies on the person" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def fast_result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fast") / "R"
+    proc = run(str(PHOTO), "--out", str(out), "--fast", "--texture-size", "128")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "learned one pass" in proc.stdout
+    return out
+
+
+def test_fast_writes_the_same_outputs(fast_result):
+    from pointwear.link.protocol import KIND_RECONSTRUCT, RESULT_FILES
+    from pointwear.mesh.result_mesh import read_result_mesh
+    from pointwear.recon.fast import FAST_SUBDIVIDE
+    out = fast_result
+    assert all((out / rel).exists() for rel in RESULT_FILES[KIND_RECONSTRUCT].values())
+    assert (out / "garment.mtl").is_file() and (out / "garment.png").is_file()
+    result = json.loads((out / "result.json").read_text())
+    assert result["method"] == "learned one pass" and "refine" not in result["seconds"]
+    assert result["seconds"]["learned"] > 0 and result["history"] == []
+    mesh = read_result_mesh(out)
+    # The learned template's 920 faces, split FAST_SUBDIVIDE times; its own UVs and texture (H x H/2).
+    assert len(mesh.faces) == 920 * 4 ** FAST_SUBDIVIDE and mesh.texture.shape == (128, 64, 3)
+    assert np.allclose(mesh.weights.sum(1), 1, atol=1e-4) and 0.8 < np.ptp(mesh.vertices[:, 1]) < 2.0
+    assert 40 < mesh.texture.mean() < 220 and result["metrics"]["input_iou"] > 0.3
+    from gltf_support import validate_gltf
+    report = validate_gltf(out / "garment.glb")                # Khronos' glTF-Validator
+    assert report["issues"]["numErrors"] == 0 and report["issues"]["numWarnings"] == 0, report["issues"]
+
+
+def test_fast_result_refined_on_the_prepared_photo(fast_result, tmp_path):
+    """--fast --refine after perception: the learned mesh is where the refinement starts."""
+    from pointwear.perception.prepare import Hooks
+    from pointwear.recon.learned import load_model
+    from pointwear.recon.options import ReconOptions
+    from pointwear.recon.perceive import observation_from_subject
+    from pointwear.recon.pipeline import build_result
+    obs = observation_from_subject(fast_result / "subject")
+    result = build_result(obs, tmp_path, options=ReconOptions(steps=4, texture_size=128), hooks=Hooks(),
+                          net=load_model(), refine_fast=True, device="cpu")
+    fast = json.loads((fast_result / "result.json").read_text())
+    assert result["method"] == "learned one pass + refinement" and len(result["history"]) == 1 + 1
+    assert result["points"] == fast["points"]                 # the same mesh, refined
+    first, last = result["history"][0], result["history"][-1]
+    assert last["total"] < first["total"]
+    assert (tmp_path / "garment.glb").is_file()
+
+
+def test_corrupt_model_file_is_named(tmp_path):
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"PK\x03\x04 not a model" * 10)
+    out = tmp_path / "R"
+    proc = run(str(PHOTO), "--out", str(out), "--fast", "--model", str(model), timeout=300)
+    _expect_error(proc, str(model), out)
+
+
+@pytest.mark.parametrize("flags, name", [(["--refine"], "--refine"), (["--model", "m.pt"], "--model")])
+def test_fast_only_flags_need_fast(tmp_path, flags, name):
+    out = tmp_path / "R"
+    proc = run(str(PHOTO), "--out", str(out), *flags, timeout=300)
+    _expect_error(proc, name, out)

@@ -96,3 +96,56 @@ def test_atlas_covers_the_mesh_and_maps_back():
     assert 0.4 < covered < 0.95
     adj = vertex_adjacency(f, len(v))
     assert (adj != adj.T).nnz == 0
+
+
+def test_hidden_vertices_follow_their_ring_then_their_mirror():
+    """garment_vertices: seen vertices by the mask; hidden ones by their ring's seen vote; a ring
+    nobody sees by the mirror vertex; never where not allowed."""
+    from pointwear.recon.template import garment_vertices
+    # ring 0: 4 seen (3 in the mask) + 2 hidden; ring 1: 4 seen, none in the mask, + 1 hidden;
+    # ring 2: 2 hidden, mirrors of ring 0's seen vertices 0 (in) and 3 (out); vertex 13 not allowed.
+    ring = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 0])
+    seen = np.array([1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 0, 0, 0, 1], bool)
+    in_mask = np.array([1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1], bool)
+    mirror = np.full(14, -1)
+    mirror[[11, 12, 0, 3]] = [0, 3, 11, 12]
+    allowed = np.ones(14, bool)
+    allowed[13] = False
+    sel = garment_vertices(in_mask, seen, ring, mirror, allowed)
+    assert sel.tolist() == [1, 1, 1, 0, 1, 1, 0, 0, 0, 0, 0, 1, 0, 0]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2), st.integers(1, 2))
+def test_subdivide_splits_every_face_in_four_and_shares_midpoints(level, times):
+    from pointwear.recon.fast import subdivide
+    v, f = icosphere(level)
+    v, f = np.asarray(v, np.float64), np.asarray(f, np.int64)
+    uv = v[:, :2].copy()
+    nv, nf, nuv = v, f, uv
+    for _ in range(times):
+        nv, nf, nuv = subdivide(nv, nf, nuv)
+    edges = lambda faces: len(np.unique(np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]],  # noqa: E731
+                                                                 faces[:, [2, 0]]]), 1), axis=0))
+    assert len(nf) == len(f) * 4 ** times
+    assert len(nv) - edges(nf) + len(nf) == len(v) - edges(f) + len(f)     # Euler characteristic kept
+    assert np.allclose(nv[:len(v)], v) and np.allclose(nuv[:, :2], nv[:, :2])  # uv interpolated alike
+    # orientation kept: the sum of face normals' outward components stays positive on the sphere
+    a, b, c = (nv[nf[:, k]] for k in range(3))
+    n = np.cross(b - a, c - a)
+    assert ((n * (a + b + c)).sum(1) > 0).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(2, 40), st.integers(1, 5), st.integers(0, 10_000))
+def test_front_back_images_reflect_each_ring_about_its_mean_depth(n, rings, seed):
+    from pointwear.recon.texture import front_back_images
+    rng = np.random.default_rng(seed)
+    rest = rng.normal(size=(n, 3))
+    ring = rng.integers(0, rings, n)
+    back = front_back_images(rest, ring)
+    assert np.allclose(back[:, :2], rest[:, :2])
+    assert np.allclose(front_back_images(back, ring), rest)             # an involution
+    for r in np.unique(ring):                                            # each ring's centre kept
+        assert np.isclose(back[ring == r, 2].mean(), rest[ring == r, 2].mean())
+    assert front_back_images(rest, None) is None

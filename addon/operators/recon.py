@@ -2,7 +2,8 @@
 """Reconstruct from Image: ``pointwear.reconstruct_image``.
 
 The operator picks one photo of a person in Blender's file browser (options in the browser's
-sidebar: an optional clothing mask, the focal length, refinement steps, texture size) and submits
+sidebar: an optional clothing mask, the focal length, Fast (the learned model's one forward pass,
+optionally refined), refinement steps, texture size) and submits
 the backend's ``reconstruct`` job: a garment mesh from the photo, textured, skinned to the SMPL
 body. When the job ends its result folder is imported as any fit result (armature, body, the
 garment mesh skinned to the armature, camera, the photo's pose) and becomes the scene's result
@@ -59,6 +60,11 @@ class POINTWEAR_OT_reconstruct_image(BrowseJobMixin, Operator):
                        default=80, min=1, max=10000, soft_max=500)
     texture_size: IntProperty(name="Texture", description="Side of the albedo texture in pixels",
                               default=512, min=64, max=4096)
+    fast: BoolProperty(name="Fast (learned)", description="One forward pass of the learned model "
+                                                          "instead of the per-image refinement",
+                       default=False)
+    refine: BoolProperty(name="Refine", description="Fast: refine the learned mesh per image "
+                                                    "(the steps above)", default=False)
 
     def draw(self, context):
         layout = self.layout
@@ -66,12 +72,21 @@ class POINTWEAR_OT_reconstruct_image(BrowseJobMixin, Operator):
         layout.use_property_decorate = False
         layout.prop(self, "mask")
         layout.prop(self, "focal")
-        layout.prop(self, "steps")
+        layout.prop(self, "fast")
+        row = layout.row()
+        row.enabled = self.fast
+        row.prop(self, "refine")
+        row = layout.row()
+        row.enabled = self.refine or not self.fast
+        row.prop(self, "steps")
         layout.prop(self, "texture_size")
 
     def job_request(self, context):
         photo = image_path(self.filepath)
         params = {"image": photo, "steps": self.steps, "texture_size": self.texture_size}
+        if self.fast:
+            params["fast"] = True
+            params["refine"] = bool(self.refine)
         if self.mask.strip():
             params["mask"] = image_path(self.mask, "Choose a mask")
         if self.focal > 0:

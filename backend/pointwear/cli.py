@@ -304,12 +304,15 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     try:
         result = reconstruct(args.image, args.out, mask=args.mask, focal=args.focal, body=args.body,
                              gender=args.gender, device=args.device, options=options,
-                             hooks=Hooks(progress=progress))
+                             hooks=Hooks(progress=progress), fast=args.fast, refine_fast=args.refine,
+                             model_file=args.model)
     finally:
         progress.close()
-    print(f"wrote {args.out}: {result['mesh_vertices']} vertices, {result['faces']} faces, input-view IoU "
-          f"{result['metrics']['input_iou']:.3f}, refinement {result['seconds']['refine']:.1f} s, "
-          f"total {result['seconds']['total']:.1f} s")
+    sec = result["seconds"]
+    parts = ", ".join(f"{name} {sec[key]:.{2 if key == 'learned' else 1}f} s"
+                      for key, name in (("learned", "learned pass"), ("refine", "refinement")) if key in sec)
+    print(f"wrote {args.out}: {result['method']}, {result['mesh_vertices']} vertices, {result['faces']} faces, "
+          f"input-view IoU {result['metrics']['input_iou']:.3f}, {parts}, total {sec['total']:.1f} s")
 def cmd_train_recon(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -547,6 +550,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "camera's 69 deg field of view)")
     p.add_argument("--steps", type=int, default=ReconOptionsDefaults.steps, help="refinement steps")
     p.add_argument("--texture-size", type=int, default=ReconOptionsDefaults.texture_size, help="texture side in px")
+    p.add_argument("--fast", action="store_true", help="the learned model's one forward pass instead of the "
+                   "per-image refinement (docs/recon_learned.md)")
+    p.add_argument("--refine", action="store_true", help="with --fast: refine the learned mesh per image")
+    p.add_argument("--model", default=None, help="with --fast: learned weights (default: the shipped ones)")
     p.add_argument("--body", default="default", help='"default" or a path to an SMPL model')
     p.add_argument("--gender", default="neutral", choices=["neutral", "male", "female"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

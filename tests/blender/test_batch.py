@@ -116,8 +116,9 @@ def test_batch_names_a_missing_subject(tmp_path):
     (["--images", str(PHOTO), "--subject", str(PHOTO)], ["--subject", "ryota.png"]),
     (["--images", str(PHOTO), "--result", "{tmp}"], ["--images", "--result"]),
     (["--video", str(PHOTO), "--every", "0"], ["--every", "0"]),
+    (["--image", str(PHOTO), "--recon-refine"], ["--recon-refine", "--recon-fast"]),
     ([], ["--subject", "--video", "--images"]),
-], ids=["video", "images", "masks", "subject", "result", "every", "none"])
+], ids=["video", "images", "masks", "subject", "result", "every", "recon-refine", "none"])
 def test_batch_names_bad_footage_arguments(tmp_path, args, names):
     env = blender_env(tmp_path / "blender-user", home=tmp_path / "home")
     args = [a.format(tmp=tmp_path) for a in args]
@@ -194,14 +195,15 @@ def test_batch_says_why_prepare_failed(tmp_path):
 
 
 def test_batch_reconstructs_one_photo(tmp_path, walk):
-    """--image: the add-on's Reconstruct from Image (the backend's reconstruct), imported, a motion
-    keyed, saved; the .blend has the skinned garment mesh on the armature."""
+    """--image --recon-fast: the add-on's Reconstruct from Image (the backend's reconstruct, the
+    learned one pass), imported, a motion keyed, saved; the .blend has the skinned garment mesh on
+    the armature."""
     blend = tmp_path / "recon.blend"
-    proc = run_batch(tmp_path, "--image", PHOTO, "--recon-steps", 4, "--out", blend, "--motion", walk,
-                     "--up", "Y")
+    proc = run_batch(tmp_path, "--image", PHOTO, "--recon-fast", "--out", blend, "--motion", walk, "--up", "Y")
     assert "saved" in proc.stdout
     summary = read_blend(tmp_path, blend)
     assert set(summary["kinds"]) >= {"armature", "body", "garment_mesh"}
     assert summary["bones"] == 24 and summary["action"]
     result = Path(summary["result"])
-    assert json.loads((result / "result.json").read_text())["drape"] == "recon:single-image"
+    meta = json.loads((result / "result.json").read_text())
+    assert meta["drape"] == "recon:single-image" and meta["method"] == "learned one pass"

@@ -3,8 +3,10 @@ SMPL body, written as a result folder (docs/recon.md).
 
     perceive_image  (prepare on the one photo: masks, landmarks, body fit, camera)
     body_region_template  (the body surface under the clothing mask)
-    refine          (offsets, albedo, SH light through the soft rasterizer)
-    uv_atlas        (xatlas)
+      or, with --fast, the learned model's one forward pass put on the fitted body (fast.py)
+    refine          (offsets, albedo, SH light through the soft rasterizer; skipped by --fast
+                     alone, run from the learned mesh by --fast --refine)
+    uv_atlas        (xatlas; --fast alone keeps the learned UVs and texture)
     bake_texture    (seen texels / mirror / inpainting, shading divided out)
     write           (outfit.npz + mesh block + texture.png, body.npz, posed.npz, result.json,
                      preview.png, subject/ = the prepared photo)
@@ -18,7 +20,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -56,14 +58,23 @@ def _check_out(out: Path, image: Path) -> None:
 def reconstruct(image: str | Path, out: str | Path, *, mask: str | Path | None = None,
                 focal: float | None = None, body: str = "default", gender: str = "neutral",
                 device: str = "auto", options: ReconOptions | None = None,
-                hooks: Hooks | None = None) -> dict:
-    """Run the whole pipeline; returns result.json's content."""
-    from ..body import load_body
-    from ..device import pick_device
+                hooks: Hooks | None = None, fast: bool = False, refine_fast: bool = False,
+                model_file: str | Path | None = None) -> dict:
+    """Run the whole pipeline; returns result.json's content. `fast`: the learned model's one
+    forward pass (weights from `model_file`, default the shipped ones) instead of the body-surface
+    template, without refinement unless `refine_fast`."""
     options = (options or ReconOptions()).check()
     hooks = hooks or Hooks()
     image, out = Path(image).expanduser().absolute(), Path(out).expanduser().absolute()
     _check_out(out, image)
+    if refine_fast and not fast:
+        raise InputError("refining the learned result needs --fast", field="--refine")
+    if model_file is not None and not fast:
+        raise InputError("learned weights are used by --fast only", field="--model")
+    net = None
+    if fast:   # read before anything is written: a bad model file leaves nothing
+        from .learned import load_model
+        net = load_model(None if model_file is None else Path(model_file).expanduser().absolute())
     t0 = time.perf_counter()
     partial = out.parent / f".{out.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
@@ -71,34 +82,63 @@ def reconstruct(image: str | Path, out: str | Path, *, mask: str | Path | None =
     try:
         obs = perceive_image(image, partial / SUBJECT_DIR, mask=mask, focal=focal, body=body, gender=gender,
                              device=device, hooks=hooks)
-        t_perceive = time.perf_counter()
-        dev = pick_device(device)
-        if dev.type == "cpu" and options.threads > 0:
-            torch.set_num_threads(options.threads)
-        model = load_body(body, gender=gender, device=dev)
-        template = body_region_template(obs, model, options)
-        refined = refine(obs, model, template, options, step=lambda i, n: hooks.step("refine", i, n),
-                         preview=hooks.preview)
-        hooks.step("texture", 0, 1)
-        atlas = uv_atlas(refined.rest, template.faces, options.texture_size)
-        with torch.no_grad():
-            body_verts = obs.posed_body(model)[0]
-        texture, tex_stats = bake_texture(refined.rest, refined.posed, template.faces, template.mirror, atlas,
-                                          obs.image, obs.mask, obs.K, refined.sh, body_verts,
-                                          model.faces_t, options)
-        hooks.step("texture", 1, 1)
-        metrics = input_view_metrics(obs, refined, atlas, texture, model)
-        seconds = {"perceive": t_perceive - t0, "refine": refined.seconds,
-                   "total": time.perf_counter() - t0}
-        result = write_result(partial, obs, model, template, refined, atlas, texture, options,
-                              {**metrics, "texture": tex_stats}, seconds)
-        hooks.step("write", 1, 1)
+        result = build_result(obs, partial, body=body, gender=gender, device=device, options=options, hooks=hooks,
+                              net=net, refine_fast=refine_fast, perceive_s=time.perf_counter() - t0)
         if out.exists():
             shutil.rmtree(out)
         os.replace(partial, out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    return result
+
+
+def build_result(obs: Observation, folder: Path, *, body: str = "default", gender: str = "neutral",
+                 device: str = "auto", options: ReconOptions, hooks: Hooks, net=None,
+                 refine_fast: bool = False, perceive_s: float = 0.0) -> dict:
+    """Everything after perception, written into `folder`: the garment of `obs` from the body-
+    surface template and the refinement, or (`net` given: --fast) from the learned model's one
+    forward pass, refined when `refine_fast`. Returns result.json's content."""
+    from ..body import load_body
+    from ..device import pick_device
+    t0 = time.perf_counter() - perceive_s
+    dev = pick_device(device)
+    if dev.type == "cpu" and options.threads > 0:
+        torch.set_num_threads(options.threads)
+    model = load_body(body, gender=gender, device=dev)
+    seconds = {"perceive": perceive_s}
+    fast = net is not None
+    if fast:
+        from .fast import learned_prediction, learned_template, place
+        pred, seconds["learned"] = learned_prediction(net.to(dev), obs, options)
+        template, learned_uv = learned_template(pred, obs, model, options)
+        options = replace(options, start_offset=0.0)
+    else:
+        template = body_region_template(obs, model, options)
+    if fast and not refine_fast:
+        refined = place(obs, model, template, pred, options, seconds["learned"])
+        atlas = Atlas(np.arange(template.num_vertices), template.faces, learned_uv.astype(np.float32))
+        texture, tex_stats = pred.texture, {"texels": int(pred.texture.shape[0] * pred.texture.shape[1]),
+                                            "source": "learned texture flow"}
+    else:
+        refined = refine(obs, model, template, options, step=lambda i, n: hooks.step("refine", i, n),
+                         preview=hooks.preview)
+        seconds["refine"] = refined.seconds
+        hooks.step("texture", 0, 1)
+        atlas = uv_atlas(refined.rest, template.faces, options.texture_size)
+        with torch.no_grad():
+            body_verts = obs.posed_body(model)[0]
+        texture, tex_stats = bake_texture(refined.rest, refined.posed, template.faces, template.mirror, atlas,
+                                          obs.image, obs.mask, obs.K, refined.sh, body_verts,
+                                          model.faces_t, options, ring=template.ring)
+        hooks.step("texture", 1, 1)
+    metrics = input_view_metrics(obs, refined, atlas, texture, model)
+    seconds["total"] = time.perf_counter() - t0
+    method = ("learned one pass" if fast and not refine_fast else
+              "learned one pass + refinement" if fast else "body-surface template + refinement")
+    result = write_result(folder, obs, model, template, refined, atlas, texture, options,
+                          {**metrics, "texture": tex_stats}, seconds, method)
+    hooks.step("write", 1, 1)
     return result
 
 
@@ -133,14 +173,14 @@ def input_view_metrics(obs: Observation, refined: Refined, atlas: Atlas, texture
 
 def write_result(folder: Path, obs: Observation, model, template: Template, refined: Refined,
                  atlas: Atlas, texture: np.ndarray, options: ReconOptions, metrics: dict,
-                 seconds: dict) -> dict:
+                 seconds: dict, method: str = "body-surface template + refinement") -> dict:
     """outfit.npz (+ mesh block, texture.png), body.npz, posed.npz, result.json, preview.png."""
     from PIL import Image
 
     from ..body.export import export_body
     from ..fit.outputs import write_posed
     from ..mesh.result_mesh import GarmentMesh, write_result_mesh
-    params = {"method": "body-surface template + soft-rasterizer refinement", "sh": refined.sh.tolist()}
+    params = {"method": method, "sh": refined.sh.tolist()}
     save_npz(folder / OUTFIT_NPZ, points=refined.rest, weights=template.weights,
              faces=template.faces.astype(np.int32), garment=np.zeros(len(refined.rest), np.int32),
              garment_names=np.array(json.dumps([GARMENT_NAME])), code=np.zeros(0, np.float32),
@@ -156,7 +196,7 @@ def write_result(folder: Path, obs: Observation, model, template: Template, refi
     with atomic_path(folder / PREVIEW_PNG) as tmp:
         Image.fromarray((preview * 255 + 0.5).astype(np.uint8)).save(tmp, format="PNG")
     result = {
-        "drape": DRAPE_ID, "source": obs.image_file, "mask": obs.mask_file,
+        "drape": DRAPE_ID, "method": method, "source": obs.image_file, "mask": obs.mask_file,
         "garments": [{"index": 0, "name": GARMENT_NAME, "slot": "outfit", "layer": 0, "label": None,
                       "label_name": None}],
         "points": int(len(refined.rest)), "faces": int(len(template.faces)),

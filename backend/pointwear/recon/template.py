@@ -1,9 +1,17 @@
 """The starting garment mesh: the part of the fitted body's surface under the clothing mask.
 
-Every body vertex whose posed position projects into the (slightly dilated) clothing mask is a
-garment vertex, seen or not: the back of a shirt lies behind its front. The selection is closed on
-the mesh graph (small holes behind arms and hands filled), faces with all three corners selected
-are kept, tiny islands dropped. Each garment vertex remembers its body vertex: skin weights,
+Which body vertices the garment covers is decided where the photo shows it and carried to where it
+does not:
+* a body vertex the photo sees (nearest surface at its pixel, in the body-only z-buffer) is garment
+  when it projects into the (slightly dilated) clothing mask;
+* a hidden vertex takes the vote of the seen vertices of its cross-section ring (the back of a
+  shirt lies behind its front: a torso slice is garment when most of its seen part is);
+* a ring nobody sees (the far arm behind the torso) takes its mirror image's decision across the
+  body's sagittal plane (sleeves and legs come in pairs);
+* hands, feet and the head are never garment (a misfit hand in front of a shirt projects into its
+  mask, an arm behind the torso too: only the seen rings and their mirrors speak for them).
+The selection is closed on the mesh graph (small holes behind arms and hands filled), faces with
+all three corners selected are kept, tiny islands dropped. Each garment vertex remembers its body vertex: skin weights,
 rest position and normal, and its mirror image across the body's sagittal plane (x = 0 in SMPL's
 rest space, found once on the mean-shape template).
 """
@@ -22,6 +30,8 @@ from .options import ReconOptions
 from .perceive import Observation
 
 MIRROR_MAX_DIST = 0.02     # m: a body vertex's mirror image must land this close to a vertex
+NEVER_GARMENT = ("head", "left_hand", "right_hand", "left_foot", "right_foot")   # dominant joints
+RING_MIN_SEEN = 3          # a ring votes for its hidden vertices when it has this many seen ones
 
 
 @dataclass
@@ -98,25 +108,57 @@ def _islands(faces: np.ndarray, n: int, min_share: float) -> np.ndarray:
     return counts[flab] >= min_share * len(faces)
 
 
+def seen_vertices(posed: np.ndarray, faces: np.ndarray, K: np.ndarray, size: tuple[int, int],
+                  tol: float) -> tuple[np.ndarray, np.ndarray]:
+    """Which vertices of a posed mesh (V,3) camera space the camera sees: (V,) bool seen (in the
+    image, in front, within `tol` m of the z-buffer at its pixel) and (V,2) int pixel."""
+    from ..render.rasterizer import rasterize
+    H, W = size
+    depth = rasterize(torch.as_tensor(posed, dtype=torch.float32), torch.as_tensor(faces, dtype=torch.long),
+                      torch.as_tensor(K, dtype=torch.float32), size).depth[0].numpy()
+    uv = posed[:, :2] / np.maximum(posed[:, 2:3], 1e-6) * np.diag(K)[:2] + K[:2, 2]
+    px = np.round(uv).astype(np.int64)
+    inside = (px[:, 0] >= 0) & (px[:, 0] < W) & (px[:, 1] >= 0) & (px[:, 1] < H) & (posed[:, 2] > 0)
+    pxc = np.stack([np.clip(px[:, 0], 0, W - 1), np.clip(px[:, 1], 0, H - 1)], 1)
+    seen = inside & (posed[:, 2] <= depth[pxc[:, 1], pxc[:, 0]] + tol)
+    return seen, pxc
+
+
+def garment_vertices(in_mask: np.ndarray, seen: np.ndarray, ring: np.ndarray, mirror: np.ndarray,
+                     allowed: np.ndarray) -> np.ndarray:
+    """(V,) bool garment vertices from what the photo shows (see the module docstring): in_mask,
+    seen, allowed (V,) bool; ring (V,) ring ids; mirror (V,) mirror vertex or -1."""
+    votes = np.bincount(ring, weights=(seen & in_mask).astype(np.float64), minlength=ring.max() + 1)
+    counts = np.bincount(ring, weights=seen.astype(np.float64), minlength=ring.max() + 1)
+    voted = counts >= RING_MIN_SEEN
+    ring_says = votes > 0.5 * np.maximum(counts, 1)
+    decided = seen | voted[ring]
+    sel = np.where(seen, in_mask, ring_says[ring]) & decided
+    m = np.maximum(mirror, 0)
+    from_mirror = ~decided & (mirror >= 0) & decided[m]
+    sel = np.where(from_mirror, sel[m], sel)
+    return sel & allowed
+
+
 def body_region_template(obs: Observation, body: BodyModel, options: ReconOptions,
                          mirror: np.ndarray | None = None) -> Template:
     """The body surface under the clothing mask as a garment mesh (see the module docstring)."""
     import cv2
+
+    from ..body.joints import JOINT_INDEX
     with torch.no_grad():
         posed = obs.posed_body(body)[0].cpu().numpy()                         # (Vb,3) camera space
         rest_t, joints_t = body.shaped(obs.betas)
         rest, joints = rest_t[0].cpu().numpy(), joints_t[0].cpu().numpy()
-    K = obs.K
-    uv = posed[:, :2] / posed[:, 2:3] * np.diag(K)[:2] + K[:2, 2]
     k = 2 * options.mask_dilate_px + 1
     mask = cv2.dilate(obs.mask.astype(np.uint8), np.ones((k, k), np.uint8)) > 0
-    H, W = mask.shape
-    px = np.round(uv).astype(np.int64)
-    inside = (px[:, 0] >= 0) & (px[:, 0] < W) & (px[:, 1] >= 0) & (px[:, 1] < H) & (posed[:, 2] > 0)
-    sel = np.zeros(len(posed), bool)
-    sel[inside] = mask[px[inside, 1], px[inside, 0]]
     faces_b = body.faces.astype(np.int64)
-    sel = _close(sel, vertex_adjacency(faces_b, len(posed)), rings=2)
+    seen, px = seen_vertices(posed, faces_b, obs.K, mask.shape, options.visible_depth_tol)
+    mirror_b = mirror_vertices(rest) if mirror is None else mirror
+    rings_b = cross_section_rings(rest, body.weights_np, joints, body.parents, options.ring_bin)
+    allowed = ~np.isin(body.weights_np.argmax(1), [JOINT_INDEX[n] for n in NEVER_GARMENT])
+    sel = garment_vertices(mask[px[:, 1], px[:, 0]], seen, rings_b, mirror_b, allowed)
+    sel = _close(sel, vertex_adjacency(faces_b, len(posed)), rings=2) & allowed
     keep = sel[faces_b].all(1)
     if keep.sum() >= options.min_faces:
         keep[keep] = _islands(faces_b[keep], len(posed), 0.02)
@@ -130,7 +172,6 @@ def body_region_template(obs: Observation, body: BodyModel, options: ReconOption
     faces = local[faces_b[keep]]
     from ..render.soft import vertex_normals
     normals = vertex_normals(torch.as_tensor(rest), torch.as_tensor(faces_b)).numpy()[used]
-    mirror_b = mirror_vertices(rest) if mirror is None else mirror
     m = mirror_b[used]
     mirror_local = np.where(m >= 0, local[np.maximum(m, 0)], -1)
     return Template(body_vertex=used, faces=faces, rest=rest[used].astype(np.float32),

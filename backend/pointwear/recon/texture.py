@@ -7,7 +7,10 @@
     3. Visible texels (in front of the photo's z-buffer of body + garment, facing the camera, on
        the clothing mask) take the photo's colour divided by the SH shading: albedo.
     4. Hidden texels take the albedo of the visible texel nearest their mirror image across the
-       body's sagittal plane (x -> -x in the rest pose), when one lies close.
+       body's sagittal plane (x -> -x in the rest pose), when one lies close; those still hidden
+       (the back) the albedo of the seen texel nearest their image across their cross-section
+       ring's coronal plane (z -> 2 c - z, c the ring's mean depth in the rest pose): the back is
+       the mirrored front, as in 3D Magic Mirror.
     5. The rest are inpainted from visible neighbours: per-vertex albedo known on seen (or mirror-
        seen) vertices is diffused over the mesh graph (Jacobi sweeps), and interpolated.
     6. Chart borders are grown by a few texels so that filtering never reads the background.
@@ -29,6 +32,7 @@ from .options import ReconOptions
 from .template import vertex_adjacency
 
 MIRROR_TEXEL_DIST = 0.015    # m: a hidden texel's mirror image must land this close to a seen texel
+FRONT_BACK_DIST = 0.04       # m: ... its front/back image this close (front and back differ more)
 MIN_SHADING = 0.2            # shading is floored here before dividing it out
 GUTTER_TEXELS = 4
 
@@ -117,9 +121,10 @@ def diffuse(values: np.ndarray, known: np.ndarray, faces: np.ndarray, iters: int
 
 def bake_texture(rest: np.ndarray, posed: np.ndarray, faces: np.ndarray, mirror: np.ndarray,
                  atlas: Atlas, image: np.ndarray, mask: np.ndarray, K: np.ndarray, sh: np.ndarray,
-                 body_verts: torch.Tensor, body_faces: torch.Tensor, options: ReconOptions
-                 ) -> tuple[np.ndarray, dict]:
-    """-> texture (S,S,3) uint8 albedo, and counts of texels by source (seen / mirror / inpainted)."""
+                 body_verts: torch.Tensor, body_faces: torch.Tensor, options: ReconOptions,
+                 ring: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """-> texture (S,S,3) uint8 albedo, and counts of texels by source (seen / mirror / front-back
+    / inpainted). ring (V,) cross-section ring ids (None: no front/back step)."""
     dev = body_verts.device
     S = options.texture_size
     t = lambda a, d=torch.float32: torch.as_tensor(a, dtype=d, device=dev)  # noqa: E731
@@ -142,16 +147,23 @@ def bake_texture(rest: np.ndarray, posed: np.ndarray, faces: np.ndarray, mirror:
     v_seen, v_alb = v_seen.cpu().numpy(), v_alb.cpu().numpy().astype(np.float64)
     m_ok = (mirror >= 0) & ~v_seen & (v_seen[np.maximum(mirror, 0)])
     v_alb[m_ok] = v_alb[mirror[m_ok]]
-    v_alb = diffuse(v_alb, v_seen | m_ok, faces, options.inpaint_iters)
+    back = front_back_images(rest, ring)
+    fb_ok = np.zeros_like(m_ok)
+    if back is not None:
+        hidden = np.nonzero(~v_seen & ~m_ok)[0]
+        fb_ok[hidden], src = _nearest_seen(rest, v_seen, back[hidden], FRONT_BACK_DIST)
+        v_alb[hidden[src >= 0]] = v_alb[src[src >= 0]]
+    v_alb = diffuse(v_alb, v_seen | m_ok | fb_ok, faces, options.inpaint_iters)
 
     # Per texel.
     frags = _texels(atlas, S, dev)
     covered = frags.face_id[0] >= 0
     vm = t(atlas.vmapping, torch.long)
     af = t(atlas.faces, torch.long)
-    attrs = torch.cat([posed_t[vm], normals[vm], t(rest)[vm], t(v_alb)[vm]], -1)
-    tex = interpolate(frags, af, attrs.to(frags.bary.dtype))[0].to(torch.float32)[covered]   # (n,12)
-    p, n, r, fallback = tex[:, :3], tex[:, 3:6], tex[:, 6:9], tex[:, 9:12]
+    back_v = rest if back is None else back
+    attrs = torch.cat([posed_t[vm], normals[vm], t(rest)[vm], t(v_alb)[vm], t(back_v)[vm]], -1)
+    tex = interpolate(frags, af, attrs.to(frags.bary.dtype))[0].to(torch.float32)[covered]   # (n,15)
+    p, n, r, fallback, rb = tex[:, :3], tex[:, 3:6], tex[:, 6:9], tex[:, 9:12], tex[:, 12:15]
     seen, alb = albedo_of(p, n)
     out = fallback.clone()
     out[seen] = alb[seen]
@@ -164,13 +176,43 @@ def bake_texture(rest: np.ndarray, posed: np.ndarray, faces: np.ndarray, mirror:
         src = np.nonzero(seen_np)[0][j[ok]]
         out[t(hidden[ok], torch.long)] = out[t(src, torch.long)]
         mirrored[hidden[ok]] = True
+    flipped = np.zeros_like(seen_np)
+    if back is not None and seen_np.any():
+        hidden = np.nonzero(~seen_np & ~mirrored)[0]
+        flipped[hidden], src = _nearest_seen(r_np, seen_np, rb.cpu().numpy()[hidden], FRONT_BACK_DIST)
+        out[t(hidden[src >= 0], torch.long)] = out[t(src[src >= 0], torch.long)]
     texture = torch.zeros(S, S, 3, device=dev)
     texture[covered] = out
     texture = _grow(texture, covered, GUTTER_TEXELS)
     stats = {"texels": int(covered.sum()), "seen": int(seen_np.sum()), "mirrored": int(mirrored.sum()),
-             "inpainted": int((~seen_np & ~mirrored).sum()),
-             "vertices_seen": int(v_seen.sum()), "vertices_mirrored": int(m_ok.sum())}
+             "front_back": int(flipped.sum()), "inpainted": int((~seen_np & ~mirrored & ~flipped).sum()),
+             "vertices_seen": int(v_seen.sum()), "vertices_mirrored": int(m_ok.sum()),
+             "vertices_front_back": int(fb_ok.sum())}
     return (texture.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy(), stats
+
+
+def front_back_images(rest: np.ndarray, ring: np.ndarray | None) -> np.ndarray | None:
+    """(V,3) each rest position reflected across its ring's coronal plane (z -> 2 c - z, c the
+    ring's mean z), or None without rings."""
+    if ring is None:
+        return None
+    c = np.bincount(ring, weights=rest[:, 2]) / np.maximum(np.bincount(ring), 1)
+    out = rest.astype(np.float64).copy()
+    out[:, 2] = 2 * c[ring] - out[:, 2]
+    return out
+
+
+def _nearest_seen(points: np.ndarray, seen: np.ndarray, queries: np.ndarray, max_dist: float
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """For each query (Q,3): (Q,) bool found and (Q,) index of the nearest seen point within
+    max_dist, else -1."""
+    src = np.full(len(queries), -1, np.int64)
+    if not seen.any() or not len(queries):
+        return src >= 0, src
+    d, j = cKDTree(points[seen]).query(queries)
+    ok = d < max_dist
+    src[ok] = np.nonzero(seen)[0][j[ok]]
+    return ok, src
 
 
 def _grow(tex: torch.Tensor, filled: torch.Tensor, steps: int) -> torch.Tensor:

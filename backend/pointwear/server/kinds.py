@@ -661,9 +661,13 @@ def _validate_reconstruct(p: Params, ctx: SubmitContext) -> dict:
         "focal": p.float("focal", None, 1.0, 1e6),
         "steps": p.int("steps", d.steps, 1, 10_000),
         "texture_size": p.int("texture_size", d.texture_size, 64, 4096),
+        "fast": p.bool("fast", False),
+        "refine": p.bool("refine", False),
         "body": p.model("body", "default"),
         "gender": p.choice("gender", "neutral", GENDERS),
     }
+    if params["refine"] and not params["fast"]:
+        raise ParamError("refine", "refining the learned result needs fast", "set fast: true, or leave refine out")
     try:   # the CLI's own checks too
         ReconOptions(steps=params["steps"], texture_size=params["texture_size"]).check()
     except InputError as exc:
@@ -682,7 +686,8 @@ def _run_reconstruct(job: JobContext) -> dict[str, Path]:
                     gender=prm["gender"], device=job.device,
                     options=ReconOptions(steps=prm["steps"], texture_size=prm["texture_size"],
                                          threads=job.threads or 1),
-                    hooks=Hooks(progress=job.progress, should_stop=job.should_stop, preview=preview))
+                    hooks=Hooks(progress=job.progress, should_stop=job.should_stop, preview=preview),
+                    fast=prm["fast"], refine_fast=prm["refine"])
     except PrepareCancelled as exc:
         raise JobCancelled(str(exc)) from exc
     return {name: job.out / rel for name, rel in RECONSTRUCT_FILES.items()}
