@@ -6,7 +6,7 @@ optimisation step (pointwear/syncs.py's counter, applied to either revision) and
 metrics (the two sides must agree: the change is about speed, not results). Writes the section
 "Outfit fitting speed" of docs/benchmarks.md.
 
-    .venv/bin/python scripts/bench_fit.py [--base cf730f3] [--seed 4242] [--drapes neural parametric:tshirt-shorts]
+    .venv/bin/python scripts/bench_fit.py [--base a1df259] [--seed 4242] [--drapes neural parametric:tshirt-shorts]
                                           [--cases 8x4 8x8] [--no-write]
 """
 from __future__ import annotations
@@ -93,7 +93,7 @@ def child(side: str, base: Path, args: list[str]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--base", default="cf730f3", help="the older revision to compare with")
+    ap.add_argument("--base", default="a1df259", help="the older revision to compare with")
     ap.add_argument("--seed", type=int, default=4242, help="synthetic subject seed")
     ap.add_argument("--drapes", nargs="+", default=["neural", "parametric:tshirt-shorts"])
     ap.add_argument("--cases", nargs="+", default=["8x4", "8x8"], help="FRAMESxFRAMES_PER_STEP")
@@ -115,12 +115,14 @@ def main() -> None:
             frames, per_step = (int(x) for x in case.split("x"))
             for side in ("old", "new"):
                 out = tmp / f"{side}_{drape.replace(':', '_')}_{frames}_{per_step}"
+                load0 = os.getloadavg()[0]
                 row = child(side, base, [str(subject), drape, str(frames), str(out), str(per_step)]) | {"side": side}
+                row["load"] = (load0, os.getloadavg()[0])
                 rows.append(row)
-                loads.append(os.getloadavg()[0])
+                loads.extend(row["load"])
                 print(row, flush=True)
     rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    lines = [f"`.venv/bin/python scripts/bench_fit.py --seed {args.seed}` on {time.strftime('%Y-%m-%d %H:%M')}; {machine()}; "
+    lines = [f"`.venv/bin/python scripts/bench_fit.py {' '.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d %H:%M')}; {machine()}; "
              f"1 torch thread; each fit in its own process, the old revision ({args.base}, run from a `git archive` "
              f"of it) and this one ({rev}) one after the other; synthetic subject (tshirt-shorts, 8 frames, "
              f"512 x 512, seed {args.seed}, not used for tuning). The machine was shared with other agents' jobs "
@@ -133,15 +135,16 @@ def main() -> None:
              f"step's frames, backward, Adam), budget {SYNC_BUDGET}. CPU time: user + system time of the fit's "
              "process (what the load of the other jobs inflates least). Score: the fit's own held-out loss "
              "(here on the training frames, all 8 fitted).", "",
-             "| drape | frames per step | code | wall time | CPU time | target | host syncs per step | "
+             "| drape | frames per step | code | wall time | load (start-end) | CPU time | target | host syncs per step | "
              "peak memory (RSS) | train IoU | score |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         target = f"<= {TARGET_SECONDS:.0f} s wall ({'met' if r['seconds'] <= TARGET_SECONDS else 'MISSED'})" \
             if r["per_step"] == 4 and r["side"] == "new" else ""
         code = f"old ({args.base})" if r["side"] == "old" else "new"
         score = f"{r['score']:.5f}" if isinstance(r.get("score"), (int, float)) else "-"
-        lines.append(f"| {r['drape']} | {r['per_step']} | {code} | {r['seconds']:.1f} s | {r['cpu_seconds']:.1f} s | "
+        lines.append(f"| {r['drape']} | {r['per_step']} | {code} | {r['seconds']:.1f} s | "
+                     f"{r['load'][0]:.1f}-{r['load'][1]:.1f} | {r['cpu_seconds']:.1f} s | "
                      f"{target} | {r['syncs']} | {r['peak_mb']:.0f} MB | {r['iou']:.3f} | {score} |")
     publish(SECTION, lines, write=not args.no_write)
 

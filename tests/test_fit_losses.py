@@ -2,6 +2,7 @@
 visibility against a rasterised sphere, splat IoU, 3D Chamfer."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -106,6 +107,57 @@ def test_dt_chamfer_matches_bruteforce_on_random_cases(case):
     if e_true.max() <= EXACT_RADIUS**2:
         assert one(dt["mask_to_points"]) == pytest.approx(e_true.mean(), rel=1e-9, abs=1e-9)
     assert one(dt["total"]) == pytest.approx(one(dt["points_to_mask"]) + one(dt["mask_to_points"]))
+
+
+@st.composite
+def small_masks_in_big_frames(draw):
+    """2-3 frames of 24-48 px, each with a mask in a small box somewhere (or empty), and items
+    whose points lie on, near and far from their frame's mask."""
+    H, W = draw(st.integers(24, 48)), draw(st.integers(24, 48))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    masks = []
+    for _ in range(draw(st.integers(2, 3))):
+        m = np.zeros((H, W), bool)
+        if rng.random() < 0.85:
+            bw, bh = rng.integers(1, 12, 2)
+            x0, y0 = rng.integers(0, W - bw + 1), rng.integers(0, H - bh + 1)
+            m[y0:y0 + bh, x0:x0 + bw] = rng.random((bh, bw)) < 0.7
+            m[y0, x0] = True
+        masks.append(m)
+    B, n = draw(st.integers(1, 5)), draw(st.integers(1, 40))
+    fi = rng.integers(0, len(masks), B)
+    pts = np.stack([rng.uniform(-20, W + 20, (B, n)), rng.uniform(-20, H + 20, (B, n))], -1)
+    for b in range(B):          # half the points near their mask, if it has pixels
+        ys, xs = np.nonzero(masks[fi[b]])
+        if xs.size:
+            k = rng.integers(0, xs.size, n // 2)
+            pts[b, :n // 2] = np.stack([xs[k], ys[k]], 1) + rng.normal(0, 3, (n // 2, 2))
+    return masks, pts, rng.random((B, n)) < 0.8, fi
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small_masks_in_big_frames())
+def test_splat_windows_around_the_masks_give_the_whole_frame_answer(case):
+    """The fine splat writes into each frame's mask bbox + 2R instead of the whole frame
+    (`MaskTargets.splat_window`); a target without host bboxes falls back to the whole frame.
+    Both give the same values and gradients, bit for bit."""
+    masks, pts, valid, fi = case
+    target = MaskTargets.from_masks(masks, allow_empty=True)
+    whole = dataclasses.replace(target, bboxes_host=(), _windows={}, _moments=[], _coverage={})
+    h, w, origin = target.splat_window(10)
+    assert (h, w) == (max(b[3] - b[1] + 1 for b in target.bboxes_host) + 20,
+                      max(b[2] - b[0] + 1 for b in target.bboxes_host) + 20)
+    assert whole.splat_window(10)[:2] == (masks[0].shape[0] + 20, masks[0].shape[1] + 20)
+    outs = []
+    for t in (target, whole):
+        uv = torch.tensor(pts, dtype=torch.float32, requires_grad=True)
+        out = chamfer_2d(uv, torch.tensor(valid), t, fi, reduction="none")
+        (out["total"] * torch.arange(1.0, len(fi) + 1)).sum().backward()
+        outs.append((out, uv.grad))
+    (a, ga), (b, gb) = outs
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert torch.equal(ga, gb)
 
 
 def test_dt_chamfer_realistic_within_one_percent():

@@ -16,7 +16,10 @@ item and step on our CPU. Here ~10 ms per item on one core (see docs/benchmarks.
   squared distance and id into the pixels of a disc of radius R - 0.5 + sqrt(1/2) (R = 5)
   around its rounded position, in one int32 image per item (distance quantised to ~1e-4 px^2 in
   the high bits, point id in the low bits, so one scatter-min keeps the nearest); the images
-  of all items (each its frame +- 64 px) are one tensor, so every item is searched at once. A
+  of all items are one tensor, so every item is searched at once. Each image covers only its
+  frame's mask bbox + 2R (all the size of the frame set's largest, fixed per fit): points
+  farther than R px outside the bbox go to a spare image, as they can answer no mask pixel
+  within R - 0.5 px. A
   mask pixel whose nearest point lies within R - 0.5 = 4.5 px is thereby answered exactly. The
   rest (far from every point; typically a few hundred pixels per item) get their exact nearest
   point from a device `cdist` against their item's points, chunked. Within 0.5 % of brute force
@@ -138,7 +141,10 @@ class MaskTargets:
     offsets: Tensor         # (F+1,) long: frame f's pixels are pixels[offsets[f]:offsets[f+1]]
     bboxes: Tensor          # (F,4) long mask bbox x0,y0,x1,y1 (inclusive; empty: 0,0,-1,-1)
     offsets_host: tuple[int, ...] = ()   # `offsets` on the host: pixel counts without a round-trip
+    bboxes_host: tuple[tuple[int, int, int, int], ...] = ()   # `bboxes` on the host
     _coverage: dict[tuple[int, int], Tensor] = field(default_factory=dict, repr=False)
+    _windows: dict[int, tuple[int, int, Tensor]] = field(default_factory=dict, repr=False)
+    _moments: list[Tensor] = field(default_factory=list, repr=False)
 
     @classmethod
     def from_masks(cls, masks: Sequence[np.ndarray | Tensor] | Sequence[MaskTarget],
@@ -170,6 +176,7 @@ class MaskTargets:
         def stack(arrs: list[np.ndarray], dtype: torch.dtype) -> Tensor:
             return torch.from_numpy(np.stack(arrs)).to(device=dev, dtype=dtype)
 
+        bboxes = [t.bbox() for t in targets]
         return cls(
             masks=stack([t.mask for t in targets], torch.bool),
             nearest=stack([t.nearest for t in targets], torch.float32),
@@ -179,8 +186,9 @@ class MaskTargets:
             pixels_long=pix.to(dev),
             pixels_sq=pix.square().sum(1).to(dev),
             offsets=offsets.to(dev),
-            bboxes=torch.tensor([t.bbox() for t in targets], dtype=torch.long, device=dev),
+            bboxes=torch.tensor(bboxes, dtype=torch.long, device=dev),
             offsets_host=tuple(int(o) for o in offsets),
+            bboxes_host=tuple(bboxes),
         )
 
     @property
@@ -214,7 +222,33 @@ class MaskTargets:
         return MaskTargets(self.masks.to(dev), self.nearest.to(dev), self.distance.to(dev),
                            self.pixels.to(dev), self.pixels_long.to(dev),
                            self.pixels_sq.to(dev), self.offsets.to(dev), self.bboxes.to(dev),
-                           self.offsets_host)
+                           self.offsets_host, self.bboxes_host)
+
+    def pixel_moments(self) -> Tensor:
+        """(4,M_total) float64 columns (1, x, y, x^2 + y^2) of the mask pixels (exact integers),
+        made once: the per-point sums of the mask -> points loss add these up. Four rows, not
+        four columns: a sum over pixels into points along the last axis is several times faster
+        on a CPU than along the first."""
+        if not self._moments:
+            self._moments.append(torch.stack([torch.ones_like(self.pixels_sq), self.pixels_long[:, 0],
+                                              self.pixels_long[:, 1], self.pixels_sq]).double())
+        return self._moments[0]
+
+    def splat_window(self, margin: int) -> tuple[int, int, Tensor]:
+        """(h, w, origin (F,2) long xy): one window of h x w px per frame, the frame's mask bbox
+        grown by ``margin`` px on every side and all windows the size of the largest, so images
+        of many items share one row stride. Pixel (x, y) of frame f is (x, y) - origin[f] in
+        its window. Made once per margin from the host bboxes (no round-trip); without them
+        (a hand-made target) the window is the whole frame grown by ``margin``."""
+        if margin not in self._windows:
+            H, W = self.image_size
+            boxes = self.bboxes_host or ((0, 0, W - 1, H - 1),) * self.num_frames
+            w = max(x1 - x0 + 1 for x0, _, x1, _ in boxes) + 2 * margin
+            h = max(y1 - y0 + 1 for _, y0, _, y1 in boxes) + 2 * margin
+            origin = torch.tensor([[x0 - margin, y0 - margin] for x0, y0, _, _ in boxes],
+                                  dtype=torch.long, device=self.device)
+            self._windows[margin] = (h, w, origin)
+        return self._windows[margin]
 
     def coverage_target(self, h: int, w: int) -> Tensor:
         """(F,h,w) float: the masks area-averaged down to (h,w) (fraction of covered pixels)."""
@@ -265,6 +299,13 @@ def _reduce(x: Tensor, reduction: str) -> Tensor:
 # ----------------------------------------------------------------------------- points -> mask
 
 
+def _sq_norm(v: Tensor) -> Tensor:
+    """(...,) |v|^2 of v (...,2) as x * x + y * y: the same value as v.square().sum(-1), whose
+    reduction over an axis of 2 costs several times more on a CPU."""
+    x, y = v.unbind(-1)
+    return x * x + y * y
+
+
 def _points_to_mask_sq(X: Tensor, frame: Tensor, target: MaskTargets) -> Tensor:
     """(K,) squared px distance of points X (K,2) to the nearest mask pixel of their frame.
 
@@ -282,9 +323,9 @@ def _points_to_mask_sq(X: Tensor, frame: Tensor, target: MaskTargets) -> Tensor:
         lin = ((frame * (Hp * Wp)).unsqueeze(1) + (v0.unsqueeze(1) + cdy).clamp_(0, Hp - 1) * Wp
                + (u0.unsqueeze(1) + cdx).clamp_(0, Wp - 1))                          # (K,4)
         q = target.nearest.view(-1, 2).index_select(0, lin.view(-1)).view(-1, 4, 2).to(X.dtype)
-        k = (q - x.unsqueeze(1)).square().sum(-1).argmin(1)
+        k = _sq_norm(q - x.unsqueeze(1)).argmin(1)
         q = q[torch.arange(q.shape[0], device=X.device), k]
-    return (X - q).square().sum(-1)
+    return _sq_norm(X - q)
 
 
 # ----------------------------------------------------------------------------- mask -> points
@@ -329,6 +370,27 @@ def _item_pixels(target: MaskTargets, fi: Tensor, fi_l: list[int]) -> tuple[Tens
     return item, rows
 
 
+def _window_cells(target: MaskTargets, fi: Tensor, pr: Tensor, item_of: Tensor, B: int
+                  ) -> tuple[Tensor, tuple[int, int], Tensor]:
+    """Where the fine splat writes: one image per item, its frame's mask bbox grown by 2R
+    (`MaskTargets.splat_window`), instead of the whole frame. pr (K,2) long rounded point
+    positions, item_of (K,) their items, fi (B,) the items' frames. Returns (K,) the point's
+    cell in B + 1 images of (h, w) = the window size, and (B,2) the items' window origins.
+
+    A point whose cell is within R of its window's edge, or outside, goes to the centre of the
+    spare image B instead: its cell is more than R px outside the bbox on some axis, so it is
+    more than R + 0.5 px from every mask pixel and can only be the splat's answer for a pixel
+    farther than R - 0.5 px from all points, which the coarse search answers anyway. Inside,
+    its disc (radius < R + 1) stays in its window. The mask pixels' answers are unchanged."""
+    R = _SPLAT_R
+    h, w, origin = target.splat_window(2 * R)
+    org = origin.index_select(0, fi)                                           # (B,2)
+    loc = pr - org.index_select(0, item_of)                                    # (K,2)
+    inside = (loc[:, 0] >= R) & (loc[:, 0] < w - R) & (loc[:, 1] >= R) & (loc[:, 1] < h - R)
+    cell = torch.where(inside, item_of * (h * w) + loc[:, 1] * w + loc[:, 0], B * h * w + R * w + R)
+    return cell, (h, w), org
+
+
 def _mask_to_points(X: Tensor, w: Tensor, sel: Tensor, target: MaskTargets, fi: Tensor, fi_l: list[int],
                     dtype: torch.dtype) -> _MaskToPoints:
     """For every mask pixel of every item, its nearest point (see the module doc), all items
@@ -352,22 +414,22 @@ def _mask_to_points(X: Tensor, w: Tensor, sel: Tensor, target: MaskTargets, fi: 
     has_points = (w > 0).any(1)                                                # (B,)
     Ps = P.index_select(0, sel)                                                # (K,2)
 
-    # One image per item over its frame +- _IMAGE_PAD (points beyond are clamped onto its
-    # edge), grown by R so that splats never leave it: fixed size, no host round-trip.
+    # Rounded point positions, clamped to the frame +- _IMAGE_PAD (the coarse grid's extent).
     border = _IMAGE_PAD + R
-    gw, gh = W + 2 * border, H + 2 * border
-    size = gh * gw
     lim = 4.0 * max(H, W)
     pr = torch.round(Ps.clamp(-lim, lim)).long()
     pr = torch.stack([pr[:, 0].clamp(-_IMAGE_PAD, W - 1 + _IMAGE_PAD),
                       pr[:, 1].clamp(-_IMAGE_PAD, H - 1 + _IMAGE_PAD)], 1)
     item_of = torch.div(sel, N, rounding_mode="floor")
     local = sel - item_of * N
-    cell = item_of * size + (pr[:, 1] + border) * gw + (pr[:, 0] + border)
+    cell, (gh, gw), origin = _window_cells(target, fi, pr, item_of, B)
+    size = gh * gw
 
     # Splat: every point writes (quantised distance^2, id within its item) into the pixels of a
     # disc of radius R - 0.5 + sqrt(1/2) around its rounded pixel; an int32 min keeps the
     # nearest. A mask pixel then holds its nearest point whenever that lies within R - 0.5 px.
+    # The images are the items' mask windows (`_window_cells`) plus one spare image at the end
+    # that takes the points too far from their mask to matter.
     id_bits = max(1, int(N).bit_length())
     if id_bits > 19:
         raise ValueError(f"chamfer_2d: at most 2^19 - 1 points per item, got N = {N}")
@@ -375,7 +437,7 @@ def _mask_to_points(X: Tensor, w: Tensor, sel: Tensor, target: MaskTargets, fi: 
     r_disc = R - 0.5 + math.sqrt(0.5)
     d_max = (r_disc + math.sqrt(0.5)) ** 2
     margin = R * (gw + 1)
-    n_img = B * size
+    n_img = (B + 1) * size
     img_pad = torch.full((n_img + 2 * margin,), _EMPTY32, dtype=torch.int32, device=dev)
     _splat_min(img_pad, margin, n_img, gw, cell, (pr - Ps).float(), _disc_offsets(r_disc), 1,
                d_max, id_bits, local.int())
@@ -385,8 +447,8 @@ def _mask_to_points(X: Tensor, w: Tensor, sel: Tensor, target: MaskTargets, fi: 
     # Every mask pixel of every item looks its nearest point up.
     item, rows = _item_pixels(target, fi, fi_l)                                # (M,)
     pf = target.pixels_long.index_select(0, rows)                              # (M,2) xy
-    p2 = target.pixels_sq.index_select(0, rows)
-    pos = item * size + (pf[:, 1] + border) * gw + (pf[:, 0] + border)
+    org = origin.index_select(0, item)
+    pos = item * size + (pf[:, 1] - org[:, 1]) * gw + (pf[:, 0] - org[:, 0])
     got = img.index_select(0, pos)
     j = (got & id_mask).long()
     d = (got >> id_bits).float() * (d_max / q_max)
@@ -394,20 +456,23 @@ def _mask_to_points(X: Tensor, w: Tensor, sel: Tensor, target: MaskTargets, fi: 
     usable = has_points.index_select(0, item)
     far = ((d > (R - 0.5) ** 2) & usable).nonzero().squeeze(1)                 # round-trip
     if far.numel():
-        d, j = _coarse_nearest(P, Ps, local, item_of, pr, N, pf, item, far, d, j, (gh, gw), border)
+        d, j = _coarse_nearest(P, Ps, local, item_of, pr, N, pf, item, far, d, j,
+                               (H + 2 * border, W + 2 * border), border)
         rest = far.index_select(0, (~torch.isfinite(d.index_select(0, far))).nonzero().squeeze(1))  # round-trip
         if rest.numel():
             d, j = _far_pixels(P.view(B, N, 2), present.view(B, N), pf, item, rest, d, j)
 
-    # Per point sums of its pixels (exact int64), then the differentiable quadratic in float64.
+    # Per point sums of its pixels (exact integers in float64), then the differentiable
+    # quadratic in float64. Pixels without a point add into a spare row B * N.
     found = usable & torch.isfinite(d)
-    g = torch.where(found, item * N + j, 0)
+    g = torch.where(found, item * N + j, B * N)
     # count, sum x, sum y, sum |p|^2 per point in one float64 sum (integers below 2^53: exact)
-    parts = torch.cat([found.unsqueeze(1), pf, p2.unsqueeze(1)], 1).double() * found.unsqueeze(1)
-    sums = torch.zeros(B * N, 4, dtype=torch.float64, device=dev).index_add_(0, g, parts)
-    c, S, Q = sums[:, 0], sums[:, 1:3], sums[:, 3]
+    sums = torch.zeros(4, B * N + 1, dtype=torch.float64, device=dev).index_add_(
+        1, g, target.pixel_moments().index_select(1, rows))[:, :B * N]
+    c, Sx, Sy, Q = sums.unbind(0)
     Xd = X.reshape(-1, 2).double()
-    per_point = c * Xd.square().sum(1) - 2 * (Xd * S).sum(1) + Q
+    x, y = Xd.unbind(1)
+    per_point = c * _sq_norm(Xd) - 2 * (x * Sx + y * Sy) + Q
     # Constant costs (no gradient): items without points, pixels nothing reached.
     missing = torch.zeros(B, dtype=torch.float64, device=dev).index_add_(0, item, (~found).double())
     sq = per_point.view(B, N).sum(1) + missing * diag2
@@ -421,12 +486,20 @@ def _splat_min(img_pad: Tensor, margin: int, n_img: int, stride: int, cell: Tens
     """Scatter-min into img_pad (images of row stride `stride`, `margin` cells of padding both
     sides) of key = (squared distance quantised to 31 - id_bits bits over [0, d_max], id) of
     each point (K,) at its cell + each tap: distance^2 = |scale * tap + e|^2 with e (K,2).
-    One tap at a time (the (taps x K) keys never exist at once: faster on a CPU's caches)."""
+    One tap at a time (the (taps x K) keys never exist at once: faster on a CPU's caches), in
+    three (K,) buffers made once per call: a fresh tensor per operation and tap costs more
+    than the arithmetic on a CPU (its allocator returns big blocks to the OS)."""
     q = ((1 << (31 - id_bits)) - 1) / d_max
     ex, ey = e[:, 0].contiguous(), e[:, 1].contiguous()
+    d2, dy = torch.empty_like(ex), torch.empty_like(ey)
+    key = torch.empty(ex.shape, dtype=torch.int32, device=ex.device)
+    row = None
     for tx, ty in taps:
-        d2 = (ex + scale * tx).square_().add_((ey + scale * ty).square_())
-        key = d2.clamp_(0.0, d_max).mul_(q).round_().int().bitwise_left_shift_(id_bits).bitwise_or_(ids)
+        if ty != row:        # the taps come row by row: one (ey + ty)^2 per row
+            torch.add(ey, scale * ty, out=dy).square_()
+            row = ty
+        torch.add(ex, scale * tx, out=d2).square_().add_(dy)
+        key.copy_(d2.clamp_(0.0, d_max).mul_(q).round_()).bitwise_left_shift_(id_bits).bitwise_or_(ids)
         img_pad.narrow(0, margin + tx + ty * stride, n_img).scatter_reduce_(0, cell, key, "amin")
 
 
@@ -465,7 +538,7 @@ def _coarse_nearest(P: Tensor, Ps: Tensor, local: Tensor, item_of: Tensor, pr: T
     ok = got != _EMPTY32
     cj = torch.where(ok, got & ((1 << id_bits) - 1), 0).long()
     cand = P.index_select(0, (qi.unsqueeze(1) * N + cj).view(-1)).view(-1, 25, 2)
-    dc = (cand - q.float().unsqueeze(1)).square().sum(-1).masked_fill_(~ok, math.inf)
+    dc = _sq_norm(cand - q.float().unsqueeze(1)).masked_fill_(~ok, math.inf)
     v, k = dc.min(1)
     return d.index_copy(0, far, v), j.index_copy(0, far, cj.gather(1, k.unsqueeze(1)).squeeze(1))
 
@@ -493,7 +566,7 @@ def _far_pixels(P: Tensor, present: Tensor, pf: Tensor, item: Tensor, far: Tenso
             idx = far[s:min(hi, s + rows)]
             q = pf.index_select(0, idx).float()
             nn = (torch.cdist(q - centre, pts) + blocked).argmin(1)
-            d.index_copy_(0, idx, (P[b].index_select(0, nn) - q).square().sum(1))
+            d.index_copy_(0, idx, _sq_norm(P[b].index_select(0, nn) - q))
             j.index_copy_(0, idx, nn)
     return d, j
 
