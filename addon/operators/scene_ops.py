@@ -34,10 +34,7 @@ class POINTWEAR_OT_import_result(Operator):
         if not props.result_folder.strip():
             cls.poll_message_set("Set a result folder")
             return False
-        if context.mode != "OBJECT":
-            cls.poll_message_set("Switch to Object Mode")
-            return False
-        return True
+        return _poll_mode(cls, context)
 
     def execute(self, context):
         folder = runtime.abspath(context.scene.pointwear.result_folder.strip())
@@ -52,6 +49,14 @@ class POINTWEAR_OT_import_result(Operator):
         armature = objects.get("armature")
         self.report({"INFO"}, "Imported {}".format(armature.name if armature else folder))
         return {"FINISHED"}
+
+
+def _poll_mode(cls, context, modes=("OBJECT",)):
+    """True in one of `modes`; else say which mode to switch to."""
+    if context.mode in modes:
+        return True
+    cls.poll_message_set("Switch to Object Mode")
+    return False
 
 
 def _poll_armature(cls, context):
@@ -82,10 +87,7 @@ class POINTWEAR_OT_load_motion(Operator):
     def poll(cls, context):
         if _poll_armature(cls, context) is None:
             return False
-        if context.mode not in ("OBJECT", "POSE"):
-            cls.poll_message_set("Switch to Object Mode")
-            return False
-        return True
+        return _poll_mode(cls, context, ("OBJECT", "POSE"))
 
     def invoke(self, context, event):
         context.window_manager.fileselect_add(self)
@@ -132,10 +134,7 @@ class POINTWEAR_OT_redrape(JobOperatorMixin, Operator):
         if not armature.get("pointwear_result"):
             cls.poll_message_set("The armature has no fitted result to re-drape")
             return False
-        if context.mode not in ("OBJECT", "POSE"):
-            cls.poll_message_set("Switch to Object Mode")
-            return False
-        return True
+        return _poll_mode(cls, context, ("OBJECT", "POSE"))
 
     def job_request(self, context):
         props = context.scene.pointwear
@@ -165,10 +164,7 @@ class POINTWEAR_OT_make_cloth(Operator):
         armature = _poll_armature(cls, context)
         if armature is None:
             return False
-        if context.mode != "OBJECT":
-            cls.poll_message_set("Switch to Object Mode")
-            return False
-        return True
+        return _poll_mode(cls, context)
 
     def execute(self, context):
         from ..scene import armature as armature_builder

@@ -209,3 +209,21 @@ class FakeSelf:
     def __init__(self, layout, **attrs):
         self.layout = layout
         self.__dict__.update(attrs)
+
+
+def evaluated_positions(bpy, obj, world: bool = False):
+    """(V, 3) float64 positions of the object's vertices after its modifiers (skinning), in the
+    object's own space, or in world space with `world`."""
+    import numpy as np
+
+    dg = bpy.context.evaluated_depsgraph_get()
+    ev = obj.evaluated_get(dg)
+    mesh = ev.to_mesh()
+    co = np.empty(len(mesh.vertices) * 3, np.float32)
+    mesh.vertices.foreach_get("co", co)
+    ev.to_mesh_clear()
+    co = co.reshape(-1, 3).astype(np.float64)
+    if not world:
+        return co
+    m = np.array(obj.matrix_world, np.float64)
+    return co @ m[:3, :3].T + m[:3, 3]

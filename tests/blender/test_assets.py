@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from blender_support import run_backend
+from blender_support import evaluated_positions as _evaluated, run_backend
 from test_addon_backend import draw_all_panels
 from test_scene import rest_positions as _rest
 
@@ -27,16 +27,6 @@ def walk_y(tmp_path_factory):
     path = tmp_path_factory.mktemp("walk") / "walk.npz"
     run_backend("motion", "export", "walk", "--frames", 30, "--out", path)
     return path
-
-
-def _evaluated(bpy, obj):
-    dg = bpy.context.evaluated_depsgraph_get()
-    ev = obj.evaluated_get(dg)
-    mesh = ev.to_mesh()
-    co = np.empty(len(mesh.vertices) * 3, np.float32)
-    mesh.vertices.foreach_get("co", co)
-    ev.to_mesh_clear()
-    return co.reshape(-1, 3).astype(np.float64)
 
 
 def _outside_fraction(bpy, garment, body):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from blender_support import REPO, blender_env, run_backend, run_python
+from blender_support import REPO, blender_env, evaluated_positions, run_backend, run_python
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -84,15 +84,7 @@ def nearest(ref, query, chunk=512):
 
 def _evaluated(bpy, obj):
     """(V, 3) world positions of the object's vertices after its modifiers (skinning)."""
-    dg = bpy.context.evaluated_depsgraph_get()
-    ev = obj.evaluated_get(dg)
-    mesh = ev.to_mesh()
-    co = np.empty(len(mesh.vertices) * 3, np.float32)
-    mesh.vertices.foreach_get("co", co)
-    ev.to_mesh_clear()
-    m = np.array(obj.matrix_world, np.float64)
-    co = co.reshape(-1, 3).astype(np.float64)
-    return co @ m[:3, :3].T + m[:3, 3]
+    return evaluated_positions(bpy, obj, world=True)
 
 
 def _rest(obj):
