@@ -31,7 +31,7 @@ from blender_support import (
 
 PYTHON_NOT_SET = ("No backend: use Install Backend (or set the backend Python) in Preferences > "
                   "Add-ons > Pointwear")
-TINY_FIT = {"template": "tshirt-shorts", "codes": 1, "coarse_steps": 2, "fine_steps": 2, "seed": 0}
+TINY_FIT = {"template": "tshirt-shorts", "codes": 1, "coarse_steps": 2, "fine_steps": 2, "refine_steps": 0, "seed": 0}
 LONG_FIT = dict(TINY_FIT, coarse_steps=100000)
 
 
@@ -171,6 +171,7 @@ def set_fit_options(props, subject, options):
     props.fit_codes = options["codes"]
     props.fit_coarse_steps = options["coarse_steps"]
     props.fit_fine_steps = options["fine_steps"]
+    props.fit_refine_steps = options["refine_steps"]
     props.fit_seed = options["seed"]
 
 

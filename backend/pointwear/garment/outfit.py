@@ -273,16 +273,18 @@ def _batched(value: float | torch.Tensor, v: torch.Tensor) -> float | torch.Tens
     return value.reshape(v.shape[:-3] + (1,)) if value.numel() > 1 else value.reshape(())
 
 
-def outfit_weights(frame: BodyFrame, pieces: list[Piece], vertices: torch.Tensor) -> np.ndarray:
+def outfit_weights(frame: BodyFrame, pieces: list[Piece], vertices: torch.Tensor,
+                   item: int | None = None) -> np.ndarray:
     """Skin weights (V, 24) of the outfit's vertices (V, 3), or (C, V, 24) of (C, V, 3), piece
-    by piece (on the host: a nearest-vertex query; callers refresh them now and then)."""
+    by piece (on the host: a nearest-vertex query; callers refresh them now and then); `item`
+    picks outfit `item` of pieces whose parameters hold a batch of C outfits."""
     v_np = vertices.detach().cpu().numpy()
     if v_np.ndim == 3:
-        return np.stack([outfit_weights(frame, pieces, torch.from_numpy(v)) for v in v_np])
+        return np.stack([outfit_weights(frame, pieces, torch.from_numpy(v), c) for c, v in enumerate(v_np)])
     out, start = [], 0
     for piece in pieces:
         n = piece.grid[0] * piece.grid[1]
-        out.append(_piece_weights(frame, piece, v_np[start:start + n]))
+        out.append(_piece_weights(frame, piece, v_np[start:start + n], item))
         start += n
     return np.concatenate(out).astype(np.float32)
 
@@ -347,7 +349,7 @@ def _grid_faces(n_s: int, n_phi: int, periodic: bool = True) -> np.ndarray:
     return np.concatenate([np.stack([a, b, c], -1).reshape(-1, 3), np.stack([b, d, c], -1).reshape(-1, 3)])
 
 
-def _piece_weights(frame: BodyFrame, piece: Piece, v: np.ndarray) -> np.ndarray:
+def _piece_weights(frame: BodyFrame, piece: Piece, v: np.ndarray, item: int | None = None) -> np.ndarray:
     """Skin weights of the nearest body vertex in the piece's regions, smoothed over the grid
     (strongly around a hanging skirt, so it does not split between the legs)."""
     idx, tree = frame.region_tree(piece.regions)
@@ -357,13 +359,20 @@ def _piece_weights(frame: BodyFrame, piece: Piece, v: np.ndarray) -> np.ndarray:
     sigma_phi = 4.0 if piece.hanging else 1.0
     around = "wrap" if piece.phi_range is None else "nearest"
     w = gaussian_filter1d(gaussian_filter1d(w, sigma_phi, axis=1, mode=around), 1.5, axis=0, mode="nearest")
-    w = _hang_from_hips(w.reshape(n_s * n_phi, -1), piece.hang)
+    w = _hang_from_hips(w.reshape(n_s * n_phi, -1), _item_value(piece.hang, item))
     return w / w.sum(1, keepdims=True)
 
 
 HANG_FLARE = 0.15     # a trouser leg flaring this much (m per m) or more hangs from the hip entirely
 _LEG_CHAINS = ((J["left_hip"], (J["left_knee"], J["left_ankle"], J["left_foot"])),
                (J["right_hip"], (J["right_knee"], J["right_ankle"], J["right_foot"])))
+
+
+def _item_value(value: float | torch.Tensor, item: int | None) -> float | torch.Tensor:
+    """Outfit `item`'s value of a per-outfit parameter ((C, 1, 1) tensor), else the value itself."""
+    if item is None or not torch.is_tensor(value) or value.numel() == 1:
+        return value
+    return value.reshape(-1)[item]
 
 
 def _hang_from_hips(w: np.ndarray, hang: float | torch.Tensor) -> np.ndarray:
