@@ -240,7 +240,7 @@ def test_live_points_sliders_apply_and_retarget_with_the_backend(live_addon, fit
     assert name == live.OBJECT_NAME and 100 < count <= protocol.PREVIEW_POINTS_MAX
     assert location == pytest.approx(live.OFFSET)
     assert 1.0 < np.ptp(rest[:, 2]) < 2.0          # a garment's height in the body's rest pose
-    assert job.state == "done" and props.job_state == "done"
+    assert job.state == protocol.STATE_DONE and props.job_state == protocol.STATE_DONE
     assert live.live_object() is None and name not in bpy.data.meshes
     arm = props.armature
     assert arm is not None and arm.get("pointwear_result")
@@ -319,6 +319,7 @@ def test_export_button_runs_the_export_job_with_the_current_motion(live_addon, f
     bpy, runtime = live_addon
     ops, props = bpy.ops.pointwear, bpy.context.scene.pointwear
     assets = _addon_module("operators.assets")
+    protocol = _addon_module("link.protocol")
     props.result_folder = str(fit_result)
     props.import_motion = False
     assert ops.import_result() == {"FINISHED"}
@@ -334,7 +335,7 @@ def test_export_button_runs_the_export_job_with_the_current_motion(live_addon, f
     assert ops.export_result(filepath=str(tmp_path / "walk"), format="GLB") == {"FINISHED"}
     job = runtime.session().jobs[props.job_id]
     assert job.kind == "export" and job.params["motion"] == str(walk_y) and job.params["up"] == "y"
-    assert props.job_state == "done" and props.job_message.startswith("Warning: ") and "untextured" in props.job_message
+    assert props.job_state == protocol.STATE_DONE and props.job_message.startswith("Warning: ") and "untextured" in props.job_message
     doc = _glb_json(tmp_path / "walk.glb")
     assert doc["skins"] and "images" not in doc
     sampler = doc["animations"][0]["samplers"][0]
@@ -353,7 +354,7 @@ def test_export_button_runs_the_export_job_with_the_current_motion(live_addon, f
     bad.write_bytes(b"not a zip")
     with pytest.raises(RuntimeError, match="bad.npz"):
         ops.export_result(filepath=str(tmp_path / "bad.glb"), format="GLB", motion=str(bad))
-    assert props.job_state == "failed" and "bad.npz" in props.job_message
+    assert props.job_state == protocol.FAILED and "bad.npz" in props.job_message
     assert not (tmp_path / "bad.glb").exists()
     # a folder that does not exist: refused before anything is submitted
     jobs_before = len(runtime.session().jobs)
