@@ -152,3 +152,33 @@ def test_family_results_from_before_loose_and_flare_redrape_as_they_were(default
     assert np.array_equal(outfit["code"], new)
     points, _, _ = redraped_points(outfit, default_body)
     assert np.allclose(points.numpy(), out.points[0].numpy(), atol=1e-5)
+
+
+def test_appearance_fitted_before_loose_and_flare_still_renders(default_body, tmp_path):
+    """An appearance result whose config records the 7-logit tshirt+trousers code of before
+    `loose` / `flare` renders on its outfit (which loads in today's 9-logit layout); an
+    appearance of another code is still refused, naming the outfit file."""
+    from pointwear.appearance.model import AppearanceConfig, AppearanceModel
+    from pointwear.appearance.neural_render import render_sequence
+    from pointwear.garment.families import upgrade_code
+    from test_appearance_fit import write_walk_and_camera
+    drape = ParametricDrape(default_body, "tshirt+trousers")
+    old = np.array([0.3, -0.2, 0.5, 0.1, 0.4, -0.3, 0.2], np.float32)
+    out = drape(torch.as_tensor(upgrade_code("tshirt+trousers", old))[None], torch.zeros(10))
+    P = out.points.shape[1]
+    np.savez(tmp_path / "outfit.npz", points=out.points[0].numpy(), weights=out.weights[0].numpy(), code=old,
+             drape=np.array("parametric:tshirt+trousers"), betas=np.zeros(10, np.float32))
+    config = AppearanceConfig(num_points=P, widths=(8, 16), size=(64, 64), crop=(32, 32),
+                              drape="parametric:tshirt+trousers", code=[float(c) for c in old])
+    AppearanceModel(config, seed=0).save(tmp_path / "appearance.pt")
+    motion, camera = write_walk_and_camera(tmp_path, frames=2)
+    summary = render_sequence(tmp_path, tmp_path / "frames", motion, camera, up="y")
+    assert summary["frames"] == 2 and (tmp_path / "frames" / "000001.png").is_file()
+    other = tmp_path / "other"
+    other.mkdir()
+    config.code = [float(c) + 0.5 for c in old]
+    AppearanceModel(config, seed=0).save(other / "appearance.pt")
+    with pytest.raises(InputError, match="code differs") as err:
+        render_sequence(other, tmp_path / "frames2", motion, camera, outfit_dir=tmp_path, up="y")
+    assert "outfit.npz" in str(err.value)
+

@@ -21,7 +21,7 @@ import torch
 from ..body import load_body
 from ..data.motion import pelvis_fix, read_motion
 from ..device import pick_device
-from ..drape.redrape import load_outfit, redraped_points
+from ..drape.redrape import current_code, load_outfit, redraped_points
 from ..errors import InputError
 from ..fileio import atomic_path
 from ..render.rasterizer import outward_wound
@@ -43,8 +43,10 @@ def check_outfit_for_appearance(model: AppearanceModel, outfit: dict, file: Path
         raise InputError(f"the outfit's drape is {drape!r} but the appearance was fitted on {model.config.drape!r}",
                          file=file, field="drape", hint="pass the outfit result the appearance was fitted on")
     code = np.asarray(outfit["code"], np.float64).reshape(-1)
-    if model.config.code and (len(code) != len(model.config.code)
-                              or np.abs(code - np.asarray(model.config.code)).max() > 1e-5):
+    # Both in today's layout: an appearance fitted before a garment family grew a parameter
+    # recorded the code without it (the outfit's loader already added it).
+    fitted = np.asarray(current_code(drape, model.config.code), np.float64).reshape(-1) if model.config.code else None
+    if fitted is not None and (len(code) != len(fitted) or np.abs(code - fitted).max() > 1e-5):
         raise InputError("the outfit's code differs from the one the appearance was fitted on", file=file,
                          field="code", hint="pass the outfit result the appearance was fitted on")
 

@@ -32,10 +32,17 @@ def load_outfit(result_dir: str | Path) -> dict[str, np.ndarray]:
     for key in ("points", "weights", "code", "drape", "betas"):
         if key not in data:
             raise InputError("missing key", file=path, field=key)
-    drape = str(data["drape"])
-    if drape.startswith("parametric:"):      # a family result from before a family grew a parameter
-        data["code"] = upgrade_code(drape.partition(":")[2], data["code"])
+    data["code"] = current_code(str(data["drape"]), data["code"])
     return data
+
+
+def current_code(drape: str, code) -> np.ndarray:
+    """`code` of an outfit with this `drape` in today's layout: a family result from before a
+    family grew a parameter gets it at the low end (`families.upgrade_code`); other codes as
+    they are. (D,) float array."""
+    if drape.startswith("parametric:"):
+        return upgrade_code(drape.partition(":")[2], code)
+    return np.asarray(code)
 
 
 @torch.no_grad()
