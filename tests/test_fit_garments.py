@@ -3,6 +3,7 @@ without labels, per-garment fitting, bad labels, and results of the older four-o
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,6 +111,25 @@ def test_label_ids_without_a_name_and_unknown_names_are_refused(tmp_path_factory
         OutfitFitter(subject, tmp_path, FitOptions(**SMALL), body=default_body)
     assert err.value.field == "labels.2" and "cape" in err.value.message
 
+
+
+def test_labels_outside_the_clothing_mask_are_named_by_file_and_frame(tmp_path_factory, tmp_path, default_body):
+    """Labelled pixels outside masks/ (a label map that overlaps the background) warn, naming
+    the label file of that frame; an unnamed id refuses the fit before anything is written."""
+    import imageio.v3 as iio
+    subject = _subject(tmp_path_factory, default_body, "tshirt+skirt", 24, labels={"1": "lower", "2": "upper"})
+    path = subject.root / "labels" / "000001.png"
+    labels = iio.imread(path)
+    labels[~subject.mask(1)] = 1                   # the whole background labelled "lower"
+    iio.imwrite(path, labels)
+    with pytest.warns(UserWarning, match=r"000001\.png: \d+% of the labelled pixels lie outside"):
+        OutfitFitter(subject, tmp_path / "fit", FitOptions(**SMALL), body=default_body).make_candidates()
+    labels[~subject.mask(1)] = 7                   # an id subject.json does not name
+    iio.imwrite(path, labels)
+    with pytest.warns(UserWarning, match="outside"), pytest.raises(InputError, match=r"label ids \[7\]") as err:
+        OutfitFitter(subject, tmp_path / "fit2", FitOptions(**SMALL), body=default_body)
+    assert Path(err.value.file).name == "000001.png"
+    assert not (tmp_path / "fit2").exists() or not any((tmp_path / "fit2").iterdir())
 
 def test_results_of_the_four_fixed_outfits_still_redrape(default_body):
     """A code fitted with the legacy "tshirt-shorts" template gives the same geometry."""
