@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -47,6 +48,18 @@ def run(args: list[str], **kw) -> subprocess.CompletedProcess:
     if r.returncode != 0:
         raise SystemExit(f"failed: pointwear {' '.join(args)}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     return r
+
+
+def run_peak(args: list[str], env: dict | None = None) -> float:
+    """Run `pointwear ARGS` to its end; its peak memory (resident set, MB) from os.wait4."""
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(EXE + args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            log.seek(0)
+            raise SystemExit(f"failed: pointwear {' '.join(args)}\n{log.read()[-3000:]}")
+    return usage.ru_maxrss / 1024
 
 
 def prepare(seed: int, fresh: bool) -> tuple[Path, Path, dict]:
@@ -116,6 +129,7 @@ def _reap(fit: dict) -> None:
     _, status, usage = os.wait4(fit["proc"].pid, 0)
     fit["seconds"] = time.perf_counter() - fit["t0"]
     fit["cpu"] = usage.ru_utime + usage.ru_stime
+    fit["peak_mb"] = usage.ru_maxrss / 1024
     fit["load"] = round(os.getloadavg()[0], 1)
     fit["code"] = os.waitstatus_to_exitcode(status)
 
@@ -128,7 +142,7 @@ def finish_fit(fit: dict) -> tuple[float, float, float]:
     if fit["code"] != 0:
         raise SystemExit(f"failed: {' '.join(map(str, fit['proc'].args))}\n"
                          f"{Path(fit['log'].name).read_text()[-3000:]}")
-    return fit["seconds"], fit["cpu"], fit["load"]
+    return fit["seconds"], fit["cpu"], fit["load"], fit["peak_mb"]
 
 
 def bench_seed(seed: int, fresh: bool, extra: list[str], sides: list[str], base: Path | None,
@@ -143,7 +157,7 @@ def bench_seed(seed: int, fresh: bool, extra: list[str], sides: list[str], base:
         fits = {}
         for side in sides:
             old = json.loads((folder / f"bench{'' if side == 'new' else '_old'}.json").read_text())
-            fits[side] = (old["fit_seconds"], old.get("fit_cpu_seconds"), old.get("load_average"))
+            fits[side] = (old["fit_seconds"], old.get("fit_cpu_seconds"), old.get("load_average"), old.get("fit_peak_mb"))
     else:
         started = {side: start_fit(seed, extra, side, base) for side in sides}
         fits = {side: finish_fit(fit) for side, fit in started.items()}
@@ -158,16 +172,18 @@ def bench_seed(seed: int, fresh: bool, extra: list[str], sides: list[str], base:
                 shutil.rmtree(out, ignore_errors=True)
                 args = ["render", str(started[side]["app"]), "--motion", str(motion), "--up", "y", "--camera", str(camera),
                         "--out", str(out)]
-                run(args + (["--betas", betas] if betas else []), env=env)
-                r = json.loads((out / "render.json").read_text()) | {"load_average": round(os.getloadavg()[0], 1)}
+                peak = run_peak(args + (["--betas", betas] if betas else []), env=env)
+                r = json.loads((out / "render.json").read_text()) | {"load_average": round(os.getloadavg()[0], 1),
+                                                                      "peak_mb": peak}
                 renders[side].setdefault(name, []).append(r)
     if "new" in sides:
         strip(folder, started["new"]["app"])
     rows = []
     for side in sides:
         tag = "" if side == "new" else "_old"
-        seconds, cpu, load = fits[side]
-        row = {"seed": seed, **info, "fit_seconds": seconds, "fit_cpu_seconds": cpu, "date": time.strftime("%Y-%m-%d"),
+        seconds, cpu, load, peak = fits[side]
+        row = {"seed": seed, **info, "fit_seconds": seconds, "fit_cpu_seconds": cpu, "fit_peak_mb": peak,
+               "date": time.strftime("%Y-%m-%d"),
                "load_average": load, "side": side, "render_runs": renders[side]}
         (folder / f"bench{tag}.json").write_text(json.dumps(row, indent=1))
         rows.append(load_row(seed, tag))
@@ -286,14 +302,14 @@ def main() -> None:
              f"{opts['lr_descriptors']:g}, cosine decay, L1 + SSIM + Dice, no VGG19 file), frames 3, 7, 11, 15 held "
              "out; network precision per row (new code: bfloat16 mixed precision on CPUs that have it natively). "
              "Fit time = the whole command, wall clock, with the load average when it ended; CPU time = user + "
-             "system time of the fit's process. Metrics at 256 x 256 inside the clothing mask over grey: "
+             "system time of the fit's process; peak memory = its largest resident set. Metrics at 256 x 256 inside the clothing mask over grey: "
              "PSNR over the mask's pixels, SSIM = the SSIM map averaged over the mask's pixels (mask-weighted, "
              "`losses.masked_ssim`), IoU of the predicted mask; baseline = the baked per-point colours splatted "
              "(same splatter), no network.", "",
-             "| seed | code | precision | textures | outfit fit (held-out IoU) | points | fit time (load) | CPU time | "
+             "| seed | code | precision | textures | outfit fit (held-out IoU) | points | fit time (load) | CPU time | peak memory | "
              "epochs (steps) | held-out SSIM | held-out PSNR | held-out IoU | baseline SSIM | baseline PSNR | "
              "train SSIM / PSNR | held-out PSNR per garment | targets |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m = r["result"]["metrics"]
         h, b, t = m["heldout"], m["baseline"]["heldout"], m["train"]
@@ -304,7 +320,7 @@ def main() -> None:
         precision = r["result"]["options"].get("precision", "float32")
         lines.append(f"| {r['seed']} | {code} | {precision} | {' + '.join(r['textures'])} | {r['drape'].split(':')[-1]} "
                      f"({r['outfit_iou']:.3f}) | {r['points']} | {r['fit_seconds'] / 60:.1f} min "
-                     f"({r.get('load_average', '-')}) | {cpu} | "
+                     f"({r.get('load_average', '-')}) | {cpu} | {_mb(r.get('fit_peak_mb'))} | "
                      f"{r['result']['epochs']} ({r['result']['steps']}) | **{h['ssim']:.3f}** | "
                      f"**{h['psnr']:.2f} dB** | {h['iou']:.3f} | {b['ssim']:.3f} | {b['psnr']:.2f} dB | "
                      f"{t['ssim']:.3f} / {t['psnr']:.2f} dB | "
@@ -321,10 +337,11 @@ def main() -> None:
               "at the training pixel density, 256 x 256 RGBA): frames per second per frame, pose + visibility "
               "(body rasterised with that camera) + splat + U-Net, without file writing (target >= 25, issue 15), and with "
               "writing the PNGs; 'by CPU time': frames per CPU second of the render process over the same part "
-              "(what other jobs' load inflates least; the old revision does not record it).", "",
+              "(what other jobs' load inflates least; the old revision does not record it); peak memory: the render "
+              "process's largest resident set.", "",
               "| seed | code | body | frames/s (no file writing) | frames/s (with PNG writing) | frames/s by CPU time "
-              "| every run: frames/s (load average) | target |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| every run: frames/s (load average) | peak memory | target |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         for name, s in r["renders"].items():
             ok = "met" if s["compute_frames_per_second"] >= TARGETS["fps"] else "MISSED"
@@ -332,8 +349,12 @@ def main() -> None:
             runs = ", ".join(f"{fps:.1f} ({load})" for fps, load in s.get("all_runs", []))
             cpu_fps = f"{s['frames'] / s['compute_cpu_seconds']:.1f}" if s.get("compute_cpu_seconds") else "-"
             lines.append(f"| {r['seed']} | {code} | {name} | **{s['compute_frames_per_second']:.1f}** | "
-                         f"{s['frames_per_second']:.1f} | {cpu_fps} | {runs} | {ok} |")
+                         f"{s['frames_per_second']:.1f} | {cpu_fps} | {runs} | {_mb(s.get('peak_mb'))} | {ok} |")
     publish(SECTION, lines, write=not args.no_write)
+
+
+def _mb(value: float | None) -> str:
+    return f"{value:.0f} MB" if value else "-"
 
 
 if __name__ == "__main__":
