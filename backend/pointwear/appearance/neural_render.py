@@ -144,7 +144,12 @@ def render_sequence(app_dir: str | Path, out: str | Path, motion: str | Path, ca
     return summary
 
 
+# zlib level of the rendered frames: level 1 encodes a 256 x 256 RGBA frame in ~2.8 ms instead
+# of ~8.6 ms at PIL's default 6, for files ~25 % larger (lossless either way).
+PNG_COMPRESS_LEVEL = 1
+
+
 def _write_png(path: Path, image: np.ndarray) -> None:
     import imageio.v3 as iio
     with atomic_path(path) as tmp:
-        iio.imwrite(tmp, image, extension=".png")
+        iio.imwrite(tmp, image, extension=".png", compress_level=PNG_COMPRESS_LEVEL)
