@@ -112,11 +112,15 @@ def _const(value):
     return lambda s: torch.zeros_like(s) + value
 
 
-def _torso_piece(frame: BodyFrame, p: GarmentParams, end, phi_range=None) -> Piece:
+def _torso_piece(frame: BodyFrame, p: GarmentParams, end, phi_range=None, hang: bool = False) -> Piece:
+    """The body of a top. `hang`: below the armpits it never narrows (a jacket falls straight
+    from chest, shoulder blades and armpits instead of following the waist in)."""
     crotch = frame.crotch_s
     armpit = frame.torso_s(float(frame.joints[[J["left_shoulder"], J["right_shoulder"]], 1].mean())) + 0.05
     ease = lambda s, e=p.ease, k=p.loose: e * (1.0 + 0.4 * (s / crotch).clamp(0, 1)) + k * torch.relu(s - armpit)  # noqa: E731
     fld = frame.field(frame.torso_axis, ("torso", "neck"), (0.0, crotch + 0.15))
+    if hang:
+        fld = fld.hanging(armpit)
     return Piece("torso", frame.torso_axis, fld, p.neckline, end, GRID["torso"], ease, ("torso", "neck"),
                  phi_range=phi_range)
 
@@ -164,7 +168,7 @@ def _top(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Piece]:
 def _jacket(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Piece]:
     """A top whose front is open by `opening` radians (phi 0 faces front); closed at 0."""
     half = torch.as_tensor(p.opening, dtype=torch.float32) / 2 if not torch.is_tensor(p.opening) else p.opening / 2
-    torso = _torso_piece(frame, p, p.hem * frame.crotch_s, phi_range=(half, 2 * np.pi - half))
+    torso = _torso_piece(frame, p, p.hem * frame.crotch_s, phi_range=(half, 2 * np.pi - half), hang=True)
     return [torso] + _sleeves(frame, p, keep_sleeves)
 
 
@@ -205,7 +209,7 @@ def _skirt(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Piece
     regions = ("torso", "left_upper_leg", "right_upper_leg", "left_lower_leg", "right_lower_leg")
     fld = frame.field(frame.torso_axis, regions, (0.0, frame.floor_s)).hanging(frame.hang_s)
     return [Piece("skirt", frame.torso_axis, fld, p.waist * crotch, crotch + p.hem * (_ankle_s(frame) - crotch),
-                  GRID["hang"], _hanging_ease(p.ease, p.flare, frame.hip_s), regions, hanging=True)]
+                  GRID["hang"], _hanging_ease(p.ease, p.flare, frame.hang_s), regions, hanging=True)]
 
 
 def _dress(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Piece]:
@@ -213,7 +217,7 @@ def _dress(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Piece
     end = crotch + p.hem * (_ankle_s(frame) - crotch)
     regions = ("torso", "neck", "left_upper_leg", "right_upper_leg", "left_lower_leg", "right_lower_leg")
     fld = frame.field(frame.torso_axis, regions, (0.0, frame.floor_s)).hanging(frame.hang_s)
-    ease = _hanging_ease(p.ease, p.flare, frame.hip_s)
+    ease = _hanging_ease(p.ease, p.flare, frame.hang_s)
     return [Piece("dress", frame.torso_axis, fld, p.neckline, end, GRID["hang"], ease, regions, hanging=True)] \
         + _sleeves(frame, p, keep_sleeves)
 
@@ -229,8 +233,10 @@ def _flared_ease(ease: float, flare: float, start: float) -> Callable[[torch.Ten
     return lambda s: ease + flare * torch.relu(s - start)
 
 
-def _hanging_ease(ease: float, flare: float, hip_s: float) -> Callable[[torch.Tensor], torch.Tensor]:
-    return lambda s: ease + flare * torch.relu(s - hip_s)
+def _hanging_ease(ease: float, flare: float, start: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A skirt's ease: `ease`, widening by `flare` per metre below `start` (the pelvis, where
+    it starts to hang: simulated skirts widen from there, not from the crotch)."""
+    return lambda s: ease + flare * torch.relu(s - start)
 
 
 # -- building the mesh --------------------------------------------------------------------------
