@@ -72,13 +72,6 @@ class BodyFrame:
         widths = {b: np.ptp(pts[band][bins == b, 0]) for b in np.unique(bins)}
         return float(max(widths, key=widths.get) * 0.01)
 
-    @cached_property
-    def hang_s(self) -> float:
-        """Torso-axis s from which a skirt or dress hangs (its radius never narrows below): the
-        pelvis joint. Simulated cloth falls straight from the belly and the buttocks; hung from
-        `hip_s` (the widest x extent, at the crotch on this body) the tube dipped in under them."""
-        return min(self.torso_s(float(self.joints[J["pelvis"], 1])), self.hip_s)
-
     # -- limbs: straight axes from the root joint of the limb to its end joint --------------
     def limb_axis(self, start: str, end: str) -> tuple[Axis, float]:
         a, b = self.joints[J[start]], self.joints[J[end]]

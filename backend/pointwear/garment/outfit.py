@@ -207,17 +207,17 @@ def _ankle_s(frame: BodyFrame) -> float:
 def _skirt(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Piece]:
     crotch = frame.crotch_s
     regions = ("torso", "left_upper_leg", "right_upper_leg", "left_lower_leg", "right_lower_leg")
-    fld = frame.field(frame.torso_axis, regions, (0.0, frame.floor_s)).hanging(frame.hang_s)
+    fld = frame.field(frame.torso_axis, regions, (0.0, frame.floor_s)).hanging(frame.hip_s)
     return [Piece("skirt", frame.torso_axis, fld, p.waist * crotch, crotch + p.hem * (_ankle_s(frame) - crotch),
-                  GRID["hang"], _hanging_ease(p.ease, p.flare, frame.hang_s), regions, hanging=True)]
+                  GRID["hang"], _hanging_ease(p.ease, p.flare, frame.hip_s), regions, hanging=True)]
 
 
 def _dress(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Piece]:
     crotch = frame.crotch_s
     end = crotch + p.hem * (_ankle_s(frame) - crotch)
     regions = ("torso", "neck", "left_upper_leg", "right_upper_leg", "left_lower_leg", "right_lower_leg")
-    fld = frame.field(frame.torso_axis, regions, (0.0, frame.floor_s)).hanging(frame.hang_s)
-    ease = _hanging_ease(p.ease, p.flare, frame.hang_s)
+    fld = frame.field(frame.torso_axis, regions, (0.0, frame.floor_s)).hanging(frame.hip_s)
+    ease = _hanging_ease(p.ease, p.flare, frame.hip_s)
     return [Piece("dress", frame.torso_axis, fld, p.neckline, end, GRID["hang"], ease, regions, hanging=True)] \
         + _sleeves(frame, p, keep_sleeves)
 
@@ -234,8 +234,7 @@ def _flared_ease(ease: float, flare: float, start: float) -> Callable[[torch.Ten
 
 
 def _hanging_ease(ease: float, flare: float, start: float) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A skirt's ease: `ease`, widening by `flare` per metre below `start` (the pelvis, where
-    it starts to hang: simulated skirts widen from there, not from the crotch)."""
+    """A skirt's ease: `ease`, widening by `flare` per metre below `start` (the widest hips)."""
     return lambda s: ease + flare * torch.relu(s - start)
 
 
