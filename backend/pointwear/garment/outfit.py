@@ -112,11 +112,15 @@ def _const(value):
     return lambda s: torch.zeros_like(s) + value
 
 
-def _torso_piece(frame: BodyFrame, p: GarmentParams, end, phi_range=None) -> Piece:
+def _torso_piece(frame: BodyFrame, p: GarmentParams, end, phi_range=None, hang: bool = False) -> Piece:
+    """The body of a top. `hang`: below the armpits it never narrows (a jacket falls straight
+    from chest, shoulder blades and armpits instead of following the waist in)."""
     crotch = frame.crotch_s
     armpit = frame.torso_s(float(frame.joints[[J["left_shoulder"], J["right_shoulder"]], 1].mean())) + 0.05
     ease = lambda s, e=p.ease, k=p.loose: e * (1.0 + 0.4 * (s / crotch).clamp(0, 1)) + k * torch.relu(s - armpit)  # noqa: E731
     fld = frame.field(frame.torso_axis, ("torso", "neck"), (0.0, crotch + 0.15))
+    if hang:
+        fld = fld.hanging(armpit)
     return Piece("torso", frame.torso_axis, fld, p.neckline, end, GRID["torso"], ease, ("torso", "neck"),
                  phi_range=phi_range)
 
@@ -164,7 +168,7 @@ def _top(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Piece]:
 def _jacket(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Piece]:
     """A top whose front is open by `opening` radians (phi 0 faces front); closed at 0."""
     half = torch.as_tensor(p.opening, dtype=torch.float32) / 2 if not torch.is_tensor(p.opening) else p.opening / 2
-    torso = _torso_piece(frame, p, p.hem * frame.crotch_s, phi_range=(half, 2 * np.pi - half))
+    torso = _torso_piece(frame, p, p.hem * frame.crotch_s, phi_range=(half, 2 * np.pi - half), hang=True)
     return [torso] + _sleeves(frame, p, keep_sleeves)
 
 
@@ -229,8 +233,9 @@ def _flared_ease(ease: float, flare: float, start: float) -> Callable[[torch.Ten
     return lambda s: ease + flare * torch.relu(s - start)
 
 
-def _hanging_ease(ease: float, flare: float, hip_s: float) -> Callable[[torch.Tensor], torch.Tensor]:
-    return lambda s: ease + flare * torch.relu(s - hip_s)
+def _hanging_ease(ease: float, flare: float, start: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A skirt's ease: `ease`, widening by `flare` per metre below `start` (the widest hips)."""
+    return lambda s: ease + flare * torch.relu(s - start)
 
 
 # -- building the mesh --------------------------------------------------------------------------
@@ -360,10 +365,17 @@ def _piece_weights(frame: BodyFrame, piece: Piece, v: np.ndarray, item: int | No
     around = "wrap" if piece.phi_range is None else "nearest"
     w = gaussian_filter1d(gaussian_filter1d(w, sigma_phi, axis=1, mode=around), 1.5, axis=0, mode="nearest")
     w = _hang_from_hips(w.reshape(n_s * n_phi, -1), _item_value(piece.hang, item))
+    if piece.hanging:
+        w = _share_with_pelvis(w, HANGING_PELVIS_SHARE)
     return w / w.sum(1, keepdims=True)
 
 
 HANG_FLARE = 0.15     # a trouser leg flaring this much (m per m) or more hangs from the hip entirely
+# A skirt or dress (a hanging piece) moves neither with one leg nor rigidly with the pelvis: this
+# share of its points' leg weights (hip, knee, ankle, foot) goes to the pelvis. Measured on the
+# simulated walks of the clothsim training set (docs/fitting.md): the best one static cloth
+# shape posed by these weights reaches 1.60 -> 1.18 cm (skirt_1), 3.15 -> 2.87 cm (dress_0).
+HANGING_PELVIS_SHARE = 0.55
 _LEG_CHAINS = ((J["left_hip"], (J["left_knee"], J["left_ankle"], J["left_foot"])),
                (J["right_hip"], (J["right_knee"], J["right_ankle"], J["right_foot"])))
 
@@ -373,6 +385,16 @@ def _item_value(value: float | torch.Tensor, item: int | None) -> float | torch.
     if item is None or not torch.is_tensor(value) or value.numel() == 1:
         return value
     return value.reshape(-1)[item]
+
+
+def _share_with_pelvis(w: np.ndarray, share: float) -> np.ndarray:
+    """(n, 24) skin weights with `share` (0..1) of every leg joint's weight moved to the pelvis:
+    cloth hanging around both legs follows their mean swing, not each leg."""
+    legs = [hip for hip, _ in _LEG_CHAINS] + [j for _, below in _LEG_CHAINS for j in below]
+    w = w.copy()
+    w[:, J["pelvis"]] += share * w[:, legs].sum(1)
+    w[:, legs] *= 1.0 - share
+    return w
 
 
 def _hang_from_hips(w: np.ndarray, hang: float | torch.Tensor) -> np.ndarray:
