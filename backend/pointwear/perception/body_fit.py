@@ -137,7 +137,8 @@ class BodyFitOptions:
     nose_depth: float = 0.04          # m: MediaPipe's world nose this far behind (in front of) the
                                       # ears' midpoint says the person faces away (towards the
                                       # camera), over the face detector (which fires on the back
-                                      # of a head; tuning seeds 0-5 of bench_recon: 0.09-0.15 m)
+                                      # of a head; tuning seeds 0-5 of bench_recon: 0.07-0.15 m;
+                                      # wrong once on its evaluation seeds, docs/recon.md)
     lr_orient: float = 0.03           # Adam step (rad) of the global-orientation residual
     lr_centre: float = 0.003          # Adam step of the root's normalised image position
     lr_depth: float = 0.02            # Adam step of log root depth
