@@ -282,6 +282,8 @@ def test_world_nose_behind_the_ears_overrules_a_face_seen_on_the_back_of_the_hea
     opts = replace(QUICK, stage2_steps=40, stage3_steps=0)
     assert nose_facing(world, np.array([1.0]), opts)[0] == -1.0
     assert nose_facing(world, None, replace(opts, nose_depth=1.0))[0] == 0.0   # too close to tell
+    _, front_world = body_landmarks(default_body, _subject(default_body, 1, [0.0]), K)
+    assert nose_facing(front_world, np.array([-1.0]), opts)[0] == -1.0   # a nose in front proves no face
     res = fit_body(default_body, lm, world, _silhouettes(default_body, truth), SIZE, FOCAL,
                    temporal=False, facing=np.array([1.0]), options=opts)
     front = Rotation.from_rotvec(res.smpl.global_orient[0]).apply([0, 0, 1.0])

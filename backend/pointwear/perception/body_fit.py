@@ -134,11 +134,10 @@ class BodyFitOptions:
     w_facing: float = 20.0            # stage-1 cost of a hypothesis the face hint contradicts
     no_face_angle: float = math.radians(45)  # no face seen: turned closer than this costs
     face_angle: float = math.radians(120)    # a face seen: turned further than this costs
-    nose_depth: float = 0.04          # m: MediaPipe's world nose this far behind (in front of) the
-                                      # ears' midpoint says the person faces away (towards the
-                                      # camera), over the face detector (which fires on the back
-                                      # of a head; tuning seeds 0-5 of bench_recon: 0.07-0.15 m;
-                                      # wrong once on its evaluation seeds, docs/recon.md)
+    nose_depth: float = 0.04          # m: MediaPipe's world nose this far behind the ears'
+                                      # midpoint says the person faces away, over the face
+                                      # detector (which fires on the back of a head; bench_recon
+                                      # tuning seeds: back views 0.13-0.15 m behind, or in front)
     lr_orient: float = 0.03           # Adam step (rad) of the global-orientation residual
     lr_centre: float = 0.003          # Adam step of the root's normalised image position
     lr_depth: float = 0.02            # Adam step of log root depth
@@ -831,7 +830,7 @@ def fit_body(body: BodyModel, landmarks: np.ndarray, world: np.ndarray | None,
     focal px. `temporal`: frames are consecutive video frames (smoothness on); `times` (N,)
     seconds weakens smoothing across gaps. `facing` (N,): face_hints() (+1 a face is seen,
     -1 none, 0 unknown) settles front / back views MediaPipe labels as if facing the camera;
-    where the world nose lies clearly behind or in front of the ears, that decides (nose_facing).
+    where the world nose lies clearly behind the ears, the person faces away (nose_facing).
     Raises FitCancelled when should_stop() turns true.
     """
     opts = options or BodyFitOptions()
@@ -930,14 +929,16 @@ def _facing_cost(cos: torch.Tensor, facing: torch.Tensor, opts: BodyFitOptions) 
 def nose_facing(world: np.ndarray | None, facing: np.ndarray | None,
                 opts: BodyFitOptions) -> np.ndarray | None:
     """(N, 33, 3) MediaPipe world landmarks (z away from the camera), (N,) face hints or None ->
-    (N,) face hints where the nose's depth behind the ears' midpoint decides when it exceeds
-    `opts.nose_depth` (-1: behind, the person faces away; +1: in front), else the given hint."""
+    (N,) face hints, -1 (the person faces away) where the nose lies more than `opts.nose_depth`
+    behind the ears' midpoint, else the given hint. Only that way: the face detector fires on the
+    back of a head, but a world nose in front of the ears is no proof of a face either (MediaPipe
+    puts it there on some back views; bench_recon tuning seed 14)."""
     if world is None:
         return facing
     L = LANDMARK_INDEX
     dz = world[:, L["nose"], 2] - (world[:, L["left_ear"], 2] + world[:, L["right_ear"], 2]) / 2
     given = np.zeros(len(world)) if facing is None else np.asarray(facing, np.float64)
-    return np.where(dz > opts.nose_depth, -1.0, np.where(dz < -opts.nose_depth, 1.0, given))
+    return np.where(dz > opts.nose_depth, -1.0, given)
 
 
 def face_hints(images, landmarks: np.ndarray, min_score: float = 0.3) -> np.ndarray:
