@@ -20,7 +20,7 @@ from pointwear.errors import InputError
 from pointwear.perception.body_fit import (SWAP_LR, BodyFitOptions, FitCancelled, _ray_rotation,
                                            _yaw_matrix, body_landmarks, fit_body,
                                            procrustes_mpjpe, project_points, silhouette_mask,
-                                           surface_points)
+                                           nose_facing, surface_points)
 from pointwear.perception.types import LANDMARK_NAMES
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
@@ -271,3 +271,21 @@ def test_left_right_swap_is_an_involution():
     for i, j in enumerate(SWAP_LR):
         a, b = LANDMARK_NAMES[i], LANDMARK_NAMES[j]
         assert a == b or a.replace("left", "right") == b or a.replace("right", "left") == b
+
+
+def test_world_nose_behind_the_ears_overrules_a_face_seen_on_the_back_of_the_head(default_body):
+    """A person seen from behind (160 deg) whom the face detector wrongly reports as facing the
+    camera (it fires on the back of a head): MediaPipe's world nose lies behind the ears, and
+    that decides; the fitted front points away from the camera as the truth's does."""
+    truth = _subject(default_body, 1, [160.0])
+    lm, world = body_landmarks(default_body, truth, K)
+    opts = replace(QUICK, stage2_steps=40, stage3_steps=0)
+    assert nose_facing(world, np.array([1.0]), opts)[0] == -1.0
+    assert nose_facing(world, None, replace(opts, nose_depth=1.0))[0] == 0.0   # too close to tell
+    _, front_world = body_landmarks(default_body, _subject(default_body, 1, [0.0]), K)
+    assert nose_facing(front_world, np.array([-1.0]), opts)[0] == -1.0   # a nose in front proves no face
+    res = fit_body(default_body, lm, world, _silhouettes(default_body, truth), SIZE, FOCAL,
+                   temporal=False, facing=np.array([1.0]), options=opts)
+    front = Rotation.from_rotvec(res.smpl.global_orient[0]).apply([0, 0, 1.0])
+    truth_front = Rotation.from_rotvec(truth.global_orient[0]).apply([0, 0, 1.0])
+    assert np.degrees(np.arccos(np.clip(front @ truth_front, -1, 1))) < 20.0

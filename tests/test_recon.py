@@ -26,7 +26,7 @@ def run(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
 def test_reconstruct_the_real_photo(tmp_path):
     from pointwear.mesh.result_mesh import read_result_mesh
     out = tmp_path / "R"
-    proc = run(str(PHOTO), "--out", str(out), "--steps", "6", "--texture-size", "256")
+    proc = run(str(PHOTO), "--out", str(out), "--steps", "20", "--texture-size", "256")
     assert proc.returncode == 0, proc.stderr[-3000:]
     mesh = read_result_mesh(out)
     assert mesh.texture.shape == (256, 256, 3) and mesh.uv.min() >= 0 and mesh.uv.max() <= 1

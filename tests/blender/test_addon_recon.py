@@ -44,7 +44,7 @@ def test_reconstruct_from_image(addon, tmp_path):  # noqa: F811
     assert not pointwear_objects(bpy, "armature")
 
     # To the end (blocking in background mode): imported as a skinned garment mesh.
-    assert ops.reconstruct_image(filepath=str(PHOTO), steps=4, texture_size=128) == {"FINISHED"}
+    assert ops.reconstruct_image(filepath=str(PHOTO), steps=20, texture_size=128) == {"FINISHED"}
     job = runtime.session().jobs[props.job_id]
     assert job.kind == P.KIND_RECONSTRUCT and props.job_state == P.STATE_DONE
     folder = Path(job.folder)

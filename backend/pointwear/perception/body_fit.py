@@ -51,7 +51,7 @@ from .types import LANDMARK_INDEX, LANDMARK_NAMES, NUM_LANDMARKS, Progress
 
 __all__ = ["BodyFitOptions", "BodyFitResult", "fit_body", "face_hints", "procrustes_mpjpe",
            "project_points", "similarity_align", "silhouette_mask", "landmark_targets",
-           "surface_points", "body_landmarks", "TARGETS", "FitCancelled"]
+           "surface_points", "body_landmarks", "TARGETS", "FitCancelled", "nose_facing"]
 
 # (target, MediaPipe landmarks averaged into its observation, weight group)
 TARGETS: tuple[tuple[str, tuple[str, ...], str], ...] = (
@@ -134,6 +134,10 @@ class BodyFitOptions:
     w_facing: float = 20.0            # stage-1 cost of a hypothesis the face hint contradicts
     no_face_angle: float = math.radians(45)  # no face seen: turned closer than this costs
     face_angle: float = math.radians(120)    # a face seen: turned further than this costs
+    nose_depth: float = 0.04          # m: MediaPipe's world nose this far behind the ears'
+                                      # midpoint says the person faces away, over the face
+                                      # detector (which fires on the back of a head; bench_recon
+                                      # tuning seeds: back views 0.13-0.15 m behind, or in front)
     lr_orient: float = 0.03           # Adam step (rad) of the global-orientation residual
     lr_centre: float = 0.003          # Adam step of the root's normalised image position
     lr_depth: float = 0.02            # Adam step of log root depth
@@ -825,11 +829,13 @@ def fit_body(body: BodyModel, landmarks: np.ndarray, world: np.ndarray | None,
     MediaPipe world landmarks or None; person_masks N (H, W) bool or None; image_size (H, W);
     focal px. `temporal`: frames are consecutive video frames (smoothness on); `times` (N,)
     seconds weakens smoothing across gaps. `facing` (N,): face_hints() (+1 a face is seen,
-    -1 none, 0 unknown) settles front / back views MediaPipe labels as if facing the camera.
+    -1 none, 0 unknown) settles front / back views MediaPipe labels as if facing the camera;
+    where the world nose lies clearly behind the ears, the person faces away (nose_facing).
     Raises FitCancelled when should_stop() turns true.
     """
     opts = options or BodyFitOptions()
     lm, wl = _check_inputs(landmarks, world, person_masks, image_size, focal)
+    facing = nose_facing(wl, facing, opts)
     image_size = (int(image_size[0]), int(image_size[1]))
     device = torch.device(device) if device is not None else body.device
     dtype = body.smpl.v_template.dtype
@@ -918,6 +924,21 @@ def _facing_cost(cos: torch.Tensor, facing: torch.Tensor, opts: BodyFitOptions) 
     face = F.relu(-cos - (-lim_yes)) / (1 + lim_yes)
     f = facing[:, None]
     return opts.w_facing * (F.relu(-f) * no_face + F.relu(f) * face)
+
+
+def nose_facing(world: np.ndarray | None, facing: np.ndarray | None,
+                opts: BodyFitOptions) -> np.ndarray | None:
+    """(N, 33, 3) MediaPipe world landmarks (z away from the camera), (N,) face hints or None ->
+    (N,) face hints, -1 (the person faces away) where the nose lies more than `opts.nose_depth`
+    behind the ears' midpoint, else the given hint. Only that way: the face detector fires on the
+    back of a head, but a world nose in front of the ears is no proof of a face either (MediaPipe
+    puts it there on some back views; bench_recon tuning seed 14)."""
+    if world is None:
+        return facing
+    L = LANDMARK_INDEX
+    dz = world[:, L["nose"], 2] - (world[:, L["left_ear"], 2] + world[:, L["right_ear"], 2]) / 2
+    given = np.zeros(len(world)) if facing is None else np.asarray(facing, np.float64)
+    return np.where(dz > opts.nose_depth, -1.0, given)
 
 
 def face_hints(images, landmarks: np.ndarray, min_score: float = 0.3) -> np.ndarray:

@@ -12,9 +12,9 @@ class ReconOptions:
     # -- template: the body surface under the clothing mask ----------------------------------
     render_height: int = 320          # px: the person's box is rendered this tall while refining
     mask_dilate_px: int = 2           # body vertices projecting this close to the mask are garment
-    start_offset: float = 0.04        # m: the template starts this far outside the body (a constant
+    start_offset: float = 0.06        # m: the template starts this far outside the body (a constant
                                       # ease: what the unseen side keeps; chosen on the tuning seeds
-                                      # 0-5: 0.008 / 0.02 / 0.03, see docs/recon.md)
+                                      # 0-5: 0.008 ... 0.07, see docs/recon.md)
     ring_bin: float = 0.03            # m: cross-section rings bin a bone's vertices this finely
     min_faces: int = 50               # fewer garment faces than this: the mask misses the body
     # -- refinement (per-vertex offsets, albedo, light) -----------------------------------------
