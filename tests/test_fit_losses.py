@@ -16,6 +16,7 @@ from pointwear.fit.losses import (
 )
 from pointwear.fit.metrics import chamfer_2d_pixels, chamfer_3d, mask_iou, splat_mask
 from pointwear.fit.visibility import PAPER_THRESHOLD, body_depth, visible_points
+from pointwear.render.rasterizer import project
 
 SQRT2 = math.sqrt(2.0)
 EXACT_RADIUS = 4.5   # mask -> points is exact when every mask pixel has a point this close
@@ -383,6 +384,17 @@ def test_visibility_depth_test_against_sphere():
     # Off the body and outside the image: visible. Behind the camera: not.
     extra = torch.tensor([[[-0.5, -0.3, 2.5], [5.0, 0.0, 2.0], [0.0, 0.0, -1.0]]])
     assert visible_points(extra, depth, K).tolist() == [[True, True, False]]
+    # Items reading their frame's depth in place (frame_index, no (B,H,W) copy), with their
+    # projection given or not: item 0 in front of an empty frame (all seen), item 1 the sphere.
+    frames = torch.cat([depth, torch.full_like(depth, math.inf)])
+    items = torch.cat([pts, pts])
+    Ks = K.expand(2, 3, 3)
+    uv, _ = project(items, Ks)
+    for given_uv in (None, uv):
+        vis2 = visible_points(items, frames, Ks, frame_index=torch.tensor([1, 0]), uv=given_uv)
+        assert vis2.tolist() == [[True] * len(zs), expected.tolist()]
+    with pytest.raises(ValueError, match="frame_index"):
+        visible_points(items, frames, Ks, frame_index=torch.tensor([1, 0, 0]))
     assert PAPER_THRESHOLD == pytest.approx(0.025)
 
 

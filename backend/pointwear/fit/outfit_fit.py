@@ -104,7 +104,8 @@ class OutfitFitter:
                                       frames.transl[fi])
         uv, _ = project(posed, frames.K[fi])
         with torch.no_grad():
-            vis = visible_points(posed, frames.depth[fi], frames.K[fi], threshold=self.options.visibility_threshold)
+            vis = visible_points(posed, frames.depth, frames.K[fi], threshold=self.options.visibility_threshold,
+                                 frame_index=fi, uv=uv)
         per_pair = torch.zeros(c * f, dtype=uv.dtype, device=uv.device)
         presence = None if out.presence is None else out.presence.repeat_interleave(f, 0)
         for key, valid in self._garment_visibility(drape, uv, vis, frames, fi, targets):
