@@ -47,7 +47,7 @@ from scipy import ndimage
 from torch import Tensor
 
 __all__ = [
-    "PAPER_SCALE", "MaskTarget", "MaskTargets", "chamfer_2d", "chamfer_2d_bruteforce",
+    "PAPER_SCALE", "MaskTarget", "MaskTargets", "chamfer_2d", "chamfer_2d_bruteforce", "mask_losses",
     "soft_coverage_loss",
 ]
 
@@ -262,10 +262,21 @@ class MaskTargets:
 # ----------------------------------------------------------------------------- input checks
 
 
-def _prepare(uv: Tensor, valid: Tensor, target: MaskTargets, frame_index: Tensor
-             ) -> tuple[Tensor, Tensor, Tensor, list[int]]:
+@dataclass
+class _Prepared:
+    """A loss call's checked inputs, shared by the Chamfer and the coverage of one step."""
+    uv: Tensor          # (B,N,2) non-finite coordinates replaced by 0
+    w: Tensor           # (B,N) float weights, 0 where uv was not finite
+    fi: Tensor          # (B,) long frame of each item, on the device
+    fi_l: list[int]     # the same on the host
+    sel: Tensor         # (K,) rows of uv.reshape(-1, 2) with weight > 0, item-major
+    pb: Tensor          # (K,) their items
+
+
+def _prepare(uv: Tensor, valid: Tensor, target: MaskTargets, frame_index: Tensor) -> _Prepared:
     """Shapes checked; weights float (0 for non-finite uv, which is replaced by 0); the frame
-    indices on the device and as a host list (one round-trip, none when given on the host)."""
+    indices on the device and as a host list (one round-trip, none when given on the host);
+    the present points (one round-trip)."""
     if uv.dim() != 3 or uv.shape[-1] != 2:
         raise ValueError(f"uv must be (B,N,2), got {tuple(uv.shape)}")
     B, N, _ = uv.shape
@@ -280,10 +291,14 @@ def _prepare(uv: Tensor, valid: Tensor, target: MaskTargets, frame_index: Tensor
     fi = torch.as_tensor(frame_index, device=uv.device).long().reshape(-1)
     if target.device != uv.device:
         raise ValueError(f"target is on {target.device} but uv on {uv.device}; use target.to()")
-    finite = torch.isfinite(uv).all(-1)
+    x, y = uv.unbind(-1)
+    finite = torch.isfinite(x) & torch.isfinite(y)          # not .all(-1): slow over an axis of 2
     w = valid.to(device=uv.device, dtype=uv.dtype) * finite
-    uv = torch.where(finite.unsqueeze(-1), uv, torch.zeros_like(uv))
-    return uv, w, fi, fi_l
+    # A point with a non-finite coordinate has weight 0; its finite coordinate, kept, enters no
+    # loss term (no mask pixel is assigned to it), so zeroing the non-finite ones is enough.
+    uv = uv.nan_to_num(0.0, 0.0, 0.0)
+    sel = (w.reshape(-1) > 0).nonzero().squeeze(1)          # present points (one round-trip)
+    return _Prepared(uv, w, fi, fi_l, sel, torch.div(sel, N, rounding_mode="floor"))
 
 
 def _reduce(x: Tensor, reduction: str) -> Tensor:
@@ -591,13 +606,26 @@ def chamfer_2d(uv: Tensor, valid: Tensor, target: MaskTargets, frame_index: Tens
     points_to_mask 0 and mask_to_points = squared image diagonal (no gradient); an empty frame
     (allow_empty) contributes 0. reduction: "mean" | "sum" over the batch, or "none" -> (B,).
     """
-    uv, w, fi, fi_l = _prepare(uv, valid, target, frame_index)
-    B, N, _ = uv.shape
+    prep = _prepare(uv, valid, target, frame_index)
+    return {k: _reduce(v, reduction) for k, v in _chamfer(prep, target, scale, both).items()}
+
+
+def mask_losses(uv: Tensor, valid: Tensor, target: MaskTargets, frame_index: Tensor, *,
+                scale: float = PAPER_SCALE, resolution: int = 128) -> tuple[dict[str, Tensor], Tensor]:
+    """`chamfer_2d` (reduction "none") and `soft_coverage_loss` (reduction "none", default
+    radius) of the same points in one call: the inputs are checked and the present points
+    found once (one host round-trip fewer than the two calls)."""
+    prep = _prepare(uv, valid, target, frame_index)
+    return _chamfer(prep, target, scale, True), _coverage(prep, target, resolution, None)
+
+
+def _chamfer(prep: _Prepared, target: MaskTargets, scale: float, both: bool) -> dict[str, Tensor]:
+    """`chamfer_2d`'s (B,) values of prepared inputs."""
+    uv, w, fi, fi_l, sel, pb = prep.uv, prep.w, prep.fi, prep.fi_l, prep.sel, prep.pb
+    B = uv.shape[0]
     inv = 1.0 / (scale * scale)
     count = target.counts[fi]
     has_mask = (count > 0).to(uv.dtype)
-    sel = (w.reshape(-1) > 0).nonzero().squeeze(1)   # valid points, item-major (one round-trip)
-    pb = torch.div(sel, N, rounding_mode="floor")
     X = uv.reshape(-1, 2).index_select(0, sel)
     ws = w.reshape(-1).index_select(0, sel)
     wsum = w.sum(1)
@@ -615,7 +643,7 @@ def chamfer_2d(uv: Tensor, valid: Tensor, target: MaskTargets, frame_index: Tens
         out["total"] = out["points_to_mask"] + out["mask_to_points"]
     else:
         out["total"] = out["points_to_mask"]
-    return {k: _reduce(v, reduction) for k, v in out.items()}
+    return out
 
 
 def chamfer_2d_bruteforce(uv: Tensor, valid: Tensor, target: MaskTargets, frame_index: Tensor, *,
@@ -629,7 +657,8 @@ def chamfer_2d_bruteforce(uv: Tensor, valid: Tensor, target: MaskTargets, frame_
     In float32, cdist's matmul path may pick a neighbour whose squared distance is within ~1e-3
     px^2 of the true nearest; use float64 inputs for an exact reference.
     """
-    uv, w, fi, fi_l = _prepare(uv, valid, target, frame_index)
+    prep = _prepare(uv, valid, target, frame_index)
+    uv, w, fi_l = prep.uv, prep.w, prep.fi_l
     B = uv.shape[0]
     H, W = target.image_size
     inv = 1.0 / (scale * scale)
@@ -705,8 +734,13 @@ def soft_coverage_loss(uv: Tensor, valid: Tensor, target: MaskTargets, frame_ind
     which makes a uniformly covered mask read ~0.95 inside. Differentiable w.r.t. uv (and the
     weights). Returns (B,) for reduction "none".
     """
-    uv, w, fi, _ = _prepare(uv, valid, target, frame_index)
-    B, N, _ = uv.shape
+    return _reduce(_coverage(_prepare(uv, valid, target, frame_index), target, resolution, radius_px), reduction)
+
+
+def _coverage(prep: _Prepared, target: MaskTargets, resolution: int, radius_px: float | Tensor | None) -> Tensor:
+    """`soft_coverage_loss`'s (B,) values of prepared inputs."""
+    uv, w, fi, sel, pb = prep.uv, prep.w, prep.fi, prep.sel, prep.pb
+    B = uv.shape[0]
     H, W = target.image_size
     f = resolution / max(H, W)
     h, wl = max(1, round(H * f)), max(1, round(W * f))
@@ -719,8 +753,6 @@ def soft_coverage_loss(uv: Tensor, valid: Tensor, target: MaskTargets, frame_ind
         radius = torch.as_tensor(radius_px, dtype=uv.dtype, device=uv.device).expand(B)
     sigma = (radius / math.sqrt(kx * ky)).clamp(min=0.5)                 # low-res px
     r = int(min(4, math.ceil(3 * float(sigma.max())))) if B else 1    # stencil: 2r x 2r taps
-    sel = (w.reshape(-1) > 0).nonzero().squeeze(1)                  # splat the valid points only
-    pb = torch.div(sel, N, rounding_mode="floor")
     X = uv.reshape(-1, 2).index_select(0, sel)
     x = (X[:, 0] + 0.5) / kx - 0.5                                   # low-res pixel coordinates
     y = (X[:, 1] + 0.5) / ky - 0.5
@@ -731,17 +763,23 @@ def soft_coverage_loss(uv: Tensor, valid: Tensor, target: MaskTargets, frame_ind
     hp, wp = h + 2 * pad, wl + 2 * pad
     x0 = x.detach().floor().clamp(-2 * r, wl - 1 + 2 * r).long() - r + 1   # first tap column
     y0 = y.detach().floor().clamp(-2 * r, h - 1 + 2 * r).long() - r + 1
-    a = torch.arange(2 * r, device=uv.device)
-    inv2s2 = (0.5 / sigma.square()).index_select(0, pb).unsqueeze(1)
-    gx = torch.exp(-((x0.unsqueeze(1) + a) - x.unsqueeze(1)).square() * inv2s2)      # (K,2r)
-    gy = torch.exp(-((y0.unsqueeze(1) + a) - y.unsqueeze(1)).square() * inv2s2)
-    gy = gy * w.reshape(-1).index_select(0, sel).unsqueeze(1)
-    g = (gy.unsqueeze(2) * gx.unsqueeze(1)).reshape(-1)                            # (K*4r^2,)
-    start = pb * (hp * wp) + (y0 + pad) * wp + (x0 + pad)
-    idx = (start.unsqueeze(1) + (a.view(-1, 1) * wp + a).view(-1)).reshape(-1)
+    # Taps on the leading axes, points along the last (contiguous): broadcasting and the
+    # backward's sums then run along whole rows, several times faster on a CPU than (K, 2r) rows.
+    a = torch.arange(2 * r, device=uv.device, dtype=uv.dtype).unsqueeze(1)      # (2r,1)
+    inv2s2 = (0.5 / sigma.square()).index_select(0, pb)                          # (K,)
+    gx = torch.exp(-((x0.to(uv.dtype) + a) - x).square() * inv2s2)               # (2r,K)
+    gy = torch.exp(-((y0.to(uv.dtype) + a) - y).square() * inv2s2)
+    gy = gy * w.reshape(-1).index_select(0, sel)
+    g = (gy.unsqueeze(1) * gx.unsqueeze(0)).reshape(-1)                          # (2r*2r*K,) rows y, x
+    start = pb * (hp * wp) + (y0 + pad) * wp + (x0 + pad)                        # (K,)
+    idx = torch.empty(2 * r, 2 * r, start.shape[0], dtype=start.dtype, device=start.device)
+    for ty in range(2 * r):          # one add per tap: a broadcast add of int64 (2r,2r,1) + (K,) is slow
+        for tx in range(2 * r):
+            torch.add(start, ty * wp + tx, out=idx[ty, tx])
+    idx = idx.view(-1)
     dens = torch.zeros(B * hp * wp, dtype=uv.dtype, device=uv.device).index_add_(0, idx, g)
     dens = dens.view(B, hp, wp)[:, pad:pad + h, pad:pad + wl]
     cov = 1.0 - torch.exp(-dens)
     inter = (cov * tgt).sum((1, 2))
     union = (cov + tgt - cov * tgt).sum((1, 2))
-    return _reduce(1.0 - inter / union.clamp(min=1e-12), reduction)
+    return 1.0 - inter / union.clamp(min=1e-12)

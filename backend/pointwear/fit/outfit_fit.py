@@ -25,7 +25,7 @@ from ..link import protocol as P
 from ..link.protocol import CHECKPOINT_PT
 from ..render.rasterizer import project
 from .frames import FrameSet, load_frames
-from .losses import chamfer_2d, soft_coverage_loss
+from .losses import mask_losses
 from .outputs import _overlay, write_outputs
 from .selection import (UNION, CandidateSpec, assign_labels, join_winners, label_groups, labelled_candidates,
                         unlabelled_candidates)
@@ -112,9 +112,8 @@ class OutfitFitter:
             if presence is not None:   # points of a fading piece (a sleeve stub) weigh less
                 valid = valid.to(uv.dtype) * presence
             target = frames.target(key)
-            cham = chamfer_2d(uv, valid, target, fi_host, reduction="none")["total"]
-            cov = soft_coverage_loss(uv, valid, target, fi_host, reduction="none")
-            per_pair = per_pair + cham + self.options.coverage_weight * cov
+            cham, cov = mask_losses(uv, valid, target, fi_host)
+            per_pair = per_pair + cham["total"] + self.options.coverage_weight * cov
         return per_pair.reshape(c, f).mean(1)
 
     def _garment_visibility(self, drape: DrapeModel, uv: torch.Tensor, vis: torch.Tensor, frames: FrameSet,
