@@ -35,7 +35,6 @@ coverage's stencil size.
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -334,12 +333,21 @@ def _points_to_mask_sq(X: Tensor, frame: Tensor, target: MaskTargets) -> Tensor:
         x = X.detach()
         u0 = x[:, 0].clamp(-p - 1.0, W + p).floor().long() + p       # padded-table coordinates
         v0 = x[:, 1].clamp(-p - 1.0, H + p).floor().long() + p
-        cdx, cdy = _corners(X.device)
-        lin = ((frame * (Hp * Wp)).unsqueeze(1) + (v0.unsqueeze(1) + cdy).clamp_(0, Hp - 1) * Wp
-               + (u0.unsqueeze(1) + cdx).clamp_(0, Wp - 1))                          # (K,4)
-        q = target.nearest.view(-1, 2).index_select(0, lin.view(-1)).view(-1, 4, 2).to(X.dtype)
-        k = _sq_norm(q - x.unsqueeze(1)).argmin(1)
-        q = q[torch.arange(q.shape[0], device=X.device), k]
+        base = frame * (Hp * Wp)
+        table = target.nearest.view(-1, 2)
+        # One corner at a time over (K,) rows (a (K,4) layout broadcasts and reduces over a
+        # tiny trailing axis: slow on a CPU); a later corner wins only if strictly closer, as
+        # argmin's first minimum.
+        for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+            lin = base + (v0 + dy).clamp_(0, Hp - 1) * Wp + (u0 + dx).clamp_(0, Wp - 1)
+            qx, qy = table.index_select(0, lin).to(X.dtype).unbind(1)
+            d = (qx - x[:, 0]).square() + (qy - x[:, 1]).square()
+            if dx == 0 and dy == 0:
+                best, bx, by = d, qx, qy
+            else:
+                closer = d < best
+                best, bx, by = torch.where(closer, d, best), torch.where(closer, qx, bx), torch.where(closer, qy, by)
+        q = torch.stack([bx, by], 1)
     return _sq_norm(X - q)
 
 
@@ -360,13 +368,6 @@ _EMPTY32 = torch.iinfo(torch.int32).max
 class _MaskToPoints:
     sq_sum: Tensor     # (B,) sum over the item's mask pixels of the squared px distance (autograd)
     px_sum: Tensor     # (B,) sum of the px distances (detached, float32 search precision)
-
-
-@functools.lru_cache(maxsize=None)
-def _corners(device: torch.device) -> tuple[Tensor, Tensor]:
-    """The 4 pixel-corner offsets (dx, dy) of the points -> mask lookup, made once per device."""
-    corners = torch.tensor([[0, 1, 0, 1], [0, 0, 1, 1]], device=device)
-    return corners[0], corners[1]
 
 
 def _item_pixels(target: MaskTargets, fi: Tensor, fi_l: list[int]) -> tuple[Tensor, Tensor]:
