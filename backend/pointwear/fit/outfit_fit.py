@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..body import BodyModel, load_body
+from ..body import BodyModel, load_body, skin_frames
 from ..data.subject import Subject, read_subject
 from ..device import DeviceError, device_error, pick_device, release_memory, scaled
 from ..drape.base import DrapeModel, DrapeOutput
@@ -96,12 +96,11 @@ class OutfitFitter:
         if offsets is not None:
             points = points + offsets
         c, f = codes.shape[0], len(ids)
-        rest = points.repeat_interleave(f, 0)
-        w = weights.repeat_interleave(f, 0) if weights.dim() == 3 else weights
         fi_host = np.tile(np.asarray(ids.tolist() if torch.is_tensor(ids) else ids, dtype=np.int64), c)
         fi = torch.as_tensor(fi_host, device=self.device)
-        posed = self.body.pose_points(rest, w, self.betas, frames.global_orient[fi], frames.body_pose[fi],
-                                      frames.transl[fi])
+        # the frames' joint transforms are fixed per fit (FrameSet); each code's points and
+        # weights are skinned into the step's frames without repeating them per frame
+        posed = skin_frames(points.expand(c, -1, -1), weights, frames.transforms[fi[:f]], frames.transl[fi[:f]])
         uv, _ = project(posed, frames.K[fi])
         with torch.no_grad():
             vis = visible_points(posed, frames.depth, frames.K[fi], threshold=self.options.visibility_threshold,
