@@ -425,7 +425,6 @@ def _mask_to_points(X: Tensor, w: Tensor, sel: Tensor, target: MaskTargets, fi: 
     B, N, _ = X.shape
     R = _SPLAT_R
     diag2 = float(H * H + W * W)
-    present = (w > 0).reshape(-1)                                              # (B*N,)
     P = X.detach().float().reshape(-1, 2)                                      # (B*N,2)
     has_points = (w > 0).any(1)                                                # (B,)
     Ps = P.index_select(0, sel)                                                # (K,2)
@@ -476,7 +475,7 @@ def _mask_to_points(X: Tensor, w: Tensor, sel: Tensor, target: MaskTargets, fi: 
                                (H + 2 * border, W + 2 * border), border)
         rest = far.index_select(0, (~torch.isfinite(d.index_select(0, far))).nonzero().squeeze(1))  # round-trip
         if rest.numel():
-            d, j = _far_pixels(P.view(B, N, 2), present.view(B, N), pf, item, rest, d, j)
+            d, j = _far_pixels(Ps, local, item_of, B, pf, item, rest, d, j)
 
     # Per point sums of its pixels (exact integers in float64), then the differentiable
     # quadratic in float64. Pixels without a point add into a spare row B * N.
@@ -560,30 +559,33 @@ def _coarse_nearest(P: Tensor, Ps: Tensor, local: Tensor, item_of: Tensor, pr: T
 
 
 @torch.no_grad()
-def _far_pixels(P: Tensor, present: Tensor, pf: Tensor, item: Tensor, far: Tensor, d: Tensor,
-                j: Tensor, max_chunk: int = 1 << 22) -> tuple[Tensor, Tensor]:
-    """Mask pixels farther than R - 0.5 px from every point of their item: their exact nearest
-    present point by a device cdist against that item's points (chunked to ``max_chunk``
-    distances). P (B,N,2), present (B,N), far (Q,) rows of pf / item / d / j, item-major.
-    Returns d, j with the far rows replaced. One host round-trip (the split over the items)."""
-    B, N, _ = P.shape
-    far_item = item.index_select(0, far)
-    bounds = torch.searchsorted(far_item, torch.arange(B + 1, device=P.device)).tolist()   # round-trip 2
+def _far_pixels(Ps: Tensor, local: Tensor, item_of: Tensor, B: int, pf: Tensor, item: Tensor, far: Tensor,
+                d: Tensor, j: Tensor, max_chunk: int = 1 << 22) -> tuple[Tensor, Tensor]:
+    """Mask pixels farther than R - 0.5 px from every point of their item: their nearest
+    present point, exact up to float32 rounding of near ties, by one matmul per chunk against
+    the item's present points only (argmin |p|^2 - 2 q . p, coordinates centred on the points;
+    at most ``max_chunk`` scores at once). Ps (K,2) the present points, item-major, local /
+    item_of (K,) their ids in / their items; far (Q,) rows of pf / item / d / j, item-major.
+    Returns d, j with the far rows replaced. One host round-trip (the splits over the items)."""
+    steps = torch.arange(B + 1, device=Ps.device)
+    bounds = torch.cat([torch.searchsorted(item.index_select(0, far), steps),
+                        torch.searchsorted(item_of, steps)]).tolist()                       # round-trip 3
     d, j = d.clone(), j.clone()
-    rows = max(1, max_chunk // N)
     for b in range(B):
-        lo, hi = bounds[b], bounds[b + 1]
-        if lo == hi:
+        lo, hi, p0, p1 = bounds[b], bounds[b + 1], bounds[B + 1 + b], bounds[B + 2 + b]
+        if lo == hi or p0 == p1:
             continue
-        centre = P[b].mean(0)
-        pts = P[b] - centre
-        blocked = torch.where(present[b], 0.0, math.inf)
+        own, ids = Ps[p0:p1], local[p0:p1]
+        centre = own.mean(0)
+        pts = own - centre
+        sq = _sq_norm(pts).unsqueeze(0)                                        # (1,K_b)
+        rows = max(1, max_chunk // (p1 - p0))
         for s in range(lo, hi, rows):
             idx = far[s:min(hi, s + rows)]
             q = pf.index_select(0, idx).float()
-            nn = (torch.cdist(q - centre, pts) + blocked).argmin(1)
-            d.index_copy_(0, idx, _sq_norm(P[b].index_select(0, nn) - q))
-            j.index_copy_(0, idx, nn)
+            k = torch.addmm(sq, q - centre, pts.T, alpha=-2.0).argmin(1)
+            d.index_copy_(0, idx, _sq_norm(own.index_select(0, k) - q))
+            j.index_copy_(0, idx, ids.index_select(0, k))
     return d, j
 
 
