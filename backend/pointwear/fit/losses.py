@@ -22,7 +22,7 @@ item and step on our CPU. Here ~10 ms per item on one core (see docs/benchmarks.
   within R - 0.5 px. A
   mask pixel whose nearest point lies within R - 0.5 = 4.5 px is thereby answered exactly. The
   rest (far from every point; typically a few hundred pixels per item) get their exact nearest
-  point from a device `cdist` against their item's points, chunked. Within 0.5 % of brute force
+  point from a device search of their item's present points (matmul + argmin, chunked). Within 0.5 % of brute force
   in total on dense and sparse clouds over 512 x 512 masks (tests, benchmark).
   The pixels assigned to point j enter the loss as c_j |uv_j|^2 - 2 uv_j . S_j + Q_j (count,
   sum and sum of squares of their coordinates, exact integers), which is the per-pixel sum of
@@ -53,7 +53,7 @@ __all__ = [
 PAPER_SCALE = 25.6          # the paper divides pixel coordinates by 512 / 20
 _SPLAT_R = 5               # mask -> points is exact when the nearest point is <= R - 0.5 px away
 _COARSE = 4                 # far pixels: candidates from a splat on 4 x 4 px cells ...
-_COARSE_R = 3               # ... reaching this many cells; pixels beyond: exact device cdist
+_COARSE_R = 3               # ... reaching this many cells; pixels beyond: exact device search
 NEAREST_PAD = 64            # the mask's nearest-pixel table extends this far beyond the image
 _IMAGE_PAD = 64             # per-item search images reach at most this far outside the frame
 
