@@ -40,6 +40,21 @@ def write_section(title: str, body: str, path: Path = DOC) -> None:
     tmp.replace(path)
 
 
+def add_subsection(title: str, subtitle: str, body: str, path: Path = DOC) -> None:
+    """Put a "### subtitle" run into section `title`, keeping the section's lead text and its
+    other "### " subsections (earlier runs): the new run comes first after the lead, a run with
+    the same subtitle is replaced. Makes the section if it is missing."""
+    text = path.read_text() if path.exists() else ""
+    pattern = re.compile(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", re.S | re.M)
+    found = pattern.search(text)
+    old = found.group(1) if found else ""
+    parts = re.split(r"^(?=### )", old, flags=re.M)
+    lead, runs = parts[0].strip(), [p.strip() for p in parts[1:]]
+    runs = [r for r in runs if r.splitlines()[0] != f"### {subtitle}"]
+    blocks = ([lead] if lead else []) + [f"### {subtitle}\n\n{body.strip()}"] + runs
+    write_section(title, "\n\n".join(blocks), path)
+
+
 def publish(title: str, lines: list[str], write: bool = True) -> None:
     """Print a benchmark's section and (unless told not to) store it in docs/benchmarks.md."""
     body = "\n".join(lines)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pointwear.body import JOINT_NAMES, PARENTS, region_mask
+from pointwear.body import JOINT_NAMES, PARENTS, region_mask, skin_frames
 from pointwear.body.joints import JOINT_INDEX as J
 
 
@@ -76,6 +76,35 @@ def test_pose_points_matches_forward_for_body_vertices(default_body):
     skinned = default_body.pose_points(rest, default_body.weights, betas, orient, pose, transl)
     # posedirs are zero for the default body, so skinning the shaped rest mesh is the forward.
     assert torch.allclose(skinned, out.vertices, atol=1e-5)
+
+
+@pytest.mark.parametrize("per_code_weights", [False, True])
+def test_skin_frames_is_pose_points_of_every_code_in_every_frame(default_body, per_code_weights):
+    """The fit's skinning of C point sets into F frames (code-major) equals pose_points of the
+    sets repeated per frame, in values and in the gradient to the points."""
+    g = torch.Generator().manual_seed(1)
+    C, F, P = 3, 4, 200
+    pose, orient = torch.randn(F, 69, generator=g) * 0.3, torch.randn(F, 3, generator=g)
+    transl, betas = torch.randn(F, 3, generator=g), torch.randn(1, 10, generator=g)
+    rest, _ = default_body.shaped(betas)
+    pts = (rest[:, torch.randint(0, rest.shape[1], (P,), generator=g)] + torch.randn(C, P, 3, generator=g) * 0.02)
+    w = torch.softmax(torch.randn(C if per_code_weights else 1, P, 24, generator=g) * 3, -1)
+    w = w if per_code_weights else w[0]
+    transforms = default_body.joint_transforms(betas, torch.cat([orient, pose], 1))
+    grads = []
+    for fused in (True, False):
+        x = pts.clone().requires_grad_()
+        if fused:
+            posed = skin_frames(x, w, transforms, transl)
+        else:
+            fi = torch.arange(F).repeat(C)
+            posed = default_body.pose_points(x.repeat_interleave(F, 0), w.repeat_interleave(F, 0) if w.dim() == 3 else w,
+                                             betas, orient[fi], pose[fi], transl[fi])
+        (posed * torch.linspace(-1, 1, 3)).sum().backward()
+        grads.append((posed.detach(), x.grad))
+    (a, ga), (b, gb) = grads
+    assert a.shape == (C * F, P, 3)
+    assert torch.allclose(a, b, atol=1e-5) and torch.allclose(ga, gb, atol=1e-5)
 
 
 def test_forward_is_batched_and_differentiable(default_body):

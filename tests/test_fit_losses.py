@@ -12,10 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pointwear.fit.losses import (
-    PAPER_SCALE, MaskTarget, MaskTargets, chamfer_2d, chamfer_2d_bruteforce, soft_coverage_loss,
+    PAPER_SCALE, MaskTarget, MaskTargets, chamfer_2d, chamfer_2d_bruteforce, mask_losses, soft_coverage_loss,
 )
 from pointwear.fit.metrics import chamfer_2d_pixels, chamfer_3d, mask_iou, splat_mask
 from pointwear.fit.visibility import PAPER_THRESHOLD, body_depth, visible_points
+from pointwear.render.rasterizer import project
+from pointwear.syncs import HostSyncCounter
 
 SQRT2 = math.sqrt(2.0)
 EXACT_RADIUS = 4.5   # mask -> points is exact when every mask pixel has a point this close
@@ -311,6 +313,36 @@ def test_soft_coverage_prefers_covering_cloud_and_has_gradients():
     assert abs(float(shift.detach()[0])) < 5.0
 
 
+def test_mask_losses_are_the_two_losses_with_one_round_trip_fewer():
+    """The fit's fused call gives chamfer_2d's and soft_coverage_loss's values bit for bit and
+    their gradients up to float rounding (autograd adds the two branches in another order),
+    with items on two frames, hidden points and a non-finite point, and waits once less."""
+    rng = np.random.default_rng(9)
+    masks = [blob_mask(96, 80, 40, 50, 20, 25), blob_mask(96, 80, 45, 40, 25, 20)]
+    target = MaskTargets.from_masks(masks)
+    pts = np.stack([cloud_in(masks[0], 400, rng), cloud_in(masks[1], 400, rng, jitter=3.0),
+                    cloud_in(masks[1], 400, rng) + [9.0, -4.0]])
+    pts[2, 7] = [np.inf, 3.0]
+    valid = torch.tensor(rng.random(pts.shape[:2]) < 0.7)
+    fi = np.array([0, 1, 1])
+    runs = []
+    for fused in (True, False):
+        uv = torch.tensor(pts, dtype=torch.float32, requires_grad=True)
+        with HostSyncCounter() as syncs:
+            if fused:
+                cham, cov = mask_losses(uv, valid, target, fi)
+            else:
+                cham = chamfer_2d(uv, valid, target, fi, reduction="none")
+                cov = soft_coverage_loss(uv, valid, target, fi, reduction="none")
+        (cham["total"] * torch.tensor([1.0, 2.0, 3.0]) + cov).sum().backward()
+        runs.append((cham, cov, uv.grad, syncs.total))
+    (c1, v1, g1, n1), (c2, v2, g2, n2) = runs
+    assert c1.keys() == c2.keys() and all(torch.equal(c1[k], c2[k]) for k in c1)
+    assert torch.equal(v1, v2) and torch.allclose(g1, g2, rtol=1e-5, atol=1e-10)
+    assert torch.isfinite(g1).all() and g1[2, 7].abs().sum() == 0
+    assert n1 == n2 - 1
+
+
 def test_soft_coverage_matches_dense_gaussian_reference():
     """The stencil splat equals a dense sum of the same (stencil-truncated) Gaussians, also for
     points outside the image, and is within 0.5 % of the untruncated sum."""
@@ -383,6 +415,17 @@ def test_visibility_depth_test_against_sphere():
     # Off the body and outside the image: visible. Behind the camera: not.
     extra = torch.tensor([[[-0.5, -0.3, 2.5], [5.0, 0.0, 2.0], [0.0, 0.0, -1.0]]])
     assert visible_points(extra, depth, K).tolist() == [[True, True, False]]
+    # Items reading their frame's depth in place (frame_index, no (B,H,W) copy), with their
+    # projection given or not: item 0 in front of an empty frame (all seen), item 1 the sphere.
+    frames = torch.cat([depth, torch.full_like(depth, math.inf)])
+    items = torch.cat([pts, pts])
+    Ks = K.expand(2, 3, 3)
+    uv, _ = project(items, Ks)
+    for given_uv in (None, uv):
+        vis2 = visible_points(items, frames, Ks, frame_index=torch.tensor([1, 0]), uv=given_uv)
+        assert vis2.tolist() == [[True] * len(zs), expected.tolist()]
+    with pytest.raises(ValueError, match="frame_index"):
+        visible_points(items, frames, Ks, frame_index=torch.tensor([1, 0, 0]))
     assert PAPER_THRESHOLD == pytest.approx(0.025)
 
 

@@ -23,6 +23,7 @@ class FrameSet:
     targets: MaskTargets
     masks: list                     # bool (H, W) numpy masks
     label_targets: dict = None      # label id -> MaskTargets of that garment label (fits with labels)
+    transforms: torch.Tensor = None  # (F, 24, 4, 4) the body's rest-to-posed joint transforms (fixed per fit)
 
     def target(self, key: int) -> MaskTargets:
         """The clothing mask (key < 0) or one garment label's masks."""
@@ -43,8 +44,11 @@ def load_frames(subject: Subject, body: BodyModel, ids: list[int], device: torch
     with torch.no_grad():
         verts = body(torch.as_tensor(smpl.betas, device=device), go, bp, tr).vertices
         depth = body_depth(verts, body.faces_t, K, subject.image_size)
+        transforms = body.joint_transforms(body.betas_tensor(torch.as_tensor(smpl.betas, device=device)),
+                                           torch.cat([go, bp], 1))
     label_targets = {}
     if labels:
         maps = [subject.labels(i) for i in ids]
         label_targets = {k: MaskTargets.from_masks([m == k for m in maps], device, allow_empty=True) for k in labels}
-    return FrameSet(list(ids), go, bp, tr, K, depth, MaskTargets.from_masks(masks, device), masks, label_targets)
+    return FrameSet(list(ids), go, bp, tr, K, depth, MaskTargets.from_masks(masks, device), masks, label_targets,
+                    transforms)

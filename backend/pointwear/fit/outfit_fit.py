@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..body import BodyModel, load_body
+from ..body import BodyModel, load_body, skin_frames
 from ..data.subject import Subject, read_subject
 from ..device import DeviceError, device_error, pick_device, release_memory, scaled
 from ..drape.base import DrapeModel, DrapeOutput
@@ -25,7 +25,7 @@ from ..link import protocol as P
 from ..link.protocol import CHECKPOINT_PT
 from ..render.rasterizer import project
 from .frames import FrameSet, load_frames
-from .losses import chamfer_2d, soft_coverage_loss
+from .losses import mask_losses
 from .outputs import _overlay, write_outputs
 from .selection import (UNION, CandidateSpec, assign_labels, join_winners, label_groups, labelled_candidates,
                         unlabelled_candidates)
@@ -96,24 +96,23 @@ class OutfitFitter:
         if offsets is not None:
             points = points + offsets
         c, f = codes.shape[0], len(ids)
-        rest = points.repeat_interleave(f, 0)
-        w = weights.repeat_interleave(f, 0) if weights.dim() == 3 else weights
         fi_host = np.tile(np.asarray(ids.tolist() if torch.is_tensor(ids) else ids, dtype=np.int64), c)
         fi = torch.as_tensor(fi_host, device=self.device)
-        posed = self.body.pose_points(rest, w, self.betas, frames.global_orient[fi], frames.body_pose[fi],
-                                      frames.transl[fi])
+        # the frames' joint transforms are fixed per fit (FrameSet); each code's points and
+        # weights are skinned into the step's frames without repeating them per frame
+        posed = skin_frames(points.expand(c, -1, -1), weights, frames.transforms[fi[:f]], frames.transl[fi[:f]])
         uv, _ = project(posed, frames.K[fi])
         with torch.no_grad():
-            vis = visible_points(posed, frames.depth[fi], frames.K[fi], threshold=self.options.visibility_threshold)
+            vis = visible_points(posed, frames.depth, frames.K[fi], threshold=self.options.visibility_threshold,
+                                 frame_index=fi, uv=uv)
         per_pair = torch.zeros(c * f, dtype=uv.dtype, device=uv.device)
         presence = None if out.presence is None else out.presence.repeat_interleave(f, 0)
         for key, valid in self._garment_visibility(drape, uv, vis, frames, fi, targets):
             if presence is not None:   # points of a fading piece (a sleeve stub) weigh less
                 valid = valid.to(uv.dtype) * presence
             target = frames.target(key)
-            cham = chamfer_2d(uv, valid, target, fi_host, reduction="none")["total"]
-            cov = soft_coverage_loss(uv, valid, target, fi_host, reduction="none")
-            per_pair = per_pair + cham + self.options.coverage_weight * cov
+            cham, cov = mask_losses(uv, valid, target, fi_host)
+            per_pair = per_pair + cham["total"] + self.options.coverage_weight * cov
         return per_pair.reshape(c, f).mean(1)
 
     def _garment_visibility(self, drape: DrapeModel, uv: torch.Tensor, vis: torch.Tensor, frames: FrameSet,

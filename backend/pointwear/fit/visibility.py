@@ -44,38 +44,51 @@ def body_depth(body_vertices: Tensor, faces: Tensor, K: Tensor,
     return depth_map(body_vertices, faces, K, (H, W), cull_backfaces=cull_backfaces)
 
 
-def _depth_gap(points: Tensor, depth: Tensor, K: Tensor) -> tuple[Tensor, Tensor]:
-    """(z - body depth at the point's pixel (-inf off body / outside the image), z)."""
+def _depth_gap(points: Tensor, depth: Tensor, K: Tensor, frame_index: Tensor | None = None,
+               uv: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(z - body depth at the point's pixel (-inf off body / outside the image), z).
+
+    depth (B,H,W), or (F,H,W) with frame_index (B,) naming each item's frame (read in place:
+    no (B,H,W) copy). uv (B,N,2): the points' projection, when the caller has it (only points
+    at z > 0 use it)."""
     if points.dim() != 3 or points.shape[-1] != 3:
         raise ValueError(f"points must be (B,N,3), got {tuple(points.shape)}")
-    if depth.dim() != 3 or depth.shape[0] != points.shape[0]:
-        raise ValueError(f"depth must be (B,H,W) with B = {points.shape[0]}, got "
-                         f"{tuple(depth.shape)}")
-    B, H, W = depth.shape
+    B = points.shape[0]
+    frames = torch.arange(B, device=points.device) if frame_index is None else frame_index.reshape(-1)
+    if depth.dim() != 3 or (frame_index is None and depth.shape[0] != B):
+        raise ValueError(f"depth must be (B,H,W) with B = {B}, got {tuple(depth.shape)}")
+    if frames.shape[0] != B:
+        raise ValueError(f"frame_index must be (B,) = ({B},), got {tuple(frame_index.shape)}")
+    _, H, W = depth.shape
     pts = points.detach()
     z = pts[..., 2]
     in_front = z > 0
-    safe = torch.where(in_front.unsqueeze(-1), pts, torch.ones_like(pts))  # no inf/nan on z <= 0
-    uv, _ = project(safe, K.to(pts.device))
+    if uv is None:
+        safe = torch.where(in_front.unsqueeze(-1), pts, torch.ones_like(pts))  # no inf/nan on z <= 0
+        uv, _ = project(safe, K.to(pts.device))
+    uv = uv.detach()
     u = torch.round(uv[..., 0].nan_to_num(-1.0).clamp(-1.0, W))
     v = torch.round(uv[..., 1].nan_to_num(-1.0).clamp(-1.0, H))
     inside = in_front & (u >= 0) & (u <= W - 1) & (v >= 0) & (v <= H - 1)
-    lin = (torch.arange(B, device=pts.device).unsqueeze(1) * (H * W)
+    lin = (frames.to(pts.device).long().unsqueeze(1) * (H * W)
            + v.long().clamp(0, H - 1) * W + u.long().clamp(0, W - 1))
-    d = depth.to(pts.dtype).reshape(-1)[lin]
+    d = depth.reshape(-1).index_select(0, lin.reshape(-1)).view(lin.shape).to(pts.dtype)
     gap = torch.where(inside & torch.isfinite(d), z - d, torch.full_like(z, -math.inf))
     return gap, z
 
 
 def visible_points(points: Tensor, depth: Tensor, K: Tensor, *,
-                   threshold: float = PAPER_THRESHOLD) -> Tensor:
+                   threshold: float = PAPER_THRESHOLD, frame_index: Tensor | None = None,
+                   uv: Tensor | None = None) -> Tensor:
     """(B,N) bool: True unless the point lies more than `threshold` m behind the body.
 
-    points (B,N,3) camera space; depth from `body_depth`; K (B,3,3) or (3,3). A point that
+    points (B,N,3) camera space; depth from `body_depth`, (B,H,W), or (F,H,W) with
+    frame_index (B,) the frame of each item; K (B,3,3) or (3,3); uv (B,N,2) the points'
+    projection with K if already made (`project`). A point that
     projects off the body or outside the image is visible (nothing of the body hides it; the
     Chamfer deals with off-image points); a point at z <= 0 (behind the camera) is not.
     """
-    gap, z = _depth_gap(points, depth, K)
+    gap, z = _depth_gap(points, depth, K, frame_index, uv)
     return (gap <= threshold) & (z > 0)
 
 
