@@ -45,6 +45,7 @@ from ..fileio import atomic_path
 from ..link.protocol import CHECKPOINT_PT, POSED_NPZ
 from ..fit.state import FitCancelled, split_frames
 from .frames import AppearanceFrames, load_appearance_frames, read_outfit_result, training_size
+from .align import FrameAlignment
 from .losses import VGGPerceptual, dice_loss, ssim_loss
 from .model import APPEARANCE_VISIBILITY, AppearanceConfig, AppearanceModel
 from .outputs import side_by_side, write_outputs, write_png
@@ -98,6 +99,9 @@ class AppearanceOptions:
     device: str = "auto"
     threads: int = 1                   # CPU threads for torch (0: torch's default)
     precision: str = "auto"            # the U-Net's convolutions: auto (bfloat16 on CPUs that have it), float32, bfloat16
+    align_grid: int = 6                # per-training-frame 2D offset field: (grid x grid) nodes over the image; 0: off
+    lr_align: float = 0.05             # Adam learning rate of the offset nodes (px per step)
+    align_weight: float = 1e-3         # L2 penalty on the offset nodes (per px^2)
 
 
 def _round_up(x: float, m: int = 16) -> int:
@@ -151,12 +155,21 @@ class AppearanceFitter:
         self.rng = torch.Generator().manual_seed(options.seed)
         self._pending: list[dict] = []     # loss terms of the steps since the last read-back
         self.model = AppearanceModel(self.config, seed=options.seed).to(self.device)
-        self.optimizer = torch.optim.Adam([
-            {"params": self.model.net.parameters(), "lr": options.lr_net, "base_lr": options.lr_net},
-            {"params": self.model.descriptors.parameters(), "lr": options.lr_descriptors,
-             "base_lr": options.lr_descriptors}], betas=(0.9, 0.999))
+        if options.align_grid < 0 or options.align_grid == 1:
+            raise InputError(f"align_grid must be 0 (off) or >= 2, got {options.align_grid}", field="align_grid")
+        self.align = (FrameAlignment(len(self.train), options.align_grid).to(self.device)
+                      if options.align_grid else None)
+        self.optimizer = self._make_optimizer()
         self.vgg = VGGPerceptual(options.vgg).to(self.device) if options.vgg else None
         self.ckpt_path = self.out / CHECKPOINT_PT
+
+    def _make_optimizer(self) -> torch.optim.Adam:
+        """Adam over the network, the descriptors and (when on) the training frames' alignment."""
+        o = self.options
+        groups = [(self.model.net.parameters(), o.lr_net), (self.model.descriptors.parameters(), o.lr_descriptors)]
+        if self.align is not None:
+            groups.append((self.align.parameters(), o.lr_align))
+        return torch.optim.Adam([{"params": p, "lr": lr, "base_lr": lr} for p, lr in groups], betas=(0.9, 0.999))
 
     # -- checks ---------------------------------------------------------------------------------
     def _check_masks(self) -> None:
@@ -249,8 +262,12 @@ class AppearanceFitter:
     def batch_loss(self, frames: AppearanceFrames, idx: Tensor, augment: bool = True) -> tuple[Tensor, dict]:
         A = self._affines(frames, idx, augment and self.options.augment)    # idx on the host
         idx = idx.to(self.device)
+        points = frames.points[idx]
+        aligned = self.align is not None and frames is self.train
+        if aligned:     # training frames only: each moves its points by its own smooth offset field
+            points = self.align(idx, points, frames.K[idx], frames.size)
         K = A @ frames.K[idx]
-        rgb, mask = self.model(frames.points[idx], frames.visible[idx], K, self.crop, self.net_dtype)
+        rgb, mask = self.model(points, frames.visible[idx], K, self.crop, self.net_dtype)
         with torch.no_grad():
             image, target_mask = self._targets(frames, idx, A)
             if augment:
@@ -266,6 +283,9 @@ class AppearanceFitter:
         if self.vgg is not None:
             terms["vgg"] = self.vgg(pred, target)
             total = total + o.vgg_weight * terms["vgg"]
+        if aligned:
+            terms["align"] = self.align.penalty(idx)
+            total = total + o.align_weight * terms["align"]
         return total, {k: v.detach() for k, v in terms.items()}    # read at the epoch's end: no wait per step
 
     # -- training -------------------------------------------------------------------------------
@@ -356,7 +376,8 @@ class AppearanceFitter:
                    "pos": state.pos, "order": state.order, "elapsed": state.elapsed, "history": state.history,
                    "losses": state.losses, "rng": self.rng.get_state(),
                    "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.options).items()},
-                   "train_ids": self.train_ids, "outfit_fingerprint": self.fingerprint}
+                   "train_ids": self.train_ids, "outfit_fingerprint": self.fingerprint,
+                   "align": None if self.align is None else self.align.nodes.detach().cpu()}
         with atomic_path(self.ckpt_path) as tmp:
             torch.save(payload, tmp)
 
@@ -397,12 +418,11 @@ class AppearanceFitter:
         self.crop = tuple(saved.config.crop)
         self.config = saved.config
         self.model = saved.to(self.device)
-        self.optimizer = torch.optim.Adam([
-            {"params": self.model.net.parameters(), "lr": self.options.lr_net, "base_lr": self.options.lr_net},
-            {"params": self.model.descriptors.parameters(), "lr": self.options.lr_descriptors,
-             "base_lr": self.options.lr_descriptors}], betas=(0.9, 0.999))
+        self._load_alignment(ckpt.get("align"), path)
+        self.optimizer = self._make_optimizer()
+        bases = [group["base_lr"] for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        for group, base in zip(self.optimizer.param_groups, (self.options.lr_net, self.options.lr_descriptors)):
+        for group, base in zip(self.optimizer.param_groups, bases):
             group["base_lr"] = base
         self.rng.set_state(ckpt["rng"])
         state = TrainState(epoch=int(ckpt["epoch"]), step=int(ckpt["step"]), pos=int(ckpt["pos"]),
@@ -410,6 +430,19 @@ class AppearanceFitter:
                            losses=list(ckpt.get("losses") or []))
         state.resumed_from = {"epoch": state.epoch, "step": state.step, "pos": state.pos}
         return state
+
+    def _load_alignment(self, nodes: Tensor | None, path: Path) -> None:
+        """The checkpoint's alignment nodes into this fit's; InputError naming the file when the
+        checkpoint was made with the alignment on and this fit has it off, or another grid."""
+        want = None if self.align is None else tuple(self.align.nodes.shape)
+        have = None if nodes is None else tuple(nodes.shape)
+        if want != have:
+            raise InputError(f"the checkpoint's frame alignment is {have or 'off'}, this fit's {want or 'off'} "
+                             "(frames, 2, grid, grid)", file=path, field="align",
+                             hint="use the same align_grid, or delete the checkpoint to start over")
+        if nodes is not None:
+            with torch.no_grad():
+                self.align.nodes.copy_(nodes.to(self.align.nodes))
 
     def _other_outfit(self, ckpt: dict, saved: AppearanceConfig) -> str:
         """How the checkpoint's outfit differs from this fit's ("" when it is the same): by the

@@ -174,6 +174,7 @@ def write_outputs(fitter: FitterView, state: TrainState, seconds: float) -> dict
         "stopped_by_budget": bool(o.minutes is not None and state.epoch < o.epochs),
         "resumed_from": state.resumed_from, "train_frames": fitter.train_ids, "heldout_frames": fitter.held_ids,
         "vgg": o.vgg is not None,
+        "alignment": _alignment_summary(fitter.align),
         "metrics": {"train": _means(train_rows), "heldout": _means(held_rows),
                     "baseline": {"train": _means(train_rows, "baseline_"), "heldout": _means(held_rows, "baseline_")}},
         "metrics_note": ("inside the clothing mask at the training size, over mid grey: PSNR (dB, images in "
@@ -188,6 +189,16 @@ def write_outputs(fitter: FitterView, state: TrainState, seconds: float) -> dict
     with atomic_path(out / RESULT_JSON) as tmp:
         tmp.write_text(json.dumps(result, indent=1))
     return result
+
+
+def _alignment_summary(align) -> dict:
+    """The training frames' offset fields (align.FrameAlignment or None): grid, RMS and largest
+    node offset in pixels at the training size."""
+    if align is None:
+        return {"grid": 0}
+    nodes = align.nodes.detach()
+    length = nodes.square().sum(1).sqrt()                  # (F, g, g) px
+    return {"grid": int(nodes.shape[-1]), "rms_px": _r(length.square().mean().sqrt()), "max_px": _r(length.max())}
 
 
 def _tile(pairs: list[np.ndarray], per_row: int = 4) -> np.ndarray:

@@ -29,6 +29,7 @@ class FitterView(Protocol):
     outfit: dict
     subject: Any                       # data.subject.Subject
     model: Any                         # model.AppearanceModel
+    align: Any                         # align.FrameAlignment of the training frames, or None
     train: Any                         # frames.AppearanceFrames
     held: Any
     train_ids: list[int]
