@@ -3,11 +3,14 @@ frame's interpolated pixel offset, the offsets are learnable through the real sp
 misregistration is recovered), and a fit keeps its alignment in the checkpoint."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
 from pointwear.appearance.align import FrameAlignment
+from pointwear.appearance.losses import dice_loss
 from pointwear.appearance.fit import AppearanceFitter, AppearanceOptions
 from pointwear.data.subject import read_subject
 from pointwear.errors import InputError
@@ -92,18 +95,41 @@ def test_fit_learns_offsets_and_keeps_them_in_its_checkpoint(tiny, tmp_path, def
     subject_dir, outfit = tiny
     subject = read_subject(subject_dir)
     app = tmp_path / "app"
-    fitter = AppearanceFitter(subject, outfit, app, AppearanceOptions(epochs=3, align_grid=4), body=default_body)
+    fitter = AppearanceFitter(subject, outfit, app, AppearanceOptions(epochs=12, align_grid=4), body=default_body)
     result = fitter.run()
+    assert set(result["metrics"]["heldout_mask_aligned"]) == {"psnr", "ssim", "iou"}
     nodes = fitter.align.nodes.detach().clone()
     assert nodes.shape == (len(result["train_frames"]), 2, 4, 4) and nodes.abs().max() > 0
     assert result["alignment"]["grid"] == 4 and result["alignment"]["max_px"] > 0
     assert all("align" in h for h in result["history"])
-    again = AppearanceFitter(subject, outfit, app, AppearanceOptions(epochs=3, align_grid=4), body=default_body)
+    again = AppearanceFitter(subject, outfit, app, AppearanceOptions(epochs=12, align_grid=4), body=default_body)
     again.load_checkpoint()
     torch.testing.assert_close(again.align.nodes, nodes)
     with pytest.raises(InputError) as err:
-        AppearanceFitter(subject, outfit, app, AppearanceOptions(epochs=3, align_grid=0), body=default_body).run()
+        AppearanceFitter(subject, outfit, app, AppearanceOptions(epochs=12, align_grid=0), body=default_body).run()
     assert err.value.field == "align" and "checkpoint.pt" in str(err.value)
     with pytest.raises(InputError) as err:
         AppearanceFitter(subject, outfit, tmp_path / "x", AppearanceOptions(align_grid=1), body=default_body)
     assert err.value.field == "align_grid"
+    _held_frames_are_aligned_to_their_masks_only(fitter)
+
+
+def _held_frames_are_aligned_to_their_masks_only(fitter: AppearanceFitter) -> None:
+    """Held-out points displaced 2 px to the right: the mask-only alignment moves them back left
+    and the rendered mask fits the clothing mask better; the frame's RGB plays no part (noise there changes
+    nothing)."""
+    held = fitter.held
+    push = FrameAlignment(len(held), 2)
+    with torch.no_grad():
+        push.nodes[:, 0] = 2.0
+        idx = torch.arange(len(held))
+        displaced = replace(held, points=push(idx, held.points, held.K, held.size))
+    def miss(f) -> float:        # soft Dice loss of the rendered mask against the clothing mask
+        return float(dice_loss(fitter.model.render(f.points, f.visible, f.K, f.size)[1], f.masks))
+
+    aligned = fitter.mask_aligned(displaced)
+    moved = fitter.mask_alignment.offsets(idx, project(displaced.points, displaced.K)[0], held.size)
+    assert moved[..., 0].mean() < -0.5, moved[..., 0].mean()
+    assert miss(aligned) < miss(displaced), (miss(aligned), miss(displaced))
+    noisy = replace(displaced, images=torch.rand_like(displaced.images) * 2 - 1)
+    torch.testing.assert_close(fitter.mask_aligned(noisy).points, aligned.points)

@@ -102,6 +102,8 @@ class AppearanceOptions:
     align_grid: int = 6                # per-training-frame 2D offset field: (grid x grid) nodes over the image; 0: off
     lr_align: float = 0.05             # Adam learning rate of the offset nodes (px per step)
     align_weight: float = 1e-3         # L2 penalty on the offset nodes (per px^2)
+    mask_align_steps: int = 40         # held-out frames: offset fields fitted to their clothing masks only (0: off)
+    lr_mask_align: float = 0.05        # Adam learning rate of those offsets (px per step)
 
 
 def _round_up(x: float, m: int = 16) -> int:
@@ -287,6 +289,40 @@ class AppearanceFitter:
             terms["align"] = self.align.penalty(idx)
             total = total + o.align_weight * terms["align"]
         return total, {k: v.detach() for k, v in terms.items()}    # read at the epoch's end: no wait per step
+
+    def mask_aligned(self, frames: AppearanceFrames) -> AppearanceFrames:
+        """The frames with their points moved by offset fields fitted to each frame's clothing mask
+        alone (Dice of the predicted mask in the centred window + the L2 penalty; the network and
+        descriptors frozen, in eval mode; never the frame's RGB): what a subject frame's own
+        silhouette tells about the fitted geometry's misregistration there. (F, P, 3) points."""
+        o = self.options
+        if not o.mask_align_steps or not o.align_grid:
+            return frames
+        align = FrameAlignment(len(frames), o.align_grid).to(self.device)
+        opt = torch.optim.Adam(align.parameters(), lr=o.lr_mask_align)
+        idx = torch.arange(len(frames))
+        A = self._affines(frames, idx, False)
+        idx = idx.to(self.device)
+        _, target_mask = self._targets(frames, idx, A)
+        K = A @ frames.K
+        was = self.model.training
+        self.model.eval()
+        self.model.requires_grad_(False)
+        try:
+            for _ in range(o.mask_align_steps):
+                points = align(idx, frames.points, frames.K, frames.size)
+                _, mask = self.model(points, frames.visible, K, self.crop, self.net_dtype)
+                loss = dice_loss(mask, target_mask) + o.align_weight * align.penalty(idx)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        finally:
+            self.model.requires_grad_(True)
+            self.model.train(was)
+        with torch.no_grad():
+            points = align(idx, frames.points, frames.K, frames.size)
+        self.mask_alignment = align
+        return replace(frames, points=points)
 
     # -- training -------------------------------------------------------------------------------
     @property

@@ -37,4 +37,5 @@ class FitterView(Protocol):
     crop: Any
     progress: Callable[[str, int, int], None]
     should_stop: Callable[[], bool]
+    mask_aligned: Callable[[Any], Any]  # frames -> the frames with points aligned to their masks
 
