@@ -84,6 +84,9 @@ def test_known_misregistration_is_recovered_through_the_splat():
     assert err < 0.25, align.nodes.detach()[0]
 
 
+ON = dict(epochs=12, align_grid=4, mask_align_steps=40, mask_align_grid=3)   # both alignments on (off by default)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, default_body):
     root = tmp_path_factory.mktemp("align")
@@ -95,22 +98,25 @@ def test_fit_learns_offsets_and_keeps_them_in_its_checkpoint(tiny, tmp_path, def
     subject_dir, outfit = tiny
     subject = read_subject(subject_dir)
     app = tmp_path / "app"
-    fitter = AppearanceFitter(subject, outfit, app, AppearanceOptions(epochs=12, align_grid=4), body=default_body)
+    fitter = AppearanceFitter(subject, outfit, app, AppearanceOptions(**ON), body=default_body)
     result = fitter.run()
     assert set(result["metrics"]["heldout_mask_aligned"]) == {"psnr", "ssim", "iou"}
     nodes = fitter.align.nodes.detach().clone()
     assert nodes.shape == (len(result["train_frames"]), 2, 4, 4) and nodes.abs().max() > 0
     assert result["alignment"]["grid"] == 4 and result["alignment"]["max_px"] > 0
     assert all("align" in h for h in result["history"])
-    again = AppearanceFitter(subject, outfit, app, AppearanceOptions(epochs=12, align_grid=4), body=default_body)
+    again = AppearanceFitter(subject, outfit, app, AppearanceOptions(**ON), body=default_body)
     again.load_checkpoint()
     torch.testing.assert_close(again.align.nodes, nodes)
     with pytest.raises(InputError) as err:
-        AppearanceFitter(subject, outfit, app, AppearanceOptions(epochs=12, align_grid=0), body=default_body).run()
+        AppearanceFitter(subject, outfit, app, AppearanceOptions(**(ON | {"align_grid": 0})), body=default_body).run()
     assert err.value.field == "align" and "checkpoint.pt" in str(err.value)
     with pytest.raises(InputError) as err:
         AppearanceFitter(subject, outfit, tmp_path / "x", AppearanceOptions(align_grid=1), body=default_body)
     assert err.value.field == "align_grid"
+    with pytest.raises(InputError) as err:
+        AppearanceFitter(subject, outfit, tmp_path / "x", AppearanceOptions(mask_align_grid=-2), body=default_body)
+    assert err.value.field == "mask_align_grid"
     _held_frames_are_aligned_to_their_masks_only(fitter)
 
 

@@ -99,10 +99,11 @@ class AppearanceOptions:
     device: str = "auto"
     threads: int = 1                   # CPU threads for torch (0: torch's default)
     precision: str = "auto"            # the U-Net's convolutions: auto (bfloat16 on CPUs that have it), float32, bfloat16
-    align_grid: int = 6                # per-training-frame 2D offset field: (grid x grid) nodes over the image; 0: off
+    align_grid: int = 0                # per-training-frame 2D offset field: (grid x grid) nodes over the image; 0: off
     lr_align: float = 0.05             # Adam learning rate of the offset nodes (px per step)
     align_weight: float = 1e-3         # L2 penalty on the offset nodes (per px^2)
-    mask_align_steps: int = 40         # held-out frames: offset fields fitted to their clothing masks only (0: off)
+    mask_align_steps: int = 0          # held-out frames also scored with offset fields fitted to their masks only (0: off)
+    mask_align_grid: int = 2           # their grid (nodes per side over the image)
     lr_mask_align: float = 0.05        # Adam learning rate of those offsets (px per step)
 
 
@@ -157,8 +158,9 @@ class AppearanceFitter:
         self.rng = torch.Generator().manual_seed(options.seed)
         self._pending: list[dict] = []     # loss terms of the steps since the last read-back
         self.model = AppearanceModel(self.config, seed=options.seed).to(self.device)
-        if options.align_grid < 0 or options.align_grid == 1:
-            raise InputError(f"align_grid must be 0 (off) or >= 2, got {options.align_grid}", field="align_grid")
+        for name in ("align_grid", "mask_align_grid"):
+            if getattr(options, name) < 0 or getattr(options, name) == 1:
+                raise InputError(f"{name} must be 0 (off) or >= 2, got {getattr(options, name)}", field=name)
         self.align = (FrameAlignment(len(self.train), options.align_grid).to(self.device)
                       if options.align_grid else None)
         self.optimizer = self._make_optimizer()
@@ -296,9 +298,9 @@ class AppearanceFitter:
         descriptors frozen, in eval mode; never the frame's RGB): what a subject frame's own
         silhouette tells about the fitted geometry's misregistration there. (F, P, 3) points."""
         o = self.options
-        if not o.mask_align_steps or not o.align_grid:
+        if not o.mask_align_steps or not o.mask_align_grid:
             return frames
-        align = FrameAlignment(len(frames), o.align_grid).to(self.device)
+        align = FrameAlignment(len(frames), o.mask_align_grid).to(self.device)
         opt = torch.optim.Adam(align.parameters(), lr=o.lr_mask_align)
         idx = torch.arange(len(frames))
         A = self._affines(frames, idx, False)

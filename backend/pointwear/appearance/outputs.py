@@ -148,7 +148,7 @@ def write_outputs(fitter: FitterView, state: TrainState, seconds: float) -> dict
     check_cancel()
     held_rows, held_renders = evaluate(model, held, colors, keep=True) if held is not None else ([], [])
     aligned_rows = []
-    if held is not None and fitter.options.mask_align_steps and fitter.options.align_grid:
+    if held is not None and fitter.options.mask_align_steps and fitter.options.mask_align_grid:
         check_cancel()
         aligned_rows, _ = evaluate(model, fitter.mask_aligned(held))
     fitter.progress("evaluate", 2, 2)
