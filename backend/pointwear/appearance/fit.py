@@ -9,7 +9,10 @@ Per step, a batch of training frames, each as a random window around its clothin
 - target: the frame where its clothing mask is on, a random colour elsewhere, resampled by the
   same affine; the prediction is the network's RGB composited over that colour by its mask;
 - loss: L1 + (1 - SSIM) on the composites, Dice on the mask (the paper's -log form), plus the
-  VGG19 perceptual loss when a local VGG19 weights file is given.
+  VGG19 perceptual loss when a local VGG19 weights file is given;
+- optional (`align_grid`, off by default): each training frame's points moved by its own smooth
+  2D offset field (align.py), learned jointly with an L2 penalty; held-out frames can also be
+  scored after aligning their points to their clothing masks alone (`mask_align_steps`).
 
 Every fourth frame is held out by default (`--frames` picks the training frames). A checkpoint is
 written after every epoch (and when cancelled); running the same command again continues from
