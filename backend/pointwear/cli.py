@@ -138,7 +138,9 @@ def cmd_fit_outfit(args: argparse.Namespace) -> int:
 def cmd_fit_appearance(args: argparse.Namespace) -> int:
     from .appearance.fit import AppearanceOptions, fit_appearance
     options = AppearanceOptions(epochs=args.epochs, size=args.size, frames=args.frames, minutes=args.minutes,
-                                vgg=args.vgg, seed=args.seed, device=args.device, precision=args.precision)
+                                vgg=args.vgg, seed=args.seed, device=args.device, precision=args.precision,
+                                **{k: getattr(args, k) for k in ("align_grid", "mask_align_steps")
+                                   if getattr(args, k) is not None})
     if (Path(args.out) / CHECKPOINT_PT).exists():
         print(f"resuming from {Path(args.out) / 'checkpoint.pt'}")
     progress = _TqdmProgress()
@@ -435,6 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="the U-Net's convolutions (auto: bfloat16 mixed precision on CPUs that have it natively)")
+    p.add_argument("--align-grid", type=int, default=None,
+                   help="per-training-frame 2D offset field of GRID x GRID nodes aligning the points to the frame "
+                        "(0: off; default: AppearanceOptions.align_grid)")
+    p.add_argument("--mask-align-steps", type=int, default=None,
+                   help="held-out frames are also scored after aligning their points to their clothing masks "
+                        "with this many steps (0: off; default: AppearanceOptions.mask_align_steps)")
     p.set_defaults(func=cmd_fit_appearance)
 
     p = sub.add_parser("render", help="render a fitted appearance on a motion, body shape and camera "

@@ -9,7 +9,10 @@ Per step, a batch of training frames, each as a random window around its clothin
 - target: the frame where its clothing mask is on, a random colour elsewhere, resampled by the
   same affine; the prediction is the network's RGB composited over that colour by its mask;
 - loss: L1 + (1 - SSIM) on the composites, Dice on the mask (the paper's -log form), plus the
-  VGG19 perceptual loss when a local VGG19 weights file is given.
+  VGG19 perceptual loss when a local VGG19 weights file is given;
+- optional (`align_grid`, off by default): each training frame's points moved by its own smooth
+  2D offset field (align.py), learned jointly with an L2 penalty; held-out frames can also be
+  scored after aligning their points to their clothing masks alone (`mask_align_steps`).
 
 Every fourth frame is held out by default (`--frames` picks the training frames). A checkpoint is
 written after every epoch (and when cancelled); running the same command again continues from
@@ -45,6 +48,7 @@ from ..fileio import atomic_path
 from ..link.protocol import CHECKPOINT_PT, POSED_NPZ
 from ..fit.state import FitCancelled, split_frames
 from .frames import AppearanceFrames, load_appearance_frames, read_outfit_result, training_size
+from .align import FrameAlignment
 from .losses import VGGPerceptual, dice_loss, ssim_loss
 from .model import APPEARANCE_VISIBILITY, AppearanceConfig, AppearanceModel
 from .outputs import side_by_side, write_outputs, write_png
@@ -98,6 +102,12 @@ class AppearanceOptions:
     device: str = "auto"
     threads: int = 1                   # CPU threads for torch (0: torch's default)
     precision: str = "auto"            # the U-Net's convolutions: auto (bfloat16 on CPUs that have it), float32, bfloat16
+    align_grid: int = 0                # per-training-frame 2D offset field: (grid x grid) nodes over the image; 0: off
+    lr_align: float = 0.05             # Adam learning rate of the offset nodes (px per step)
+    align_weight: float = 1e-3         # L2 penalty on the offset nodes (per px^2)
+    mask_align_steps: int = 0          # held-out frames also scored with offset fields fitted to their masks only (0: off)
+    mask_align_grid: int = 2           # their grid (nodes per side over the image)
+    lr_mask_align: float = 0.05        # Adam learning rate of those offsets (px per step)
 
 
 def _round_up(x: float, m: int = 16) -> int:
@@ -151,12 +161,22 @@ class AppearanceFitter:
         self.rng = torch.Generator().manual_seed(options.seed)
         self._pending: list[dict] = []     # loss terms of the steps since the last read-back
         self.model = AppearanceModel(self.config, seed=options.seed).to(self.device)
-        self.optimizer = torch.optim.Adam([
-            {"params": self.model.net.parameters(), "lr": options.lr_net, "base_lr": options.lr_net},
-            {"params": self.model.descriptors.parameters(), "lr": options.lr_descriptors,
-             "base_lr": options.lr_descriptors}], betas=(0.9, 0.999))
+        for name in ("align_grid", "mask_align_grid"):
+            if getattr(options, name) < 0 or getattr(options, name) == 1:
+                raise InputError(f"{name} must be 0 (off) or >= 2, got {getattr(options, name)}", field=name)
+        self.align = (FrameAlignment(len(self.train), options.align_grid).to(self.device)
+                      if options.align_grid else None)
+        self.optimizer = self._make_optimizer()
         self.vgg = VGGPerceptual(options.vgg).to(self.device) if options.vgg else None
         self.ckpt_path = self.out / CHECKPOINT_PT
+
+    def _make_optimizer(self) -> torch.optim.Adam:
+        """Adam over the network, the descriptors and (when on) the training frames' alignment."""
+        o = self.options
+        groups = [(self.model.net.parameters(), o.lr_net), (self.model.descriptors.parameters(), o.lr_descriptors)]
+        if self.align is not None:
+            groups.append((self.align.parameters(), o.lr_align))
+        return torch.optim.Adam([{"params": p, "lr": lr, "base_lr": lr} for p, lr in groups], betas=(0.9, 0.999))
 
     # -- checks ---------------------------------------------------------------------------------
     def _check_masks(self) -> None:
@@ -249,8 +269,12 @@ class AppearanceFitter:
     def batch_loss(self, frames: AppearanceFrames, idx: Tensor, augment: bool = True) -> tuple[Tensor, dict]:
         A = self._affines(frames, idx, augment and self.options.augment)    # idx on the host
         idx = idx.to(self.device)
+        points = frames.points[idx]
+        aligned = self.align is not None and frames is self.train
+        if aligned:     # training frames only: each moves its points by its own smooth offset field
+            points = self.align(idx, points, frames.K[idx], frames.size)
         K = A @ frames.K[idx]
-        rgb, mask = self.model(frames.points[idx], frames.visible[idx], K, self.crop, self.net_dtype)
+        rgb, mask = self.model(points, frames.visible[idx], K, self.crop, self.net_dtype)
         with torch.no_grad():
             image, target_mask = self._targets(frames, idx, A)
             if augment:
@@ -266,7 +290,44 @@ class AppearanceFitter:
         if self.vgg is not None:
             terms["vgg"] = self.vgg(pred, target)
             total = total + o.vgg_weight * terms["vgg"]
+        if aligned:
+            terms["align"] = self.align.penalty(idx)
+            total = total + o.align_weight * terms["align"]
         return total, {k: v.detach() for k, v in terms.items()}    # read at the epoch's end: no wait per step
+
+    def mask_aligned(self, frames: AppearanceFrames) -> AppearanceFrames:
+        """The frames with their points moved by offset fields fitted to each frame's clothing mask
+        alone (Dice of the predicted mask in the centred window + the L2 penalty; the network and
+        descriptors frozen, in eval mode; never the frame's RGB): what a subject frame's own
+        silhouette tells about the fitted geometry's misregistration there. (F, P, 3) points."""
+        o = self.options
+        if not o.mask_align_steps or not o.mask_align_grid:
+            return frames
+        align = FrameAlignment(len(frames), o.mask_align_grid).to(self.device)
+        opt = torch.optim.Adam(align.parameters(), lr=o.lr_mask_align)
+        idx = torch.arange(len(frames))
+        A = self._affines(frames, idx, False)
+        idx = idx.to(self.device)
+        _, target_mask = self._targets(frames, idx, A)
+        K = A @ frames.K
+        was = self.model.training
+        self.model.eval()
+        self.model.requires_grad_(False)
+        try:
+            for _ in range(o.mask_align_steps):
+                points = align(idx, frames.points, frames.K, frames.size)
+                _, mask = self.model(points, frames.visible, K, self.crop, self.net_dtype)
+                loss = dice_loss(mask, target_mask) + o.align_weight * align.penalty(idx)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        finally:
+            self.model.requires_grad_(True)
+            self.model.train(was)
+        with torch.no_grad():
+            points = align(idx, frames.points, frames.K, frames.size)
+        self.mask_alignment = align
+        return replace(frames, points=points)
 
     # -- training -------------------------------------------------------------------------------
     @property
@@ -356,7 +417,8 @@ class AppearanceFitter:
                    "pos": state.pos, "order": state.order, "elapsed": state.elapsed, "history": state.history,
                    "losses": state.losses, "rng": self.rng.get_state(),
                    "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.options).items()},
-                   "train_ids": self.train_ids, "outfit_fingerprint": self.fingerprint}
+                   "train_ids": self.train_ids, "outfit_fingerprint": self.fingerprint,
+                   "align": None if self.align is None else self.align.nodes.detach().cpu()}
         with atomic_path(self.ckpt_path) as tmp:
             torch.save(payload, tmp)
 
@@ -397,12 +459,11 @@ class AppearanceFitter:
         self.crop = tuple(saved.config.crop)
         self.config = saved.config
         self.model = saved.to(self.device)
-        self.optimizer = torch.optim.Adam([
-            {"params": self.model.net.parameters(), "lr": self.options.lr_net, "base_lr": self.options.lr_net},
-            {"params": self.model.descriptors.parameters(), "lr": self.options.lr_descriptors,
-             "base_lr": self.options.lr_descriptors}], betas=(0.9, 0.999))
+        self._load_alignment(ckpt.get("align"), path)
+        self.optimizer = self._make_optimizer()
+        bases = [group["base_lr"] for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        for group, base in zip(self.optimizer.param_groups, (self.options.lr_net, self.options.lr_descriptors)):
+        for group, base in zip(self.optimizer.param_groups, bases):
             group["base_lr"] = base
         self.rng.set_state(ckpt["rng"])
         state = TrainState(epoch=int(ckpt["epoch"]), step=int(ckpt["step"]), pos=int(ckpt["pos"]),
@@ -410,6 +471,19 @@ class AppearanceFitter:
                            losses=list(ckpt.get("losses") or []))
         state.resumed_from = {"epoch": state.epoch, "step": state.step, "pos": state.pos}
         return state
+
+    def _load_alignment(self, nodes: Tensor | None, path: Path) -> None:
+        """The checkpoint's alignment nodes into this fit's; InputError naming the file when the
+        checkpoint was made with the alignment on and this fit has it off, or another grid."""
+        want = None if self.align is None else tuple(self.align.nodes.shape)
+        have = None if nodes is None else tuple(nodes.shape)
+        if want != have:
+            raise InputError(f"the checkpoint's frame alignment is {have or 'off'}, this fit's {want or 'off'} "
+                             "(frames, 2, grid, grid)", file=path, field="align",
+                             hint="use the same align_grid, or delete the checkpoint to start over")
+        if nodes is not None:
+            with torch.no_grad():
+                self.align.nodes.copy_(nodes.to(self.align.nodes))
 
     def _other_outfit(self, ckpt: dict, saved: AppearanceConfig) -> str:
         """How the checkpoint's outfit differs from this fit's ("" when it is the same): by the

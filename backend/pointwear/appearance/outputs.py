@@ -147,6 +147,10 @@ def write_outputs(fitter: FitterView, state: TrainState, seconds: float) -> dict
     fitter.progress("evaluate", 1, 2)
     check_cancel()
     held_rows, held_renders = evaluate(model, held, colors, keep=True) if held is not None else ([], [])
+    aligned_rows = []
+    if held is not None and fitter.options.mask_align_steps and fitter.options.mask_align_grid:
+        check_cancel()
+        aligned_rows, _ = evaluate(model, fitter.mask_aligned(held))
     fitter.progress("evaluate", 2, 2)
     check_cancel()
     model.save(out / APPEARANCE_PT)
@@ -174,11 +178,15 @@ def write_outputs(fitter: FitterView, state: TrainState, seconds: float) -> dict
         "stopped_by_budget": bool(o.minutes is not None and state.epoch < o.epochs),
         "resumed_from": state.resumed_from, "train_frames": fitter.train_ids, "heldout_frames": fitter.held_ids,
         "vgg": o.vgg is not None,
+        "alignment": _alignment_summary(fitter.align),
         "metrics": {"train": _means(train_rows), "heldout": _means(held_rows),
+                    "heldout_mask_aligned": _means(aligned_rows),
                     "baseline": {"train": _means(train_rows, "baseline_"), "heldout": _means(held_rows, "baseline_")}},
         "metrics_note": ("inside the clothing mask at the training size, over mid grey: PSNR (dB, images in "
                          "[-1,1], peak-to-peak 2), SSIM mask-weighted (losses.masked_ssim), mask IoU at 0.5; "
-                         "baseline = baked per-point colours splatted, no network"),
+                         "baseline = baked per-point colours splatted, no network; heldout_mask_aligned: the "
+                         "held-out frames' points first moved by offset fields fitted to their clothing masks "
+                         "only (never their RGB)"),
         "colors_seen": {"points": int((seen > 0).sum()), "of": int(len(seen))},
         "frames": train_rows + held_rows, "history": state.history,
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(o).items()},
@@ -188,6 +196,16 @@ def write_outputs(fitter: FitterView, state: TrainState, seconds: float) -> dict
     with atomic_path(out / RESULT_JSON) as tmp:
         tmp.write_text(json.dumps(result, indent=1))
     return result
+
+
+def _alignment_summary(align) -> dict:
+    """The training frames' offset fields (align.FrameAlignment or None): grid, RMS and largest
+    node offset in pixels at the training size."""
+    if align is None:
+        return {"grid": 0}
+    nodes = align.nodes.detach()
+    length = nodes.square().sum(1).sqrt()                  # (F, g, g) px
+    return {"grid": int(nodes.shape[-1]), "rms_px": _r(length.square().mean().sqrt()), "max_px": _r(length.max())}
 
 
 def _tile(pairs: list[np.ndarray], per_row: int = 4) -> np.ndarray:

@@ -29,6 +29,7 @@ class FitterView(Protocol):
     outfit: dict
     subject: Any                       # data.subject.Subject
     model: Any                         # model.AppearanceModel
+    align: Any                         # align.FrameAlignment of the training frames, or None
     train: Any                         # frames.AppearanceFrames
     held: Any
     train_ids: list[int]
@@ -36,4 +37,5 @@ class FitterView(Protocol):
     crop: Any
     progress: Callable[[str, int, int], None]
     should_stop: Callable[[], bool]
+    mask_aligned: Callable[[Any], Any]  # frames -> the frames with points aligned to their masks
 
