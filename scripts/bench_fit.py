@@ -31,7 +31,7 @@ SECTION = "Outfit fitting speed"
 TARGET_SECONDS = 20.0          # 8 frames, 4 frames a step, on 2 CPU cores (issue 15)
 SYNC_BUDGET = 10
 STEP_RUNS = 20                 # coarse steps timed per fit for the per-step CPU time
-QUIET_LOAD = 1.0               # 1-min load average up to which the 2-core machine counts as quiet
+QUIET_LOAD = 1.3               # 1-min load average up to which the 2-core machine counts as quiet (the fit itself is 1)
 TUNED_SEEDS = (4242, 7000, 7070)   # subjects the speed work was measured and tuned on (7070: profiled in its far-pixel work)
 
 
