@@ -40,7 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTION = "Appearance fitting and neural rendering"
 CACHE = ROOT / "out" / "bench_appearance"
 EXE = [sys.executable, "-m", "pointwear"]
-TARGETS = {"ssim": 0.85, "psnr": 24.0, "minutes": 5.0, "fps": 25.0}   # issue 15
+# Issue 15: held-out SSIM 0.85 within 5 min of fitting, render >= 25 frames/s; issue 10 (fine
+# textures): held-out SSIM 0.85 and PSNR 24 dB.
+TARGETS = {"ssim": 0.85, "psnr": 24.0, "minutes": 5.0, "fps": 25.0}
 
 
 def run(args: list[str], **kw) -> subprocess.CompletedProcess:
@@ -308,13 +310,13 @@ def main() -> None:
              "(same splatter), no network.", "",
              "| seed | code | precision | textures | outfit fit (held-out IoU) | points | fit time (load) | CPU time | peak memory | "
              "epochs (steps) | held-out SSIM | held-out PSNR | held-out IoU | baseline SSIM | baseline PSNR | "
-             "train SSIM / PSNR | held-out PSNR per garment | targets |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "train SSIM / PSNR | held-out PSNR per garment | SSIM 0.85 in 5 min (issue 15) | SSIM 0.85 + PSNR 24 dB (issue 10) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m = r["result"]["metrics"]
         h, b, t = m["heldout"], m["baseline"]["heldout"], m["train"]
-        ok = (h["ssim"] >= TARGETS["ssim"] and h["psnr"] >= TARGETS["psnr"]
-              and r["fit_seconds"] <= 60 * TARGETS["minutes"] and h["ssim"] > b["ssim"])
+        fast = h["ssim"] >= TARGETS["ssim"] and r["fit_seconds"] <= 60 * TARGETS["minutes"] and h["ssim"] > b["ssim"]
+        fine = h["ssim"] >= TARGETS["ssim"] and h["psnr"] >= TARGETS["psnr"]
         code = f"old ({args.base})" if r.get("side") == "old" else "new"
         cpu = f"{r['fit_cpu_seconds'] / 60:.2f} min" if r.get("fit_cpu_seconds") else "-"
         precision = r["result"]["options"].get("precision", "float32")
@@ -325,7 +327,7 @@ def main() -> None:
                      f"**{h['psnr']:.2f} dB** | {h['iou']:.3f} | {b['ssim']:.3f} | {b['psnr']:.2f} dB | "
                      f"{t['ssim']:.3f} / {t['psnr']:.2f} dB | "
                      f"{', '.join(f'{k} {v:.1f} dB' for k, v in r['garment_psnr'].items())} | "
-                     f"{'met' if ok else 'MISSED'} |")
+                     f"{'met' if fast else 'MISSED'} | {'met' if fine else 'MISSED'} |")
     lines += ["", "Per-garment PSNR: over each garment's labelled pixels of the held-out frames, from the 8-bit "
               "RGBA renders in APP/heldout over grey. Fine high-contrast textures cost the most: seed 21's shorts "
               "carry a black-and-white check of 2-3 px squares at this size. The fitted outfit's points are dense "
