@@ -85,7 +85,8 @@ def generate_subject(out: str | Path, options: SynthOptions, progress: Progress 
     assets = _assets(body, frame, outfit, rng, (options.size, options.size))
 
     frames, masks, labels = [], [], []
-    for i in tqdm(range(n), desc="render", disable=progress is not None, leave=False):
+    # A bar only on a terminal (disable=None) and only without a progress callback.
+    for i in tqdm(range(n), desc="render", disable=True if progress is not None else None, leave=False):
         rgb, mask, label = render_frame(posed.vertices[i], cloth[i], assets, K, (options.size, options.size),
                                         ssaa=options.ssaa)
         frames.append(rgb), masks.append(mask), labels.append(label)
