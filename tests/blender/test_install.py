@@ -91,6 +91,7 @@ def addon(installed_addon, tmp_path, wheelhouse):
     ns.bpy, ns.prefs, ns.props, ns.ops = bpy, prefs, bpy.context.scene.pointwear, bpy.ops.pointwear
     ns.runtime = sys.modules[ADDON_MODULE + ".operators.runtime"]
     ns.install = sys.modules[ADDON_MODULE + ".operators.install"]
+    ns.protocol = sys.modules[ADDON_MODULE + ".link.protocol"]
     ns.root = Path(bpy.utils.extension_path_user(ADDON_MODULE, path="backend"))
     try:
         yield ns
@@ -119,7 +120,7 @@ def prefs_text(addon) -> list[str]:
 
 
 def test_install_start_jobs_failed_and_cancelled_updates_remove(addon):
-    ops, install, runtime = addon.ops, addon.install, addon.runtime
+    ops, install, runtime, P = addon.ops, addon.install, addon.runtime, addon.protocol
     assert "No backend: use Install Backend" in poll_message(ops.start_backend)
     assert "No backend is installed yet" in poll_message(ops.update_backend)
     assert "No backend yet: Preferences > Add-ons > Pointwear > Install Backend" in " ".join(
@@ -147,7 +148,7 @@ def test_install_start_jobs_failed_and_cancelled_updates_remove(addon):
     with pytest.raises(RuntimeError, match="Installing PyTorch"):
         ops.update_backend()  # an error report: scripts get an exception
     failed = install.current_job().poll()
-    assert failed.state == "failed"
+    assert failed.state == P.FAILED
     assert failed.message.startswith("Installing PyTorch (CPU) failed (exit 1): No matching "
                                      "distribution found for torch=="), failed.message
     assert "is neither in the wheel folder nor on the index" in failed.hint
@@ -169,7 +170,7 @@ def test_install_start_jobs_failed_and_cancelled_updates_remove(addon):
     assert install.pump() is True
     assert "pointwear.cancel_backend_install" in _operators_drawn(addon)
     job.cancel()
-    assert job.wait(60).state == "cancelled"
+    assert job.wait(60).state == P.CANCELLED
     assert install.pump() is False
     assert env_names(addon.root) == first and runtime.backend_python_path() == python
 
@@ -181,7 +182,7 @@ def test_install_start_jobs_failed_and_cancelled_updates_remove(addon):
     assert "Stop the backend first" in poll_message(ops.remove_backend)
     job = runtime.submit(addon.bpy.context, "synth", TINY_SYNTH)
     ok, message = runtime.wait_job(addon.bpy.context, job, timeout=300, echo=False)
-    assert ok and job.state == "done", (message, job.error)
+    assert ok and job.state == P.STATE_DONE, (message, job.error)
     subject = Path(job.files["subject"])
     props = addon.props
     props.subject_folder = str(subject)
@@ -191,7 +192,7 @@ def test_install_start_jobs_failed_and_cancelled_updates_remove(addon):
     props.fit_coarse_steps = TINY_FIT["coarse_steps"]
     props.fit_fine_steps = TINY_FIT["fine_steps"]
     assert ops.fit_outfit() == {"FINISHED"}
-    assert props.job_state == "done" and (Path(props.result_folder) / "outfit.npz").is_file()
+    assert props.job_state == P.STATE_DONE and (Path(props.result_folder) / "outfit.npz").is_file()
     assert ops.stop_backend() == {"FINISHED"}
 
     # Remove: the environments go, Start Backend says to install.
