@@ -20,6 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchdoc import machine, publish_reliability  # noqa: E402
 
+from pointwear.batch import STATE_DONE  # noqa: E402
+
 FIT = "--template tshirt-shorts --codes 1 --coarse-steps 30 --fine-steps 10 --device cpu"
 APPEARANCE = "--epochs 3 --size 64 --device cpu"
 FRAMES, SIZE = 4, 96
@@ -33,7 +35,7 @@ def run(subjects: list[Path], out: Path, *extra: str) -> tuple[float, dict]:
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seconds = time.perf_counter() - t0
     summary = json.loads((out / "batch_summary.json").read_text())
-    assert summary["batch"]["done"] == len(subjects), summary["batch"]
+    assert summary["batch"][STATE_DONE] == len(subjects), summary["batch"]
     return seconds, summary
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pointwear.batch import BatchOptions, plan
+from pointwear.batch import STATE_DONE, STATE_FAILED, STATE_SKIPPED, BatchOptions, plan
 from pointwear.cli import build_parser
 
 FIT = "--template tshirt-shorts --codes 1 --coarse-steps 4 --fine-steps 2 --device cpu"
@@ -97,27 +97,27 @@ def test_batch_survives_a_killed_worker_and_skips_finished_subjects(subjects, ra
     assert proc.returncode == 0, output
     summary = json.loads((out / "batch_summary.json").read_text())
     rows = {r["name"]: r for r in summary["subjects"]}
-    assert sorted(rows) == sorted(names) and summary["batch"]["done"] == 4, summary     # each once
+    assert sorted(rows) == sorted(names) and summary["batch"][STATE_DONE] == 4, summary     # each once
     for name in names:
         folder, row = out / name, rows[name]
-        assert row["state"] == "done" and row["steps"] == ["fit-outfit", "fit-appearance"], row
+        assert row["state"] == STATE_DONE and row["steps"] == ["fit-outfit", "fit-appearance"], row
         assert row["marked"] is True                                        # done.json written once, by it
         done = json.loads((folder / "done.json").read_text())
-        assert done["pid"] == row["pid"] and done["state"] == "done"
+        assert done["pid"] == row["pid"] and done["state"] == STATE_DONE
         assert (folder / "outfit" / "outfit.npz").is_file() and (folder / "appearance" / "appearance.pt").is_file()
         attempts = (folder / "attempts.log").read_text().splitlines()
         assert len(attempts) == (2 if name == victim else 1) == row["attempts"], (name, attempts)
     assert rows[victim]["pid"] != pid                                       # finished by another worker
     with open(out / "batch_summary.csv", newline="") as fh:
         table = list(csv.DictReader(fh))
-    assert sorted(r["name"] for r in table) == sorted(names) and {r["state"] for r in table} == {"done"}
+    assert sorted(r["name"] for r in table) == sorted(names) and {r["state"] for r in table} == {STATE_DONE}
     # a rerun (without Ray: nothing to do) skips every finished subject and keeps their markers
     before = {n: (out / n / "done.json").read_bytes() for n in names}
     again = _batch(subjects, out, "--no-ray")
     output = again.communicate(timeout=RUN_TIMEOUT)[0]
     assert again.returncode == 0, output
     rows = json.loads((out / "batch_summary.json").read_text())["subjects"]
-    assert [r["state"] for r in rows] == ["skipped"] * 4, rows
+    assert [r["state"] for r in rows] == [STATE_SKIPPED] * 4, rows
     assert before == {n: (out / n / "done.json").read_bytes() for n in names}
 
 
@@ -129,8 +129,8 @@ def test_batch_failure_is_reported_and_does_not_stop_the_others(subjects, tmp_pa
     rows = run_batch([str(subjects[0]), str(broken)], tmp_path / "out",       # a local Ray instance
                      BatchOptions(parser=build_parser, steps=("fit-outfit",), cpus=2, step_args={"fit-outfit": FIT.split()}))
     by = {r["name"]: r for r in rows}
-    assert by["person0"]["state"] == "done"
-    assert by["broken"]["state"] == "failed" and "subject.json" in by["broken"]["error"], by["broken"]
+    assert by["person0"]["state"] == STATE_DONE
+    assert by["broken"]["state"] == STATE_FAILED and "subject.json" in by["broken"]["error"], by["broken"]
     assert (tmp_path / "out" / "broken" / "error.txt").is_file()
     assert not (tmp_path / "out" / "broken" / "done.json").exists()
 
@@ -163,7 +163,7 @@ def test_batch_prepares_a_photo_then_fits_it(tmp_path):
     rows = run_batch([str(RYOTA)], tmp_path / "out",
                      BatchOptions(parser=build_parser, steps=("prepare", "fit-outfit"), use_ray=False,
                                   step_args={"prepare": ["--size", "256"], "fit-outfit": FIT.split()}))
-    assert [(r["name"], r["state"], r["steps"]) for r in rows] == [("ryota", "done", ["prepare", "fit-outfit"])], rows
+    assert [(r["name"], r["state"], r["steps"]) for r in rows] == [("ryota", STATE_DONE, ["prepare", "fit-outfit"])], rows
     folder = tmp_path / "out" / "ryota"
     assert read_subject(folder / "subject").num_frames == 1                 # prepare's subject, then
     assert (folder / "outfit" / "outfit.npz").is_file()                       # fitted from it

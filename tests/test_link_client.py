@@ -96,7 +96,7 @@ def subject(backend):
         c.connect(info["host"], info["port"], launcher.token)
         job_id = c.submit("synth", SYNTH)
         events = events_until_done(c, job_id)
-    assert events[-1]["state"] == "done", events
+    assert events[-1]["state"] == protocol.STATE_DONE, events
     result = [e for e in events if e["type"] == protocol.EVENT_RESULT][-1]
     return Path(result["files"]["subject"])
 
@@ -168,14 +168,14 @@ def test_synth_job_events_end_with_result_then_done(subject, client):
     events = events_until_done(client, job_id)
     kinds = [e["type"] for e in events]
     assert kinds[-1] == protocol.EVENT_DONE and kinds.count(protocol.EVENT_DONE) == 1
-    assert events[-1]["state"] == "done"
+    assert events[-1]["state"] == protocol.STATE_DONE
     assert protocol.EVENT_RESULT in kinds and kinds.index(protocol.EVENT_RESULT) < len(kinds) - 1
     result = events[kinds.index(protocol.EVENT_RESULT)]
     assert Path(result["files"]["subject"]).is_dir()
     progress = [e for e in events if e["type"] == protocol.EVENT_PROGRESS]
     assert progress and all(0 <= e["i"] <= e["n"] for e in progress)
     records = client.status(job_id)
-    assert [r["state"] for r in records] == ["done"]
+    assert [r["state"] for r in records] == [protocol.STATE_DONE]
 
 
 def test_bad_params_are_a_backend_error_naming_the_field(client, tmp_path):
@@ -203,7 +203,7 @@ def test_cancel_a_running_fit(client, subject):
     assert seen and seen[-1]["type"] == protocol.EVENT_PROGRESS, seen
     assert client.cancel(job_id)["type"] == "ok"
     events = events_until_done(client, job_id, timeout=60)
-    assert events[-1]["state"] == "cancelled", events
+    assert events[-1]["state"] == protocol.CANCELLED, events
 
 
 # -- session --------------------------------------------------------------------------------------
@@ -222,7 +222,7 @@ def test_session_fit_blocking_wait(tmp_path, subject):
         assert s.state == STATE_BUSY and s.current_job is job and s.active_job() is job
         seen = []
         job = s.wait(job.job_id, timeout=300, on_event=lambda ev, j: seen.append(ev["type"]))
-        assert job.done and job.state == "done", (job, job.error)
+        assert job.done and job.state == protocol.STATE_DONE, (job, job.error)
         assert seen[-1] == protocol.EVENT_DONE and protocol.EVENT_RESULT in seen
         assert job.fraction == 1.0 and job.progress_text == "Done"
         assert Path(job.files["outfit"]).is_file() and Path(job.folder).is_dir()
@@ -247,7 +247,7 @@ def test_session_reports_a_killed_backend_as_lost(tmp_path, subject):
         os.killpg(pid, signal.SIGKILL)
         lost = []
         job = s.wait(job.job_id, timeout=30, on_event=lambda ev, j: lost.append(ev))
-        assert job.done and job.state == "failed"
+        assert job.done and job.state == protocol.FAILED
         assert job.error["code"] == "lost"
         assert any(ev["type"] == EVENT_LOST for ev in lost), lost
         assert s.state == STATE_ERROR and "backend stopped" in s.message, s.message

@@ -352,7 +352,7 @@ def test_bad_messages_get_errors_while_another_clients_job_completes(server, sub
         assert made.num_frames == 2 and made.image_size == (64, 64)
         assert Path(result["files"]["sheet"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         record = json.loads((Path(job["folder"]) / "job.json").read_text())
-        assert record["state"] == "done" and record["files"] == result["files"]
+        assert record["state"] == P.STATE_DONE and record["files"] == result["files"]
 
 
 # -- the queue -------------------------------------------------------------------------------------

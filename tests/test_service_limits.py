@@ -384,7 +384,7 @@ def test_6_a_job_record_holding_a_surrogate_does_not_break_status_after_restart(
     work = tmp_path / "work"
     folder = work / "jobs" / "20260101-000000-abcdef"
     folder.mkdir(parents=True)
-    record = {"job_id": folder.name, "kind": "body", "state": "done", "params": {"model": "/x\ud800"},
+    record = {"job_id": folder.name, "kind": P.KIND_BODY, "state": P.STATE_DONE, "params": {"model": "/x\ud800"},
               "out": str(folder / "out"), "created": 1.0, "files": {}, "message": "m\udfff"}
     (folder / P.JOB_JSON).write_text(json.dumps(record))            # ensure_ascii: stored as \ud800
     srv = ServerProcess(work, tmp_path / "server.log")

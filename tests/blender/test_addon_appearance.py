@@ -39,6 +39,7 @@ def srgb_to_linear(c):
 
 def test_fit_appearance_neural_render_redrape(addon, fit_result):  # noqa: F811
     bpy, props, ops, runtime = addon.bpy, addon.props, addon.bpy.ops.pointwear, addon.runtime
+    P = addon.protocol
     scene = bpy.context.scene
 
     # Buttons say why they are disabled: no backend, no subject, no outfit, no appearance.
@@ -64,7 +65,7 @@ def test_fit_appearance_neural_render_redrape(addon, fit_result):  # noqa: F811
     names = sorted(o.name for o in scene.objects)
     assert ops.fit_appearance() == {"FINISHED"}
     job = runtime.session().jobs[props.job_id]
-    assert job.kind == "fit_appearance" and props.job_state == "done"
+    assert job.kind == P.KIND_FIT_APPEARANCE and props.job_state == P.STATE_DONE
     assert job.params == {"subject": str(fit_result.parent / "subject"), "outfit": str(fit_result),
                           "epochs": 20, "size": 64, "seed": 0}
     app = Path(armature["pointwear_appearance"])

@@ -79,6 +79,7 @@ def addon(installed_addon, tmp_path):
     ns = NS()
     ns.bpy, ns.prefs, ns.props = bpy, prefs, bpy.context.scene.pointwear
     ns.runtime = sys.modules[ADDON_MODULE + ".operators.runtime"]
+    ns.protocol = sys.modules[ADDON_MODULE + ".link.protocol"]
     ns.timers = installed_addon["timers"]
     ns.handlers_before = installed_addon["handlers_before"]
     yield ns
@@ -226,6 +227,7 @@ def test_start_failure_names_the_problem(addon, tmp_path):
 
 def test_fit_import_cancel_redrape_motion_stop(addon, subject, motion_file, capsys):
     bpy, props, ops, runtime = addon.bpy, addon.props, addon.bpy.ops.pointwear, addon.runtime
+    P = addon.protocol
 
     # Start (blocking in background mode).
     assert ops.start_backend() == {"FINISHED"}
@@ -242,7 +244,7 @@ def test_fit_import_cancel_redrape_motion_stop(addon, subject, motion_file, caps
     assert ops.fit_outfit() == {"FINISHED"}
     out = capsys.readouterr().out
     assert "Pointwear fit_outfit" in out and ": done" in out, out
-    assert props.job_kind == "fit_outfit" and props.job_state == "done"
+    assert props.job_kind == P.KIND_FIT_OUTFIT and props.job_state == P.STATE_DONE
     params = runtime.session().jobs[props.job_id].params  # scene options as the backend spells them
     assert params == {"subject": str(subject), "drape": "parametric", "template": "tshirt-shorts",
                       "codes": 1, "coarse_steps": 2, "fine_steps": 2, "refine_steps": 0, "seed": 0}
@@ -278,9 +280,9 @@ def test_fit_import_cancel_redrape_motion_stop(addon, subject, motion_file, caps
     assert ops.cancel_job() == {"FINISHED"}
     assert poll_message(ops.cancel_job).endswith("The job is being cancelled")
     assert ops.wait_job(timeout=120) == {"CANCELLED"}
-    assert props.job_state == "cancelled" and props.backend_state == "ready"
+    assert props.job_state == P.CANCELLED and props.backend_state == "ready"
     assert len(pointwear_objects(bpy, "armature")) == 1  # nothing imported
-    assert "cancelled" in capsys.readouterr().out
+    assert P.CANCELLED in capsys.readouterr().out
     # Resume it (from its checkpoint, with its own settings), and cancel that too.
     cancelled_id = props.job_id
     assert ops.fit_outfit(resume=True, wait=False) == {"FINISHED"}
@@ -288,8 +290,8 @@ def test_fit_import_cancel_redrape_motion_stop(addon, subject, motion_file, caps
     assert resumed.job_id != cancelled_id and resumed.params == {"resume_job": cancelled_id}
     assert ops.cancel_job() == {"FINISHED"}
     assert ops.wait_job(timeout=120) == {"CANCELLED"}
-    assert props.job_state == "cancelled" and props.job_id == resumed.job_id
-    props.job_state = "done"  # as after a finished fit: nothing to resume
+    assert props.job_state == P.CANCELLED and props.job_id == resumed.job_id
+    props.job_state = P.STATE_DONE  # as after a finished fit: nothing to resume
     with pytest.raises(RuntimeError) as info:
         ops.fit_outfit(resume=True, wait=False)
     assert "No cancelled or failed fit to resume" in str(info.value)
@@ -306,7 +308,7 @@ def test_fit_import_cancel_redrape_motion_stop(addon, subject, motion_file, caps
     assert sorted(o.name for o in bpy.context.scene.objects) == names
     assert armature.get("pointwear_redrape")
     assert list(armature["pointwear_betas"])[:2] == pytest.approx([2.5, -1.0])
-    assert props.job_kind == "drape" and props.job_state == "done"
+    assert props.job_kind == P.KIND_DRAPE and props.job_state == P.STATE_DONE
 
     # Load a motion onto the armature: keyed frames that differ.
     assert ops.load_motion(filepath=str(motion_file), up="Z") == {"FINISHED"}
@@ -348,6 +350,7 @@ def test_interactive_pump_finishes_a_job(addon, subject):
     """The UI path without a window: submit without waiting, then pump the session the way the
     timer does; the finished fit is imported by the pump."""
     bpy, props, ops, runtime = addon.bpy, addon.props, addon.bpy.ops.pointwear, addon.runtime
+    P = addon.protocol
     # The UI's start: on a worker thread, followed by the pump timer's callback.
     assert runtime.start(bpy.context, blocking=False) is None
     assert props.backend_state == "starting"
@@ -372,7 +375,7 @@ def test_interactive_pump_finishes_a_job(addon, subject):
         runtime.pump()
         stages.add(props.job_stage)
         time.sleep(0.05)
-    assert job.state == "done" and props.job_state == "done"
+    assert job.state == P.STATE_DONE and props.job_state == P.STATE_DONE
     assert len(stages) > 1, stages  # the stage text moved while it ran
     assert len(pointwear_objects(bpy, "armature")) == 1
     assert props.result_folder == job.folder
@@ -432,6 +435,7 @@ def test_modal_path_escape_cancels_and_a_fit_imports(addon, subject):
     """The UI path of a job operator, driven by hand (no window in background mode): TIMER
     events pump the session, Esc cancels, and a fit that ends is imported in the modal."""
     bpy, props, runtime = addon.bpy, addon.props, addon.runtime
+    P = addon.protocol
     jobs = sys.modules[ADDON_MODULE + ".operators.jobs"]
     assert bpy.ops.pointwear.start_backend() == {"FINISHED"}
 
@@ -495,16 +499,16 @@ def test_modal_path_escape_cancels_and_a_fit_imports(addon, subject):
         return job, result, op.reports
 
     job, result, reports = run_modal(LONG_FIT, escape_after_progress=True)
-    assert result == {"CANCELLED"} and job.state == "cancelled"
+    assert result == {"CANCELLED"} and job.state == P.CANCELLED
     assert ({"INFO"}, "Cancelling the fit_outfit job") in reports
-    assert reports[-1][0] == {"WARNING"} and "cancelled" in reports[-1][1]
+    assert reports[-1][0] == {"WARNING"} and P.CANCELLED in reports[-1][1]
     assert not pointwear_objects(bpy, "armature")
 
     job, result, reports = run_modal(TINY_FIT, escape_after_progress=False)
-    assert result == {"FINISHED"} and job.state == "done", reports
+    assert result == {"FINISHED"} and job.state == P.STATE_DONE, reports
     assert reports[-1][0] == {"INFO"} and "imported" in reports[-1][1]
     assert len(pointwear_objects(bpy, "armature")) == 1
-    assert props.job_state == "done" and props.result_folder == job.folder
+    assert props.job_state == P.STATE_DONE and props.result_folder == job.folder
     assert bpy.ops.pointwear.stop_backend() == {"FINISHED"}
 
 

@@ -75,7 +75,8 @@ def test_fit_on_a_remote_backend_uploads_and_downloads(remote_addon, tls_server,
     props.fit_template = "TSHIRT_SHORTS"
     props.fit_codes, props.fit_coarse_steps, props.fit_fine_steps = 1, 2, 2
     assert ops.fit_outfit() == {"FINISHED"}
-    assert props.job_state == "done", (props.job_message, props.job_hint)
+    P = sys.modules[ADDON_MODULE + ".link.protocol"]
+    assert props.job_state == P.STATE_DONE, (props.job_message, props.job_hint)
     result = Path(props.result_folder)
     assert result.is_relative_to(tmp_path / "client-work" / "remote" / props.job_id)
     assert (result / "outfit.npz").is_file() and (result / "posed.npz").is_file()
