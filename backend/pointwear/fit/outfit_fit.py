@@ -453,14 +453,16 @@ class OutfitFitter:
         clearance = Clearance.build(rest_np, body_v, body_n, self.device)
         # Never deeper than at the start: the first-order distance misjudges creases (armpits).
         floor = torch.minimum(clearance.signed_distance(rest), torch.tensor(ro.clearance, device=self.device))
-        # (degree + 1, K) coefficients: the static shape first, then its change with time
-        coeff = torch.zeros(ro.time_degree + 1, basis.shape[1], device=self.device)
+        # (degree + 1, K) coefficients: the static shape first, then its change with time; two
+        # training frames per time coefficient at least (3 of 4 frames: one static shape)
+        degree = max(0, min(ro.time_degree, len(self.train_ids) // 2 - 1))
+        coeff = torch.zeros(degree + 1, basis.shape[1], device=self.device)
         if start is not None:     # resume: project the saved (static) offsets back onto the basis
             coeff[0] = basis.T @ (start.to(self.device) * normals).sum(1)
         coeff.requires_grad_()
         opt = torch.optim.Adam([coeff], lr=ro.lr)
         n = self.subject.num_frames
-        powers = {name: time_powers(ids, n, ro.time_degree, self.device)          # (F, degree + 1)
+        powers = {name: time_powers(ids, n, degree, self.device)                  # (F, degree + 1)
                   for name, ids in (("train", self.train_ids), ("val", self.held_ids), ("all", range(n)))}
         offsets_of = lambda c, t: ((t @ c) @ basis.T)[..., None] * normals  # noqa: E731  (F, P, 3)
         mean_offsets = lambda c: offsets_of(c, powers["all"].mean(0, keepdim=True))[0]  # noqa: E731  (P, 3)
