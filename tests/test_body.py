@@ -166,3 +166,21 @@ def test_body_is_wound_outward_so_the_render_may_cull_back_faces(default_body):
     full = body_depth(verts, default_body.faces_t, K, (256, 192))
     assert torch.isfinite(full).float().mean() > 0.1
     assert torch.equal(full, body_depth(verts, default_body.faces_t, K, (256, 192), cull_backfaces=True))
+
+
+def test_paired_skin_frames_skins_each_frame_its_own_points(default_body):
+    """paired=True: F point sets (a shape changing from frame to frame), set f skinned into
+    frame f only, equals pose_points of each set in its frame."""
+    g = torch.Generator().manual_seed(2)
+    F, P = 4, 150
+    pose, orient = torch.randn(F, 69, generator=g) * 0.3, torch.randn(F, 3, generator=g)
+    transl, betas = torch.randn(F, 3, generator=g), torch.randn(1, 10, generator=g)
+    rest, _ = default_body.shaped(betas)
+    pts = rest[:, torch.randint(0, rest.shape[1], (P,), generator=g)] + torch.randn(F, P, 3, generator=g) * 0.02
+    w = torch.softmax(torch.randn(P, 24, generator=g) * 3, -1)
+    transforms = default_body.joint_transforms(betas, torch.cat([orient, pose], 1))
+    posed = skin_frames(pts, w, transforms, transl, paired=True)
+    assert posed.shape == (F, P, 3)
+    expected = default_body.pose_points(pts, w, betas, orient, pose, transl)
+    assert torch.allclose(posed, expected, atol=1e-5)
+    assert not torch.allclose(posed[1], skin_frames(pts[:1], w, transforms, transl)[1], atol=1e-3)

@@ -99,3 +99,18 @@ def test_refinement_raises_heldout_iou_on_simulated_cloth(turntable_tshirt, tmp_
     assert (depth_after > np.minimum(depth_before, 0.003) - 0.002).mean() > 0.99   # no point pushed into the body
     points, _, _ = redraped_points(outfit, default_body)
     assert np.allclose(points.numpy(), outfit["points"], atol=1e-4)
+
+
+def test_time_powers_let_held_out_frames_follow_a_quadratic_in_time():
+    """The time basis of offsets that change with time: t = -1 at the first frame and 1 at the
+    last; coefficients fitted on the training frames give a held-out frame (interpolated) and
+    the last frame (extrapolated) the values of a quadratic path."""
+    from pointwear.fit.refine import time_powers
+    p = time_powers(range(8), 8, 2, torch.device("cpu"))
+    assert p.shape == (8, 3) and torch.allclose(p[:, 0], torch.ones(8))
+    assert p[0, 1] == -1 and p[-1, 1] == 1
+    path = 4.0 - 6.0 * p[:, 1] + 1.5 * p[:, 1] ** 2          # a hem falling in, slowing down
+    train = [0, 1, 2, 4, 5, 6]
+    coeff = torch.linalg.lstsq(p[train], path[train, None]).solution
+    assert torch.allclose((p @ coeff)[:, 0], path, atol=1e-4)
+    assert torch.allclose(time_powers([3], 8, 0, torch.device("cpu")), torch.ones(1, 1))

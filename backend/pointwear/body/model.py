@@ -167,23 +167,26 @@ def skin_points(points: torch.Tensor, weights: torch.Tensor, transforms: torch.T
 
 
 def skin_frames(points: torch.Tensor, weights: torch.Tensor, transforms: torch.Tensor,
-                transl: torch.Tensor) -> torch.Tensor:
+                transl: torch.Tensor, paired: bool = False) -> torch.Tensor:
     """Linear blend skinning of C point sets into each of F frames: (C*F, P, 3), code-major
     (item c * F + f is set c in frame f), as `skin_points` of the sets repeated per frame but
     without repeating points or weights. points (C, P, 3); weights (P, 24) or (C, P, 24);
-    transforms (F, 24, 4, 4) (the frames' `joint_transforms`); transl (F, 3). The blended rows
-    (C or 1, F, 3, 4, P) keep the points along the last axis, so applying them is element-wise
-    over whole rows (a batch of 3 x 3 matmuls per point is slow on a CPU)."""
+    transforms (F, 24, 4, 4) (the frames' `joint_transforms`); transl (F, 3). `paired`: the
+    F point sets (F, P, 3) are each skinned into their own frame only, (F, P, 3) (a shape that
+    changes from frame to frame; weights (P, 24)). The blended rows (C or 1, F, 3, 4, P) keep
+    the points along the last axis, so applying them is element-wise over whole rows (a batch
+    of 3 x 3 matmuls per point is slow on a CPU)."""
     C, P, _ = points.shape
     F_ = transforms.shape[0]
     rows = transforms[:, :, :3, :].permute(0, 2, 3, 1).reshape(F_ * 12, -1)      # (F*12, 24)
     blended = torch.matmul(rows, weights.transpose(-1, -2))                       # (C or 1, F*12, P)
     A = blended.view(-1, F_, 3, 4, P)
-    x, y, z = (c.unsqueeze(1) for c in points.unbind(-1))                         # (C, 1, P)
+    # (C, 1, P) per coordinate; paired: (1, F, P), set f in frame f
+    x, y, z = (c.unsqueeze(0) if paired else c.unsqueeze(1) for c in points.unbind(-1))
     t = transl.to(points.dtype).view(1, F_, 3, 1)
     posed = A[:, :, :, 0] * x.unsqueeze(2) + A[:, :, :, 1] * y.unsqueeze(2) + A[:, :, :, 2] * z.unsqueeze(2) \
         + A[:, :, :, 3] + t                                                       # (C, F, 3, P)
-    return posed.transpose(-1, -2).reshape(C * F_, P, 3)
+    return posed.transpose(-1, -2).reshape(-1, P, 3)
 
 
 def load_body(spec: str | Path = "default", gender: str = "neutral",

@@ -85,12 +85,15 @@ class OutfitFitter:
     # -- losses ---------------------------------------------------------------------------------
     def frame_losses(self, drape: DrapeModel, codes: torch.Tensor, frames: FrameSet, ids: np.ndarray | torch.Tensor,
                      offsets: torch.Tensor | None = None, refresh_weights: bool = True,
-                     targets: tuple[int, ...] | None = None, base: DrapeOutput | None = None) -> torch.Tensor:
+                     targets: tuple[int, ...] | None = None, base: DrapeOutput | None = None,
+                     frame_offsets: bool = False) -> torch.Tensor:
         """(C,) loss of each code, averaged over the frames `ids` (indices into `frames`).
         `targets`: the mask each garment of the drape is scored against (a label id, or UNION
         for the clothing mask); None scores all points against the clothing mask. `ids` on the
         host (numpy) cost no round-trip; a device tensor costs one. `base`: the drape's output
-        for these codes, made once by the caller (the refinement keeps the code fixed)."""
+        for these codes, made once by the caller (the refinement keeps the code fixed).
+        `offsets` (C or 1, P, 3), or with `frame_offsets` (F, P, 3): one per frame of `ids`
+        (a single code)."""
         out = base if base is not None else drape(drape.constrain(codes), self.betas, refresh_weights=refresh_weights)
         points, weights = out.points, out.weights
         if offsets is not None:
@@ -100,7 +103,8 @@ class OutfitFitter:
         fi = torch.as_tensor(fi_host, device=self.device)
         # the frames' joint transforms are fixed per fit (FrameSet); each code's points and
         # weights are skinned into the step's frames without repeating them per frame
-        posed = skin_frames(points.expand(c, -1, -1), weights, frames.transforms[fi[:f]], frames.transl[fi[:f]])
+        posed = skin_frames(points if frame_offsets else points.expand(c, -1, -1), weights,
+                            frames.transforms[fi[:f]], frames.transl[fi[:f]], paired=frame_offsets)
         uv, _ = project(posed, frames.K[fi])
         with torch.no_grad():
             vis = visible_points(posed, frames.depth, frames.K[fi], threshold=self.options.visibility_threshold,
@@ -426,8 +430,9 @@ class OutfitFitter:
     def _refine(self, drape: DrapeModel, state: FitState, start: torch.Tensor | None) -> torch.Tensor | None:
         """Free-form detail outside the code space (fit/refine.py): offsets along the outward
         normals of the rest-pose garment, in a smooth basis of the garment surface, kept
-        outside the body; kept only if the held-out score improves. Returns (P, 3) offsets."""
-        from .refine import Clearance, body_surface, harmonic_basis, surface_graph, vertex_normals
+        outside the body, changing with time as a polynomial (`RefineOptions.time_degree`); kept only
+        if the held-out score improves. Returns (N, P, 3) offsets, one per frame of the subject."""
+        from .refine import Clearance, body_surface, harmonic_basis, surface_graph, time_powers, vertex_normals
         steps, ro = self.options.refine_steps, self.options.refine
         if steps <= 0:
             return None
@@ -448,15 +453,22 @@ class OutfitFitter:
         clearance = Clearance.build(rest_np, body_v, body_n, self.device)
         # Never deeper than at the start: the first-order distance misjudges creases (armpits).
         floor = torch.minimum(clearance.signed_distance(rest), torch.tensor(ro.clearance, device=self.device))
-        coeff = torch.zeros(basis.shape[1], device=self.device)
-        if start is not None:     # resume: project the saved offsets back onto the basis
-            coeff = basis.T @ (start.to(self.device) * normals).sum(1)
+        # (degree + 1, K) coefficients: the static shape first, then its change with time; two
+        # training frames per time coefficient at least (3 of 4 frames: one static shape)
+        degree = max(0, min(ro.time_degree, len(self.train_ids) // 2 - 1))
+        coeff = torch.zeros(degree + 1, basis.shape[1], device=self.device)
+        if start is not None:     # resume: project the saved (static) offsets back onto the basis
+            coeff[0] = basis.T @ (start.to(self.device) * normals).sum(1)
         coeff.requires_grad_()
         opt = torch.optim.Adam([coeff], lr=ro.lr)
-        val_ids = torch.arange(len(self.val), device=self.device)
-        offsets_of = lambda c: (basis @ c)[:, None] * normals  # noqa: E731
-        score = lambda c: self.frame_losses(drape, code, self.val, val_ids, offsets=offsets_of(c)[None],  # noqa: E731
-                                            targets=self.final_targets, base=base)
+        n = self.subject.num_frames
+        powers = {name: time_powers(ids, n, degree, self.device)                  # (F, degree + 1)
+                  for name, ids in (("train", self.train_ids), ("val", self.held_ids), ("all", range(n)))}
+        offsets_of = lambda c, t: ((t @ c) @ basis.T)[..., None] * normals  # noqa: E731  (F, P, 3)
+        mean_offsets = lambda c: offsets_of(c, powers["all"].mean(0, keepdim=True))[0]  # noqa: E731  (P, 3)
+        val_ids = np.arange(len(self.val))
+        score = lambda c: self.frame_losses(drape, code, self.val, val_ids, offsets=offsets_of(c, powers["val"]),  # noqa: E731
+                                            targets=self.final_targets, base=base, frame_offsets=True)
         with torch.no_grad():
             best_score, best_coeff = float(score(coeff)), None
         worse = 0
@@ -464,19 +476,20 @@ class OutfitFitter:
             state.history.append({"stage": "refine", "step": 0, "scores": [round(best_score, 5)]})
         while state.step < steps:
             if self.should_stop():
-                self._save([Candidate(drape, code, spec=self._final_spec)], state, offsets_of(coeff.detach()))
+                self._save([Candidate(drape, code, spec=self._final_spec)], state, mean_offsets(coeff.detach()))
                 raise FitCancelled(f"fit cancelled during refine at step {state.step}")
-            offsets = offsets_of(coeff)
-            data = self.frame_losses(drape, code, self.train, self._sample_ids(), offsets=offsets[None],
-                                     targets=self.final_targets, base=base).sum()
+            ids = self._sample_ids()
+            offsets = offsets_of(coeff, powers["train"][ids])
+            data = self.frame_losses(drape, code, self.train, ids, offsets=offsets, targets=self.final_targets,
+                                     base=base, frame_offsets=True).sum()
             inside = torch.relu(floor - clearance.signed_distance(rest + offsets))
-            loss = data + ro.prior_weight * offsets.square().sum(1).mean() + ro.clearance_weight * inside.square().mean()
+            loss = data + ro.prior_weight * offsets.square().sum(-1).mean() + ro.clearance_weight * inside.square().mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
             state.step += 1
             if self.preview is not None:
-                self._maybe_preview("refine", state.step, cand=Candidate(drape, code), offsets=offsets_of(coeff.detach()))
+                self._maybe_preview("refine", state.step, cand=Candidate(drape, code), offsets=mean_offsets(coeff.detach()))
             self.progress("refine", state.step, steps)
             if state.step % self.options.score_every == 0 or state.step == steps:
                 with torch.no_grad():
@@ -486,13 +499,13 @@ class OutfitFitter:
                     best_score, best_coeff, worse = s, coeff.detach().clone(), 0
                 else:
                     worse += 1
-                self._save([Candidate(drape, code, spec=self._final_spec)], state, offsets_of(coeff.detach()))
+                self._save([Candidate(drape, code, spec=self._final_spec)], state, mean_offsets(coeff.detach()))
                 if worse >= ro.patience:   # held-out frames stopped gaining: the rest would overfit
                     break
         if best_coeff is None:
             return None
         state.best.score, state.best.stage = best_score, "refine"
-        return offsets_of(best_coeff)
+        return offsets_of(best_coeff, powers["all"])      # (N, P, 3): every frame of the subject
 
     def _maybe_preview(self, stage: str, step: int, best: Best | None = None, cand: Candidate | None = None,
                        offsets: torch.Tensor | None = None) -> None:

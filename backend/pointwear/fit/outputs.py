@@ -88,15 +88,21 @@ def write_outputs(fitter: FitterView, drape: DrapeModel, state: FitState,
     code = state.best.code.to(fitter.device)[None]
     with torch.no_grad():
         d = drape(drape.constrain(code), fitter.betas)
+        # offsets (N, P, 3), one per frame (the refinement's shape changing with time): the rest
+        # shape (outfit.npz) takes their mean, each frame (posed.npz) its own
+        frame_offsets = None if offsets is None or offsets.dim() == 2 else offsets
+        offsets = None if offsets is None else (offsets if frame_offsets is None else offsets.mean(0))
         rest = d.points + (offsets[None] if offsets is not None else 0)
         weights = d.weights[0] if d.weights.dim() == 3 else d.weights
         keep = present_points(d)          # absent pieces (a sleeveless fit's sleeve stubs) left out
         if keep is not None:
             rest, weights = rest[:, keep], weights[keep]
             offsets = None if offsets is None else offsets[keep]
+            frame_offsets = None if frame_offsets is None else frame_offsets[:, keep]
         smpl = fitter.subject.smpl
         t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=fitter.device)  # noqa: E731
-        posed = fitter.body.pose_points(rest, weights, fitter.betas, t(smpl.global_orient), t(smpl.body_pose),
+        shapes = rest if frame_offsets is None else rest - offsets[None] + frame_offsets
+        posed = fitter.body.pose_points(shapes, weights, fitter.betas, t(smpl.global_orient), t(smpl.body_pose),
                                         t(smpl.transl))
     rest_np = rest[0].cpu().numpy()
     extra = {}

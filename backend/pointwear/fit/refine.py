@@ -29,6 +29,19 @@ class RefineOptions:
     clearance: float = 0.003        # the cloth stays at least this far outside the body (m)
     knn: int = 8                    # graph neighbours for point clouds without faces
     patience: int = 2               # stop after this many held-out checks without a gain
+    # Offsets change with time as a polynomial of this degree in the frame's time (0: one shape
+    # for every frame). Simulated cloth is still settling in the frames (a flared hem falls in by
+    # 6-7 cm over the 8 frames of a clothsim turntable); a quadratic follows it to 0.2 cm, and a
+    # held-out frame gets its offsets from its own time (interpolated, or extrapolated at the end).
+    # Lowered to (training frames) / 2 - 1: 6 training frames of 8 take 2, 3 of 4 one static shape.
+    time_degree: int = 2
+
+
+def time_powers(frame_ids, num_frames: int, degree: int, device: torch.device) -> torch.Tensor:
+    """(F, degree + 1) powers 0..degree of each frame's time, -1 (first frame of the subject)
+    to 1 (last): the time basis of per-frame offsets (`RefineOptions.time_degree`)."""
+    t = torch.as_tensor(list(frame_ids), dtype=torch.float32, device=device) / max(num_frames - 1, 1) * 2 - 1
+    return torch.stack([t ** d for d in range(degree + 1)], 1)
 
 
 def surface_graph(points: np.ndarray, faces: np.ndarray | None, knn: int = 8) -> sp.csr_matrix:
