@@ -247,3 +247,6 @@ def test_a_shirt_hidden_under_a_jacket_is_inferred_and_reported(tmp_path_factory
     assert json.loads((tmp_path / "fit" / "result.json").read_text())["inferred"] == result["inferred"]
     kept = OutfitFitter(subject, tmp_path / "off", FitOptions(**options, hidden_top=""), body=default_body).run()
     assert kept["drape"] == "parametric:jacket+longsleeve" and kept["inferred"] == []
+    with pytest.raises(InputError) as err:
+        OutfitFitter(subject, tmp_path / "bad", FitOptions(**options, hidden_top="cape"), body=default_body)
+    assert err.value.field == "hidden_top" and "cape" in err.value.message

@@ -27,7 +27,7 @@ from ..render.rasterizer import project
 from .frames import FrameSet, load_frames
 from .losses import mask_losses
 from .outputs import _overlay, write_outputs
-from .selection import (UNION, CandidateSpec, assign_labels, hidden_top, join_winners, label_groups,
+from .selection import (PLAIN_TOPS, UNION, CandidateSpec, assign_labels, hidden_top, join_winners, label_groups,
                         labelled_candidates, replace_family, unlabelled_candidates)
 from .state import (  # noqa: F401 - re-exported: callers import them from here
     Best, Candidate, FitCancelled, FitOptions, FitState, Preview, Progress, mask_group, split_frames)
@@ -65,6 +65,9 @@ class OutfitFitter:
         if self.body.device != self.device:
             raise DeviceError(f"the body model is on {self.body.device} but the fit runs on {self.device}",
                               P.E_WRONG_DEVICE, "load it with the fit's device (pointwear.device.pick_device)")
+        if options.hidden_top and options.hidden_top not in PLAIN_TOPS:
+            raise InputError(f"must be one of {', '.join(PLAIN_TOPS)} or empty (the masks decide), got "
+                             f"{options.hidden_top!r}", field="hidden_top")
         self.frames_per_step = options.frames_per_step or scaled(4, self.device, 8)
         self.betas = torch.as_tensor(subject.smpl.betas, dtype=torch.float32, device=self.device)[None]
         self.train_ids, self.held_ids = split_frames(subject.num_frames, options.frames)
