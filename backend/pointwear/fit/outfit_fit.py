@@ -382,16 +382,19 @@ class OutfitFitter:
         every frame: the masks cannot tell a tank, a T-shirt or a long sleeve apart, and their
         loss should not decide. The top becomes the documented default (`FitOptions.hidden_top`,
         a T-shirt) with its sleeves at mid-range and its other parameters kept; a warning names
-        it and result.json "inferred" records it. A top its label names, or fixed garments
-        (`template`), are left as they are."""
+        it and result.json "inferred" records it. A top with a label of its own or one its label
+        names, and fixed garments (`template`), are left as they are."""
         from ..drape.parametric import ParametricDrape
         default, drape = self.options.hidden_top, cand.drape
         if not default or self.options.template or cand.spec is None or not hasattr(drape, "families"):
             return cand
         code = cand.codes[0].detach()
         params = drape.describe(code)
-        names = {g.label: g.name for g in self.groups}
-        g = hidden_top(params, [names.get(t) not in FAMILIES for t in cand.spec.targets], self.options.hidden_margin)
+        names, targets = {g.label: g.name for g in self.groups}, cand.spec.targets
+        outer = [t for p, t in zip(params, targets) if p["name"] == "jacket"]
+        # only a top scored on the jacket's own mask (a label of its own would show its sleeves)
+        allowed = [names.get(t) not in FAMILIES and t in outer for t in targets]
+        g = hidden_top(params, allowed, self.options.hidden_margin)
         if g is None:
             return cand
         scored = params[g]["name"]
