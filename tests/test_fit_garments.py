@@ -202,3 +202,51 @@ def test_appearance_fitted_before_loose_and_flare_still_renders(default_body, tm
         render_sequence(other, tmp_path / "frames2", motion, camera, outfit_dir=tmp_path, up="y")
     assert "outfit.npz" in str(err.value)
 
+
+
+def test_a_plain_top_whose_sleeves_a_jacket_hides_is_found_and_becomes_the_default(default_body):
+    """The masks cannot see a top's sleeves that end inside a jacket's: such a tank, T-shirt or
+    long sleeve is found (unless its label names it), and replaced by the default family with
+    its torso parameters kept and its sleeves at mid-range; the jacket's code is untouched."""
+    from pointwear.fit.selection import hidden_top, replace_family
+    drape = ParametricDrape(default_body, "jacket+longsleeve")
+    assert drape.kinds == ("longsleeve", "jacket")
+    code = torch.linspace(-1.5, 1.5, drape.code_dim)
+    shirt, jacket = drape.segments
+    code[shirt.start], code[jacket.start] = -2.0, 2.0                # long sleeve 0.61, jacket 0.98 of the arm
+    params = drape.describe(code)
+    assert hidden_top(params, [True, True], 0.03) == 0
+    assert hidden_top(params, [False, True], 0.03) is None          # its label names it: the masks decided
+    longer = code.clone()
+    longer[shirt.start], longer[jacket.start] = 4.0, -4.0            # its cuffs reach past the jacket's
+    assert hidden_top(drape.describe(longer), [True, True], 0.03) is None
+    alone = ParametricDrape(default_body, "longsleeve")
+    assert hidden_top(alone.describe(code[shirt]), [True], 0.03) is None
+    outfit, new = replace_family(drape.template, code, 0, "tshirt")
+    assert outfit == "jacket+tshirt" and new.shape == code.shape
+    after = ParametricDrape(default_body, outfit).describe(new)
+    assert after[0]["name"] == "tshirt" and abs(after[0]["sleeve"] - (0.08 + 0.55) / 2) < 1e-4
+    for k in ("hem", "neckline", "ease", "loose"):
+        assert abs(after[0][k] - params[0][k]) < 1e-4, k
+    assert torch.equal(new[jacket], code[jacket])
+
+
+def test_a_shirt_hidden_under_a_jacket_is_inferred_and_reported(tmp_path_factory, tmp_path, default_body):
+    """A T-shirt under an open jacket whose sleeves hide the shirt's, the fit allowed only a
+    long sleeve under the jacket: the masks cannot see that top's sleeves, so it becomes a
+    T-shirt, named in a warning and in result.json "inferred"; with `hidden_top=""` the masks
+    keep deciding."""
+    subject = _subject(tmp_path_factory, default_body, "jacket+tshirt", 26)
+    options = dict(SMALL, coarse_steps=8, prune_after=4, fine_steps=4, refine_steps=0, labels="off",
+                   outfits=("jacket+longsleeve",))
+    with pytest.warns(UserWarning, match="never shows its sleeves"):
+        result = OutfitFitter(subject, tmp_path / "fit", FitOptions(**options), body=default_body).run()
+    assert [g["name"] for g in result["garments"]] == ["tshirt", "jacket"], result["drape"]
+    (note,) = result["inferred"]
+    assert note["garment"] == "tshirt" and note["index"] == 0 and note["masks_preferred"] == "longsleeve"
+    assert json.loads((tmp_path / "fit" / "result.json").read_text())["inferred"] == result["inferred"]
+    kept = OutfitFitter(subject, tmp_path / "off", FitOptions(**options, hidden_top=""), body=default_body).run()
+    assert kept["drape"] == "parametric:jacket+longsleeve" and kept["inferred"] == []
+    with pytest.raises(InputError) as err:
+        OutfitFitter(subject, tmp_path / "bad", FitOptions(**options, hidden_top="cape"), body=default_body)
+    assert err.value.field == "hidden_top" and "cape" in err.value.message

@@ -121,7 +121,8 @@ def cmd_fit_outfit(args: argparse.Namespace) -> int:
                          coarse_steps=args.coarse_steps, fine_steps=args.fine_steps,
                          refine_steps=FitOptions.refine_steps if args.refine_steps is None else args.refine_steps,
                          seed=args.seed, device=args.device,
-                         labels="off" if args.no_labels else "auto")
+                         labels="off" if args.no_labels else "auto",
+                         hidden_top="" if args.hidden_top == "masks" else args.hidden_top)
     progress = _TqdmProgress()
     try:
         result = fit_outfit(args.subject, args.out, options, progress)
@@ -408,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "jacket+tshirt+trousers); default: chosen by the fit (per label with labels/)")
     p.add_argument("--template", default=None, type=_garments_spec, help=argparse.SUPPRESS)   # the older name of --garments
     p.add_argument("--no-labels", action="store_true", help="ignore labels/: fit every garment to the clothing mask")
+    p.add_argument("--hidden-top", default="tshirt", choices=["tshirt", "tank", "longsleeve", "masks"],
+                   help="a plain top whose sleeves a jacket hides in every frame is taken to be this (default "
+                        "tshirt; 'masks': the masks decide); named in a warning and result.json \"inferred\"")
     p.add_argument("--frames", type=_frame_list, default=None, help="frames to fit, e.g. 0-5; the rest are held out")
     p.add_argument("--codes", type=int, default=4, help="random codes per template in the coarse stage")
     p.add_argument("--coarse-steps", type=int, default=100)

@@ -20,15 +20,15 @@ from ..data.subject import Subject, read_subject
 from ..device import DeviceError, device_error, pick_device, release_memory, scaled
 from ..drape.base import DrapeModel, DrapeOutput
 from ..errors import InputError
-from ..garment.families import outfit_families, upgrade_code
+from ..garment.families import FAMILIES, outfit_families, upgrade_code
 from ..link import protocol as P
 from ..link.protocol import CHECKPOINT_PT
 from ..render.rasterizer import project
 from .frames import FrameSet, load_frames
 from .losses import mask_losses
 from .outputs import _overlay, write_outputs
-from .selection import (UNION, CandidateSpec, assign_labels, join_winners, label_groups, labelled_candidates,
-                        unlabelled_candidates)
+from .selection import (PLAIN_TOPS, UNION, CandidateSpec, assign_labels, hidden_top, join_winners, label_groups,
+                        labelled_candidates, replace_family, unlabelled_candidates)
 from .state import (  # noqa: F401 - re-exported: callers import them from here
     Best, Candidate, FitCancelled, FitOptions, FitState, Preview, Progress, mask_group, split_frames)
 from .visibility import visible_points
@@ -65,6 +65,9 @@ class OutfitFitter:
         if self.body.device != self.device:
             raise DeviceError(f"the body model is on {self.body.device} but the fit runs on {self.device}",
                               P.E_WRONG_DEVICE, "load it with the fit's device (pointwear.device.pick_device)")
+        if options.hidden_top and options.hidden_top not in PLAIN_TOPS:
+            raise InputError(f"must be one of {', '.join(PLAIN_TOPS)} or empty (the masks decide), got "
+                             f"{options.hidden_top!r}", field="hidden_top")
         self.frames_per_step = options.frames_per_step or scaled(4, self.device, 8)
         self.betas = torch.as_tensor(subject.smpl.betas, dtype=torch.float32, device=self.device)[None]
         self.train_ids, self.held_ids = split_frames(subject.num_frames, options.frames)
@@ -272,7 +275,7 @@ class OutfitFitter:
         from ..fileio import atomic_path
         payload = {"options": asdict(self.options), "stage": state.stage, "step": state.step,
                    "history": state.history, "best": asdict(state.best) if state.best.code is not None else None,
-                   "cand_best": state.cand_best,
+                   "cand_best": state.cand_best, "inferred": state.inferred,
                    "candidates": [{"drape": c.key, "codes": c.codes.detach().cpu(),
                                    "outfit": None if c.spec is None else c.spec.outfit,
                                    "targets": None if c.spec is None else list(c.spec.targets),
@@ -354,7 +357,8 @@ class OutfitFitter:
         its start code and its label."""
         if not self.groups or self.options.template:
             group = by_id[state.best.drape_id]
-            return Candidate(group.drape, self._start_code(group)[None].clone(), spec=group.spec)
+            return self._infer_hidden(Candidate(group.drape, self._start_code(group)[None].clone(), spec=group.spec),
+                                      state)
         from ..drape.parametric import ParametricDrape
         best = {}
         for cand in by_id.values():
@@ -375,7 +379,41 @@ class OutfitFitter:
         self.drapes[spec.key] = drape
         # Scores of the joined outfit are on all labels at once: not comparable with one label's.
         state.best = Best()
-        return Candidate(drape, start[None].clone(), spec=spec)
+        return self._infer_hidden(Candidate(drape, start[None].clone(), spec=spec), state)
+
+    def _infer_hidden(self, cand: Candidate, state: FitState) -> Candidate:
+        """A plain top under a jacket whose sleeves end inside the jacket's is hidden there in
+        every frame: the masks cannot tell a tank, a T-shirt or a long sleeve apart, and their
+        loss should not decide. The top becomes the documented default (`FitOptions.hidden_top`,
+        a T-shirt) with its sleeves at mid-range and its other parameters kept; a warning names
+        it and result.json "inferred" records it. A top with a label of its own or one its label
+        names, and fixed garments (`template`), are left as they are."""
+        from ..drape.parametric import ParametricDrape
+        default, drape = self.options.hidden_top, cand.drape
+        if not default or self.options.template or cand.spec is None or not hasattr(drape, "families"):
+            return cand
+        code = cand.codes[0].detach()
+        params = drape.describe(code)
+        names, targets = {g.label: g.name for g in self.groups}, cand.spec.targets
+        outer = [t for p, t in zip(params, targets) if p["name"] == "jacket"]
+        # only a top scored on the jacket's own mask (a label of its own would show its sleeves)
+        allowed = [names.get(t) not in FAMILIES and t in outer for t in targets]
+        g = hidden_top(params, allowed, self.options.hidden_margin)
+        if g is None:
+            return cand
+        scored = params[g]["name"]
+        outfit, start = replace_family(cand.spec.outfit, code, g, default)
+        spec = CandidateSpec(outfit, cand.spec.targets)
+        new = ParametricDrape(self.body, outfit)
+        self.drapes[spec.key] = new
+        state.best = Best()      # the outfit the masks preferred no longer competes
+        state.inferred = [{"garment": default, "index": g, "masks_preferred": scored, "piece": "sleeves",
+                           "why": "under the jacket's sleeves in every frame", "option": "hidden_top"}]
+        warnings.warn(f"{self.subject.root}: the {scored} under the jacket never shows its sleeves (they end "
+                      f"inside the jacket's), so the masks cannot tell a tank, a T-shirt or a long sleeve apart: "
+                      f"it is taken to be a {default}, sleeves at mid-length (FitOptions.hidden_top; "
+                      f'result.json "inferred")')
+        return Candidate(new, start[None].clone(), spec=spec)
 
     def _start_code(self, cand: Candidate) -> torch.Tensor:
         """The fine stage's start for one candidate: the mean of its codes (spherical for codes in
@@ -390,7 +428,8 @@ class OutfitFitter:
 
     def _restore(self, ckpt: dict, by_id: dict[str, Candidate]
                  ) -> tuple[FitState, Candidate | None, torch.Tensor | None]:
-        state = FitState(ckpt["stage"], ckpt["step"], Best(), ckpt["history"], ckpt.get("cand_best", {}))
+        state = FitState(ckpt["stage"], ckpt["step"], Best(), ckpt["history"], ckpt.get("cand_best", {}),
+                         ckpt.get("inferred", []))
         if ckpt["best"] is not None:
             state.best = Best(**ckpt["best"])
         restored = []

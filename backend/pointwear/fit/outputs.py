@@ -135,6 +135,7 @@ def write_outputs(fitter: FitterView, drape: DrapeModel, state: FitState,
     result = {
         "drape": drape.drape_id, "code": [float(c) for c in code[0]], "params": params,
         "garments": garment_list(drape, code[0], fitter.final_targets, fitter.subject.label_names),
+        "inferred": state.inferred,
         "score": state.best.score, "best_stage": state.best.stage, "seconds": round(seconds, 2),
         "points": int(rest_np.shape[0]), "train_frames": fitter.train_ids, "heldout_frames": fitter.held_ids,
         "metrics": {split: _means([r for r in per_frame if r["split"] == split]) for split in ("train", "heldout")},

@@ -119,6 +119,56 @@ def join_winners(winners: list[tuple[CandidateSpec, float]]) -> tuple[CandidateS
     return CandidateSpec(outfit_name(families), tuple(target[f.name] for f in families)), warnings
 
 
+PLAIN_TOPS = ("tank", "tshirt", "longsleeve")   # tops that differ only in their sleeves
+
+
+def hidden_top(params: list[dict], allowed: list[bool], margin: float) -> int | None:
+    """Index of the plain top (tank, T-shirt, long sleeve) worn under a jacket whose sleeves end
+    inside the jacket's (its sleeve no longer than the jacket's + `margin`, a share of the arm;
+    a tank has none), so no frame can show them and the masks cannot tell the three apart;
+    None when there is none. `params`: the outfit's garments as `ParametricDrape.describe` gives
+    them (inner layer first); `allowed[g]`: garment g's family may be replaced (its label names
+    a slot or nothing, not the family itself)."""
+    names = [p["name"] for p in params]
+    if "jacket" not in names:
+        return None
+    jacket = params[names.index("jacket")]["sleeve"]
+    for g, p in enumerate(params):
+        if p["name"] in PLAIN_TOPS and allowed[g] and p.get("sleeve", 0.0) <= jacket + margin:
+            return g
+    return None
+
+
+def replace_family(outfit: str, code, g: int, family: str, keep_default: tuple[str, ...] = ("sleeve",)):
+    """(outfit spec, (D,) code) with garment g of `outfit` (inner layer first) replaced by
+    `family`: every parameter the two share keeps its value (clamped into the new range), the
+    ones named in `keep_default` and the new family's own start at the middle of their range
+    (logit 0). `code` a (D,) tensor; the result on its device and dtype."""
+    import torch
+    from ..garment.families import outfit_families
+    families = outfit_families(outfit)
+    new = tuple(FAMILIES[family] if k == g else f for k, f in enumerate(families))
+    bounds = np.cumsum([0] + [f.code_dim for f in families])
+    parts = []
+    for k, (old, fam) in enumerate(zip(families, new)):
+        seg = code[int(bounds[k]):int(bounds[k + 1])]
+        if k != g:
+            parts.append(seg)
+            continue
+        values = {name: lo + (hi - lo) * torch.sigmoid(seg[i]) for i, (name, lo, hi) in enumerate(old.ranges)}
+        logits = []
+        for name, lo, hi in fam.ranges:
+            if name in values and name not in keep_default:
+                share = ((values[name] - lo) / (hi - lo)).clamp(0.02, 0.98)
+                logits.append(torch.log(share / (1 - share)))
+            else:
+                logits.append(torch.zeros((), dtype=code.dtype, device=code.device))
+        parts.append(torch.stack(logits))
+    order = outfit_families(outfit_name(new))        # the new outfit's own order (inner first)
+    by_name = {f.name: p for f, p in zip(new, parts)}
+    return outfit_name(new), torch.cat([by_name[f.name] for f in order])
+
+
 def assign_labels(outfit: str, groups: list[LabelGroup]) -> CandidateSpec:
     """Fixed garments on a labelled subject: each garment is scored against the label named
     after it, else the label of its slot; a garment with neither is scored on the whole

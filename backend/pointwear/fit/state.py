@@ -33,6 +33,9 @@ class FitOptions:
     keep: int = 3                      # ... to this many per label (or overall without labels)
     select_codes: int = 2              # random codes per candidate while more than `keep` compete
     garment_penalty: float = 0.04      # selection: score x (1 + this per garment beyond one per mask)
+    hidden_top: str = "tshirt"         # a plain top whose sleeves a jacket hides in every frame is this family
+                                       # ("" lets the masks decide; fit/selection.py hidden_top)
+    hidden_margin: float = 0.03        # ... when its sleeve ends within this share of the arm past the jacket's
     frames: list[int] | None = None    # frames to fit; the rest are held out
     codes: int = 4                     # random codes per template (coarse stage)
     coarse_steps: int = 100
@@ -94,6 +97,7 @@ class FitState:
     best: Best = field(default_factory=Best)
     history: list = field(default_factory=list)
     cand_best: dict = field(default_factory=dict)   # candidate key -> its best held-out score
+    inferred: list = field(default_factory=list)    # garments set by a default, not by the masks (result.json)
 
 
 def mask_group(key: str) -> str:
