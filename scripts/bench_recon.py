@@ -17,8 +17,8 @@ Protocol (docs/recon.md):
   points of the input frame, symmetric mean, in cm; raw and with the fitted pelvis moved onto the
   truth pelvis (a single photo leaves depth to the body fit).
 * Time: refinement seconds (result.json), torch on 1 thread.
-Tuning subjects: seeds 0-5 (TUNING: used while choosing ReconOptions and the template's rules);
-evaluation seeds: 100-112 (SUBJECTS: never tuned on).
+Tuning subjects: seeds 0-5 (TUNING: used while choosing ReconOptions and the template's rules) and
+6-17 (TUNING_EXTRA, `--tuning-extra`); evaluation seeds: 100-112 (SUBJECTS: never tuned on).
 
 Usage: python scripts/bench_recon.py [--work DIR] [--quick]
 """
@@ -46,6 +46,11 @@ SUBJECTS = [("tshirt-shorts", 100), ("longsleeve-trousers", 101), ("tank-skirt",
             ("jumpsuit", 111), ("longsleeve+shorts", 112)]
 TUNING = [("dress", 0), ("tshirt-shorts", 1), ("tank-skirt", 2), ("jumpsuit", 3), ("tshirt+skirt", 4),
           ("longsleeve-trousers", 5)]   # for choosing ReconOptions and the template rules only
+# More tuning subjects (the evaluation's outfit mix on fresh seeds), for choices the six above
+# cannot separate; never the evaluation seeds.
+TUNING_EXTRA = [("tshirt-shorts", 6), ("longsleeve-trousers", 7), ("tank-skirt", 8), ("dress", 9),
+                ("hoodie+trousers", 10), ("tshirt+skirt", 11), ("jacket+tshirt+trousers", 12), ("jumpsuit", 13),
+                ("longsleeve+shorts", 14), ("dress", 15), ("tank-skirt", 16), ("tshirt+skirt", 17)]
 VIEWS = {1: "+90", 2: "180", 3: "-90"}
 
 
@@ -277,14 +282,15 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="two subjects, 10 steps (checks the script)")
     ap.add_argument("--no-real", action="store_true")
     ap.add_argument("--tuning", action="store_true", help="the tuning subjects (seeds 0-5); no doc")
+    ap.add_argument("--tuning-extra", action="store_true", help="the further tuning subjects (seeds 6-17); no doc")
     ap.add_argument("--doc-only", action="store_true", help="re-publish the saved rows (no runs)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="a ReconOptions field for this run (tuning)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     overrides = {k: float(v) for k, v in (a.split("=", 1) for a in args.set)}
-    if args.tuning:
-        for outfit, seed in TUNING:
+    if args.tuning or args.tuning_extra:
+        for outfit, seed in TUNING_EXTRA if args.tuning_extra else TUNING:
             print(json.dumps(run_subject(outfit, seed, args.work, None, overrides)), flush=True)
         return
     subjects = SUBJECTS[:2] if args.quick else SUBJECTS

@@ -149,3 +149,42 @@ def test_front_back_images_reflect_each_ring_about_its_mean_depth(n, rings, seed
     for r in np.unique(ring):                                            # each ring's centre kept
         assert np.isclose(back[ring == r, 2].mean(), rest[ring == r, 2].mean())
     assert front_back_images(rest, None) is None
+
+
+def _frontal_obs(root, outfit: str, seed: int):
+    """A synthetic turntable's frame seen most nearly from the front or the back (truth body and
+    clothing mask): where a skirt shows across the gap between the legs."""
+    from scipy.spatial.transform import Rotation
+
+    from pointwear.data.subject import read_subject
+    from pointwear.recon.perceive import observation_from_subject
+    from pointwear.synth.generate import SynthOptions, generate_subject
+    out = root / f"{outfit}_{seed}"
+    generate_subject(out, SynthOptions(frames=4, size=256, outfit=outfit, seed=seed))
+    s = read_subject(out)
+    facing = np.abs(Rotation.from_rotvec(s.smpl.global_orient).apply([0.0, 0.0, 1.0])[:, 2])
+    frame = int(facing.argmax())
+    return observation_from_subject(out, frame, person=s.labels(frame) > 0)
+
+
+@pytest.mark.parametrize("outfit, bridged", [("dress", True), ("longsleeve-trousers", False)])
+def test_a_skirt_joins_the_legs_and_trousers_keep_them(tmp_path, outfit, bridged):
+    """recon/bridge.py on a synthetic photo: a dress's legs become one tube (the inner halves on the
+    legs' front and back lines, reaching the midline, the faces across them dropped, weights
+    still a partition of one); trousers' template is the plain body surface."""
+    from pointwear.body import load_body
+    from pointwear.recon.template import body_region_template
+    body = load_body("default", device="cpu")
+    obs = _frontal_obs(tmp_path, outfit, 3)
+    plain = body_region_template(obs, body, ReconOptions(bridge_legs=False))
+    t = body_region_template(obs, body, ReconOptions())
+    assert np.array_equal(t.body_vertex, plain.body_vertex) or bridged
+    if not bridged:
+        assert np.array_equal(t.faces, plain.faces) and np.array_equal(t.rest, plain.rest)
+        return
+    moved = np.linalg.norm(t.rest - plain.rest[np.searchsorted(plain.body_vertex, t.body_vertex)], axis=1) > 1e-4
+    assert moved.sum() > 50 and len(t.faces) < len(plain.faces)
+    legs = t.rest[moved]
+    assert np.abs(legs[:, 0]).min() < 0.01                                # the halves reach the midline
+    assert np.allclose(t.weights.sum(1), 1, atol=1e-4) and np.allclose(np.linalg.norm(t.normals, axis=1), 1, atol=1e-4)
+    assert (t.mirror[t.mirror[t.mirror >= 0]] == np.nonzero(t.mirror >= 0)[0]).all()

@@ -16,6 +16,10 @@ class ReconOptions:
                                       # ease: what the unseen side keeps; chosen on the tuning seeds
                                       # 0-5: 0.008 ... 0.07, see docs/recon.md)
     ring_bin: float = 0.03            # m: cross-section rings bin a bone's vertices this finely
+    bridge_legs: bool = True          # a skirt or dress (clothing across the gap between the legs
+                                      # in the photo) joins the two leg tubes into one (bridge.py)
+    bridge_gap: float = 0.08          # m: ... across a gap between the body's legs this wide
+    bridge_min_levels: int = 2        # ... on at least this many leg levels
     min_faces: int = 50               # fewer garment faces than this: the mask misses the body
     # -- refinement (per-vertex offsets, albedo, light) -----------------------------------------
     steps: int = 80

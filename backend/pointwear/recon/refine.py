@@ -164,6 +164,10 @@ class _Problem:
         self.weights = torch.as_tensor(t.weights, device=dev, dtype=dt)
         self.start = torch.as_tensor(t.rest + o.start_offset * t.normals, device=dev, dtype=dt)
         self.nearest = bv.clone()
+        # (V,3) 0 where an offset may not move (x of the midline vertices of a bridged skirt)
+        self.free = torch.ones(t.num_vertices, 3, device=dev, dtype=dt)
+        if t.midline is not None:
+            self.free[torch.as_tensor(t.midline, device=dev), 0] = 0.0
         self.soft = SoftOptions(sigma=o.sigma, cutoff=1e-6)
         self.occluded = torch.zeros(view.size, device=dev, dtype=dt)
 
@@ -178,6 +182,7 @@ class _Problem:
         d = raw
         for _ in range(self.o.smooth_passes):
             d = d + 0.5 * self.terms.laplacian(d)
+        d = d * self.free
         m = self.o.max_offset
         return self.start + m * torch.tanh(d / m)
 

@@ -41,7 +41,8 @@ class Template:
     body_vertex (V,) int64 the body vertex each came from; faces (F,3) int64 local, CCW outside;
     rest (V,3) float32 rest-pose positions (the fit's betas); normals (V,3) rest-pose unit normals;
     weights (V,24) skin weights; mirror (V,) local index of the mirror vertex or -1; ring (V,)
-    int64 id of the vertex's cross-section ring (its dominant bone, binned along the bone).
+    int64 id of the vertex's cross-section ring (its dominant bone, binned along the bone);
+    midline (V,) bool or None: vertices whose offsets keep x = 0 (a bridged skirt's seam, bridge.py).
     """
 
     body_vertex: np.ndarray
@@ -51,6 +52,7 @@ class Template:
     weights: np.ndarray
     mirror: np.ndarray
     ring: np.ndarray
+    midline: np.ndarray | None = None
 
     @property
     def num_vertices(self) -> int:
@@ -140,6 +142,27 @@ def garment_vertices(in_mask: np.ndarray, seen: np.ndarray, ring: np.ndarray, mi
     return sel & allowed
 
 
+def _bridged(obs: Observation, posed: np.ndarray, rest: np.ndarray, weights: np.ndarray, mirror: np.ndarray,
+             faces: np.ndarray, options: ReconOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The body's rest vertices (V,3) and skin weights (V,24) with the legs bridged where the photo
+    shows a skirt (recon/bridge.py; unchanged when it does not, or `bridge_legs` is off), the
+    (F,) bool faces dropped across the legs' inner halves and the (V,) bool midline vertices."""
+    from ..render.rasterizer import rasterize
+    from .bridge import bridge_legs, leg_levels, seam_faces, skirt_levels
+    none = np.zeros(len(faces), bool), np.zeros(len(rest), bool)
+    if not options.bridge_legs:
+        return rest, weights, *none
+    side, level = leg_levels(rest, weights, options.ring_bin)
+    cover = rasterize(torch.as_tensor(posed, dtype=torch.float32), torch.as_tensor(faces),
+                      torch.as_tensor(obs.K, dtype=torch.float32), obs.size).mask[0].numpy()
+    skirt = skirt_levels(posed, side, level, cover, obs.mask, obs.K, options.bridge_gap,
+                         options.bridge_min_levels)
+    if not len(skirt):
+        return rest, weights, *none
+    rest_g, weights_g, half, midline = bridge_legs(rest, weights, mirror, side, level, skirt)
+    return rest_g, weights_g, seam_faces(faces, half), midline
+
+
 def body_region_template(obs: Observation, body: BodyModel, options: ReconOptions,
                          mirror: np.ndarray | None = None) -> Template:
     """The body surface under the clothing mask as a garment mesh (see the module docstring)."""
@@ -159,7 +182,8 @@ def body_region_template(obs: Observation, body: BodyModel, options: ReconOption
     allowed = ~np.isin(body.weights_np.argmax(1), [JOINT_INDEX[n] for n in NEVER_GARMENT])
     sel = garment_vertices(mask[px[:, 1], px[:, 0]], seen, rings_b, mirror_b, allowed)
     sel = _close(sel, vertex_adjacency(faces_b, len(posed)), rings=2) & allowed
-    keep = sel[faces_b].all(1)
+    rest_g, weights_g, seam, midline = _bridged(obs, posed, rest, body.weights_np, mirror_b, faces_b, options)
+    keep = sel[faces_b].all(1) & ~seam
     if keep.sum() >= options.min_faces:
         keep[keep] = _islands(faces_b[keep], len(posed), 0.02)
     if keep.sum() < options.min_faces:
@@ -171,11 +195,14 @@ def body_region_template(obs: Observation, body: BodyModel, options: ReconOption
     local[used] = np.arange(len(used))
     faces = local[faces_b[keep]]
     from ..render.soft import vertex_normals
-    normals = vertex_normals(torch.as_tensor(rest), torch.as_tensor(faces_b)).numpy()[used]
+    normals = vertex_normals(torch.as_tensor(rest_g), torch.as_tensor(faces_b[~seam])).numpy()[used]
+    mid = midline[used]                      # the seam's ease stays on the midline (front or back)
+    normals[mid] = np.stack([0 * normals[mid, 0], normals[mid, 1], np.where(normals[mid, 2] < 0, -1.0, 1.0)], 1)
+    normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-9)
     m = mirror_b[used]
     mirror_local = np.where(m >= 0, local[np.maximum(m, 0)], -1)
-    return Template(body_vertex=used, faces=faces, rest=rest[used].astype(np.float32),
-                    normals=normals.astype(np.float32), weights=body.weights_np[used].astype(np.float32),
-                    mirror=mirror_local.astype(np.int64),
+    return Template(body_vertex=used, faces=faces, rest=rest_g[used].astype(np.float32),
+                    normals=normals.astype(np.float32), weights=weights_g[used].astype(np.float32),
+                    mirror=mirror_local.astype(np.int64), midline=midline[used] if midline.any() else None,
                     ring=cross_section_rings(rest[used], body.weights_np[used], joints, body.parents,
                                              options.ring_bin))
