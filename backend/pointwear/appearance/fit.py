@@ -20,7 +20,7 @@ it. The checkpoint carries a fingerprint of the outfit it was fitted on (`outfit
 a checkpoint of another outfit (another code, a re-fit, a refined result) is not resumed but kept
 aside as `checkpoint-other-outfit.pt` with a warning naming it, and the fit starts afresh. Adam,
 network 1e-3 and descriptors 1e-2 (the paper: 1e-4 and 1e-2 over ~80 much longer epochs) with a
-cosine decay to 5 % over the run, batch 2 on the CPU (8 on CUDA), 150 epochs. On CPUs with native
+cosine decay to 5 % over the run, batch 2 on the CPU (8 on CUDA), 300 epochs. On CPUs with native
 bfloat16 the U-Net runs in bfloat16 mixed precision (autocast; weights, Adam and losses stay
 float32): ~1.45x cheaper steps, the same loss curve within ~1 % epoch by epoch
 (docs/benchmarks.md).
@@ -77,7 +77,7 @@ def outfit_fingerprint(outfit: dict, posed_points: np.ndarray) -> str:
 
 @dataclass
 class AppearanceOptions:
-    epochs: int = 150                  # passes over the training frames
+    epochs: int = 300                  # passes over the training frames
     size: int | None = None            # training image size (longer side); None: the frames' own, <= 512
     frames: list[int] | None = None    # training frames; the rest are held out (default: every 4th held out)
     minutes: float | None = None       # time budget for training (over resumes); None: epochs only
