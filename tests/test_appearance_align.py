@@ -9,7 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from pointwear.appearance.align import FrameAlignment
+from pointwear.appearance.align import FrameAlignment, time_weights
 from pointwear.appearance.losses import dice_loss
 from pointwear.appearance.fit import AppearanceFitter, AppearanceOptions
 from pointwear.data.subject import read_subject
@@ -101,6 +101,7 @@ def test_fit_learns_offsets_and_keeps_them_in_its_checkpoint(tiny, tmp_path, def
     fitter = AppearanceFitter(subject, outfit, app, AppearanceOptions(**ON), body=default_body)
     result = fitter.run()
     assert set(result["metrics"]["heldout_mask_aligned"]) == {"psnr", "ssim", "iou"}
+    assert set(result["metrics"]["heldout_time_aligned"]) == {"psnr", "ssim", "iou"}
     nodes = fitter.align.nodes.detach().clone()
     assert nodes.shape == (len(result["train_frames"]), 2, 4, 4) and nodes.abs().max() > 0
     assert result["alignment"]["grid"] == 4 and result["alignment"]["max_px"] > 0
@@ -139,3 +140,34 @@ def _held_frames_are_aligned_to_their_masks_only(fitter: AppearanceFitter) -> No
     assert miss(aligned) < miss(displaced), (miss(aligned), miss(displaced))
     noisy = replace(displaced, images=torch.rand_like(displaced.images) * 2 - 1)
     torch.testing.assert_close(fitter.mask_aligned(noisy).points, aligned.points)
+
+
+def test_time_weights_pick_the_neighbouring_known_frames():
+    known = [8, 0, 1, 2, 4, 5, 6, 9]           # any order: positions refer to this list
+    lo, hi, w = time_weights(known, [3, 7, 5, 10, 0])
+    assert [known[i] for i in lo] == [2, 6, 5, 9, 0] and [known[i] for i in hi] == [4, 8, 5, 9, 0]
+    assert w == [0.5, 0.5, 0.0, 0.0, 0.0]
+    lo, hi, w = time_weights([4, 8], [5, 1])
+    assert (lo, hi) == ([0, 0], [1, 0]) and w == [0.25, 0.0]
+
+
+def test_cloth_field_follows_the_rest_points_and_interpolates_in_time():
+    """A cloth-space field gives a point the same offset wherever it projects (it is attached to
+    the point's rest position), and a frame between two known ones takes their linear blend."""
+    g = torch.Generator().manual_seed(3)
+    rest = torch.rand(50, 3, generator=g) * torch.tensor([0.6, 1.0, 0.3])
+    align = FrameAlignment(2, 3, rest)
+    assert align.nodes.shape == (2, 2, 3, 3, 3)
+    with torch.no_grad():
+        align.nodes.copy_(torch.randn(align.nodes.shape, generator=g))
+    idx = torch.tensor([0, 1])
+    uv = torch.rand(2, 50, 2, generator=g) * 64
+    a = align.offsets(idx, uv, (64, 64))
+    torch.testing.assert_close(a, align.offsets(idx, uv.flip(1), (64, 64)))     # independent of the projection
+    assert a.shape == (2, 50, 2) and not torch.allclose(a[0], a[1])
+    mid = align.at_times([10, 14], [11, 10, 20])
+    b = mid.offsets(torch.arange(3), uv[:1].expand(3, -1, -1), (64, 64))
+    torch.testing.assert_close(b[0], 0.75 * a[0] + 0.25 * a[1])
+    torch.testing.assert_close(b[1], a[0])
+    torch.testing.assert_close(b[2], a[1])
+    assert not mid.nodes.requires_grad

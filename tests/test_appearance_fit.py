@@ -111,8 +111,8 @@ def test_result_folder_is_complete(fitted, tiny):
     assert rgba.shape == (96, 96, 4) and rgba[..., 3].max() > 200 and rgba[..., 3].min() == 0
     assert sorted(p.name for p in (app / "heldout").iterdir()) == ["000003.png"]
     saved = json.loads((app / "result.json").read_text())
-    assert set(saved["metrics"]) == {"train", "heldout", "heldout_mask_aligned", "baseline"}
-    assert saved["metrics"]["heldout_mask_aligned"] == {}           # off by default
+    assert set(saved["metrics"]) == {"train", "heldout", "heldout_mask_aligned", "heldout_time_aligned", "baseline"}
+    assert saved["metrics"]["heldout_mask_aligned"] == {} == saved["metrics"]["heldout_time_aligned"]  # off by default
     assert set(saved["metrics"]["baseline"]["heldout"]) == {"psnr", "ssim", "iou"}
     src, ours = np.load(outfit / "outfit.npz"), np.load(app / "outfit.npz")
     for key in src.files:                                          # the outfit's arrays, unchanged

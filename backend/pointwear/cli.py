@@ -428,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("subject")
     p.add_argument("--outfit", required=True, help="the fit-outfit result folder of this subject")
     p.add_argument("--out", required=True, help="result folder (resumes from its checkpoint.pt if present)")
-    p.add_argument("--epochs", type=int, default=150, help="passes over the training frames (default 150)")
+    p.add_argument("--epochs", type=int, default=300, help="passes over the training frames (default 300)")
     p.add_argument("--size", type=int, default=None,
                    help="training image size, longer side in px (default: the frames' own, at most 512)")
     p.add_argument("--frames", type=_frame_list, default=None,

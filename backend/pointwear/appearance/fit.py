@@ -20,7 +20,7 @@ it. The checkpoint carries a fingerprint of the outfit it was fitted on (`outfit
 a checkpoint of another outfit (another code, a re-fit, a refined result) is not resumed but kept
 aside as `checkpoint-other-outfit.pt` with a warning naming it, and the fit starts afresh. Adam,
 network 1e-3 and descriptors 1e-2 (the paper: 1e-4 and 1e-2 over ~80 much longer epochs) with a
-cosine decay to 5 % over the run, batch 2 on the CPU (8 on CUDA), 150 epochs. On CPUs with native
+cosine decay to 5 % over the run, batch 2 on the CPU (8 on CUDA), 300 epochs. On CPUs with native
 bfloat16 the U-Net runs in bfloat16 mixed precision (autocast; weights, Adam and losses stay
 float32): ~1.45x cheaper steps, the same loss curve within ~1 % epoch by epoch
 (docs/benchmarks.md).
@@ -47,8 +47,9 @@ from ..errors import InputError
 from ..fileio import atomic_path
 from ..link.protocol import CHECKPOINT_PT, POSED_NPZ
 from ..fit.state import FitCancelled, split_frames
+from ..render.rasterizer import project
 from .frames import AppearanceFrames, load_appearance_frames, read_outfit_result, training_size
-from .align import FrameAlignment
+from .align import FrameAlignment, image_offsets, moved_by_pixels
 from .losses import VGGPerceptual, dice_loss, ssim_loss
 from .model import APPEARANCE_VISIBILITY, AppearanceConfig, AppearanceModel
 from .outputs import side_by_side, write_outputs, write_png
@@ -76,7 +77,7 @@ def outfit_fingerprint(outfit: dict, posed_points: np.ndarray) -> str:
 
 @dataclass
 class AppearanceOptions:
-    epochs: int = 150                  # passes over the training frames
+    epochs: int = 300                  # passes over the training frames
     size: int | None = None            # training image size (longer side); None: the frames' own, <= 512
     frames: list[int] | None = None    # training frames; the rest are held out (default: every 4th held out)
     minutes: float | None = None       # time budget for training (over resumes); None: epochs only
@@ -105,6 +106,10 @@ class AppearanceOptions:
     align_grid: int = 0                # per-training-frame 2D offset field: (grid x grid) nodes over the image; 0: off
     lr_align: float = 0.05             # Adam learning rate of the offset nodes (px per step)
     align_weight: float = 1e-3         # L2 penalty on the offset nodes (per px^2)
+    align_space: str = "image"         # where the offset field's nodes live: image (g x g over the image) or cloth (g^3 over the rest points)
+    align_heldout: bool = True         # with align_grid: held-out frames also scored with the field interpolated in time
+    jitter_px: float = 0.0             # training points moved by a random smooth offset field (std px; 0: off)
+    jitter_grid: int = 4               # its nodes per side over the image
     mask_align_steps: int = 0          # held-out frames also scored with offset fields fitted to their masks only (0: off)
     mask_align_grid: int = 2           # their grid (nodes per side over the image)
     lr_mask_align: float = 0.05        # Adam learning rate of those offsets (px per step)
@@ -164,11 +169,21 @@ class AppearanceFitter:
         for name in ("align_grid", "mask_align_grid"):
             if getattr(options, name) < 0 or getattr(options, name) == 1:
                 raise InputError(f"{name} must be 0 (off) or >= 2, got {getattr(options, name)}", field=name)
-        self.align = (FrameAlignment(len(self.train), options.align_grid).to(self.device)
-                      if options.align_grid else None)
+        if options.align_space not in ("image", "cloth"):
+            raise InputError(f"align_space must be image or cloth, got {options.align_space!r}", field="align_space")
+        self.align = self._make_alignment(len(self.train), options.align_grid)
         self.optimizer = self._make_optimizer()
         self.vgg = VGGPerceptual(options.vgg).to(self.device) if options.vgg else None
         self.ckpt_path = self.out / CHECKPOINT_PT
+
+    def _make_alignment(self, frames: int, grid: int) -> FrameAlignment | None:
+        """An offset field per frame (align.py) in `align_space`; None when grid is 0."""
+        if not grid:
+            return None
+        rest = None
+        if self.options.align_space == "cloth":
+            rest = torch.as_tensor(np.asarray(self.outfit["points"], np.float32), device=self.device)
+        return FrameAlignment(frames, grid, rest).to(self.device)
 
     def _make_optimizer(self) -> torch.optim.Adam:
         """Adam over the network, the descriptors and (when on) the training frames' alignment."""
@@ -273,6 +288,8 @@ class AppearanceFitter:
         aligned = self.align is not None and frames is self.train
         if aligned:     # training frames only: each moves its points by its own smooth offset field
             points = self.align(idx, points, frames.K[idx], frames.size)
+        if augment and self.options.jitter_px > 0:
+            points = self._jittered(points, frames.K[idx], frames.size)
         K = A @ frames.K[idx]
         rgb, mask = self.model(points, frames.visible[idx], K, self.crop, self.net_dtype)
         with torch.no_grad():
@@ -294,6 +311,16 @@ class AppearanceFitter:
             terms["align"] = self.align.penalty(idx)
             total = total + o.align_weight * terms["align"]
         return total, {k: v.detach() for k, v in terms.items()}    # read at the epoch's end: no wait per step
+
+    def _jittered(self, points: Tensor, K: Tensor, size: tuple[int, int]) -> Tensor:
+        """points (B, P, 3) moved by a random smooth offset field per item (nodes ~ N(0, jitter_px^2)
+        px on a jitter_grid^2 grid over the image): the misregistration a held-out frame has,
+        so the network learns to render under it. (B, P, 3)"""
+        o = self.options
+        g = o.jitter_grid
+        nodes = torch.randn(points.shape[0], 2, g, g, generator=self.rng).to(points) * o.jitter_px
+        uv, _ = project(points, K)
+        return moved_by_pixels(points, K, image_offsets(nodes, uv, size))
 
     def mask_aligned(self, frames: AppearanceFrames) -> AppearanceFrames:
         """The frames with their points moved by offset fields fitted to each frame's clothing mask
@@ -328,6 +355,17 @@ class AppearanceFitter:
             points = align(idx, frames.points, frames.K, frames.size)
         self.mask_alignment = align
         return replace(frames, points=points)
+
+    def time_aligned(self, frames: AppearanceFrames) -> AppearanceFrames:
+        """The frames (held-out ones) with their points moved by the training frames' offset fields
+        interpolated in time (by frame index alone, align.FrameAlignment.at_times); the frames
+        unchanged when the alignment is off. (F, P, 3) points."""
+        if self.align is None:
+            return frames
+        align = self.align.at_times(self.train.ids, frames.ids)
+        idx = torch.arange(len(frames), device=self.device)
+        with torch.no_grad():
+            return replace(frames, points=align(idx, frames.points, frames.K, frames.size))
 
     # -- training -------------------------------------------------------------------------------
     @property

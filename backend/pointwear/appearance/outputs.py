@@ -151,6 +151,10 @@ def write_outputs(fitter: FitterView, state: TrainState, seconds: float) -> dict
     if held is not None and fitter.options.mask_align_steps and fitter.options.mask_align_grid:
         check_cancel()
         aligned_rows, _ = evaluate(model, fitter.mask_aligned(held))
+    time_rows = []
+    if held is not None and fitter.align is not None and fitter.options.align_heldout:
+        check_cancel()
+        time_rows, _ = evaluate(model, fitter.time_aligned(held))
     fitter.progress("evaluate", 2, 2)
     check_cancel()
     model.save(out / APPEARANCE_PT)
@@ -180,13 +184,14 @@ def write_outputs(fitter: FitterView, state: TrainState, seconds: float) -> dict
         "vgg": o.vgg is not None,
         "alignment": _alignment_summary(fitter.align),
         "metrics": {"train": _means(train_rows), "heldout": _means(held_rows),
-                    "heldout_mask_aligned": _means(aligned_rows),
+                    "heldout_mask_aligned": _means(aligned_rows), "heldout_time_aligned": _means(time_rows),
                     "baseline": {"train": _means(train_rows, "baseline_"), "heldout": _means(held_rows, "baseline_")}},
         "metrics_note": ("inside the clothing mask at the training size, over mid grey: PSNR (dB, images in "
                          "[-1,1], peak-to-peak 2), SSIM mask-weighted (losses.masked_ssim), mask IoU at 0.5; "
                          "baseline = baked per-point colours splatted, no network; heldout_mask_aligned: the "
                          "held-out frames' points first moved by offset fields fitted to their clothing masks "
-                         "only (never their RGB)"),
+                         "only (never their RGB); heldout_time_aligned: moved by the training frames' offset "
+                         "fields interpolated in time (by frame index only)"),
         "colors_seen": {"points": int((seen > 0).sum()), "of": int(len(seen))},
         "frames": train_rows + held_rows, "history": state.history,
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(o).items()},

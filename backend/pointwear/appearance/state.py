@@ -38,4 +38,5 @@ class FitterView(Protocol):
     progress: Callable[[str, int, int], None]
     should_stop: Callable[[], bool]
     mask_aligned: Callable[[Any], Any]  # frames -> the frames with points aligned to their masks
+    time_aligned: Callable[[Any], Any]  # frames -> the frames with the training alignment interpolated in time
 
