@@ -29,7 +29,7 @@ from ..fit.visibility import body_depth, visible_points
 from .camera import read_camera
 from .model import AppearanceModel, load_appearance, rgba_uint8
 from .unet import network_dtype
-from ..link.protocol import APPEARANCE_PT, OUTFIT_NPZ, RENDER_JSON
+from ..link.protocol import APPEARANCE_PT, CANCELLED, OUTFIT_NPZ, RENDER_JSON
 
 __all__ = ["render_sequence", "check_outfit_for_appearance"]
 
@@ -135,7 +135,7 @@ def render_sequence(app_dir: str | Path, out: str | Path, motion: str | Path, ca
                "compute_cpu_seconds": round(compute_cpu, 3),
                "frames_per_second": round(len(files) / seconds, 2) if seconds > 0 and files else None,
                "compute_frames_per_second": round(len(files) / compute, 2) if compute > 0 and files else None,
-               "cancelled": cancelled,
+               CANCELLED: cancelled,
                "timing_note": "compute = pose + visibility (body raster) + splat + U-Net per frame, no file "
                               "writing (compute_cpu_seconds: the process's CPU time over the same part); "
                               "seconds/frames_per_second include writing the PNGs"}

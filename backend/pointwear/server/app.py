@@ -421,8 +421,8 @@ class Server:
                 rec["position"] = self.queue.position(j)
             records.append(rec)
         reply = {"type": P.REPLY_STATUS, "jobs": records,
-                 "running": self.queue.running.job_id if self.queue.running else None,
-                 "queued": [j.job_id for j in self.queue.waiting]}
+                 P.RUNNING: self.queue.running.job_id if self.queue.running else None,
+                 P.QUEUED: [j.job_id for j in self.queue.waiting]}
         # Keep the reply under the line limit: the newest jobs first.
         while len(records) > 1 and len(P.encode_line(reply)) > P.MAX_LINE_BYTES - 256:
             drop = max(1, len(records) // 4)

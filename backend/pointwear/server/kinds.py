@@ -544,7 +544,7 @@ def _run_render(job: JobContext) -> dict[str, Path]:
     summary = render_sequence(prm["app"], frames, motion=prm["motion"], camera=prm["camera"], outfit_dir=prm["outfit"],
                               betas=prm["betas"], up=prm["up"], progress=job.progress, should_stop=job.should_stop,
                               device=job.device, threads=job.threads or 1)
-    if summary["cancelled"]:
+    if summary[P.CANCELLED]:
         raise JobCancelled(f"render cancelled after {summary['frames']} of {summary['of']} frames")
     first = frames / summary["first"] if summary["first"] else None
     return {"frames": frames, "first": first, "render_json": job.out / P.RESULT_FILES[P.KIND_RENDER]["render_json"]}
