@@ -52,6 +52,8 @@ class ServerLimits:
     memory_bytes: int = 0        # a job whose estimate is over this is refused; 0: 3/4 of the RAM
     memory_fraction: float = 0.75
     fd_reserve: int = 256        # descriptors kept for jobs' own files beyond the connections
+    accept_burst: int = 32       # listen backlog: asyncio accepts up to this many sockets at once,
+                                 # before any is counted or dropped, so they need descriptors too
 
     def memory_budget(self) -> int:
         env = os.environ.get("POINTWEAR_MEMORY_LIMIT_MB")
@@ -144,13 +146,14 @@ class Server:
         self.store.scan()
         warm_up()
         self.queue = JobQueue(self.store, KINDS, self.publish, self.device, self.threads, self.limits.max_queued)
-        fds = raise_fd_limit(self.limits.max_connections + self.limits.fd_reserve)
-        if fds < self.limits.max_connections + self.limits.fd_reserve:   # a low hard limit: share it
-            self.limits.max_connections = max(8, fds - min(self.limits.fd_reserve, fds // 2))
+        lim = self.limits
+        fds = raise_fd_limit(lim.max_connections + lim.accept_burst + lim.fd_reserve)
+        if fds < lim.max_connections + lim.accept_burst + lim.fd_reserve:   # a low hard limit: share it
+            lim.max_connections = max(8, fds - min(lim.fd_reserve, fds // 2) - lim.accept_burst)
             self.limits.max_preauth = min(self.limits.max_preauth, max(4, self.limits.max_connections // 4))
             log(f"open-file limit {fds}: at most {self.limits.max_connections} connections")
         server = await asyncio.start_server(self.on_connect, self.host, self.port, limit=READ_CHUNK,
-                                            ssl=self.ssl_context)
+                                            ssl=self.ssl_context, backlog=lim.accept_burst)
         self.port = server.sockets[0].getsockname()[1]
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.on_signal, sig)
