@@ -138,9 +138,9 @@ def cmd_fit_outfit(args: argparse.Namespace) -> int:
 
 def cmd_fit_appearance(args: argparse.Namespace) -> int:
     from .appearance.fit import AppearanceOptions, fit_appearance
-    options = AppearanceOptions(epochs=args.epochs, size=args.size, frames=args.frames, minutes=args.minutes,
+    options = AppearanceOptions(size=args.size, frames=args.frames, minutes=args.minutes,
                                 vgg=args.vgg, seed=args.seed, device=args.device, precision=args.precision,
-                                **{k: getattr(args, k) for k in ("align_grid", "mask_align_steps")
+                                **{k: getattr(args, k) for k in ("epochs", "align_grid", "mask_align_steps")
                                    if getattr(args, k) is not None})
     if (Path(args.out) / CHECKPOINT_PT).exists():
         print(f"resuming from {Path(args.out) / 'checkpoint.pt'}")
@@ -428,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("subject")
     p.add_argument("--outfit", required=True, help="the fit-outfit result folder of this subject")
     p.add_argument("--out", required=True, help="result folder (resumes from its checkpoint.pt if present)")
-    p.add_argument("--epochs", type=int, default=300, help="passes over the training frames (default 300)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="passes over the training frames (default: AppearanceOptions.epochs, docs/appearance.md)")
     p.add_argument("--size", type=int, default=None,
                    help="training image size, longer side in px (default: the frames' own, at most 512)")
     p.add_argument("--frames", type=_frame_list, default=None,
