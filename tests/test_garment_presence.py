@@ -76,6 +76,18 @@ def test_dress_armholes_open_its_sides_from_the_straps_out_and_follow_their_para
     assert code.grad[0, 5] < 0 and code.grad[0, 6] > 0    # deeper armholes, wider straps
 
 
+def test_dress_armholes_batched_over_codes_equal_one_by_one(body):
+    """C codes at once ((C, 1, 1) parameters, the fit's coarse stage) cut the same armholes as
+    each code alone."""
+    drape = ParametricDrape(body, "dress")
+    codes = torch.randn(3, drape.code_dim, generator=torch.Generator().manual_seed(4)) * 1.5
+    batched = drape(codes, torch.zeros(1, 10))
+    for b in range(3):
+        one = drape(codes[b:b + 1], torch.zeros(1, 10))
+        assert torch.allclose(batched.presence[b], one.presence[0], atol=1e-6)
+    assert len({int((batched.presence[b] >= 0.5).sum()) for b in range(3)}) > 1   # the cuts differ
+
+
 def test_dress_results_from_before_armholes_keep_every_point_of_the_dress(body):
     """A dress code written before `armhole` and `strap` (5 logits) reads them at the low end:
     no armhole, so the same points as before (only sleeve stubs left out)."""
