@@ -99,6 +99,13 @@ def test_dress_results_from_before_armholes_keep_every_point_of_the_dress(body):
     keep = present_points(out).numpy()
     n_dress = GRID["hang"][0] * GRID["hang"][1]
     assert keep[:n_dress].all() and not keep[n_dress:].any()
+    # a jacket over a dress, written before `loose` (5 + 5 logits) or between the two (5 + 6)
+    jacket = ParametricDrape(body, "jacket+dress")
+    for n in (10, 11):
+        code = upgrade_code("jacket+dress", np.zeros(n, np.float32))
+        dress, coat = jacket.describe(torch.as_tensor(code))
+        assert code.shape == (jacket.code_dim,) and dress["armhole"] < 1e-5
+        assert (coat["loose"] < 1e-5) == (n == 10) and coat["hem"] == pytest.approx(0.6 + 0.65 / 2)
 
 
 @settings(max_examples=50, deadline=None)

@@ -62,7 +62,7 @@ ADDED_LATER_GENERATIONS: tuple[dict[str, tuple[str, ...]], ...] = (
 )
 ADDED_LATER: dict[str, tuple[str, ...]] = {
     name: tuple(p for gen in ADDED_LATER_GENERATIONS for p in gen.get(name, ()))
-    for name in {n for gen in ADDED_LATER_GENERATIONS for n in gen}}
+    for name in dict.fromkeys(n for gen in ADDED_LATER_GENERATIONS for n in gen)}
 ABSENT_LOGIT = -12.0      # sigmoid(-12) = 6e-6: the low end of the range (a straight leg, a fitted top)
 
 
