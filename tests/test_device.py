@@ -72,7 +72,7 @@ def test_own_rigid_chain_equals_smplx(cpu_body):
     assert torch.allclose(out.joints, ref.joints[:, :24], atol=1e-5)
 
 
-@pytest.mark.parametrize("template", ["tshirt-shorts", "jacket+tshirt+trousers", "hoodie+skirt"])
+@pytest.mark.parametrize("template", ["tshirt-shorts", "jacket+tshirt+trousers", "hoodie+skirt", "jacket+dress"])
 def test_parametric_drape_builds_on_the_codes_device(device, cpu_body, template):
     """The garment grids (u, phi, the radius tables) are made where the code lives; on meta the
     body frame (host geometry from real values) is primed on the CPU first."""

@@ -28,6 +28,8 @@ class Family:
         return len(self.ranges)
 
 
+_DRESS = (("sleeve", 0.0, 0.5), ("hem", 0.05, 0.9), ("neckline", 0.02, 0.14), ("ease", 0.003, 0.05),
+          ("flare", 0.0, 0.6))
 _TOP = (("hem", 0.5, 1.05), ("neckline", 0.02, 0.14), ("ease", 0.003, 0.06), ("loose", 0.0, 0.3))
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("tank", "upper", "top", (("hem", 0.5, 1.05), ("neckline", 0.05, 0.16), ("ease", 0.003, 0.06),
@@ -45,38 +47,48 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
                                              ("flare", 0.0, 0.2))),
     Family("skirt", "lower", "skirt", (("hem", 0.05, 0.95), ("waist", 0.5, 0.7), ("ease", 0.003, 0.05),
                                        ("flare", 0.0, 0.8))),
-    Family("dress", "onepiece", "dress", (("sleeve", 0.0, 0.5), ("hem", 0.05, 0.9), ("neckline", 0.02, 0.14),
-                                          ("ease", 0.003, 0.05), ("flare", 0.0, 0.6))),
+    Family("dress", "onepiece", "dress", _DRESS + (("armhole", 0.0, 0.2), ("strap", 0.4, 1.0))),
     Family("jumpsuit", "onepiece", "jumpsuit", (("sleeve", 0.0, 1.02), ("hem", 0.15, 1.0), ("neckline", 0.02, 0.12),
                                                 ("ease", 0.003, 0.06))),
 )}
 
-# Parameters appended to a family after results were first written with it: an older code
-# lacks them and reads them at the low end of their range (`upgrade_code`).
-ADDED_LATER: dict[str, tuple[str, ...]] = {"shorts": ("flare",), "trousers": ("flare",), "tank": ("loose",),
-                                           "tshirt": ("loose",), "longsleeve": ("loose",), "hoodie": ("loose",),
-                                           "jacket": ("loose",)}
+# Parameters appended to families after results were first written with them, one generation
+# after another (oldest first): an older code lacks those of its own generation and of every later
+# one and reads them at the low end of their range (`upgrade_code`).
+ADDED_LATER_GENERATIONS: tuple[dict[str, tuple[str, ...]], ...] = (
+    {"shorts": ("flare",), "trousers": ("flare",), "tank": ("loose",), "tshirt": ("loose",),
+     "longsleeve": ("loose",), "hoodie": ("loose",), "jacket": ("loose",)},
+    {"dress": ("armhole", "strap")},
+)
+ADDED_LATER: dict[str, tuple[str, ...]] = {
+    name: tuple(p for gen in ADDED_LATER_GENERATIONS for p in gen.get(name, ()))
+    for name in dict.fromkeys(n for gen in ADDED_LATER_GENERATIONS for n in gen)}
 ABSENT_LOGIT = -12.0      # sigmoid(-12) = 6e-6: the low end of the range (a straight leg, a fitted top)
 
 
 def upgrade_code(spec: str, code):
-    """A family outfit's code of an older result (without the ADDED_LATER parameters) in
-    today's layout: each garment's missing trailing logits set to ABSENT_LOGIT. Codes already
-    in today's layout, or of another length, are returned unchanged. (D,) numpy array."""
+    """A family outfit's code of an older result (without the parameters of one generation of
+    ADDED_LATER_GENERATIONS and the later ones) in today's layout: each garment's missing
+    trailing logits set to ABSENT_LOGIT. Codes already in today's layout, or of a length no
+    generation had, are returned unchanged. (D,) numpy array."""
     import numpy as np
     code = np.asarray(code, np.float32).reshape(-1)
     try:
         families = outfit_families(spec)
     except ValueError:
         return code
-    old = [f.code_dim - len(ADDED_LATER.get(f.name, ())) for f in families]
-    if len(code) != sum(old) or sum(old) == sum(f.code_dim for f in families):
+    if len(code) == sum(f.code_dim for f in families):
         return code
-    parts, start = [], 0
-    for fam, n in zip(families, old):
-        parts += [code[start:start + n], np.full(fam.code_dim - n, ABSENT_LOGIT, np.float32)]
-        start += n
-    return np.concatenate(parts)
+    for first in range(len(ADDED_LATER_GENERATIONS)):          # written before generation `first`
+        missing = [sum(len(gen.get(f.name, ())) for gen in ADDED_LATER_GENERATIONS[first:]) for f in families]
+        old = [f.code_dim - m for f, m in zip(families, missing)]
+        if len(code) == sum(old):
+            parts, start = [], 0
+            for fam, n in zip(families, old):
+                parts += [code[start:start + n], np.full(fam.code_dim - n, ABSENT_LOGIT, np.float32)]
+                start += n
+            return np.concatenate(parts)
+    return code
 
 
 # The four fixed outfits of results made before families existed: their geometry kinds and the
@@ -85,7 +97,7 @@ LEGACY_RANGES: dict[str, tuple[Range, ...]] = {
     "top": (("sleeve", 0.0, 1.0), ("hem", 0.5, 1.05), ("neckline", 0.02, 0.14), ("ease", 0.003, 0.06)),
     "trousers": (("hem", 0.15, 1.0), ("waist", 0.5, 0.75), ("ease", 0.003, 0.06)),
     "skirt": (("hem", 0.05, 0.9), ("waist", 0.5, 0.7), ("ease", 0.003, 0.05), ("flare", 0.0, 0.6)),
-    "dress": FAMILIES["dress"].ranges,
+    "dress": _DRESS,
 }
 LEGACY_OUTFITS: dict[str, tuple[str, ...]] = {
     "tshirt-shorts": ("top", "trousers"),

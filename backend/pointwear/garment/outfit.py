@@ -34,7 +34,11 @@ class GarmentParams:
     `ease` in metres; `flare` is the skirt's outward slope below the hips; `opening` the angle
     (radians) of a jacket's open front (0 = closed); `hood` a hood's height as a fraction of the
     neck -> crown distance (0 = none); `loose` a top's widening (metres per metre) below the
-    armpits and along the sleeves: boxy and kimono cuts that hang away from waist and arms."""
+    armpits and along the sleeves: boxy and kimono cuts that hang away from waist and arms;
+    `armhole` the depth (metres) of a sleeveless one-piece's armholes below the shoulder joints
+    (0 = none: the body covers the shoulders out to the arms) and `strap` the straps' outer edge
+    (the armhole's inner edge) as a share of the shoulder joints' half-width: a sundress or slip
+    dress hangs from straps, its sides open from there outwards down to the armhole's bottom."""
     kind: str
     sleeve: float = 0.0
     hem: float = 1.0
@@ -45,6 +49,8 @@ class GarmentParams:
     opening: float = 0.0
     hood: float = 0.0
     loose: float = 0.0
+    armhole: float = 0.0
+    strap: float = 0.75
 
 
 @dataclass
@@ -77,6 +83,9 @@ class Piece:
     # on the host only when skin weights are made): loose cloth below the hips swings with the
     # thigh, it does not bend at the knee the way a leg does.
     hang: float | torch.Tensor = 0.0
+    # Holes cut out of the piece (armholes), as a presence factor per vertex: rest-pose vertices
+    # (..., n_s, n_phi, 3) -> (..., n_s, n_phi) in 0..1, differentiable in the parameters only.
+    cut: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass
@@ -218,8 +227,34 @@ def _dress(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Piece
     regions = ("torso", "neck", "left_upper_leg", "right_upper_leg", "left_lower_leg", "right_lower_leg")
     fld = frame.field(frame.torso_axis, regions, (0.0, frame.floor_s)).hanging(frame.hip_s)
     ease = _hanging_ease(p.ease, p.flare, frame.hip_s)
-    return [Piece("dress", frame.torso_axis, fld, p.neckline, end, GRID["hang"], ease, regions, hanging=True)] \
-        + _sleeves(frame, p, keep_sleeves)
+    return [Piece("dress", frame.torso_axis, fld, p.neckline, end, GRID["hang"], ease, regions, hanging=True,
+                  cut=_armholes(frame, p))] + _sleeves(frame, p, keep_sleeves)
+
+
+ARMHOLE_MIN, ARMHOLE_EDGE = 0.01, 0.02   # armholes shallower than ARMHOLE_MIN (m) are none; soft edge (m)
+
+
+def _armholes(frame: BodyFrame, p: GarmentParams) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Presence of a one-piece's points around its armholes, (..., n_s, n_phi, 3) rest-pose
+    vertices -> (..., n_s, n_phi): 0 where a point lies farther out than `strap` x the shoulder
+    joints' half-width and higher than `armhole` below them (what a strap dress leaves open),
+    1 elsewhere, linear over ARMHOLE_EDGE across both edges; an armhole shallower than
+    ARMHOLE_MIN fades out, so 0 (older results) keeps every point. The vertices are read
+    without their gradient: the cut moves with `armhole` and `strap`, never with the ease."""
+    if not torch.is_tensor(p.armhole) and p.armhole <= 0:
+        return None
+    shoulders = frame.joints[[J["left_shoulder"], J["right_shoulder"]]]
+    half_width, height = float(np.abs(shoulders[:, 0]).mean()), float(shoulders[:, 1].mean())
+
+    def cut(v: torch.Tensor) -> torch.Tensor:
+        depth, strap = p.armhole, p.strap        # floats, scalar or (C, 1, 1) tensors
+        x, y = v.detach()[..., 0].abs(), v.detach()[..., 1]
+        side = ((x - strap * half_width) / ARMHOLE_EDGE + 0.5).clamp(0.0, 1.0)
+        above = ((y - (height - depth)) / ARMHOLE_EDGE + 0.5).clamp(0.0, 1.0)
+        exists = ((depth - ARMHOLE_MIN) / ARMHOLE_MIN).clamp(0.0, 1.0) if torch.is_tensor(depth) else \
+            min(max((depth - ARMHOLE_MIN) / ARMHOLE_MIN, 0.0), 1.0)
+        return 1.0 - side * above * exists
+    return cut
 
 
 _PIECES: dict[str, Callable[[BodyFrame, GarmentParams, bool], list[Piece]]] = {
@@ -260,7 +295,10 @@ def build_outfit(frame: BodyFrame, params: list[GarmentParams], names: list[str]
             v = _piece_vertices(piece, detail, rng, like)
             n_s, n_phi = piece.grid
             verts.append(v.reshape(*v.shape[:-3], -1, 3))
-            presence.append(v.new_ones(v.shape[:-3] + (n_s * n_phi,)) * _batched(piece.presence, v))
+            present = v.new_ones(v.shape[:-3] + (n_s * n_phi,)) * _batched(piece.presence, v)
+            if piece.cut is not None:
+                present = present * piece.cut(v).reshape(present.shape)
+            presence.append(present)
             faces.append(_grid_faces(n_s, n_phi, periodic=piece.phi_range is None) + offset)
             garment.append(np.full(n_s * n_phi, g))
             pieces.append(piece)
