@@ -37,7 +37,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("hoodie", "upper", "hoodie", (("sleeve", 0.6, 1.02), ("hem", 0.6, 1.1), ("ease", 0.01, 0.07),
                                          ("hood", 0.4, 1.0), ("loose", 0.0, 0.3)), {"neckline": 0.03}, layer=1),
     Family("jacket", "upper", "jacket", (("sleeve", 0.6, 1.02), ("hem", 0.6, 1.25), ("neckline", 0.02, 0.12),
-                                         ("ease", 0.012, 0.08), ("opening", 0.0, 1.4), ("loose", 0.0, 0.3)),
+                                         ("ease", 0.012, 0.08), ("opening", 0.0, 1.4), ("loose", 0.0, 0.3),
+                                         ("widen", 0.0, 1.2)),
            layer=2),
     Family("shorts", "lower", "trousers", (("hem", 0.12, 0.6), ("waist", 0.5, 0.75), ("ease", 0.003, 0.06),
                                            ("flare", 0.0, 0.2))),
@@ -51,16 +52,27 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
                                                 ("ease", 0.003, 0.06))),
 )}
 
-# Parameters appended to a family after results were first written with it: an older code
-# lacks them and reads them at the low end of their range (`upgrade_code`).
-ADDED_LATER: dict[str, tuple[str, ...]] = {"shorts": ("flare",), "trousers": ("flare",), "tank": ("loose",),
-                                           "tshirt": ("loose",), "longsleeve": ("loose",), "hoodie": ("loose",),
-                                           "jacket": ("loose",)}
+# Parameters appended to a family after results were first written with it, round by round
+# (each round's results hold the parameters of the rounds before it): an older code lacks the
+# later ones and reads them at the low end of their range (`upgrade_code`).
+ADDED_ROUNDS: tuple[dict[str, tuple[str, ...]], ...] = (
+    {"shorts": ("flare",), "trousers": ("flare",), "tank": ("loose",), "tshirt": ("loose",),
+     "longsleeve": ("loose",), "hoodie": ("loose",), "jacket": ("loose",)},
+    {"jacket": ("widen",)},
+)
+ADDED_LATER: dict[str, tuple[str, ...]] = {
+    name: tuple(p for r in ADDED_ROUNDS for p in r.get(name, ())) for name in {n for r in ADDED_ROUNDS for n in r}}
 ABSENT_LOGIT = -12.0      # sigmoid(-12) = 6e-6: the low end of the range (a straight leg, a fitted top)
+# Parameters the fit's coarse stage holds at the low end of their range (ABSENT_LOGIT, no
+# random draw, no gradient), so choosing the garments goes as it did without them; the fine
+# stage starts them at FINE_START_LOGIT and fits them with the rest. A jacket's `widen` moves
+# which top under it the coarse stage prefers (docs/fitting.md, "Jackets").
+FINE_ONLY: dict[str, tuple[str, ...]] = {"jacket": ("widen",)}
+FINE_START_LOGIT = 0.0    # the middle of the range
 
 
 def upgrade_code(spec: str, code):
-    """A family outfit's code of an older result (without the ADDED_LATER parameters) in
+    """A family outfit's code of an older result (written before one of the ADDED_ROUNDS) in
     today's layout: each garment's missing trailing logits set to ABSENT_LOGIT. Codes already
     in today's layout, or of another length, are returned unchanged. (D,) numpy array."""
     import numpy as np
@@ -69,9 +81,18 @@ def upgrade_code(spec: str, code):
         families = outfit_families(spec)
     except ValueError:
         return code
-    old = [f.code_dim - len(ADDED_LATER.get(f.name, ())) for f in families]
-    if len(code) != sum(old) or sum(old) == sum(f.code_dim for f in families):
-        return code
+    for first in range(len(ADDED_ROUNDS)):
+        missing = [sum(len(r.get(f.name, ())) for r in ADDED_ROUNDS[first:]) for f in families]
+        old = [f.code_dim - m for f, m in zip(families, missing)]
+        if len(code) == sum(old) and sum(missing) > 0:
+            return _with_absent(families, old, code)
+    return code
+
+
+def _with_absent(families, old: list[int], code):
+    """`code` (sum(old),) with each garment's trailing logits beyond its `old` count set to
+    ABSENT_LOGIT: (sum of code_dim,) numpy array."""
+    import numpy as np
     parts, start = [], 0
     for fam, n in zip(families, old):
         parts += [code[start:start + n], np.full(fam.code_dim - n, ABSENT_LOGIT, np.float32)]
