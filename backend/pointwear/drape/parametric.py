@@ -41,6 +41,7 @@ class ParametricDrape(DrapeModel):
         # (code_dim,) bool: the logits the coarse stage holds at the low end (families.FINE_ONLY)
         self.fine_only = torch.tensor([name in FINE_ONLY.get(f.name, ()) for f in self.families
                                        for name, _, _ in f.ranges], dtype=torch.bool)
+        self.fine_only_index = [int(i) for i in self.fine_only.nonzero().reshape(-1)]   # host list
         self._frames: dict[tuple, BodyFrame] = {}
         self._weights: dict[tuple, torch.Tensor] = {}
         self._betas_seen: tuple | None = None     # (betas tensor, its version, host key)

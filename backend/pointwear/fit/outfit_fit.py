@@ -631,19 +631,20 @@ def fit_outfit(subject_dir: str | Path, out: str | Path, options: FitOptions,
 
 def _hold_fine_only(cand: Candidate) -> None:
     """No gradient for the logits the coarse stage holds at the low end (a parametric drape's
-    `fine_only`, families.FINE_ONLY): Adam then leaves them where they are. codes.grad (C, D)."""
-    mask = getattr(cand.drape, "fine_only", None)
-    if mask is not None and cand.codes.grad is not None and bool(mask.any()):
-        cand.codes.grad[:, mask.to(cand.codes.device)] = 0.0
+    `fine_only`, families.FINE_ONLY): Adam then leaves them where they are. codes.grad (C, D);
+    the indices are a host list (no host wait in the step)."""
+    index = getattr(cand.drape, "fine_only_index", None)
+    if index and cand.codes.grad is not None:
+        cand.codes.grad[:, index] = 0.0
 
 
 def _release_fine_only(cand: Candidate) -> Candidate:
     """The fine stage's candidate with its `fine_only` logits moved from the low end to
     FINE_START_LOGIT, so the fine stage fits them (at the low end their gradient vanishes)."""
     from ..garment.families import FINE_START_LOGIT
-    mask = getattr(cand.drape, "fine_only", None)
-    if mask is None or not bool(mask.any()):
+    index = getattr(cand.drape, "fine_only_index", None)
+    if not index:
         return cand
     codes = cand.codes.detach().clone()
-    codes[:, mask.to(codes.device)] = FINE_START_LOGIT
+    codes[:, index] = FINE_START_LOGIT
     return Candidate(cand.drape, codes, spec=cand.spec)
