@@ -66,6 +66,87 @@ def test_a_jacket_is_open_at_the_front_by_its_opening_parameter(default_body):
         assert bool(mid.any()) == expect_front
 
 
+def test_a_jackets_widen_opens_its_hem_but_not_its_chest(default_body):
+    """`widen` opens the fronts from the armpits down, by up to its angle at the hem; at 0 the
+    jacket is the one of before (same points)."""
+    drape = ParametricDrape(default_body, "jacket")
+    names = [n for n, _, _ in drape.families[0].ranges]
+    code = torch.full((2, drape.code_dim), -6.0)
+    code[:, names.index("opening")] = -1.0
+    code[:, names.index("hem")] = 4.0
+    code[:, names.index("widen")] = torch.tensor([-12.0, 6.0])
+    narrow, wide = drape(code, torch.zeros(10)).points
+
+    def front_gap(p, band):            # smallest angle from the front midline in a height band
+        lo, hi = band
+        sel = (p[:, 1] > lo) & (p[:, 1] < hi) & (p[:, 0].abs() < 0.12)
+        return float(torch.atan2(p[sel, 0], p[sel, 2] - 0.0).abs().min())
+    frame_y = default_body.shaped()[1][0]
+    pelvis, neck = float(frame_y[0, 1]), float(frame_y[12, 1])
+    chest = (neck - 0.12, neck - 0.06)
+    hem = (pelvis - 0.12, pelvis - 0.04)
+    assert abs(front_gap(wide, chest) - front_gap(narrow, chest)) < 0.03
+    assert front_gap(wide, hem) > front_gap(narrow, hem) + 0.3
+    # widen at the low end (an older result's jacket) is the jacket of before, built with no widening.
+    from pointwear.garment.outfit import GarmentParams, build_outfit
+    params = drape.describe(code[0])[0]
+    before = GarmentParams("jacket", **{k: v for k, v in params.items() if k in names and k != "widen"})
+    mesh = build_outfit(drape.body_frame(torch.zeros(10)), [before], keep_sleeves=True, with_weights=False)
+    assert mesh.vertices.shape == narrow.shape and torch.allclose(mesh.vertices, narrow, atol=1e-4)
+
+
+def test_jacket_results_from_before_widen_and_loose_redrape_as_they_were(default_body, tmp_path):
+    """A jacket+tshirt result of 11 logits (before `widen`) and one of 9 (before `loose` too)
+    load in today's layout with the missing parameters at the low end, and re-drape to the
+    points the older layout made."""
+    from pointwear.drape.redrape import load_outfit, redraped_points
+    from pointwear.garment.families import ABSENT_LOGIT, upgrade_code
+    drape = ParametricDrape(default_body, "jacket+tshirt")
+    full = np.array([0.3, -0.2, 0.5, 0.1, -1.0, 0.4, -0.3, 0.2, 0.6, -0.5, 0.7, 0.9], np.float32)
+    before_widen = np.delete(full, [11])                      # tshirt 5, jacket 6
+    before_loose = np.delete(full, [4, 10, 11])               # tshirt 4, jacket 5
+    for old, absent in ((before_widen, [11]), (before_loose, [4, 10, 11])):
+        new = upgrade_code("jacket+tshirt", old)
+        assert new.shape == (drape.code_dim,) and np.all(new[absent] == ABSENT_LOGIT)
+        assert np.array_equal(np.delete(new, absent), old)
+        out = drape(torch.as_tensor(new)[None], torch.zeros(10))
+        np.savez(tmp_path / "outfit.npz", points=out.points[0].numpy(), weights=out.weights[0].numpy(), code=old,
+                 drape=np.array("parametric:jacket+tshirt"), betas=np.zeros(10, np.float32))
+        points, _, _ = redraped_points(load_outfit(tmp_path), default_body)
+        assert np.allclose(points.numpy(), out.points[0].numpy(), atol=1e-5)
+    jacket = drape.describe(torch.as_tensor(upgrade_code("jacket+tshirt", before_widen)))[1]
+    assert jacket["name"] == "jacket" and jacket["widen"] < 1e-4 and jacket["loose"] > 0.01
+
+
+def test_the_coarse_stage_holds_a_jackets_widen_closed_and_the_fine_stage_frees_it(default_body):
+    """`widen` (families.FINE_ONLY) takes no random draw (the other draws are those of before it
+    existed), sits at the low end, gets no step in the coarse stage, and starts mid-range in the
+    fine stage; the other logits move as before."""
+    from pointwear.fit.outfit_fit import _hold_fine_only, _release_fine_only
+    from pointwear.fit.state import Candidate
+    from pointwear.garment.families import ABSENT_LOGIT, FINE_START_LOGIT
+    drape = ParametricDrape(default_body, "jacket+tshirt")
+    widen = 5 + [n for n, _, _ in drape.families[1].ranges].index("widen")
+    assert drape.fine_only.nonzero().ravel().tolist() == [widen]
+    rest = [i for i in range(drape.code_dim) if i != widen]
+    codes = drape.random_codes(3, torch.Generator().manual_seed(0))
+    before = torch.randn(3, drape.code_dim - 1, generator=torch.Generator().manual_seed(0)) * 0.8
+    before[0] = 0.0
+    assert torch.all(codes[:, widen] == ABSENT_LOGIT) and torch.equal(codes[:, rest], before)
+    cand = Candidate(drape, codes.clone().requires_grad_())
+    opt = torch.optim.Adam([cand.codes], lr=0.05, betas=(0.5, 0.9), eps=1e-4)
+    for _ in range(3):
+        opt.zero_grad()
+        (drape(cand.codes, torch.zeros(10)).points[..., 2].sum() + 1e-5 * (cand.codes ** 2).sum()).backward()
+        _hold_fine_only(cand)
+        opt.step()
+    moved = (cand.codes.detach() - codes).abs()
+    assert torch.all(moved[:, widen] == 0) and bool((moved > 0.01).any())
+    fine = _release_fine_only(Candidate(drape, cand.codes.detach()[:1]))
+    assert fine.codes[0, widen] == FINE_START_LOGIT and torch.equal(fine.codes[:, rest],
+                                                                    cand.codes.detach()[:1, rest])
+
+
 def test_unlabelled_candidates_are_wearable_and_cover_every_family():
     specs = unlabelled_candidates()
     assert {s.outfit for s in specs} >= set(FAMILIES)

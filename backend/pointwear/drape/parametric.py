@@ -10,7 +10,7 @@ import torch
 
 from ..body import BodyModel
 from ..garment.body_frame import BodyFrame
-from ..garment.families import FAMILIES, LEGACY_OUTFITS, outfit_families, outfit_name
+from ..garment.families import ABSENT_LOGIT, FAMILIES, FINE_ONLY, LEGACY_OUTFITS, outfit_families, outfit_name
 from ..garment.outfit import GarmentMesh, GarmentParams, build_outfit, garment_pieces, outfit_weights
 from .base import DrapeModel, DrapeOutput
 
@@ -38,6 +38,10 @@ class ParametricDrape(DrapeModel):
         bounds = np.cumsum([0] + [f.code_dim for f in self.families])
         self.segments = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
         self.code_dim = int(bounds[-1])
+        # (code_dim,) bool: the logits the coarse stage holds at the low end (families.FINE_ONLY)
+        self.fine_only = torch.tensor([name in FINE_ONLY.get(f.name, ()) for f in self.families
+                                       for name, _, _ in f.ranges], dtype=torch.bool)
+        self.fine_only_index = [int(i) for i in self.fine_only.nonzero().reshape(-1)]   # host list
         self._frames: dict[tuple, BodyFrame] = {}
         self._weights: dict[tuple, torch.Tensor] = {}
         self._betas_seen: tuple | None = None     # (betas tensor, its version, host key)
@@ -46,9 +50,13 @@ class ParametricDrape(DrapeModel):
 
     def random_codes(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """The first code is every parameter at the middle of its range (a fair start for every
-        family when only one code per candidate competes); the rest are random."""
-        codes = torch.randn(n, self.code_dim, generator=generator) * 0.8
-        codes[0] = 0.0
+        family when only one code per candidate competes); the rest are random. The `fine_only`
+        logits sit at the low end (ABSENT_LOGIT) and take no random draw, so the other draws are
+        those of before they existed. (n, code_dim)."""
+        free = torch.randn(n, int((~self.fine_only).sum()), generator=generator) * 0.8
+        free[0] = 0.0
+        codes = torch.full((n, self.code_dim), ABSENT_LOGIT)
+        codes[:, ~self.fine_only] = free
         return codes
 
     def params(self, code: torch.Tensor) -> list[GarmentParams]:

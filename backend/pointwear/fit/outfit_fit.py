@@ -211,6 +211,8 @@ class OutfitFitter:
                     total = (loss + self.prior(cand.drape, cand.codes)).sum()
                     cand.optimizer.zero_grad()
                     total.backward()
+                    if stage == "coarse":
+                        _hold_fine_only(cand)
                     cand.optimizer.step()
                     for group in cand.optimizer.param_groups:
                         group["lr"] *= 0.992
@@ -338,7 +340,7 @@ class OutfitFitter:
             self._optimize(cands, state, "coarse", self.options.coarse_steps)
             if state.best.code is None:  # resumed past the last step before any scoring
                 self._update_best(cands, state, "coarse")
-            fine = self._fine_candidate(state, by_id)
+            fine = _release_fine_only(self._fine_candidate(state, by_id))
             state.stage, state.step = "fine", 0
             self._save([fine], state)
         if state.stage == "fine":
@@ -625,3 +627,24 @@ def fit_outfit(subject_dir: str | Path, out: str | Path, options: FitOptions,
     """Fit an outfit to a subject folder and write the results into `out` (see outputs.py)."""
     subject = read_subject(subject_dir)
     return OutfitFitter(subject, Path(out), options, progress, should_stop).run()
+
+
+def _hold_fine_only(cand: Candidate) -> None:
+    """No gradient for the logits the coarse stage holds at the low end (a parametric drape's
+    `fine_only`, families.FINE_ONLY): Adam then leaves them where they are. codes.grad (C, D);
+    the indices are a host list (no host wait in the step)."""
+    index = getattr(cand.drape, "fine_only_index", None)
+    if index and cand.codes.grad is not None:
+        cand.codes.grad[:, index] = 0.0
+
+
+def _release_fine_only(cand: Candidate) -> Candidate:
+    """The fine stage's candidate with its `fine_only` logits moved from the low end to
+    FINE_START_LOGIT, so the fine stage fits them (at the low end their gradient vanishes)."""
+    from ..garment.families import FINE_START_LOGIT
+    index = getattr(cand.drape, "fine_only_index", None)
+    if not index:
+        return cand
+    codes = cand.codes.detach().clone()
+    codes[:, index] = FINE_START_LOGIT
+    return Candidate(cand.drape, codes, spec=cand.spec)

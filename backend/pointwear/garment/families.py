@@ -39,7 +39,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("hoodie", "upper", "hoodie", (("sleeve", 0.6, 1.02), ("hem", 0.6, 1.1), ("ease", 0.01, 0.07),
                                          ("hood", 0.4, 1.0), ("loose", 0.0, 0.3)), {"neckline": 0.03}, layer=1),
     Family("jacket", "upper", "jacket", (("sleeve", 0.6, 1.02), ("hem", 0.6, 1.25), ("neckline", 0.02, 0.12),
-                                         ("ease", 0.012, 0.08), ("opening", 0.0, 1.4), ("loose", 0.0, 0.3)),
+                                         ("ease", 0.012, 0.08), ("opening", 0.0, 1.4), ("loose", 0.0, 0.3),
+                                         ("widen", 0.0, 1.2)),
            layer=2),
     Family("shorts", "lower", "trousers", (("hem", 0.12, 0.6), ("waist", 0.5, 0.75), ("ease", 0.003, 0.06),
                                            ("flare", 0.0, 0.2))),
@@ -58,12 +59,18 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
 ADDED_LATER_GENERATIONS: tuple[dict[str, tuple[str, ...]], ...] = (
     {"shorts": ("flare",), "trousers": ("flare",), "tank": ("loose",), "tshirt": ("loose",),
      "longsleeve": ("loose",), "hoodie": ("loose",), "jacket": ("loose",)},
-    {"dress": ("armhole", "strap")},
+    {"dress": ("armhole", "strap"), "jacket": ("widen",)},
 )
 ADDED_LATER: dict[str, tuple[str, ...]] = {
     name: tuple(p for gen in ADDED_LATER_GENERATIONS for p in gen.get(name, ()))
     for name in dict.fromkeys(n for gen in ADDED_LATER_GENERATIONS for n in gen)}
 ABSENT_LOGIT = -12.0      # sigmoid(-12) = 6e-6: the low end of the range (a straight leg, a fitted top)
+# Parameters the fit's coarse stage holds at the low end of their range (ABSENT_LOGIT, no
+# random draw, no gradient), so choosing the garments goes as it did without them; the fine
+# stage starts them at FINE_START_LOGIT and fits them with the rest. A jacket's `widen` moves
+# which top under it the coarse stage prefers (docs/fitting.md, "Jackets").
+FINE_ONLY: dict[str, tuple[str, ...]] = {"jacket": ("widen",)}
+FINE_START_LOGIT = 0.0    # the middle of the range
 
 
 def upgrade_code(spec: str, code):
@@ -77,18 +84,23 @@ def upgrade_code(spec: str, code):
         families = outfit_families(spec)
     except ValueError:
         return code
-    if len(code) == sum(f.code_dim for f in families):
-        return code
     for first in range(len(ADDED_LATER_GENERATIONS)):          # written before generation `first`
         missing = [sum(len(gen.get(f.name, ())) for gen in ADDED_LATER_GENERATIONS[first:]) for f in families]
         old = [f.code_dim - m for f, m in zip(families, missing)]
-        if len(code) == sum(old):
-            parts, start = [], 0
-            for fam, n in zip(families, old):
-                parts += [code[start:start + n], np.full(fam.code_dim - n, ABSENT_LOGIT, np.float32)]
-                start += n
-            return np.concatenate(parts)
+        if len(code) == sum(old) and sum(missing) > 0:
+            return _with_absent(families, old, code)
     return code
+
+
+def _with_absent(families, old: list[int], code):
+    """`code` (sum(old),) with each garment's trailing logits beyond its `old` count set to
+    ABSENT_LOGIT: (sum of code_dim,) numpy array."""
+    import numpy as np
+    parts, start = [], 0
+    for fam, n in zip(families, old):
+        parts += [code[start:start + n], np.full(fam.code_dim - n, ABSENT_LOGIT, np.float32)]
+        start += n
+    return np.concatenate(parts)
 
 
 # The four fixed outfits of results made before families existed: their geometry kinds and the

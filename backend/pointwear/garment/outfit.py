@@ -32,7 +32,8 @@ class GarmentParams:
     (0 = sleeveless), `hem` of neck->crotch for tops and of hip->ankle (trousers) or
     crotch->ankle (skirts, dresses) for the rest; `waist` of neck->crotch; `neckline` and
     `ease` in metres; `flare` is the skirt's outward slope below the hips; `opening` the angle
-    (radians) of a jacket's open front (0 = closed); `hood` a hood's height as a fraction of the
+    (radians) of a jacket's open front (0 = closed) at the chest, `widen` how much wider
+    (radians) it is open at the hem (the fronts fall apart towards the hem); `hood` a hood's height as a fraction of the
     neck -> crown distance (0 = none); `loose` a top's widening (metres per metre) below the
     armpits and along the sleeves: boxy and kimono cuts that hang away from waist and arms;
     `armhole` the depth (metres) of a sleeveless one-piece's armholes below the shoulder joints
@@ -51,6 +52,7 @@ class GarmentParams:
     loose: float = 0.0
     armhole: float = 0.0
     strap: float = 0.75
+    widen: float = 0.0
 
 
 @dataclass
@@ -75,6 +77,9 @@ class Piece:
     # (start, end) angle around the axis for a piece that is not a closed tube (an open jacket
     # front, a hood): the grid then spans it edge to edge instead of wrapping around.
     phi_range: tuple | None = None
+    # (s, angle): below s, an open piece's phi_range narrows from both edges, growing linearly
+    # to `angle` radians in all at its end (a jacket's fronts falling apart towards the hem).
+    phi_widen: tuple | None = None
     # How much the piece exists, 0..1 (differentiable): a sleeve kept as a stub for a fixed
     # topology (`keep_sleeves`) fades out as it shortens, so its points, crowded on the shoulder
     # ring, neither pull a sleeveless fit nor show in the silhouette losses.
@@ -121,11 +126,16 @@ def _const(value):
     return lambda s: torch.zeros_like(s) + value
 
 
+def _armpit_s(frame: BodyFrame) -> float:
+    """Torso-axis coordinate of the armpits (5 cm below the shoulder joints)."""
+    return frame.torso_s(float(frame.joints[[J["left_shoulder"], J["right_shoulder"]], 1].mean())) + 0.05
+
+
 def _torso_piece(frame: BodyFrame, p: GarmentParams, end, phi_range=None, hang: bool = False) -> Piece:
     """The body of a top. `hang`: below the armpits it never narrows (a jacket falls straight
     from chest, shoulder blades and armpits instead of following the waist in)."""
     crotch = frame.crotch_s
-    armpit = frame.torso_s(float(frame.joints[[J["left_shoulder"], J["right_shoulder"]], 1].mean())) + 0.05
+    armpit = _armpit_s(frame)
     ease = lambda s, e=p.ease, k=p.loose: e * (1.0 + 0.4 * (s / crotch).clamp(0, 1)) + k * torch.relu(s - armpit)  # noqa: E731
     fld = frame.field(frame.torso_axis, ("torso", "neck"), (0.0, crotch + 0.15))
     if hang:
@@ -175,9 +185,12 @@ def _top(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Piece]:
 
 
 def _jacket(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Piece]:
-    """A top whose front is open by `opening` radians (phi 0 faces front); closed at 0."""
+    """A top whose front is open by `opening` radians (phi 0 faces front; closed at 0) from the
+    neckline to the armpits, and from there by up to `widen` more at the hem."""
     half = torch.as_tensor(p.opening, dtype=torch.float32) / 2 if not torch.is_tensor(p.opening) else p.opening / 2
     torso = _torso_piece(frame, p, p.hem * frame.crotch_s, phi_range=(half, 2 * np.pi - half), hang=True)
+    if not (isinstance(p.widen, (int, float)) and p.widen == 0):
+        torso = replace(torso, phi_widen=(_armpit_s(frame), p.widen))
     return [torso] + _sleeves(frame, p, keep_sleeves)
 
 
@@ -347,12 +360,15 @@ def _piece_vertices(piece: Piece, detail: Detail, rng: np.random.Generator, like
     n_s, n_phi = piece.grid
     t = lambda x: torch.as_tensor(x, dtype=like.dtype, device=like.device)  # noqa: E731
     u = torch.linspace(0.0, 1.0, n_s, dtype=like.dtype, device=like.device)[:, None]
+    s_start, s_end = t(piece.s_start), t(piece.s_end)
     if piece.phi_range is None:
         phi = (torch.arange(n_phi, device=like.device).to(like.dtype) / n_phi * 2 * np.pi - np.pi)[None, :]
     else:
         a, b = (t(x) for x in piece.phi_range)
+        if piece.phi_widen is not None:
+            extra = _widening(piece.phi_widen, s_start + u * (s_end - s_start), s_end, t)
+            a, b = a + extra, b - extra
         phi = a + torch.linspace(0.0, 1.0, n_phi, dtype=like.dtype, device=like.device)[None, :] * (b - a)
-    s_start, s_end = t(piece.s_start), t(piece.s_end)
     if detail.hem_asym > 0:
         s_end = s_end + detail.hem_asym * _hem_wave(phi, rng)
     s = s_start + u * (s_end - s_start)
@@ -362,6 +378,14 @@ def _piece_vertices(piece: Piece, detail: Detail, rng: np.random.Generator, like
     if detail.wrinkle_amp > 0:
         radius = radius + detail.wrinkle_amp * _folds(s, phi, rng, vertical=piece.hanging)
     return piece.axis.point(s, phi, radius)
+
+
+def _widening(phi_widen: tuple, s: torch.Tensor, s_end: torch.Tensor, t: Callable) -> torch.Tensor:
+    """Half of the extra opening per grid row ((..., n_s, 1), radians): 0 above phi_widen's
+    start s0, growing linearly to half its angle at the piece's end s_end. s (..., n_s, 1)."""
+    s0, angle = t(phi_widen[0]), t(phi_widen[1])
+    ramp = ((s - s0) / (s_end - s0).clamp_min(1e-3)).clamp(0.0, 1.0)
+    return 0.5 * angle * ramp
 
 
 def _hem_wave(phi: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
