@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import SubjectError
-from ..fileio import atomic_path
+from ..fileio import atomic_path, save_npz
 
 VERSION = 1
 GENDERS = ("neutral", "male", "female")
@@ -477,6 +477,16 @@ def _smpl_arrays(smpl: SmplParams, K: np.ndarray, size: tuple[int, int]) -> dict
     return {"betas": smpl.betas, "global_orient": smpl.global_orient,
             "body_pose": smpl.body_pose, "transl": smpl.transl, "K": K,
             "image_size": np.asarray(size, dtype=np.int64)}
+
+
+def update_smpl(root: str | Path, smpl: SmplParams) -> Subject:
+    """Replace the SMPL parameters of an existing subject folder (same frames, cameras and image
+    size; smpl.npz rewritten atomically) and read it back."""
+    subject = read_subject(root, check_images=False)
+    arrays = _smpl_arrays(smpl, subject.K, subject.image_size)
+    check_smpl_arrays(arrays, subject.num_frames, subject.root / SMPL_NPZ)
+    save_npz(subject.root / SMPL_NPZ, **arrays)
+    return read_subject(root, check_images=False)
 
 
 def _prepare_root(root: Path) -> None:

@@ -21,6 +21,22 @@ class ReconOptions:
     bridge_gap: float = 0.08          # m: ... across a gap between the body's legs this wide
     bridge_min_levels: int = 2        # ... on at least this many leg levels
     min_faces: int = 50               # fewer garment faces than this: the mask misses the body
+    # -- the body on the person's silhouette (body_refine.py), before the template ------------
+    body_steps: int = 0               # Adam steps (0: keep prepare's keypoint fit)
+    body_render_height: int = 192     # px: the person's box is rendered this tall
+    body_sigma: float = 0.5           # soft silhouette softness, px^2 at that height
+    body_w_cloth: float = 0.3         # weight of uncovered clothing-mask pixels (skin, hair: 1)
+    body_w_silhouette: float = 1.0
+    body_w_joints: float = 0.1        # joints' projections stay near the keypoint fit's ...
+    body_joint_px: float = 3.0        # ... within about this many px (at body_render_height)
+    body_w_prior: float = 0.01
+    body_pose_sigma: float = 0.3      # rad per body_pose component
+    body_orient_sigma: float = 0.3    # rad
+    body_betas_sigma: float = 1.0
+    body_lr_pose: float = 0.01
+    body_lr_orient: float = 0.01
+    body_lr_betas: float = 0.03
+    body_lr_transl: float = 0.005     # m
     # -- refinement (per-vertex offsets, albedo, light) -----------------------------------------
     steps: int = 80
     smooth_passes: int = 6            # Laplacian smoothing of the raw offset parameters

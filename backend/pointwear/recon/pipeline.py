@@ -82,8 +82,12 @@ def reconstruct(image: str | Path, out: str | Path, *, mask: str | Path | None =
     try:
         obs = perceive_image(image, partial / SUBJECT_DIR, mask=mask, focal=focal, body=body, gender=gender,
                              device=device, hooks=hooks)
+        body_s = 0.0
+        if options.body_steps > 0:
+            obs, body_s = silhouette_body(obs, body=body, gender=gender, device=device, options=options, hooks=hooks)
         result = build_result(obs, partial, body=body, gender=gender, device=device, options=options, hooks=hooks,
-                              net=net, refine_fast=refine_fast, perceive_s=time.perf_counter() - t0)
+                              net=net, refine_fast=refine_fast, perceive_s=time.perf_counter() - t0 - body_s,
+                              body_s=body_s)
         if out.exists():
             shutil.rmtree(out)
         os.replace(partial, out)
@@ -93,20 +97,41 @@ def reconstruct(image: str | Path, out: str | Path, *, mask: str | Path | None =
     return result
 
 
+def silhouette_body(obs: Observation, *, body: str, gender: str, device: str, options: ReconOptions,
+                    hooks: Hooks) -> tuple[Observation, float]:
+    """The keypoint-fitted body refined on the person's silhouette (body_refine.py), written back
+    into the prepared subject folder so that every later reader sees the same body; and its
+    seconds."""
+    from ..body import load_body
+    from ..data.subject import SmplParams, update_smpl
+    from ..device import pick_device
+    from .body_refine import refine_body
+    dev = pick_device(device)
+    if dev.type == "cpu" and options.threads > 0:
+        torch.set_num_threads(options.threads)
+    hooks.step("body_silhouette", 0, 1)
+    obs, stats = refine_body(obs, load_body(body, gender=gender, device=dev), options)
+    subject = update_smpl(obs.subject.root, SmplParams(
+        betas=obs.betas, global_orient=obs.global_orient[None], body_pose=obs.body_pose[None], transl=obs.transl[None]))
+    hooks.step("body_silhouette", 1, 1)
+    return replace(obs, subject=subject), stats["seconds"]
+
+
 def build_result(obs: Observation, folder: Path, *, body: str = "default", gender: str = "neutral",
                  device: str = "auto", options: ReconOptions, hooks: Hooks, net=None,
-                 refine_fast: bool = False, perceive_s: float = 0.0) -> dict:
+                 refine_fast: bool = False, perceive_s: float = 0.0, body_s: float = 0.0) -> dict:
     """Everything after perception, written into `folder`: the garment of `obs` from the body-
     surface template and the refinement, or (`net` given: --fast) from the learned model's one
-    forward pass, refined when `refine_fast`. Returns result.json's content."""
+    forward pass, refined when `refine_fast` (`body_s`: seconds of the body's silhouette
+    refinement, already done). Returns result.json's content."""
     from ..body import load_body
     from ..device import pick_device
-    t0 = time.perf_counter() - perceive_s
+    t0 = time.perf_counter() - perceive_s - body_s
     dev = pick_device(device)
     if dev.type == "cpu" and options.threads > 0:
         torch.set_num_threads(options.threads)
     model = load_body(body, gender=gender, device=dev)
-    seconds = {"perceive": perceive_s}
+    seconds = {"perceive": perceive_s, **({"body_silhouette": body_s} if body_s else {})}
     fast = net is not None
     if fast:
         from .fast import learned_prediction, learned_template, place

@@ -1,0 +1,85 @@
+"""The one-image body fit refined on the person's silhouette through the soft rasterizer, after
+prepare's keypoint fit and before the garment (docs/recon.md, "The body on the silhouette").
+
+Parameters: residuals of the root orientation (3), body pose (69), betas (S) and translation (3)
+added to the keypoint fit's. Losses (ReconOptions, `body_*`), at `body_render_height` px:
+
+    body outside the person mask      sum A (1 - P) / sum P
+    person not covered by the body    sum (1 - A) P w / sum P w, w = 1 off the clothing mask (skin,
+                                      hair, shoes: the body is right under them), `body_w_cloth`
+                                      on it (loose clothing lies off the body)
+    keypoints stay                    the SMPL joints' projections near the keypoint fit's (px^2)
+    priors                            |d pose|^2, |d betas|^2, |d orient|^2
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from ..body.model import BodyModel
+from ..render.soft import SoftOptions, soft_silhouette
+from .options import ReconOptions
+from .perceive import Observation
+from .refine import crop_view
+
+
+def _project(x: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """(N,3) camera space -> (N,2) px."""
+    p = x @ K.T
+    return p[:, :2] / p[:, 2:].clamp(min=1e-3)
+
+
+def _silhouette_loss(alpha: torch.Tensor, person: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """alpha, person, weight (H,W) -> scalar: body outside the person plus weighted person
+    pixels the body leaves uncovered, both per person pixel."""
+    outside = (alpha * (1 - person)).sum() / person.sum().clamp(min=1)
+    miss = ((1 - alpha) * person * weight).sum() / (person * weight).sum().clamp(min=1)
+    return outside + miss
+
+
+def refine_body(obs: Observation, body: BodyModel, options: ReconOptions) -> tuple[Observation, dict]:
+    """The keypoint-fitted body of `obs` moved onto its person silhouette: a new Observation (betas,
+    global_orient, body_pose, transl replaced) and stats {seconds, loss_start, loss_end}."""
+    o = options
+    t0 = time.perf_counter()
+    dev = body.device
+    view = crop_view(obs, o.body_render_height, dev)
+    betas0, go0, bp0, tr0 = obs.pose_tensors(dev)
+    weight = torch.where(view.mask > 0.5, torch.full_like(view.mask, o.body_w_cloth), torch.ones_like(view.mask))
+    faces = body.faces_t.to(dev)
+    with torch.no_grad():
+        j2d0 = _project(body.forward(betas0, go0, bp0, tr0).joints[0], view.K)
+    params = {k: torch.zeros_like(v, requires_grad=True) for k, v in
+              (("betas", betas0), ("orient", go0), ("pose", bp0), ("transl", tr0))}
+    opt = torch.optim.Adam([{"params": [params["pose"]], "lr": o.body_lr_pose},
+                            {"params": [params["orient"]], "lr": o.body_lr_orient},
+                            {"params": [params["betas"]], "lr": o.body_lr_betas},
+                            {"params": [params["transl"]], "lr": o.body_lr_transl}])
+    soft = SoftOptions(sigma=o.body_sigma, cutoff=1e-6)
+    losses = []
+    for _ in range(o.body_steps):
+        opt.zero_grad(set_to_none=True)
+        out = body.forward(betas0 + params["betas"], go0 + params["orient"], bp0 + params["pose"],
+                           tr0 + params["transl"])
+        alpha = soft_silhouette(out.vertices[0], faces, view.K, view.size, soft)[0]
+        sil = _silhouette_loss(alpha, view.person, weight)
+        keys = (_project(out.joints[0], view.K) - j2d0).square().sum(-1).mean() / o.body_joint_px ** 2
+        prior = (params["pose"].square().sum() / o.body_pose_sigma ** 2
+                 + params["orient"].square().sum() / o.body_orient_sigma ** 2
+                 + params["betas"].square().sum() / o.body_betas_sigma ** 2)
+        loss = o.body_w_silhouette * sil + o.body_w_joints * keys + o.body_w_prior * prior
+        loss.backward()
+        opt.step()
+        losses.append(sil.detach())
+    with torch.no_grad():
+        new = {k: (v + params[k]).detach()[0].cpu().numpy() for k, v in
+               (("betas", betas0), ("orient", go0), ("pose", bp0), ("transl", tr0))}
+    stats = {"seconds": time.perf_counter() - t0,
+             "silhouette_start": float(losses[0]) if losses else None,
+             "silhouette_end": float(losses[-1]) if losses else None}
+    obs = replace(obs, betas=new["betas"].astype(np.float32), global_orient=new["orient"],
+                  body_pose=new["pose"], transl=new["transl"])
+    return obs, stats
