@@ -20,16 +20,11 @@ import numpy as np
 import torch
 
 from ..body.model import BodyModel
+from ..render.rasterizer import project
 from ..render.soft import SoftOptions, soft_silhouette
 from .options import ReconOptions
 from .perceive import Observation
 from .refine import crop_view
-
-
-def _project(x: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """(N,3) camera space -> (N,2) px."""
-    p = x @ K.T
-    return p[:, :2] / p[:, 2:].clamp(min=1e-3)
 
 
 def _silhouette_loss(alpha: torch.Tensor, person: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -51,7 +46,7 @@ def refine_body(obs: Observation, body: BodyModel, options: ReconOptions) -> tup
     weight = torch.where(view.mask > 0.5, torch.full_like(view.mask, o.body_w_cloth), torch.ones_like(view.mask))
     faces = body.faces_t.to(dev)
     with torch.no_grad():
-        j2d0 = _project(body.forward(betas0, go0, bp0, tr0).joints[0], view.K)
+        j2d0 = project(body.forward(betas0, go0, bp0, tr0).joints[0], view.K)[0]
     params = {k: torch.zeros_like(v, requires_grad=True) for k, v in
               (("betas", betas0), ("orient", go0), ("pose", bp0), ("transl", tr0))}
     opt = torch.optim.Adam([{"params": [params["pose"]], "lr": o.body_lr_pose},
@@ -66,7 +61,7 @@ def refine_body(obs: Observation, body: BodyModel, options: ReconOptions) -> tup
                            tr0 + params["transl"])
         alpha = soft_silhouette(out.vertices[0], faces, view.K, view.size, soft)[0]
         sil = _silhouette_loss(alpha, view.person, weight)
-        keys = (_project(out.joints[0], view.K) - j2d0).square().sum(-1).mean() / o.body_joint_px ** 2
+        keys = (project(out.joints[0], view.K)[0] - j2d0).square().sum(-1).mean() / o.body_joint_px ** 2
         prior = (params["pose"].square().sum() / o.body_pose_sigma ** 2
                  + params["orient"].square().sum() / o.body_orient_sigma ** 2
                  + params["betas"].square().sum() / o.body_betas_sigma ** 2)

@@ -150,8 +150,8 @@ class Server:
         fds = raise_fd_limit(lim.max_connections + lim.accept_burst + lim.fd_reserve)
         if fds < lim.max_connections + lim.accept_burst + lim.fd_reserve:   # a low hard limit: share it
             lim.max_connections = max(8, fds - min(lim.fd_reserve, fds // 2) - lim.accept_burst)
-            self.limits.max_preauth = min(self.limits.max_preauth, max(4, self.limits.max_connections // 4))
-            log(f"open-file limit {fds}: at most {self.limits.max_connections} connections")
+            lim.max_preauth = min(lim.max_preauth, max(4, lim.max_connections // 4))
+            log(f"open-file limit {fds}: at most {lim.max_connections} connections")
         server = await asyncio.start_server(self.on_connect, self.host, self.port, limit=READ_CHUNK,
                                             ssl=self.ssl_context, backlog=lim.accept_burst)
         self.port = server.sockets[0].getsockname()[1]
