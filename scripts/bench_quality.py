@@ -4,7 +4,7 @@ kind (dress included), 8 frames at 512 x 512, fit with each drape, then score ag
 2D Chamfer in px), beside the naked-body baseline. Writes the section "Outfit fitting quality"
 of docs/benchmarks.md.
 
-    .venv/bin/python scripts/bench_quality.py [--drapes parametric neural] [--no-write]
+    .venv/bin/python scripts/bench_quality.py [--drapes parametric neural] [--outfits dress] [--no-write]
 """
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ OUTFITS = ("tshirt-shorts", "longsleeve-trousers", "tank-skirt", "dress")
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--drapes", nargs="+", default=["parametric", "neural"])
+    ap.add_argument("--outfits", nargs="+", default=list(OUTFITS), choices=OUTFITS,
+                    help="rows to run (each keeps its seed and motion by its place in the full list)")
     ap.add_argument("--seed", type=int, default=5000)
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--rows", default="out/bench_quality_rows.json",
@@ -37,6 +39,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_quality_"))
     rows = []
     for k, outfit in enumerate(OUTFITS):
+        if outfit not in args.outfits:
+            continue
         subject = tmp / outfit
         motion = "walk" if k % 2 else "turntable"
         generate_subject(subject, SynthOptions(frames=8, size=512, outfit=outfit, motion=motion, seed=args.seed + k))
@@ -52,7 +56,8 @@ def main() -> None:
                   f"| base {b['chamfer_cm']:.2f} cm IoU {b['heldout_iou']:.3f} | {seconds:.0f} s", flush=True)
     rows_path = Path(args.rows)
     if rows_path.exists():
-        kept = [r for r in json.loads(rows_path.read_text()) if r["drape"] not in args.drapes]
+        kept = [r for r in json.loads(rows_path.read_text())
+                if r["drape"] not in args.drapes or r["outfit"] not in args.outfits]
         rows = sorted(kept + rows, key=lambda r: (OUTFITS.index(r["outfit"]), r["drape"] != "parametric"))
     rows_path.parent.mkdir(parents=True, exist_ok=True)
     rows_path.write_text(json.dumps(rows))

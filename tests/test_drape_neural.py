@@ -19,6 +19,7 @@ from pointwear.drape.base import DrapeModel
 from pointwear.drape.neural import (DEFAULT_CHECKPOINT, EXCLUDED_REGIONS, NeuralDrape, NeuralDrapeConfig,
                                     load_neural_drape, save_neural_drape)
 from pointwear.errors import InputError
+from pointwear.garment.outfit import HANGING_PELVIS_SHARE, LEG_JOINTS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,9 +59,9 @@ def test_forward_shapes_and_weights(model, default_body):
         out = model(codes, torch.zeros(1, default_body.num_betas))
     assert out.points.shape == (3, 8192, 3)
     assert torch.isfinite(out.points).all()
-    assert out.weights.shape == (8192, 24)
+    assert out.weights.shape == (3, 8192, 24)
     assert (out.weights >= 0).all()
-    assert torch.allclose(out.weights.sum(1), torch.ones(8192), atol=1e-5)
+    assert torch.allclose(out.weights.sum(-1), torch.ones(3, 8192), atol=1e-5)
     posed = model.posed(codes, torch.zeros(1, default_body.num_betas), torch.zeros(3, 3),
                         torch.zeros(3, 69), torch.tensor([[0.0, 0.0, 3.0]]).expand(3, 3))
     assert posed.shape == (3, 8192, 3)
@@ -181,6 +182,30 @@ def test_default_weights_load_and_run(default_body):
     assert out.points.shape == (2, 8192, 3) and torch.isfinite(out.points).all()
     offsets = (out.points - body_pts).norm(dim=-1)
     assert 0.002 < offsets.median() < 0.15                  # clothing close to, not on, the body
+
+
+def test_default_skirts_and_dresses_hang_like_the_generators(default_body):
+    """The default weights' training codes (outfit i is KINDS[i % 4] of train_drape.py): the
+    skirts and dresses get the generator's pelvis share of their leg weights, trousers and
+    shorts keep following the legs."""
+    model = load_neural_drape(None, default_body)
+    kinds = _train_module().KINDS
+    codes = model.train_codes[:64]
+    hangs = np.array([kinds[i % len(kinds)] in ("tank-skirt", "dress") for i in range(len(codes))])
+    with torch.no_grad():
+        out = model(codes, torch.zeros(1, default_body.num_betas))
+        hang = model.hanging(out.points, model.body_points(torch.zeros(1, default_body.num_betas))[0])
+    assert (hang[torch.as_tensor(hangs)] > 0.8).all() and (hang[torch.as_tensor(~hangs)] == 0).all()
+    legs = list(LEG_JOINTS)
+    source = model.skin_weights[:, legs].sum(1)
+    on_legs = source > 0.5
+    kept = out.weights[..., legs].sum(-1)[:, on_legs]                     # (64, leg points)
+    assert torch.allclose(kept[torch.as_tensor(~hangs)], source[on_legs].expand(int((~hangs).sum()), -1))
+    full = torch.as_tensor(hangs) & (hang == 1)
+    assert full.sum() >= 20
+    assert torch.allclose(kept[full], (1 - HANGING_PELVIS_SHARE) * source[on_legs].expand(int(full.sum()), -1),
+                          atol=1e-6)
+    assert torch.allclose(out.weights.sum(-1), torch.ones(64, 8192), atol=1e-5)
 
 
 def test_short_training_run_lowers_its_loss(default_body):

@@ -10,7 +10,8 @@ through per-point layers whose weights are modulated by the style (per-channel s
 AdaIN-like), with a pooled global context fed back; the output is an offset, and the clothing point
 is body point + offset in the canonical (rest, T-pose) body frame. Skin weights of a clothing point
 are the body's weights at its source point (barycentric, lightly smoothed over neighbours), so the
-body's skinning poses the clothing.
+body's skinning poses the clothing; around the legs of a skirt or dress (told by how far the cloth
+stands off the legs) they share the generator's pelvis share (`garment.outfit.hanging_weights`).
 
 Checkpoints (`save_neural_drape` / `load_neural_drape`) hold the state dict, the
 hyper-parameters, the body fingerprint and the sampled faces + barycentrics; one that does not
@@ -30,6 +31,7 @@ from torch import nn
 from ..body import BodyModel
 from ..body.regions import REGION_NAMES, region_labels
 from ..errors import InputError
+from ..garment.outfit import LEG_JOINTS, hanging_weights
 from .base import DrapeModel, DrapeOutput
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "data" / "neural_default.pt"
@@ -50,6 +52,13 @@ class NeuralDrapeConfig:
     offset_scale: float = 0.1   # metres per unit of decoder output
     sample_seed: int = 0        # seed of the area-uniform body sampling
     weight_smoothing: int = 8   # neighbours averaged for the skin weights (1 = none)
+    # A skirt or dress hangs (garment.outfit.hanging_weights) when its cloth stands off the legs:
+    # the 90th percentile of the leg points' distances to the body (rest pose) ramps the share
+    # in from `hang_from` to `hang_full` metres. Not architecture: checkpoints without these
+    # fields read the defaults.
+    hang_queries: int = 256     # leg points (evenly spaced over them) whose distance is measured
+    hang_from: float = 0.05     # metres: at or below, the legs' points keep their leg weights
+    hang_full: float = 0.07     # metres: at or above, the full pelvis share
 
     @classmethod
     def from_dict(cls, d: dict) -> "NeuralDrapeConfig":
@@ -124,6 +133,9 @@ class NeuralDrape(DrapeModel):
         self.register_buffer("bary", torch.as_tensor(bary, dtype=torch.float32, device=device),
                              persistent=False)                                  # (P, 3)
         self.register_buffer("skin_weights", self._skin_weights(), persistent=False)
+        query, reference = self._hang_samples()
+        self.register_buffer("hang_query", query, persistent=False)             # (Q,)
+        self.register_buffer("hang_reference", reference, persistent=False)     # (R,)
         self.register_buffer("template_features", self._template_features(), persistent=False)
         self.register_buffer("train_codes", torch.zeros(0, self.code_dim, device=device),
                              persistent=False)
@@ -163,6 +175,31 @@ class NeuralDrape(DrapeModel):
             idx = _knn(pos, k)
             w = w[idx].mean(1)
         return w / w.sum(1, keepdim=True)
+
+    def _hang_samples(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices of the body samples that tell whether the cloth hangs: `hang_queries` of the
+        leg samples (more than half their weight on leg joints), evenly spaced, (Q,); and the
+        lower body (leg + pelvis weight over half) they are measured against, (R,)."""
+        w = self.skin_weights
+        legs = w[:, list(LEG_JOINTS)].sum(1)
+        leg_idx = torch.nonzero(legs > 0.5).reshape(-1)
+        pick = torch.linspace(0, len(leg_idx) - 1, min(self.config.hang_queries, len(leg_idx)),
+                              device=w.device).round().long()
+        reference = torch.nonzero(legs + w[:, 0] > 0.5).reshape(-1)
+        return leg_idx[pick], reference
+
+    def hanging(self, points: torch.Tensor, body_points: torch.Tensor) -> torch.Tensor:
+        """(B,) 0..1 how much the cloth around the legs hangs (a skirt or dress: 1; trousers,
+        shorts: 0), from rest-pose clothing points (B, P, 3) and their body points (B or 1, P, 3):
+        the 90th percentile of the query leg points' distances to the lower body, ramped from
+        `hang_from` to `hang_full`. No gradient; no host round-trip."""
+        cfg = self.config
+        with torch.no_grad():
+            q = points[:, self.hang_query]
+            ref = body_points[:, self.hang_reference].expand(len(q), -1, -1)
+            dist = torch.cdist(q, ref).amin(-1)                         # (B, Q)
+            p90 = torch.quantile(dist, 0.9, dim=1)
+            return ((p90 - cfg.hang_from) / (cfg.hang_full - cfg.hang_from)).clamp(0.0, 1.0)
 
     def _template_features(self) -> torch.Tensor:
         """(P, F) fixed features of each sample's place on the template: centred position, its
@@ -208,9 +245,13 @@ class NeuralDrape(DrapeModel):
 
     def forward(self, code: torch.Tensor, betas: torch.Tensor, refresh_weights: bool = True,
                 subset: torch.Tensor | None = None) -> DrapeOutput:
-        """Rest-pose clothing points (B, P, 3) for (B, 8) codes on (B or 1, S) betas. `subset`
-        (indices into the P body points) evaluates only those points (training)."""
-        points, weights, _ = self.decode(code, betas, subset)
+        """Rest-pose clothing points (B, P, 3) and skin weights (B, P, 24) for (B, 8) codes on
+        (B or 1, S) betas. `subset` (indices into the P body points) evaluates only those points
+        (training), with the source points' weights (P', 24): no hanging share."""
+        points, weights, body_points = self.decode(code, betas, subset)
+        if subset is None:   # skirts and dresses hang like the generator's (training keeps leg weights)
+            hang = self.hanging(points, body_points)
+            weights = hanging_weights(weights.expand(len(points), -1, -1), hang[:, None, None])
         return DrapeOutput(points, weights)
 
     def decode(self, code: torch.Tensor, betas: torch.Tensor, subset: torch.Tensor | None = None

@@ -428,7 +428,7 @@ def _piece_weights(frame: BodyFrame, piece: Piece, v: np.ndarray, item: int | No
     w = gaussian_filter1d(gaussian_filter1d(w, sigma_phi, axis=1, mode=around), 1.5, axis=0, mode="nearest")
     w = _hang_from_hips(w.reshape(n_s * n_phi, -1), _item_value(piece.hang, item))
     if piece.hanging:
-        w = _share_with_pelvis(w, HANGING_PELVIS_SHARE)
+        w = hanging_weights(w)
     return w / w.sum(1, keepdims=True)
 
 
@@ -440,6 +440,7 @@ HANG_FLARE = 0.15     # a trouser leg flaring this much (m per m) or more hangs 
 HANGING_PELVIS_SHARE = 0.55
 _LEG_CHAINS = ((J["left_hip"], (J["left_knee"], J["left_ankle"], J["left_foot"])),
                (J["right_hip"], (J["right_knee"], J["right_ankle"], J["right_foot"])))
+LEG_JOINTS = tuple(j for hip, below in _LEG_CHAINS for j in (hip, *below))
 
 
 def _item_value(value: float | torch.Tensor, item: int | None) -> float | torch.Tensor:
@@ -449,14 +450,18 @@ def _item_value(value: float | torch.Tensor, item: int | None) -> float | torch.
     return value.reshape(-1)[item]
 
 
-def _share_with_pelvis(w: np.ndarray, share: float) -> np.ndarray:
-    """(n, 24) skin weights with `share` (0..1) of every leg joint's weight moved to the pelvis:
-    cloth hanging around both legs follows their mean swing, not each leg."""
-    legs = [hip for hip, _ in _LEG_CHAINS] + [j for _, below in _LEG_CHAINS for j in below]
-    w = w.copy()
-    w[:, J["pelvis"]] += share * w[:, legs].sum(1)
-    w[:, legs] *= 1.0 - share
-    return w
+def hanging_weights(w: np.ndarray | torch.Tensor, hanging: float | torch.Tensor = 1.0) -> np.ndarray | torch.Tensor:
+    """(..., 24) skin weights (numpy or torch) of cloth hanging around both legs (a skirt, a
+    dress): `hanging` (0..1, a number or broadcastable to (..., 1)) times HANGING_PELVIS_SHARE of
+    every leg joint's weight (hip, knee, ankle, foot) moves to the pelvis, so the cloth follows
+    the legs' mean swing, not each leg. The one rule of the generator's hanging pieces and of the
+    neural drape's skirts and dresses (drape/neural.py)."""
+    share = HANGING_PELVIS_SHARE * hanging
+    legs = list(LEG_JOINTS)
+    out = w.clone() if torch.is_tensor(w) else w.copy()
+    out[..., legs] = w[..., legs] * (1.0 - share)
+    out[..., J["pelvis"]] = w[..., J["pelvis"]] + (w[..., legs] * share).sum(-1)
+    return out
 
 
 def _hang_from_hips(w: np.ndarray, hang: float | torch.Tensor) -> np.ndarray:
