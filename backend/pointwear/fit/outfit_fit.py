@@ -24,8 +24,8 @@ from ..garment.families import FAMILIES, outfit_families, upgrade_code
 from ..link import protocol as P
 from ..link.protocol import CHECKPOINT_PT
 from ..render.rasterizer import project
-from .frames import FrameSet, load_frames
-from .losses import mask_losses
+from .frames import FrameSet, load_frames, reduced_size
+from .losses import PAPER_SCALE, mask_losses
 from .outputs import _overlay, write_outputs
 from .selection import (PLAIN_TOPS, UNION, CandidateSpec, assign_labels, hidden_top, join_winners, label_groups,
                         labelled_candidates, replace_family, unlabelled_candidates)
@@ -79,11 +79,33 @@ class OutfitFitter:
         labels = [g.label for g in self.groups]
         self.train = load_frames(subject, self.body, self.train_ids, self.device, labels)
         self.val = load_frames(subject, self.body, self.held_ids, self.device, labels) if self.held_ids else self.train
+        self.full = (self.train, self.val)
+        self.coarse = self._reduced_frames(labels)
         self.final_targets, self._final_spec = None, None
         self._garment_ids: dict[int, torch.Tensor] = {}
         self.rng = torch.Generator().manual_seed(options.seed)
         self.ckpt_path = self.out / CHECKPOINT_PT
         self.snapshots: list[tuple[str, int, torch.Tensor, str]] = []
+
+    def _reduced_frames(self, labels: list[int]) -> tuple[FrameSet, FrameSet] | None:
+        """(train, val) frames at `FitOptions.coarse_size` for the coarse stage, or None when the
+        images are not larger."""
+        max_side = self.options.coarse_size
+        if reduced_size(self.subject.image_size, max_side) is None:
+            return None
+        train = load_frames(self.subject, self.body, self.train_ids, self.device, labels, max_side)
+        val = load_frames(self.subject, self.body, self.held_ids, self.device, labels, max_side) \
+            if self.val is not self.train else train
+        return train, val
+
+    @contextlib.contextmanager
+    def _frames(self, frames: tuple[FrameSet, FrameSet] | None):
+        """Fit and score on `frames` (train, val) inside the block; None: the full-size ones."""
+        self.train, self.val = frames or self.full
+        try:
+            yield
+        finally:
+            self.train, self.val = self.full
 
     # -- losses ---------------------------------------------------------------------------------
     def frame_losses(self, drape: DrapeModel, codes: torch.Tensor, frames: FrameSet, ids: np.ndarray | torch.Tensor,
@@ -96,11 +118,14 @@ class OutfitFitter:
         host (numpy) cost no round-trip; a device tensor costs one. `base`: the drape's output
         for these codes, made once by the caller (the refinement keeps the code fixed).
         `offsets` (C or 1, P, 3), or with `frame_offsets` (F, P, 3): one per frame of `ids`
-        (a single code)."""
+        (a single code). On reduced frames (`FrameSet.point_stride` > 1) every stride-th point
+        is scored: as many points per pixel as at full size."""
         out = base if base is not None else drape(drape.constrain(codes), self.betas, refresh_weights=refresh_weights)
         points, weights = out.points, out.weights
         if offsets is not None:
             points = points + offsets
+        keep = slice(None, None, frames.point_stride)
+        points, weights = points[:, keep], weights[:, keep]
         c, f = codes.shape[0], len(ids)
         fi_host = np.tile(np.asarray(ids.tolist() if torch.is_tensor(ids) else ids, dtype=np.int64), c)
         fi = torch.as_tensor(fi_host, device=self.device)
@@ -113,17 +138,18 @@ class OutfitFitter:
             vis = visible_points(posed, frames.depth, frames.K[fi], threshold=self.options.visibility_threshold,
                                  frame_index=fi, uv=uv)
         per_pair = torch.zeros(c * f, dtype=uv.dtype, device=uv.device)
-        presence = None if out.presence is None else out.presence.repeat_interleave(f, 0)
-        for key, valid in self._garment_visibility(drape, uv, vis, frames, fi, targets):
+        presence = None if out.presence is None else out.presence[:, keep].repeat_interleave(f, 0)
+        for key, valid in self._garment_visibility(drape, uv, vis, frames, fi, targets, keep):
             if presence is not None:   # points of a fading piece (a sleeve stub) weigh less
                 valid = valid.to(uv.dtype) * presence
             target = frames.target(key)
-            cham, cov = mask_losses(uv, valid, target, fi_host)
+            cham, cov = mask_losses(uv, valid, target, fi_host, scale=PAPER_SCALE * frames.scale)
             per_pair = per_pair + cham["total"] + self.options.coverage_weight * cov
         return per_pair.reshape(c, f).mean(1)
 
     def _garment_visibility(self, drape: DrapeModel, uv: torch.Tensor, vis: torch.Tensor, frames: FrameSet,
-                            fi: torch.Tensor, targets: tuple[int, ...] | None) -> list[tuple[int, torch.Tensor]]:
+                            fi: torch.Tensor, targets: tuple[int, ...] | None, keep: slice = slice(None)
+                            ) -> list[tuple[int, torch.Tensor]]:
         """(target key, (B, P) bool visible points scored against it) per distinct target. A
         garment under another (a shirt under a jacket) is seen only where its pixel is not the
         outer garment's label: elsewhere its points are hidden. While one label's garments are
@@ -137,6 +163,7 @@ class OutfitFitter:
         garment = self._garment_ids.get(id(drape))
         if garment is None:      # fixed per drape: moved to the device once, not every step
             garment = self._garment_ids[id(drape)] = torch.as_tensor(drape.garment_index, device=uv.device)
+        garment = garment[keep]
         layers = [f.layer for f in drape.families]
         px = uv.round().long()
         h, w = frames.targets.masks.shape[1:]
@@ -337,10 +364,13 @@ class OutfitFitter:
                 saved = [c["drape"] for c in ckpt["candidates"]]
                 cands = [by_id[k] for k in saved]
         if state.stage == "coarse":
-            self._optimize(cands, state, "coarse", self.options.coarse_steps)
-            if state.best.code is None:  # resumed past the last step before any scoring
-                self._update_best(cands, state, "coarse")
+            with self._frames(self.coarse):
+                self._optimize(cands, state, "coarse", self.options.coarse_steps)
+                if state.best.code is None:  # resumed past the last step before any scoring
+                    self._update_best(cands, state, "coarse")
             fine = _release_fine_only(self._fine_candidate(state, by_id))
+            if self.coarse is not None:      # its scores were on the reduced masks: score the start again
+                self._rescore_start(fine, state)
             state.stage, state.step = "fine", 0
             self._save([fine], state)
         if state.stage == "fine":
@@ -382,6 +412,12 @@ class OutfitFitter:
         # Scores of the joined outfit are on all labels at once: not comparable with one label's.
         state.best = Best()
         return self._infer_hidden(Candidate(drape, start[None].clone(), spec=spec), state)
+
+    def _rescore_start(self, fine: Candidate, state: FitState) -> None:
+        """The fine stage's start code scored on the full-size frames becomes the best so far
+        (the coarse stage's scores, on reduced masks, are not comparable with the fine stage's)."""
+        score = self._penalised(fine, self.score(fine.drape, fine.codes.detach(), fine.targets))
+        state.best = Best(float(score[0]), fine.key, fine.codes[0].detach().clone(), "coarse")
 
     def _infer_hidden(self, cand: Candidate, state: FitState) -> Candidate:
         """A plain top under a jacket whose sleeves end inside the jacket's is hidden there in
@@ -577,7 +613,7 @@ class OutfitFitter:
         """The fit drawn on the first training frame (H, W, 3) and its rest-pose points (P, 3)."""
         d = drape(drape.constrain(code.detach().to(self.device)[None]), self.betas, refresh_weights=False)
         points = d.points if offsets is None else d.points + offsets[None]
-        f = self.train
+        f = self.full[0]         # full size also while the coarse stage fits reduced frames
         posed = self.body.pose_points(points, d.weights, self.betas, f.global_orient[:1], f.body_pose[:1],
                                       f.transl[:1])
         uv, _ = project(posed, f.K[:1])

@@ -39,6 +39,8 @@ class FitOptions:
     frames: list[int] | None = None    # frames to fit; the rest are held out
     codes: int = 4                     # random codes per template (coarse stage)
     coarse_steps: int = 100
+    coarse_size: int = 256             # the coarse stage's images: long side at most this many px (0: full size);
+                                       # its many candidates are compared on smaller masks, the fine stage at full size
     fine_steps: int = 100
     refine_steps: int = 100            # free-form offsets along normals (kept if held-out improves; 0: off)
     refine: RefineOptions = field(default_factory=RefineOptions)
