@@ -114,3 +114,31 @@ def test_time_powers_let_held_out_frames_follow_a_quadratic_in_time():
     coeff = torch.linalg.lstsq(p[train], path[train, None]).solution
     assert torch.allclose((p @ coeff)[:, 0], path, atol=1e-4)
     assert torch.allclose(time_powers([3], 8, 0, torch.device("cpu")), torch.ones(1, 1))
+
+
+def test_pose_features_let_held_out_frames_follow_a_swing_that_lags_the_legs():
+    """Pose features of a walk (hips, knees, shoulders and elbows swinging with the gait phase,
+    the rest of the pose noise): a hem that swings with the legs a quarter cycle late is a
+    linear function of them, so coefficients fitted on the training frames give the held-out
+    frames' swing from their own pose. A pose that never changes (a turntable) has none."""
+    from pointwear.fit.refine import POSE_JOINTS, frame_features, pose_features
+    gen = torch.Generator().manual_seed(0)
+    phase = torch.arange(8) * 2 * np.pi / 5.3
+    pose = torch.randn(8, 69, generator=gen) * 1e-3
+    for j, sign in zip(POSE_JOINTS, (1, -1, 0.5, -0.5, -0.6, 0.6, -0.3, 0.3)):
+        pose[:, 3 * (j - 1)] = 0.4 * sign * torch.sin(phase) + 0.1 * sign * torch.cos(2 * phase)
+        pose[:, 3 * (j - 1) + 1] = 0.2 * sign * torch.cos(phase)
+    feats = pose_features(pose, 2)
+    assert feats.shape == (8, 2)
+    assert torch.allclose(feats.mean(0), torch.zeros(2), atol=1e-5)
+    assert torch.allclose(feats.square().mean(0), torch.ones(2), atol=1e-4)
+    rows = frame_features(range(8), 8, 0, feats)                 # (8, 3): constant, two pose terms
+    assert rows.shape == (8, 3) and torch.allclose(rows[:, 0], torch.ones(8))
+    swing = 0.05 * torch.sin(phase - np.pi / 2) + 0.02            # metres, a quarter cycle late
+    train = [0, 1, 2, 4, 5, 6]
+    coeff = torch.linalg.lstsq(rows[train], swing[train, None]).solution
+    held = (rows @ coeff)[[3, 7], 0]
+    assert torch.allclose(held, swing[[3, 7]], atol=0.004)       # a static shape misses by 2-5 cm
+    assert (swing[[3, 7]] - swing[train].mean()).abs().max() > 0.02
+    still = pose_features(pose[:1].expand(8, -1).clone(), 2)
+    assert still.shape == (8, 0)

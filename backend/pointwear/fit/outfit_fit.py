@@ -507,9 +507,11 @@ class OutfitFitter:
     def _refine(self, drape: DrapeModel, state: FitState, start: torch.Tensor | None) -> torch.Tensor | None:
         """Free-form detail outside the code space (fit/refine.py): offsets along the outward
         normals of the rest-pose garment, in a smooth basis of the garment surface, kept
-        outside the body, changing with time as a polynomial (`RefineOptions.time_degree`); kept only
+        outside the body, changing with time as a polynomial (`RefineOptions.time_degree`) and
+        linearly with the frame's pose (`RefineOptions.pose_features`); kept only
         if the held-out score improves. Returns (N, P, 3) offsets, one per frame of the subject."""
-        from .refine import Clearance, body_surface, harmonic_basis, surface_graph, time_powers, vertex_normals
+        from .refine import (Clearance, body_surface, frame_features, harmonic_basis, pose_features, surface_graph,
+                             vertex_normals)
         steps, ro = self.options.refine_steps, self.options.refine
         if steps <= 0:
             return None
@@ -533,21 +535,31 @@ class OutfitFitter:
         # (degree + 1, K) coefficients: the static shape first, then its change with time; two
         # training frames per time coefficient at least (3 of 4 frames: one static shape)
         degree = max(0, min(ro.time_degree, len(self.train_ids) // 2 - 1))
-        coeff = torch.zeros(degree + 1, basis.shape[1], device=self.device)
+        # then one row per pose feature, time and pose rows together fewer than the training frames
+        n_pose = max(0, min(ro.pose_features, len(self.train_ids) - 2 - degree))
+        body_pose = torch.as_tensor(self.subject.smpl.body_pose, dtype=torch.float32, device=self.device)
+        pose = pose_features(body_pose, n_pose)                                    # (N, D)
+        # Two runs side by side when the pose moves: time only (its pose rows held at 0) and time
+        # and pose; the held-out frames pick the better (a linear map from the pose can overfit six
+        # training frames: clothsim jacket_1). Adam is elementwise, so the runs do not interact.
+        rows = degree + 1 + pose.shape[1]
+        keep = torch.ones(2 if pose.shape[1] else 1, rows, 1, device=self.device)  # (C, rows, 1)
+        keep[0, degree + 1:] = 0
+        coeff = torch.zeros(len(keep), rows, basis.shape[1], device=self.device)
         if start is not None:     # resume: project the saved (static) offsets back onto the basis
-            coeff[0] = basis.T @ (start.to(self.device) * normals).sum(1)
+            coeff[:, 0] = basis.T @ (start.to(self.device) * normals).sum(1)
         coeff.requires_grad_()
         opt = torch.optim.Adam([coeff], lr=ro.lr)
         n = self.subject.num_frames
-        powers = {name: time_powers(ids, n, degree, self.device)                  # (F, degree + 1)
+        powers = {name: frame_features(ids, n, degree, pose)                      # (F, rows)
                   for name, ids in (("train", self.train_ids), ("val", self.held_ids), ("all", range(n)))}
         offsets_of = lambda c, t: ((t @ c) @ basis.T)[..., None] * normals  # noqa: E731  (F, P, 3)
-        mean_offsets = lambda c: offsets_of(c, powers["all"].mean(0, keepdim=True))[0]  # noqa: E731  (P, 3)
+        mean_offsets = lambda c: offsets_of(c[-1], powers["all"].mean(0, keepdim=True))[0]  # noqa: E731  (P, 3)
         val_ids = np.arange(len(self.val))
         score = lambda c: self.frame_losses(drape, code, self.val, val_ids, offsets=offsets_of(c, powers["val"]),  # noqa: E731
                                             targets=self.final_targets, base=base, frame_offsets=True)
         with torch.no_grad():
-            best_score, best_coeff = float(score(coeff)), None
+            best_score, best_coeff = float(score(coeff[0])), None
         worse = 0
         if state.step == 0:
             state.history.append({"stage": "refine", "step": 0, "scores": [round(best_score, 5)]})
@@ -556,11 +568,14 @@ class OutfitFitter:
                 self._save([Candidate(drape, code, spec=self._final_spec)], state, mean_offsets(coeff.detach()))
                 raise FitCancelled(f"fit cancelled during refine at step {state.step}")
             ids = self._sample_ids()
-            offsets = offsets_of(coeff, powers["train"][ids])
-            data = self.frame_losses(drape, code, self.train, ids, offsets=offsets, targets=self.final_targets,
-                                     base=base, frame_offsets=True).sum()
-            inside = torch.relu(floor - clearance.signed_distance(rest + offsets))
-            loss = data + ro.prior_weight * offsets.square().sum(-1).mean() + ro.clearance_weight * inside.square().mean()
+            loss = 0.0
+            for c in coeff * keep:
+                offsets = offsets_of(c, powers["train"][ids])
+                data = self.frame_losses(drape, code, self.train, ids, offsets=offsets, targets=self.final_targets,
+                                         base=base, frame_offsets=True).sum()
+                inside = torch.relu(floor - clearance.signed_distance(rest + offsets))
+                loss = loss + data + ro.prior_weight * offsets.square().sum(-1).mean() \
+                    + ro.clearance_weight * inside.square().mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -570,10 +585,11 @@ class OutfitFitter:
             self.progress("refine", state.step, steps)
             if state.step % self.options.score_every == 0 or state.step == steps:
                 with torch.no_grad():
-                    s = float(score(coeff))
-                state.history.append({"stage": "refine", "step": state.step, "scores": [round(s, 5)]})
-                if s < best_score:
-                    best_score, best_coeff, worse = s, coeff.detach().clone(), 0
+                    scores = [float(score(c)) for c in coeff * keep]
+                state.history.append({"stage": "refine", "step": state.step, "scores": [round(s, 5) for s in scores]})
+                i = int(np.argmin(scores))
+                if scores[i] < best_score:
+                    best_score, best_coeff, worse = scores[i], (coeff * keep)[i].detach().clone(), 0
                 else:
                     worse += 1
                 self._save([Candidate(drape, code, spec=self._final_spec)], state, mean_offsets(coeff.detach()))

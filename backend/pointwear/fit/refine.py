@@ -35,6 +35,15 @@ class RefineOptions:
     # held-out frame gets its offsets from its own time (interpolated, or extrapolated at the end).
     # Lowered to (training frames) / 2 - 1: 6 training frames of 8 take 2, 3 of 4 one static shape.
     time_degree: int = 2
+    # ... and with the body's pose: this many principal components of the frame's hip, knee,
+    # shoulder and elbow rotations (`pose_features`), a linear map from them to the basis
+    # coefficients, so cloth that swings with a walk (hems, jacket fronts, sleeves) takes each
+    # frame's shape from that frame's own pose, held-out frames included (time alone cannot know
+    # a held-out frame's swing). 0: time only; a pose that never changes (turntable) adds none.
+    # Capped so that time and pose rows together stay below the number of training frames. When
+    # the pose moves, a time-only run goes alongside and the held-out frames keep the better
+    # (the pose map overfits some walks); docs/fitting.md, "Swing with the pose".
+    pose_features: int = 2
 
 
 def time_powers(frame_ids, num_frames: int, degree: int, device: torch.device) -> torch.Tensor:
@@ -42,6 +51,37 @@ def time_powers(frame_ids, num_frames: int, degree: int, device: torch.device) -
     to 1 (last): the time basis of per-frame offsets (`RefineOptions.time_degree`)."""
     t = torch.as_tensor(list(frame_ids), dtype=torch.float32, device=device) / max(num_frames - 1, 1) * 2 - 1
     return torch.stack([t ** d for d in range(degree + 1)], 1)
+
+
+# SMPL joints whose rotations drive the swing of cloth: hips, knees (hems, skirt and jacket
+# fronts), shoulders and elbows (sleeves)
+POSE_JOINTS = (1, 2, 4, 5, 16, 17, 18, 19)
+
+
+def pose_features(body_pose: torch.Tensor, k: int, min_std: float = 0.02,
+                  joints: tuple[int, ...] = POSE_JOINTS) -> torch.Tensor:
+    """(N, k') features of each frame's pose from (N, 69) axis-angle body poses (no root): the
+    first k principal components over the frames of the `joints`' rotations, each centred and
+    scaled to unit standard deviation over the frames. Components that move less than `min_std`
+    rad (a turntable: the pose never changes) are left out, so k' <= k. Made once, before the
+    optimisation (it reads values on the host)."""
+    n = body_pose.shape[0]
+    cols = [3 * (j - 1) + a for j in joints for a in range(3)]
+    x = body_pose[:, cols]
+    x = x - x.mean(0, keepdim=True)
+    if k <= 0 or n < 2:
+        return x[:, :0]
+    u, s, _ = torch.linalg.svd(x, full_matrices=False)
+    k = min(k, len(s))
+    keep = (s[:k] / n ** 0.5 > min_std).nonzero().flatten()
+    return u[:, keep] * n ** 0.5
+
+
+def frame_features(frame_ids, num_frames: int, degree: int, pose: torch.Tensor) -> torch.Tensor:
+    """(F, degree + 1 + D) per-frame multipliers of the refinement's coefficient rows: the time
+    powers (`time_powers`) then the frames' (num_frames, D) pose features (`pose_features`)."""
+    t = time_powers(frame_ids, num_frames, degree, pose.device)
+    return torch.cat([t, pose[list(frame_ids)]], 1)
 
 
 def surface_graph(points: np.ndarray, faces: np.ndarray | None, knn: int = 8) -> sp.csr_matrix:
