@@ -188,3 +188,50 @@ def test_a_skirt_joins_the_legs_and_trousers_keep_them(tmp_path, outfit, bridged
     assert np.abs(legs[:, 0]).min() < 0.01                                # the halves reach the midline
     assert np.allclose(t.weights.sum(1), 1, atol=1e-4) and np.allclose(np.linalg.norm(t.normals, axis=1), 1, atol=1e-4)
     assert (t.mirror[t.mirror[t.mirror >= 0]] == np.nonzero(t.mirror >= 0)[0]).all()
+
+
+def _elliptic_tube(a: float, b: float, levels: int = 4, n: int = 24):
+    """A tube of `levels` rings of n vertices on the ellipse x = a cos t, z = b sin t (rest pose),
+    as a Template marked as a skirt (every ring a skirt level)."""
+    from pointwear.recon.template import Template
+    t = np.arange(n) * 2 * np.pi / n
+    ring = np.stack([a * np.cos(t), np.zeros(n), b * np.sin(t)], 1)
+    rest = np.concatenate([ring + [0.0, -0.05 * k, 0.0] for k in range(levels)])
+    normals = np.concatenate([np.stack([b * np.cos(t), np.zeros(n), a * np.sin(t)], 1)] * levels)
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    faces = np.array([[k * n + i, (k + 1) * n + i, k * n + (i + 1) % n] for k in range(levels - 1) for i in range(n)])
+    V = len(rest)
+    return Template(body_vertex=np.arange(V), faces=faces, rest=rest.astype(np.float32),
+                    normals=normals.astype(np.float32), weights=np.full((V, 24), 1 / 24, np.float32),
+                    mirror=np.full(V, -1), ring=np.repeat(np.arange(levels), n),
+                    skirt_level=np.repeat(np.arange(levels), n))
+
+
+@pytest.mark.parametrize("a, b", [(0.25, 0.1), (0.2, 0.18)])
+def test_skirt_depth_pushes_only_a_flat_skirt_front_and_back(a, b):
+    """refine.SkirtSides: the half width and half depth of each level are read from its sides;
+    a skirt shallower than `ratio` x its width is pushed out front and back (z) only, its width
+    left to the photo; a deep enough one, or a template without a skirt, costs nothing."""
+    from dataclasses import replace
+
+    from pointwear.recon.refine import SkirtSides
+    t = _elliptic_tube(a, b)
+    sides = SkirtSides.build(t, torch.device("cpu"))
+    rest = torch.tensor(t.rest, dtype=torch.float32, requires_grad=True)
+    half = sides.extent(rest).detach()
+    assert half.shape == (4, 2)
+    for k, extreme in enumerate((a, b)):      # a side's mean lies near the extreme (a flat line: on it)
+        assert ((half[:, k] <= extreme + 1e-6) & (half[:, k] > 0.7 * extreme)).all()
+    loss = sides.depth_deficit(rest, 0.6)
+    loss.backward()
+    g = rest.grad
+    if b >= 0.6 * a:
+        assert float(loss.detach()) == 0.0
+        return
+    assert float(loss.detach()) == pytest.approx((0.6 * float(half[0, 0]) - float(half[0, 1])) ** 2, rel=0.05)
+    assert torch.all(g[:, 0] == 0) and torch.all(g[:, 1] == 0)                # width and height untouched
+    front, back = t.normals[:, 2] > 0.7, t.normals[:, 2] < -0.7
+    assert (g[front, 2] < 0).all() and (g[back, 2] > 0).all()                  # descent: front +z, back -z
+    assert (g[~(front | back), 2] == 0).all()
+    plain = SkirtSides.build(replace(t, skirt_level=None), torch.device("cpu"))
+    assert float(plain.depth_deficit(rest.detach(), 0.6)) == 0.0

@@ -58,6 +58,9 @@ class ReconOptions:
     w_penetration: float = 1000.0
     w_ring: float = 1000.0            # a cross-section swells evenly: offsets along the normal
                                       # near their ring's mean (the unseen depth follows the width)
+    w_skirt_depth: float = 1000.0     # a bridged skirt's half depth (front/back lines, rest pose)
+    skirt_depth_ratio: float = 0.6    # ... at least this share of its half width, per leg level
+                                      # (the unseen flare; the hips' own ratio is about 0.6)
     w_albedo_smooth: float = 0.1
     w_light_prior: float = 0.01
     clearance: float = 0.003          # m the garment keeps outside the body surface

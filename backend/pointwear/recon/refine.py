@@ -13,6 +13,7 @@ the visible garment; uniform Laplacian of the offsets; relative edge-length chan
 (1 - cos of adjacent face normals); symmetry of the offsets across x = 0; deformation |o|^2; body
 penetration (clearance along the body normal of the nearest body vertex); cross-section rings
 (offsets along the normal near their ring's mean, so the unseen depth swells with the seen width);
+a bridged skirt's half depth (front to back) at least `skirt_depth_ratio` of its half width, per leg level;
 albedo smoothness;
 light prior (non-ambient SH terms small).
 
@@ -93,6 +94,7 @@ class MeshTerms:
     ring: torch.Tensor         # (V,) cross-section ring id
     ring_count: torch.Tensor   # (R,) vertices per ring
     normals: torch.Tensor      # (V,3) rest-pose normals of the template
+    skirt: "SkirtSides"        # a bridged skirt's sides per leg level (empty off skirts)
 
     @classmethod
     def build(cls, t: Template, start_offset: float, device: torch.device, dtype=torch.float32) -> "MeshTerms":
@@ -116,7 +118,11 @@ class MeshTerms:
         return cls(faces=tt(f), edges=tt(edges), rest_len=tt(rest_len, dtype), face_pairs=tt(pairs),
                    neighbours=tt(nb), degree=tt(np.maximum(deg, 1), dtype), mirror=tt(mirror.reshape(-1, 2)),
                    ring=tt(t.ring), ring_count=tt(np.bincount(t.ring).astype(np.float32), dtype),
-                   normals=tt(t.normals, dtype))
+                   normals=tt(t.normals, dtype), skirt=SkirtSides.build(t, device, dtype))
+
+    def skirt_depth(self, rest: torch.Tensor, ratio: float) -> torch.Tensor:
+        """rest (V,3) -> scalar (m^2): SkirtSides.depth_deficit, 0 without a skirt."""
+        return self.skirt.depth_deficit(rest, ratio)
 
     def ring_spread(self, d: torch.Tensor) -> torch.Tensor:
         """Mean squared deviation of each vertex's offset along its normal from its ring's mean."""
@@ -128,6 +134,57 @@ class MeshTerms:
         """(V,C) -> (V,C) uniform Laplacian: mean of the neighbours minus the vertex."""
         s = torch.zeros_like(x).index_add(0, self.neighbours[:, 0], x.index_select(0, self.neighbours[:, 1]))
         return s / self.degree.unsqueeze(1) - x
+
+
+SKIRT_SIDE_COS = 0.7        # a skirt vertex is on a side when its rest normal is this close to +-x or +-z
+SKIRT_SIDE_MIN = 3          # a skirt level counts when each of its four sides has this many vertices
+
+
+@dataclass
+class SkirtSides:
+    """A bridged skirt's four sides per leg level (rest pose): the outer sides (normal +-x: the
+    width the photo shows) and the front and back lines (normal +-z: the depth it hides). K
+    vertices on a side, L levels that have all four."""
+
+    vertex: torch.Tensor       # (K,) template vertex
+    slot: torch.Tensor         # (K,) level * 4 + side (0 left +x, 1 right -x, 2 front +z, 3 back -z)
+    axis: torch.Tensor         # (K,) bool: True where the side is read along z
+    count: torch.Tensor        # (L*4,) vertices per slot
+
+    @classmethod
+    def build(cls, t: Template, device: torch.device, dtype=torch.float32) -> "SkirtSides":
+        lv = t.skirt_level if t.skirt_level is not None else np.full(t.num_vertices, -1)
+        n = t.normals
+        side = np.select([n[:, 0] > SKIRT_SIDE_COS, n[:, 0] < -SKIRT_SIDE_COS,
+                          n[:, 2] > SKIRT_SIDE_COS, n[:, 2] < -SKIRT_SIDE_COS], [0, 1, 2, 3], -1)
+        on = (lv >= 0) & (side >= 0)
+        levels, level = np.unique(lv[on], return_inverse=True)
+        count = np.bincount(level * 4 + side[on], minlength=4 * len(levels)).reshape(-1, 4)
+        full = (count >= SKIRT_SIDE_MIN).all(1)        # levels with all four sides
+        keep = full[level]
+        renum = np.cumsum(full) - 1
+        slot = renum[level[keep]] * 4 + side[on][keep]
+        tt = lambda a, d=torch.long: torch.as_tensor(a, dtype=d, device=device)  # noqa: E731
+        return cls(vertex=tt(np.nonzero(on)[0][keep]), slot=tt(slot), axis=tt(side[on][keep] >= 2, torch.bool),
+                   count=tt(count[full].reshape(-1), dtype))
+
+    def extent(self, rest: torch.Tensor) -> torch.Tensor:
+        """rest (V,3) -> (L,2): per level the half width (mean x of the left side - mean x of the
+        right, / 2) and the half depth (likewise from the front and back lines' z)."""
+        p = rest.index_select(0, self.vertex)
+        c = torch.where(self.axis, p[:, 2], p[:, 0])
+        mean = (torch.zeros_like(self.count).index_add(0, self.slot, c) / self.count.clamp(min=1)).view(-1, 4)
+        return torch.stack([mean[:, 0] - mean[:, 1], mean[:, 2] - mean[:, 3]], 1) / 2
+
+    def depth_deficit(self, rest: torch.Tensor, ratio: float) -> torch.Tensor:
+        """rest (V,3) -> scalar (m^2): mean over levels of relu(ratio * half width - half depth)^2:
+        a hanging skirt is about as deep as it is wide, while the legs' stadium the template
+        starts from is half as deep. The width is the photo's to set (detached): only the hidden
+        front and back lines move."""
+        if self.vertex.numel() == 0:
+            return rest.new_zeros(())
+        half = self.extent(rest)
+        return F.relu(ratio * half[:, 0].detach() - half[:, 1]).pow(2).mean()
 
 
 @dataclass
@@ -228,6 +285,7 @@ class _Problem:
         sym = sym.mean() if T.mirror.shape[0] else d.new_zeros(())
         deform = d.pow(2).sum(-1).mean()
         ring = T.ring_spread(d)
+        skirt = T.skirt_depth(rest, o.skirt_depth_ratio)
         bn = self.body_normals.index_select(0, self.nearest)
         gap = ((posed - self.body_verts.index_select(0, self.nearest)) * bn).sum(-1)
         pen = F.relu(o.clearance - gap).pow(2).mean()
@@ -235,9 +293,10 @@ class _Problem:
         light = sh[1:].pow(2).sum() + (sh[0] - SH_DC).pow(2) * 0.1
         total = (o.w_iou * (1 - iou) + o.w_l1 * l1 + o.w_laplacian * lap + o.w_edge * edge + o.w_flat * flat
                  + o.w_symmetry * sym + o.w_deform * deform + o.w_penetration * pen + o.w_ring * ring
-                 + o.w_albedo_smooth * a_smooth + o.w_light_prior * light)
+                 + o.w_skirt_depth * skirt + o.w_albedo_smooth * a_smooth + o.w_light_prior * light)
         parts = {"total": total, "iou": iou, "l1": l1, "laplacian": lap, "edge": edge, "flat": flat,
-                 "symmetry": sym, "deform": deform, "penetration": pen, "ring": ring}
+                 "symmetry": sym, "deform": deform, "penetration": pen, "ring": ring,
+                 "skirt_depth": skirt}
         return total, {"posed": posed, "rest": rest, "parts": parts}
 
 

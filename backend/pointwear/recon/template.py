@@ -42,7 +42,9 @@ class Template:
     rest (V,3) float32 rest-pose positions (the fit's betas); normals (V,3) rest-pose unit normals;
     weights (V,24) skin weights; mirror (V,) local index of the mirror vertex or -1; ring (V,)
     int64 id of the vertex's cross-section ring (its dominant bone, binned along the bone);
-    midline (V,) bool or None: vertices whose offsets keep x = 0 (a bridged skirt's seam, bridge.py).
+    midline (V,) bool or None: vertices whose offsets keep x = 0 (a bridged skirt's seam, bridge.py);
+    skirt_level (V,) int64 or None: a bridged skirt's leg level of each vertex (rest-pose height bins
+    counted from the lowest skirt level, 0), -1 off the skirt (the skirt's depth prior, refine.MeshTerms.skirt_depth).
     """
 
     body_vertex: np.ndarray
@@ -53,6 +55,7 @@ class Template:
     mirror: np.ndarray
     ring: np.ndarray
     midline: np.ndarray | None = None
+    skirt_level: np.ndarray | None = None
 
     @property
     def num_vertices(self) -> int:
@@ -143,13 +146,14 @@ def garment_vertices(in_mask: np.ndarray, seen: np.ndarray, ring: np.ndarray, mi
 
 
 def _bridged(obs: Observation, posed: np.ndarray, rest: np.ndarray, weights: np.ndarray, mirror: np.ndarray,
-             faces: np.ndarray, options: ReconOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+             faces: np.ndarray, options: ReconOptions) -> tuple[np.ndarray, ...]:
     """The body's rest vertices (V,3) and skin weights (V,24) with the legs bridged where the photo
     shows a skirt (recon/bridge.py; unchanged when it does not, or `bridge_legs` is off), the
-    (F,) bool faces dropped across the legs' inner halves and the (V,) bool midline vertices."""
+    (F,) bool faces dropped across the legs' inner halves, the (V,) bool midline vertices and the
+    (V,) int64 skirt level of each vertex (-1 off the skirt)."""
     from ..render.rasterizer import rasterize
     from .bridge import bridge_legs, leg_levels, seam_faces, skirt_levels
-    none = np.zeros(len(faces), bool), np.zeros(len(rest), bool)
+    none = np.zeros(len(faces), bool), np.zeros(len(rest), bool), np.full(len(rest), -1, np.int64)
     if not options.bridge_legs:
         return rest, weights, *none
     side, level = leg_levels(rest, weights, options.ring_bin)
@@ -160,7 +164,8 @@ def _bridged(obs: Observation, posed: np.ndarray, rest: np.ndarray, weights: np.
     if not len(skirt):
         return rest, weights, *none
     rest_g, weights_g, half, midline = bridge_legs(rest, weights, mirror, side, level, skirt)
-    return rest_g, weights_g, seam_faces(faces, half), midline
+    skirt_level = np.where((side != 0) & np.isin(level, skirt), level - skirt.min(), -1)   # 0 = the hem
+    return rest_g, weights_g, seam_faces(faces, half), midline, skirt_level
 
 
 def body_region_template(obs: Observation, body: BodyModel, options: ReconOptions,
@@ -182,7 +187,7 @@ def body_region_template(obs: Observation, body: BodyModel, options: ReconOption
     allowed = ~np.isin(body.weights_np.argmax(1), [JOINT_INDEX[n] for n in NEVER_GARMENT])
     sel = garment_vertices(mask[px[:, 1], px[:, 0]], seen, rings_b, mirror_b, allowed)
     sel = _close(sel, vertex_adjacency(faces_b, len(posed)), rings=2) & allowed
-    rest_g, weights_g, seam, midline = _bridged(obs, posed, rest, body.weights_np, mirror_b, faces_b, options)
+    rest_g, weights_g, seam, midline, skirt_level = _bridged(obs, posed, rest, body.weights_np, mirror_b, faces_b, options)
     keep = sel[faces_b].all(1) & ~seam
     if keep.sum() >= options.min_faces:
         keep[keep] = _islands(faces_b[keep], len(posed), 0.02)
@@ -204,5 +209,6 @@ def body_region_template(obs: Observation, body: BodyModel, options: ReconOption
     return Template(body_vertex=used, faces=faces, rest=rest_g[used].astype(np.float32),
                     normals=normals.astype(np.float32), weights=weights_g[used].astype(np.float32),
                     mirror=mirror_local.astype(np.int64), midline=midline[used] if midline.any() else None,
+                    skirt_level=skirt_level[used] if midline.any() else None,
                     ring=cross_section_rings(rest[used], body.weights_np[used], joints, body.parents,
                                              options.ring_bin))
