@@ -29,7 +29,7 @@ class FitOptions:
     template: str | None = None        # parametric only: fix the garments ("tshirt+skirt", families.py)
     labels: str = "auto"               # "auto": fit each garment to its own label mask when labels/ exists; "off"
     outfits: tuple[str, ...] | None = None   # unlabelled selection among these outfits only (None: all)
-    prune_after: int = 20              # coarse step at which the outfit candidates are pruned ...
+    prune_after: int = 12              # coarse step at which the outfit candidates are pruned ...
     keep: int = 3                      # ... to this many per label (or overall without labels)
     select_codes: int = 2              # random codes per candidate while more than `keep` compete
     garment_penalty: float = 0.04      # selection: score x (1 + this per garment beyond one per mask)
