@@ -62,7 +62,7 @@ def neural_result(out: Path, body, which: int = 0) -> Path:
     betas = body.betas_tensor(np.zeros(10))
     code = drape.train_codes[which:which + 1]
     d = drape(code, betas)
-    save_npz(out / "outfit.npz", points=d.points[0].numpy(), weights=d.weights.numpy(), code=code[0].numpy(),
+    save_npz(out / "outfit.npz", points=d.points[0].numpy(), weights=d.weights[0].numpy(), code=code[0].numpy(),
              drape=np.array("neural"), betas=betas[0].numpy())
     export_body(body, out / "body.npz", betas)
     return out

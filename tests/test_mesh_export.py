@@ -296,3 +296,13 @@ def test_bad_input_is_named_and_nothing_is_half_written(parametric, tmp_path):
         export_result(tmp_path, "glb", out)
     assert not out.exists() and not list(tmp_path.glob(".x*"))
 
+
+
+def test_an_outfit_whose_weights_are_not_one_row_per_point_is_refused_by_field(tmp_path, default_body):
+    from pointwear.fileio import load_npz, save_npz
+    result = neural_result(tmp_path / "bad", default_body)
+    outfit = load_npz(result / "outfit.npz")
+    save_npz(result / "outfit.npz", **(outfit | {"weights": outfit["weights"][None]}))  # (1, P, 24): a batch
+    with pytest.raises(InputError) as err:
+        result_garment_mesh(result, FAST)
+    assert err.value.field == "weights" and "outfit.npz" in str(err.value.file)

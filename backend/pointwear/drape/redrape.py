@@ -32,6 +32,12 @@ def load_outfit(result_dir: str | Path) -> dict[str, np.ndarray]:
     for key in ("points", "weights", "code", "drape", "betas"):
         if key not in data:
             raise InputError("missing key", file=path, field=key)
+    points, weights = data["points"], data["weights"]
+    if points.ndim != 2 or points.shape[1] != 3:
+        raise InputError(f"must be (P, 3) points, got shape {points.shape}", file=path, field="points")
+    if weights.ndim != 2 or weights.shape[0] != points.shape[0]:
+        raise InputError(f"must be (P, J) skin weights with P = {points.shape[0]} (one row per point), got shape "
+                         f"{weights.shape}", file=path, field="weights")
     data["code"] = current_code(str(data["drape"]), data["code"])
     return data
 
