@@ -65,3 +65,39 @@ def test_update_smpl_rewrites_the_subject(photo, tmp_path):
     again = read_subject(root)
     assert np.allclose(again.smpl.betas, truth.betas + 1) and np.allclose(s.smpl.transl[0], truth.transl + 1)
     assert np.array_equal(again.K, truth.subject.K)
+
+
+def test_pose_only_keeps_the_betas(photo):
+    """body_betas off: the silhouette moves pose, root and translation, never the shape."""
+    from pointwear.recon.body_refine import refine_body
+    truth, body = photo
+    pose = truth.body_pose.copy()
+    pose[15 * 3 + 2] += 0.35
+    start = replace(truth, body_pose=pose)
+    new, stats = refine_body(start, body, ReconOptions(body_steps=10, body_render_height=128, body_betas=False))
+    assert np.array_equal(new.betas, start.betas)
+    assert not np.allclose(new.body_pose, start.body_pose) and stats["silhouette_end"] < stats["silhouette_start"]
+
+
+def test_a_skirt_below_the_hips_gets_its_own_weight(tmp_path):
+    """On a dress photo the uncovered clothing below the hips weighs body_w_skirt, above them
+    body_w_cloth, skin 1; on shorts (no clothing across the legs' gap) nothing is a skirt."""
+    from pointwear.body import load_body
+    from pointwear.data.subject import read_subject
+    from pointwear.recon.body_refine import _pixel_weights
+    from pointwear.recon.perceive import observation_from_subject
+    from pointwear.recon.refine import crop_view
+    from pointwear.synth.generate import SynthOptions, generate_subject
+    body = load_body("default", device="cpu")
+    o = ReconOptions(body_w_cloth=0.3, body_w_skirt=0.0)
+    found = {}
+    for outfit in ("dress", "tshirt-shorts"):
+        generate_subject(tmp_path / outfit, SynthOptions(frames=1, size=256, outfit=outfit, seed=0))
+        s = read_subject(tmp_path / outfit)
+        obs = observation_from_subject(tmp_path / outfit, person=s.mask(0) | (s.labels(0) > 0))
+        view = crop_view(obs, 128, body.device)
+        w = _pixel_weights(obs, body, view, o)
+        cloth = view.mask > 0.5
+        assert torch.all(w[~cloth] == 1.0)
+        found[outfit] = sorted({round(float(v), 3) for v in w[cloth].unique()})
+    assert found["dress"] == [0.0, 0.3] and found["tshirt-shorts"] == [0.3]

@@ -1,13 +1,16 @@
 """The one-image body fit refined on the person's silhouette through the soft rasterizer, after
 prepare's keypoint fit and before the garment (docs/recon.md, "The body on the silhouette").
 
-Parameters: residuals of the root orientation (3), body pose (69), betas (S) and translation (3)
-added to the keypoint fit's. Losses (ReconOptions, `body_*`), at `body_render_height` px:
+Parameters: residuals of the root orientation (3), body pose (69), betas (S; held when
+`body_betas` is off) and translation (3) added to the keypoint fit's. Losses (ReconOptions,
+`body_*`), at `body_render_height` px:
 
     body outside the person mask      sum A (1 - P) / sum P
     person not covered by the body    sum (1 - A) P w / sum P w, w = 1 off the clothing mask (skin,
                                       hair, shoes: the body is right under them), `body_w_cloth`
-                                      on it (loose clothing lies off the body)
+                                      on it (loose clothing lies off the body), `body_w_skirt` on
+                                      it below the hips when the photo shows a skirt or dress
+                                      (template.photo_skirt: clothing across the legs' gap)
     keypoints stay                    the SMPL joints' projections near the keypoint fit's (px^2)
     priors                            |d pose|^2, |d betas|^2, |d orient|^2
 """
@@ -35,6 +38,30 @@ def _silhouette_loss(alpha: torch.Tensor, person: torch.Tensor, weight: torch.Te
     return outside + miss
 
 
+def _pixel_weights(obs: Observation, body: BodyModel, view, options: ReconOptions) -> torch.Tensor:
+    """(H,W) weight of an uncovered person pixel at the view's size: 1 off the clothing mask,
+    `body_w_cloth` on it, `body_w_skirt` on it below the hip joints when the photo shows a skirt
+    or dress on the keypoint-fitted body (template.photo_skirt). Runs once, before the steps."""
+    from ..body.joints import JOINT_INDEX
+    from .template import photo_skirt
+    m = view.mask
+    weight = torch.where(m > 0.5, torch.full_like(m, options.body_w_cloth), torch.ones_like(m))
+    if options.body_w_skirt == options.body_w_cloth:
+        return weight
+    with torch.no_grad():
+        out = body.forward(*obs.pose_tensors(body.device))
+        posed = out.vertices[0]
+        rest = body.shaped(obs.betas)[0][0]
+        hips = project(out.joints[0, [JOINT_INDEX["left_hip"], JOINT_INDEX["right_hip"]]], view.K)[0]
+    faces = body.faces.astype(np.int64)
+    skirt = photo_skirt(obs, posed.cpu().numpy(), rest.cpu().numpy(), body.weights_np, faces, options)[2]
+    if not len(skirt):
+        return weight
+    rows = torch.arange(m.shape[0], device=m.device, dtype=m.dtype)[:, None]
+    lower = (rows > hips[:, 1].max()) & (m > 0.5)
+    return torch.where(lower, torch.full_like(m, options.body_w_skirt), weight)
+
+
 def refine_body(obs: Observation, body: BodyModel, options: ReconOptions) -> tuple[Observation, dict]:
     """The keypoint-fitted body of `obs` moved onto its person silhouette: a new Observation (betas,
     global_orient, body_pose, transl replaced) and stats {seconds, loss_start, loss_end}."""
@@ -43,7 +70,7 @@ def refine_body(obs: Observation, body: BodyModel, options: ReconOptions) -> tup
     dev = body.device
     view = crop_view(obs, o.body_render_height, dev)
     betas0, go0, bp0, tr0 = obs.pose_tensors(dev)
-    weight = torch.where(view.mask > 0.5, torch.full_like(view.mask, o.body_w_cloth), torch.ones_like(view.mask))
+    weight = _pixel_weights(obs, body, view, o)
     faces = body.faces_t.to(dev)
     with torch.no_grad():
         j2d0 = project(body.forward(betas0, go0, bp0, tr0).joints[0], view.K)[0]
@@ -51,7 +78,7 @@ def refine_body(obs: Observation, body: BodyModel, options: ReconOptions) -> tup
               (("betas", betas0), ("orient", go0), ("pose", bp0), ("transl", tr0))}
     opt = torch.optim.Adam([{"params": [params["pose"]], "lr": o.body_lr_pose},
                             {"params": [params["orient"]], "lr": o.body_lr_orient},
-                            {"params": [params["betas"]], "lr": o.body_lr_betas},
+                            {"params": [params["betas"]], "lr": o.body_lr_betas if o.body_betas else 0.0},
                             {"params": [params["transl"]], "lr": o.body_lr_transl}])
     soft = SoftOptions(sigma=o.body_sigma, cutoff=1e-6)
     losses = []

@@ -26,6 +26,9 @@ class ReconOptions:
     body_render_height: int = 192     # px: the person's box is rendered this tall
     body_sigma: float = 0.5           # soft silhouette softness, px^2 at that height
     body_w_cloth: float = 0.3         # weight of uncovered clothing-mask pixels (skin, hair: 1)
+    body_w_skirt: float = 0.3         # ... of those below the hips when the photo shows a skirt
+                                      # or dress (template.photo_skirt); tuning: docs/recon.md
+    body_betas: bool = True           # betas refined too (off: pose, root and translation only)
     body_w_silhouette: float = 1.0
     body_w_joints: float = 0.1        # joints' projections stay near the keypoint fit's ...
     body_joint_px: float = 3.0        # ... within about this many px (at body_render_height)

@@ -145,22 +145,32 @@ def garment_vertices(in_mask: np.ndarray, seen: np.ndarray, ring: np.ndarray, mi
     return sel & allowed
 
 
+def photo_skirt(obs: Observation, posed: np.ndarray, rest: np.ndarray, weights: np.ndarray,
+                faces: np.ndarray, options: ReconOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Does the photo show a skirt or dress on this body? posed (V,3) camera space, rest (V,3),
+    weights (V,24), faces (F,3) (`bridge_gap`, `bridge_min_levels`, `ring_bin`) -> the legs' side
+    (V,) and level (V,) (bridge.leg_levels) and the sorted skirt levels (bridge.skirt_levels;
+    empty: no skirt)."""
+    from ..render.rasterizer import rasterize
+    from .bridge import leg_levels, skirt_levels
+    side, level = leg_levels(rest, weights, options.ring_bin)
+    cover = rasterize(torch.as_tensor(posed, dtype=torch.float32), torch.as_tensor(faces),
+                      torch.as_tensor(obs.K, dtype=torch.float32), obs.size).mask[0].numpy()
+    return side, level, skirt_levels(posed, side, level, cover, obs.mask, obs.K, options.bridge_gap,
+                                     options.bridge_min_levels)
+
+
 def _bridged(obs: Observation, posed: np.ndarray, rest: np.ndarray, weights: np.ndarray, mirror: np.ndarray,
              faces: np.ndarray, options: ReconOptions) -> tuple[np.ndarray, ...]:
     """The body's rest vertices (V,3) and skin weights (V,24) with the legs bridged where the photo
     shows a skirt (recon/bridge.py; unchanged when it does not, or `bridge_legs` is off), the
     (F,) bool faces dropped across the legs' inner halves, the (V,) bool midline vertices and the
     (V,) int64 skirt level of each vertex (-1 off the skirt)."""
-    from ..render.rasterizer import rasterize
-    from .bridge import bridge_legs, leg_levels, seam_faces, skirt_levels
+    from .bridge import bridge_legs, seam_faces
     none = np.zeros(len(faces), bool), np.zeros(len(rest), bool), np.full(len(rest), -1, np.int64)
     if not options.bridge_legs:
         return rest, weights, *none
-    side, level = leg_levels(rest, weights, options.ring_bin)
-    cover = rasterize(torch.as_tensor(posed, dtype=torch.float32), torch.as_tensor(faces),
-                      torch.as_tensor(obs.K, dtype=torch.float32), obs.size).mask[0].numpy()
-    skirt = skirt_levels(posed, side, level, cover, obs.mask, obs.K, options.bridge_gap,
-                         options.bridge_min_levels)
+    side, level, skirt = photo_skirt(obs, posed, rest, weights, faces, options)
     if not len(skirt):
         return rest, weights, *none
     rest_g, weights_g, half, midline = bridge_legs(rest, weights, mirror, side, level, skirt)
