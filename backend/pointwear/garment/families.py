@@ -69,7 +69,8 @@ ABSENT_LOGIT = -12.0      # sigmoid(-12) = 6e-6: the low end of the range (a str
 # Parameters the fit's coarse stage holds at the low end of their range (ABSENT_LOGIT, no
 # random draw, no gradient), so choosing the garments goes as it did without them; the fine
 # stage starts them at FINE_START_LOGIT and fits them with the rest. A jacket's `widen` moves
-# which top under it the coarse stage prefers (docs/fitting.md, "Jackets").
+# which top under it the coarse stage prefers (docs/fitting.md, "Jackets"); a skirt's or dress's
+# `fall` is held the same way, so the garments chosen stay those of before it.
 FINE_ONLY: dict[str, tuple[str, ...]] = {"jacket": ("widen",), "skirt": ("fall",), "dress": ("fall",)}
 FINE_START_LOGIT = 0.0    # the middle of the range
 
