@@ -94,3 +94,29 @@ def test_a_half_size_coarse_stage_picks_the_same_garments_and_fits_as_well(subje
     assert half["metrics"]["heldout"]["iou"] >= full["metrics"]["heldout"]["iou"] - 0.03
     fine = [h for h in half["history"] if h["stage"] == "fine"]
     assert fine and min(min(h["scores"]) for h in fine) >= half["score"] - 1e-6
+
+
+SELECT = dict(FIT, labels="off", coarse_size=0, outfits=("tank+skirt", "tshirt+skirt", "tank+shorts", "dress", "tank"))
+
+
+def test_the_selection_on_smaller_frames_keeps_the_same_garments_and_rescores_the_kept(subject, tmp_path,
+                                                                                       default_body):
+    """Until the prune, while more outfits compete than are kept, the candidates fit and score
+    on frames reduced to `select_size`; the kept ones are then scored again on the coarse
+    stage's frames, and only they carry scores into the later choices."""
+    full = OutfitFitter(subject, tmp_path / "full", FitOptions(**SELECT), body=default_body).run()
+    opts = FitOptions(**SELECT, select_size=64)
+    fitter = OutfitFitter(subject, tmp_path / "select", opts, body=default_body)
+    result = fitter.run()
+    assert fitter.select is not None and fitter.select[0].targets.image_size == (64, 64)
+    assert [g["name"] for g in result["garments"]] == [g["name"] for g in full["garments"]] == ["skirt", "tank"]
+    assert result["metrics"]["heldout"]["iou"] >= full["metrics"]["heldout"]["iou"] - 0.03
+    at_prune = [h for h in result["history"] if h["stage"] == "coarse" and h["step"] == FIT["prune_after"]]
+    competing, kept = at_prune[:len(SELECT["outfits"])], at_prune[len(SELECT["outfits"]):]
+    assert len(competing) == 5 and len(kept) == opts.keep
+    assert {h["drape"] for h in kept} < {h["drape"] for h in competing}
+    # the kept candidates' scores on the full masks are not their scores on the reduced ones
+    first = {h["drape"]: h["scores"] for h in competing}
+    assert all(first[h["drape"]] != h["scores"] for h in kept)
+    # the full-size run's history has one scoring at the prune: all five outfits
+    assert len([h for h in full["history"] if h["stage"] == "coarse" and h["step"] == FIT["prune_after"]]) == 5

@@ -119,3 +119,19 @@ def test_keep_faces_keeps_whole_faces_renumbered(n, f, seed):
     whole = faces[keep[faces].all(1)]
     assert out.shape == whole.shape
     np.testing.assert_array_equal(kept_ids[out], whole)    # same triangles, new numbering
+
+
+def test_drapes_of_one_body_share_its_frame_and_build_each_field_once(body):
+    """The outfits an unlabelled fit compares share the body's frame (radius fields, region
+    trees): a second outfit builds no field the first built, and a new shape gets its own."""
+    betas = torch.zeros(10)
+    tshirt, dress = ParametricDrape(body, "tshirt"), ParametricDrape(body, "dress")
+    frame = tshirt.body_frame(betas)
+    tshirt(tshirt.random_codes(1), betas)
+    fields = dict(frame.__dict__["_fields"])
+    assert dress.body_frame(betas) is frame
+    dress(dress.random_codes(1), betas)
+    assert all(frame.__dict__["_fields"][k] is v for k, v in fields.items())
+    other = ParametricDrape(load_body("default", device="cpu"), "tshirt")
+    assert other.body_frame(betas) is not frame
+    assert dress.body_frame(torch.full((10,), 0.5)) is not frame

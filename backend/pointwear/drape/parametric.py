@@ -5,6 +5,8 @@ prior is simply a standard normal on the logits. An outfit template (which garme
 model; fitting chooses the garments (fit/selection.py)."""
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import torch
 
@@ -15,6 +17,10 @@ from ..garment.outfit import GarmentMesh, GarmentParams, build_outfit, garment_p
 from .base import DrapeModel, DrapeOutput
 
 TEMPLATES: dict[str, tuple[str, ...]] = dict(LEGACY_OUTFITS)   # the four outfits of older results
+
+# Body frames (radius fields, region trees) per body model and shape, shared by every drape of
+# that body: the 33 outfits an unlabelled fit compares build them once, not once each.
+_BODY_FRAMES: "weakref.WeakKeyDictionary[BodyModel, dict[tuple, BodyFrame]]" = weakref.WeakKeyDictionary()
 
 
 class ParametricDrape(DrapeModel):
@@ -42,7 +48,7 @@ class ParametricDrape(DrapeModel):
         self.fine_only = torch.tensor([name in FINE_ONLY.get(f.name, ()) for f in self.families
                                        for name, _, _ in f.ranges], dtype=torch.bool)
         self.fine_only_index = [int(i) for i in self.fine_only.nonzero().reshape(-1)]   # host list
-        self._frames: dict[tuple, BodyFrame] = {}
+        self._frames: dict[tuple, BodyFrame] = _BODY_FRAMES.setdefault(body, {})
         self._weights: dict[tuple, torch.Tensor] = {}
         self._betas_seen: tuple | None = None     # (betas tensor, its version, host key)
         self.faces: np.ndarray | None = None

@@ -80,17 +80,17 @@ class OutfitFitter:
         self.train = load_frames(subject, self.body, self.train_ids, self.device, labels)
         self.val = load_frames(subject, self.body, self.held_ids, self.device, labels) if self.held_ids else self.train
         self.full = (self.train, self.val)
-        self.coarse = self._reduced_frames(labels)
+        self.coarse = self._reduced_frames(labels, options.coarse_size)
+        self.select = self._reduced_frames(labels, options.select_size) if options.select_size else None
         self.final_targets, self._final_spec = None, None
         self._garment_ids: dict[int, torch.Tensor] = {}
         self.rng = torch.Generator().manual_seed(options.seed)
         self.ckpt_path = self.out / CHECKPOINT_PT
         self.snapshots: list[tuple[str, int, torch.Tensor, str]] = []
 
-    def _reduced_frames(self, labels: list[int]) -> tuple[FrameSet, FrameSet] | None:
-        """(train, val) frames at `FitOptions.coarse_size` for the coarse stage, or None when the
-        images are not larger."""
-        max_side = self.options.coarse_size
+    def _reduced_frames(self, labels: list[int], max_side: int) -> tuple[FrameSet, FrameSet] | None:
+        """(train, val) frames at a long side of at most `max_side` px (`FitOptions.coarse_size`,
+        `select_size`), or None when the images are not larger."""
         if reduced_size(self.subject.image_size, max_side) is None:
             return None
         train = load_frames(self.subject, self.body, self.train_ids, self.device, labels, max_side)
@@ -125,7 +125,7 @@ class OutfitFitter:
         if offsets is not None:
             points = points + offsets
         keep = slice(None, None, frames.point_stride)
-        points, weights = points[:, keep], weights[:, keep]
+        points, weights = points[..., keep, :], weights[..., keep, :]   # (C, P, .) or (P, 24) weights
         c, f = codes.shape[0], len(ids)
         fi_host = np.tile(np.asarray(ids.tolist() if torch.is_tensor(ids) else ids, dtype=np.int64), c)
         fi = torch.as_tensor(fi_host, device=self.device)
@@ -364,6 +364,7 @@ class OutfitFitter:
                 saved = [c["drape"] for c in ckpt["candidates"]]
                 cands = [by_id[k] for k in saved]
         if state.stage == "coarse":
+            self._select(cands, state)
             with self._frames(self.coarse):
                 self._optimize(cands, state, "coarse", self.options.coarse_steps)
                 if state.best.code is None:  # resumed past the last step before any scoring
@@ -382,6 +383,21 @@ class OutfitFitter:
         self._final_spec = fine.spec if fine is not None else None
         offsets = self._refine(best_drape, state, offsets0)
         return self._finish(best_drape, state, offsets, time.time() - t0)
+
+    def _select(self, cands: list[Candidate], state: FitState) -> None:
+        """The coarse stage's first `prune_after` steps, while more candidates compete than are kept,
+        on frames reduced to `FitOptions.select_size`; it ends with the prune. The kept candidates
+        are then scored again on the coarse stage's frames (scores on different masks do not
+        compare), and the pruned ones leave the scores the later choices read."""
+        steps = min(self.options.prune_after, self.options.coarse_steps)
+        groups = {mask_group(c.key) for c in cands}
+        if self.select is None or state.step >= steps or len(cands) <= self.options.keep * len(groups):
+            return
+        with self._frames(self.select):
+            self._optimize(cands, state, "coarse", steps)
+        state.best, state.cand_best = Best(), {}
+        with self._frames(self.coarse):
+            self._update_best(cands, state, "coarse")
 
     def _fine_candidate(self, state: FitState, by_id: dict[str, Candidate]) -> Candidate:
         """The fine stage starts from the best candidate's start code (`_start_code`). With

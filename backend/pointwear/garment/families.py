@@ -47,8 +47,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("trousers", "lower", "trousers", (("hem", 0.6, 1.02), ("waist", 0.5, 0.75), ("ease", 0.003, 0.06),
                                              ("flare", 0.0, 0.2))),
     Family("skirt", "lower", "skirt", (("hem", 0.05, 0.95), ("waist", 0.5, 0.7), ("ease", 0.003, 0.05),
-                                       ("flare", 0.0, 0.8))),
-    Family("dress", "onepiece", "dress", _DRESS + (("armhole", 0.0, 0.2), ("strap", 0.4, 1.0))),
+                                       ("flare", 0.0, 0.8), ("fall", 0.0, 0.3))),
+    Family("dress", "onepiece", "dress", _DRESS + (("armhole", 0.0, 0.2), ("strap", 0.4, 1.0), ("fall", 0.0, 0.3))),
     Family("jumpsuit", "onepiece", "jumpsuit", (("sleeve", 0.0, 1.02), ("hem", 0.15, 1.0), ("neckline", 0.02, 0.12),
                                                 ("ease", 0.003, 0.06))),
 )}
@@ -60,6 +60,7 @@ ADDED_LATER_GENERATIONS: tuple[dict[str, tuple[str, ...]], ...] = (
     {"shorts": ("flare",), "trousers": ("flare",), "tank": ("loose",), "tshirt": ("loose",),
      "longsleeve": ("loose",), "hoodie": ("loose",), "jacket": ("loose",)},
     {"dress": ("armhole", "strap"), "jacket": ("widen",)},
+    {"skirt": ("fall",), "dress": ("fall",)},
 )
 ADDED_LATER: dict[str, tuple[str, ...]] = {
     name: tuple(p for gen in ADDED_LATER_GENERATIONS for p in gen.get(name, ()))
@@ -68,8 +69,9 @@ ABSENT_LOGIT = -12.0      # sigmoid(-12) = 6e-6: the low end of the range (a str
 # Parameters the fit's coarse stage holds at the low end of their range (ABSENT_LOGIT, no
 # random draw, no gradient), so choosing the garments goes as it did without them; the fine
 # stage starts them at FINE_START_LOGIT and fits them with the rest. A jacket's `widen` moves
-# which top under it the coarse stage prefers (docs/fitting.md, "Jackets").
-FINE_ONLY: dict[str, tuple[str, ...]] = {"jacket": ("widen",)}
+# which top under it the coarse stage prefers (docs/fitting.md, "Jackets"); a skirt's or dress's
+# `fall` is held the same way, so the garments chosen stay those of before it.
+FINE_ONLY: dict[str, tuple[str, ...]] = {"jacket": ("widen",), "skirt": ("fall",), "dress": ("fall",)}
 FINE_START_LOGIT = 0.0    # the middle of the range
 
 

@@ -39,7 +39,10 @@ class GarmentParams:
     `armhole` the depth (metres) of a sleeveless one-piece's armholes below the shoulder joints
     (0 = none: the body covers the shoulders out to the arms) and `strap` the straps' outer edge
     (the armhole's inner edge) as a share of the shoulder joints' half-width: a sundress or slip
-    dress hangs from straps, its sides open from there outwards down to the armhole's bottom."""
+    dress hangs from straps, its sides open from there outwards down to the armhole's bottom;
+    `fall` how far (metres per metre below the widest hips) a skirt's or dress's front and back
+    come in towards the legs while its sides hang out: simulated cloth hangs from the hips'
+    width, so its cross-section below them is wider than it is deep."""
     kind: str
     sleeve: float = 0.0
     hem: float = 1.0
@@ -53,6 +56,7 @@ class GarmentParams:
     armhole: float = 0.0
     strap: float = 0.75
     widen: float = 0.0
+    fall: float = 0.0
 
 
 @dataclass
@@ -91,6 +95,9 @@ class Piece:
     # Holes cut out of the piece (armholes), as a presence factor per vertex: rest-pose vertices
     # (..., n_s, n_phi, 3) -> (..., n_s, n_phi) in 0..1, differentiable in the parameters only.
     cut: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # The radius changing with the angle around the axis: (s, phi, radius) -> radius, all
+    # (..., n_s, n_phi); a hanging piece's front and back falling in (`_falling`).
+    shape: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass
@@ -229,19 +236,38 @@ def _ankle_s(frame: BodyFrame) -> float:
 def _skirt(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Piece]:
     crotch = frame.crotch_s
     regions = ("torso", "left_upper_leg", "right_upper_leg", "left_lower_leg", "right_lower_leg")
-    fld = frame.field(frame.torso_axis, regions, (0.0, frame.floor_s)).hanging(frame.hip_s)
-    return [Piece("skirt", frame.torso_axis, fld, p.waist * crotch, crotch + p.hem * (_ankle_s(frame) - crotch),
-                  GRID["hang"], _hanging_ease(p.ease, p.flare, frame.hip_s), regions, hanging=True)]
+    body = frame.field(frame.torso_axis, regions, (0.0, frame.floor_s))
+    return [Piece("skirt", frame.torso_axis, body.hanging(frame.hip_s), p.waist * crotch,
+                  crotch + p.hem * (_ankle_s(frame) - crotch), GRID["hang"],
+                  _hanging_ease(p.ease, p.flare, frame.hip_s), regions, hanging=True,
+                  shape=_falling(body, p, frame.hip_s))]
 
 
 def _dress(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Piece]:
     crotch = frame.crotch_s
     end = crotch + p.hem * (_ankle_s(frame) - crotch)
     regions = ("torso", "neck", "left_upper_leg", "right_upper_leg", "left_lower_leg", "right_lower_leg")
-    fld = frame.field(frame.torso_axis, regions, (0.0, frame.floor_s)).hanging(frame.hip_s)
+    body = frame.field(frame.torso_axis, regions, (0.0, frame.floor_s))
     ease = _hanging_ease(p.ease, p.flare, frame.hip_s)
-    return [Piece("dress", frame.torso_axis, fld, p.neckline, end, GRID["hang"], ease, regions, hanging=True,
-                  cut=_armholes(frame, p))] + _sleeves(frame, p, keep_sleeves)
+    return [Piece("dress", frame.torso_axis, body.hanging(frame.hip_s), p.neckline, end, GRID["hang"], ease,
+                  regions, hanging=True, cut=_armholes(frame, p), shape=_falling(body, p, frame.hip_s))] \
+        + _sleeves(frame, p, keep_sleeves)
+
+
+def _falling(body: RadiusField, p: GarmentParams, start: float
+             ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """A hanging piece's front and back coming in below `start` (the widest hips) by `fall`
+    metres per metre, weighted by cos^2 of the angle from the front (phi 0; the sides keep their
+    radius), never closer to the body than its own `body` field (the legs' hull, not hung) plus
+    the ease: (s, phi, radius) -> radius, each (..., n_s, n_phi). None when `fall` is a plain 0
+    (results from before it)."""
+    if not torch.is_tensor(p.fall) and p.fall <= 0:
+        return None
+
+    def shape(s: torch.Tensor, phi: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+        fallen = radius - p.fall * torch.relu(s - start) * torch.cos(phi).square()
+        return torch.maximum(fallen, body.lookup(s, phi) + p.ease)
+    return shape
 
 
 ARMHOLE_MIN, ARMHOLE_EDGE = 0.01, 0.02   # armholes shallower than ARMHOLE_MIN (m) are none; soft edge (m)
@@ -375,6 +401,8 @@ def _piece_vertices(piece: Piece, detail: Detail, rng: np.random.Generator, like
     shape = torch.broadcast_shapes(s.shape, phi.shape, (n_s, n_phi))
     s, phi = s.expand(shape), phi.expand(shape)
     radius = piece.field.lookup(s, phi) + piece.ease(s)
+    if piece.shape is not None:
+        radius = piece.shape(s, phi, radius)
     if detail.wrinkle_amp > 0:
         radius = radius + detail.wrinkle_amp * _folds(s, phi, rng, vertical=piece.hanging)
     return piece.axis.point(s, phi, radius)
