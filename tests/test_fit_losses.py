@@ -454,3 +454,28 @@ def test_chamfer_3d_identity_and_shift():
     assert 0.0 < cm <= 5.0 and f < 1.0
     with pytest.raises(ValueError):
         chamfer_3d(a[:, :2], a)
+
+
+@settings(max_examples=40, deadline=None)
+@given(k=st.integers(1, 300), radius=st.floats(0.5, 5.2), scale=st.sampled_from([1, 4]),
+       seed=st.integers(0, 10_000))
+def test_splat_all_taps_at_once_writes_the_same_images_as_tap_by_tap(k, radius, scale, seed):
+    """The two ways of splatting point keys (`_splat_min`: few points all taps at once, many
+    one tap at a time) write bit-identical images, shared cells included."""
+    from pointwear.fit.losses import _EMPTY32, _disc_offsets, _splat_min_batched, _splat_min_per_tap
+    g = torch.Generator().manual_seed(seed)
+    stride, rows, n_img_count = 23, 17, 2
+    n_img = n_img_count * stride * rows
+    cell = torch.randint(0, n_img, (k,), generator=g)
+    e = (torch.rand(k, 2, generator=g) - 0.5) * 2 * scale
+    ids = torch.randint(0, 512, (k,), generator=g).int()
+    taps = _disc_offsets(radius)
+    margin = (int(radius) + 2) * (stride + 1)
+    d_max = (scale * (radius + 1.5)) ** 2
+    images = []
+    for splat in (_splat_min_batched, _splat_min_per_tap):
+        img = torch.full((n_img + 2 * margin,), _EMPTY32, dtype=torch.int32)
+        splat(img, margin, n_img, stride, cell, e, taps, float(scale), d_max, 9, ids)
+        images.append(img)
+    assert torch.equal(images[0], images[1])
+    assert bool((images[0] != _EMPTY32).any())

@@ -362,6 +362,7 @@ def _disc_offsets(radius: float) -> list[tuple[int, int]]:
 
 
 _EMPTY32 = torch.iinfo(torch.int32).max
+_SPLAT_BATCH = 1 << 18      # taps x points up to this: one scatter for all taps (`_splat_min_batched`)
 
 
 @dataclass
@@ -501,9 +502,17 @@ def _splat_min(img_pad: Tensor, margin: int, n_img: int, stride: int, cell: Tens
     """Scatter-min into img_pad (images of row stride `stride`, `margin` cells of padding both
     sides) of key = (squared distance quantised to 31 - id_bits bits over [0, d_max], id) of
     each point (K,) at its cell + each tap: distance^2 = |scale * tap + e|^2 with e (K,2).
-    One tap at a time (the (taps x K) keys never exist at once: faster on a CPU's caches), in
-    three (K,) buffers made once per call: a fresh tensor per operation and tap costs more
-    than the arithmetic on a CPU (its allocator returns big blocks to the OS)."""
+    Few points (taps x K up to `_SPLAT_BATCH`): all taps at once; many: one tap at a time."""
+    splat = _splat_min_batched if len(taps) * cell.shape[0] <= _SPLAT_BATCH else _splat_min_per_tap
+    splat(img_pad, margin, n_img, stride, cell, e, taps, scale, d_max, id_bits, ids)
+
+
+def _splat_min_per_tap(img_pad: Tensor, margin: int, n_img: int, stride: int, cell: Tensor, e: Tensor,
+                       taps: list[tuple[int, int]], scale: float, d_max: float, id_bits: int, ids: Tensor) -> None:
+    """`_splat_min` one tap at a time (the (taps x K) keys never exist at once: faster on a
+    CPU's caches for many points), in three (K,) buffers made once per call: a fresh tensor per
+    operation and tap costs more than the arithmetic on a CPU (its allocator returns big blocks
+    to the OS)."""
     q = ((1 << (31 - id_bits)) - 1) / d_max
     ex, ey = e[:, 0].contiguous(), e[:, 1].contiguous()
     d2, dy = torch.empty_like(ex), torch.empty_like(ey)
@@ -516,6 +525,41 @@ def _splat_min(img_pad: Tensor, margin: int, n_img: int, stride: int, cell: Tens
         torch.add(ex, scale * tx, out=d2).square_().add_(dy)
         key.copy_(d2.clamp_(0.0, d_max).mul_(q).round_()).bitwise_left_shift_(id_bits).bitwise_or_(ids)
         img_pad.narrow(0, margin + tx + ty * stride, n_img).scatter_reduce_(0, cell, key, "amin")
+
+
+def _splat_min_batched(img_pad: Tensor, margin: int, n_img: int, stride: int, cell: Tensor, e: Tensor,
+                       taps: list[tuple[int, int]], scale: float, d_max: float, id_bits: int, ids: Tensor) -> None:
+    """`_splat_min` for few points: every tap at once, (T, K) keys in one scatter. The same
+    float32 operations in the same order as `_splat_min_per_tap`, so the same keys, and a min
+    does not depend on the order of its writes: the same images. With few points (the coarse
+    stage's reduced frames) the per-tap loop's ten small operations per tap cost more than
+    their arithmetic."""
+    q = ((1 << (31 - id_bits)) - 1) / d_max
+    t = _tap_table(tuple(taps), stride, e.device, e.dtype)
+    tx, ty, shift = t.tx, t.ty, t.shift                                        # (T,1) each
+    d2 = (e[:, 0] + scale * tx).square_().add_((e[:, 1] + scale * ty).square_())   # (T,K)
+    key = d2.clamp_(0.0, d_max).mul_(q).round_().to(torch.int32).bitwise_left_shift_(id_bits).bitwise_or_(ids)
+    img_pad.scatter_reduce_(0, (cell + (margin + shift)).reshape(-1), key.reshape(-1), "amin")
+
+
+@dataclass(frozen=True)
+class _Taps:
+    tx: Tensor      # (T,1) float: the taps' x offsets
+    ty: Tensor      # (T,1) float: their y offsets
+    shift: Tensor   # (T,1) int64: their offsets in a flat image of the given row stride
+
+
+_TAP_TABLES: dict[tuple, _Taps] = {}
+
+
+def _tap_table(taps: tuple[tuple[int, int], ...], stride: int, device: torch.device, dtype: torch.dtype) -> _Taps:
+    """The taps as device tensors, made once per (taps, stride, device, dtype)."""
+    key = (taps, stride, device, dtype)
+    if key not in _TAP_TABLES:
+        xy = torch.tensor(taps, dtype=torch.int64).reshape(-1, 2)
+        _TAP_TABLES[key] = _Taps(xy[:, :1].to(device=device, dtype=dtype), xy[:, 1:].to(device=device, dtype=dtype),
+                                 (xy[:, :1] + xy[:, 1:] * stride).to(device))
+    return _TAP_TABLES[key]
 
 
 @torch.no_grad()
