@@ -82,7 +82,6 @@ class OutfitFitter:
         self.full = (self.train, self.val)
         self.coarse = self._reduced_frames(labels, options.coarse_size)
         self.select = self._reduced_frames(labels, options.select_size) if options.select_size else None
-        self._select_train = None if self.select is None else self.select[0]
         self.final_targets, self._final_spec = None, None
         self._garment_ids: dict[int, torch.Tensor] = {}
         self.rng = torch.Generator().manual_seed(options.seed)
@@ -233,8 +232,7 @@ class OutfitFitter:
             ids = self._sample_ids()
             with self._checkpoint_on_oom(cands, state):
                 for cand in cands:
-                    # skin weights again every 10 steps; the selection (`_select`, 12 steps) keeps its first
-                    refresh = state.step % 10 == 0 and (state.step == 0 or self.train is not self._select_train)
+                    refresh = state.step % 10 == 0
                     loss = self.frame_losses(cand.drape, cand.codes, self.train, ids, refresh_weights=refresh,
                                              targets=cand.targets)
                     total = (loss + self.prior(cand.drape, cand.codes)).sum()
