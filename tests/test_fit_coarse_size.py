@@ -120,3 +120,14 @@ def test_the_selection_on_smaller_frames_keeps_the_same_garments_and_rescores_th
     assert all(first[h["drape"]] != h["scores"] for h in kept)
     # the full-size run's history has one scoring at the prune: all five outfits
     assert len([h for h in full["history"] if h["stage"] == "coarse" and h["step"] == FIT["prune_after"]]) == 5
+
+
+def test_the_selection_on_smaller_frames_runs_only_without_labels(subject, tmp_path, default_body):
+    """With labels at most a label's families compete and 128 px loses a T-shirt's sleeves, so the
+    reduced selection frames exist only when the fit runs without labels."""
+    assert subject.has_labels
+    opts = dict(FIT, coarse_size=0, select_size=64)
+    labelled = OutfitFitter(subject, tmp_path / "labels", FitOptions(**opts), body=default_body)
+    unlabelled = OutfitFitter(subject, tmp_path / "off", FitOptions(**opts, labels="off"), body=default_body)
+    assert labelled.groups and labelled.select is None
+    assert not unlabelled.groups and unlabelled.select[0].targets.image_size == (64, 64)

@@ -4,6 +4,10 @@ device that is not there or runs out of memory, and a counter of host synchronis
 waits a GPU would make the Python side do), usable on the CPU."""
 from __future__ import annotations
 
+import importlib
+import sys
+import threading
+
 import torch
 
 from .errors import PointwearError
@@ -73,3 +77,18 @@ def scaled(cpu_value: int, device: torch.device, cuda_value: int) -> int:
     """A per-step item count: the CPU default on the CPU, the larger CUDA one on a GPU."""
     return cuda_value if torch.device(device).type == "cuda" else cpu_value
 
+
+
+_OPTIM_IMPORT: threading.Thread | None = None
+
+
+def preload_optimizer_imports() -> None:
+    """Import torch._dynamo in a background thread. torch.optim's first optimizer imports it (its
+    param groups are wrapped in dynamo's disable), ~3 s of Python on this CPU, which would stall
+    the first step; started when a fit begins reading its frames, it overlaps that I/O. Idempotent;
+    the import lock makes an optimizer made meanwhile wait for the same import, never repeat it."""
+    global _OPTIM_IMPORT
+    if _OPTIM_IMPORT is None and "torch._dynamo" not in sys.modules:
+        _OPTIM_IMPORT = threading.Thread(target=importlib.import_module, args=("torch._dynamo",),
+                                         name="pointwear-preload-dynamo", daemon=True)
+        _OPTIM_IMPORT.start()

@@ -17,7 +17,7 @@ import torch
 
 from ..body import BodyModel, load_body, skin_frames
 from ..data.subject import Subject, read_subject
-from ..device import DeviceError, device_error, pick_device, release_memory, scaled
+from ..device import DeviceError, device_error, pick_device, preload_optimizer_imports, release_memory, scaled
 from ..drape.base import DrapeModel, DrapeOutput
 from ..errors import InputError
 from ..garment.families import FAMILIES, outfit_families, upgrade_code
@@ -56,6 +56,7 @@ class OutfitFitter:
         self.progress = progress or (lambda stage, i, n: None)
         self.should_stop = should_stop or (lambda: False)
         self.device = pick_device(options.device)
+        preload_optimizer_imports()   # overlaps the frames' loading below
         if self.device.type == "cpu" and options.threads > 0:
             # The fit runs thousands of small ops: OpenMP's spinning threads cost more than they
             # give, badly so when anything else uses the cores (docs/benchmarks.md).
@@ -81,7 +82,10 @@ class OutfitFitter:
         self.val = load_frames(subject, self.body, self.held_ids, self.device, labels) if self.held_ids else self.train
         self.full = (self.train, self.val)
         self.coarse = self._reduced_frames(labels, options.coarse_size)
-        self.select = self._reduced_frames(labels, options.select_size) if options.select_size else None
+        # Without labels 30-odd outfits compete before the prune; with labels at most a label's
+        # families, and 128 px loses a T-shirt's sleeves against a jacket's (FitOptions.select_size).
+        self.select = self._reduced_frames(labels, options.select_size) \
+            if options.select_size and not self.groups else None
         self.final_targets, self._final_spec = None, None
         self._garment_ids: dict[int, torch.Tensor] = {}
         self.rng = torch.Generator().manual_seed(options.seed)

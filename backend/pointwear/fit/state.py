@@ -41,9 +41,10 @@ class FitOptions:
     coarse_steps: int = 100
     coarse_size: int = 256             # the coarse stage's images: long side at most this many px (0: full size);
                                        # its many candidates are compared on smaller masks, the fine stage at full size
-    select_size: int = 0               # ... and until the prune, while more candidates compete than are kept,
-                                       # at most this many px (0: as the coarse stage; 128 lost a T-shirt's
-                                       # sleeves on a labelled 512 px subject: docs/fitting.md "Procedure")
+    select_size: int = 128             # ... and, without labels, until the prune while more candidates compete
+                                       # than are kept, at most this many px (0: as the coarse stage). Not with
+                                       # labels: 128 px lost a T-shirt's sleeves on a labelled 512 px subject
+                                       # (docs/fitting.md "Procedure")
     fine_steps: int = 100
     refine_steps: int = 100            # free-form offsets along normals (kept if held-out improves; 0: off)
     refine: RefineOptions = field(default_factory=RefineOptions)
