@@ -167,6 +167,9 @@ def test_eval_outfit_reports_truth_and_baseline(fitted, tiny_subject):
         assert 0 <= report[name]["heldout_iou"] <= 1
         assert report[name]["chamfer_cm"] > 0
     assert report["fit"]["chamfer_cm"] < report["baseline"]["chamfer_cm"]
+    # the truth's own points through the same mask metric: the reference a fit's IoU reads against
+    assert report["baseline"]["heldout_iou"] < report["truth_points"]["heldout_iou"] <= 1
+    assert [r["frame"] for r in report["truth_points"]["frames"]] == report["heldout_frames"]
     assert (out / "eval.json").exists()
 
 
