@@ -2,7 +2,7 @@
 protocol (re-rendered mask IoU and SSIM) and the time of one prediction.
 
 Images: the per-image refinement's benchmark subjects (scripts/bench_recon.py SUBJECTS: 13
-synthetic turntables, seeds 100-112, all outfits, 512 px, frame 0 is the input photo; never trained
+synthetic turntables, seeds 500-512, all outfits, 512 px, frame 0 is the input photo; never trained
 on: scripts/train_recon_default.py uses seeds 200-215) and the real photo
 ../shared/data/real/ryota.png with the clothing mask `pointwear prepare` makes for it. For each
 image: `predict` (timed: crop, one forward pass, texture sampling), then the mesh re-rendered in
@@ -41,11 +41,7 @@ from pointwear.data.subject import read_subject  # noqa: E402
 from pointwear.recon.learned import load_model, predict, render_prediction  # noqa: E402
 from pointwear.synth.generate import SynthOptions, generate_subject  # noqa: E402
 
-# The same (outfit, seed) list as scripts/bench_recon.py (import it from there once both are merged).
-SUBJECTS = [("tshirt-shorts", 100), ("longsleeve-trousers", 101), ("tank-skirt", 102), ("dress", 103),
-            ("tshirt-shorts", 104), ("longsleeve-trousers", 105), ("tank-skirt", 106), ("dress", 107),
-            ("hoodie+trousers", 108), ("tshirt+skirt", 109), ("jacket+tshirt+trousers", 110),
-            ("jumpsuit", 111), ("longsleeve+shorts", 112)]
+from bench_recon import SUBJECTS  # noqa: E402  (scripts/: the evaluation subjects, defined there once)
 EVAL_SEEDS = tuple(seed for _, seed in SUBJECTS)
 RYOTA = ROOT.parent / "shared" / "data" / "real" / "ryota.png"
 OUT = ROOT / "docs" / "recon_learned_bench.json"

@@ -3,7 +3,7 @@
 Data (all made here, nothing downloaded):
   * synthetic subjects from `pointwear synth` on the training seeds TRAIN_SEEDS (random outfits,
     turntable and walk motions); the benchmarks (scripts/bench_recon.py, bench_recon_learned.py)
-    evaluate on EVAL_SEEDS (100-112), which never appear here;
+    evaluate on EVAL_SEEDS (500-512), which never appear here;
   * the 40 real frames of ../shared/data/real/single_person_demo.mp4 through `pointwear prepare`.
 Then `train` for at most --minutes, and the shipped file is the checkpoint without its optimizer,
 in float16. Every stage is resumable: re-running skips what is already in --work.
@@ -33,9 +33,10 @@ from pointwear.body.model import load_body  # noqa: E402
 from pointwear.recon.datasets import build_inputs, list_items  # noqa: E402
 from pointwear.recon.learned import DEFAULT_MODEL, LearnOptions, export_model, train  # noqa: E402
 from pointwear.synth.generate import SynthOptions, generate_subject  # noqa: E402
+from bench_recon import SUBJECTS  # noqa: E402  (scripts/: the evaluation subjects)
 
 TRAIN_SEEDS = tuple(range(200, 216))
-EVAL_SEEDS = tuple(range(100, 113))      # bench_recon(_learned).py's; asserted disjoint below
+EVAL_SEEDS = tuple(seed for _, seed in SUBJECTS)   # bench_recon(_learned).py's; asserted disjoint below
 FRAMES = 10
 SIZE = 192
 VIDEO = ROOT.parent / "shared" / "data" / "real" / "single_person_demo.mp4"

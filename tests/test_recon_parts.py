@@ -235,3 +235,27 @@ def test_skirt_depth_pushes_only_a_flat_skirt_front_and_back(a, b):
     assert (g[~(front | back), 2] == 0).all()
     plain = SkirtSides.build(replace(t, skirt_level=None), torch.device("cpu"))
     assert float(plain.depth_deficit(rest.detach(), 0.6)) == 0.0
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.5, 0.25])
+def test_the_arms_start_at_their_own_ease(ratio):
+    """refine.start_ease: start_offset off the arms, arm_ease_ratio x it where the skin weight is on
+    an arm bone, blended between (no step at the armhole); with no start offset (the learned
+    template's refinement) no ease anywhere."""
+    from dataclasses import replace
+
+    from pointwear.body.joints import JOINT_INDEX
+    from pointwear.recon.refine import start_ease
+    t = _elliptic_tube(0.1, 0.1)
+    w = np.zeros((t.num_vertices, 24), np.float32)
+    arm, torso, half = slice(0, 24), slice(24, 48), slice(48, 96)
+    w[arm, JOINT_INDEX["left_elbow"]] = 1.0
+    w[torso, JOINT_INDEX["spine2"]] = 1.0
+    w[half, JOINT_INDEX["right_shoulder"]] = 0.5
+    w[half, JOINT_INDEX["right_collar"]] = 0.5
+    o = ReconOptions(start_offset=0.06, arm_ease_ratio=ratio)
+    ease = start_ease(replace(t, weights=w), o)
+    assert ease.shape == (t.num_vertices,) and ease.dtype == np.float32
+    assert np.allclose(ease[torso], 0.06) and np.allclose(ease[arm], 0.06 * ratio)
+    assert np.allclose(ease[half], 0.06 * (1 + ratio) / 2)
+    assert np.all(start_ease(replace(t, weights=w), replace(o, start_offset=0.0)) == 0.0)
