@@ -113,6 +113,59 @@ def test_inference_net_folds_batchnorm_and_follows_the_weights():
         torch.testing.assert_close(net.inference_net()(x)[0], net(x)[0], atol=1e-5, rtol=1e-5)
 
 
+def test_multiscale_inputs_reach_their_levels_and_fold():
+    """scales > 1: each coarser splat enters the encoder at its own level (its gradient is
+    non-zero, changing it changes the output), odd sizes pad like the full-resolution input, the
+    folded inference copy gives the eval outputs, and a wrong count of coarse inputs is refused."""
+    torch.manual_seed(4)
+    net = RenderNet(17, (8, 16, 32, 64), scales=3)
+    assert net.down[0][0].in_channels == 8 + 17 and net.down[1][0].in_channels == 16 + 17
+    assert net.down[2][0].in_channels == 32                         # no input at the coarsest level
+    H, W = 37, 50
+    x = torch.rand(2, 17, H, W)
+    coarse = [torch.rand(2, 17, -(-H // 2 ** l), -(-W // 2 ** l), requires_grad=True) for l in (1, 2)]
+    net.train()
+    rgb, mask = net(x, coarse)
+    assert rgb.shape == (2, 3, H, W) and mask.shape == (2, 1, H, W)
+    (rgb.mean() + mask.mean()).backward()
+    assert all(c.grad is not None and float(c.grad.abs().sum()) > 0 for c in coarse)
+    net.eval()
+    with torch.no_grad():
+        a = net(x, [c.detach() for c in coarse])
+        b = net(x, [coarse[0].detach(), torch.zeros_like(coarse[1])])
+        fused = net.inference_net()(x, [c.detach() for c in coarse])
+    assert float((a[0] - b[0]).abs().max()) > 1e-4
+    torch.testing.assert_close(fused[0], a[0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="coarser inputs"):
+        net(x)
+    with pytest.raises(ValueError, match="scales"):
+        RenderNet(17, (8, 16), scales=3)
+
+
+def test_multiscale_model_splats_a_pyramid_and_round_trips(tmp_path):
+    """AppearanceModel with scales 3: the coarse levels are the same points splatted by K / 2^l at
+    ceil(size / 2^l) (a point's coverage lands at its halved pixel); a saved model loads with its
+    scales, and a config without the field (older files) means a single scale."""
+    from pointwear.appearance.model import AppearanceConfig, AppearanceModel, load_appearance
+    config = AppearanceConfig(num_points=1, descriptor_dim=4, widths=(8, 16, 32), scales=3)
+    model = AppearanceModel(config, seed=0)
+    K = torch.tensor([[[40.0, 0, 12.0], [0, 40.0, 8.0], [0, 0, 1]]])
+    pts = torch.tensor([[[0.0, 0.0, 1.0]]])                           # projects to (12, 8)
+    x, coarse = model.splat_input(pts, torch.ones(1, 1, dtype=torch.bool), K, (21, 27))
+    assert x.shape == (1, 5, 21, 27) and [tuple(c.shape[-2:]) for c in coarse] == [(11, 14), (6, 7)]
+    for level, image in enumerate([x, *coarse]):
+        cov = image[0, -1]
+        v, u = divmod(int(cov.argmax()), cov.shape[1])
+        want = (12 + 0.5) / 2 ** level - 0.5, (8 + 0.5) / 2 ** level - 0.5
+        assert abs(u - want[0]) <= 0.5 and abs(v - want[1]) <= 0.5, (level, u, v, want)
+    model.save(tmp_path / "appearance.pt")
+    loaded = load_appearance(tmp_path)
+    assert loaded.config.scales == 3 and loaded.net.scales == 3
+    old = config.to_dict()
+    del old["scales"]
+    assert AppearanceConfig.from_dict(old).scales == 1
+
+
 def test_bfloat16_inference_stays_close_to_float32():
     """The CPU render's bfloat16 network (when the CPU has it natively): within ~1/255 of the
     float32 outputs on average, a few levels at most."""

@@ -88,6 +88,7 @@ class AppearanceOptions:
     descriptor_dim: int = 16
     widths: tuple[int, ...] = (16, 32, 64, 128, 256)
     radius_px: float = 1.5
+    scales: int = 1                    # splat pyramid levels fed to the U-Net's encoder levels (1: full resolution only)
     crop: int | None = None            # training window side (square); None: fits the clothing (H, W)
     l1_weight: float = 1.0
     ssim_weight: float = 1.0
@@ -158,7 +159,8 @@ class AppearanceFitter:
         self.crop = self._crop_size()
         self.config = AppearanceConfig(
             num_points=int(self.outfit["points"].shape[0]), descriptor_dim=options.descriptor_dim,
-            widths=tuple(options.widths), radius_px=options.radius_px, size=self.size, crop=self.crop,
+            widths=tuple(options.widths), radius_px=options.radius_px, scales=options.scales, size=self.size,
+            crop=self.crop,
             px_per_m=self._px_per_m(), visibility_threshold=options.visibility_threshold,
             drape=str(self.outfit["drape"]), code=[float(c) for c in np.asarray(self.outfit["code"]).reshape(-1)],
             betas=[float(b) for b in np.asarray(self.outfit["betas"]).reshape(-1)],
@@ -481,10 +483,11 @@ class AppearanceFitter:
                           f"{self.outfit_dir}: not resumed; kept as {kept}, this fit starts afresh")
             return state
         saved.descriptors.check(self.config.num_points, self.config.descriptor_dim, file=path, field="descriptors")
-        if list(saved.config.widths) != list(self.config.widths):
-            raise InputError(f"network widths {list(saved.config.widths)} differ from this fit's "
-                             f"{list(self.config.widths)}", file=path, field="widths",
-                             hint="delete the checkpoint to start over")
+        for name in ("widths", "scales"):
+            if getattr(saved.config, name) != getattr(self.config, name):
+                raise InputError(f"network {name} {getattr(saved.config, name)} differ from this fit's "
+                                 f"{getattr(self.config, name)}", file=path, field=name,
+                                 hint="delete the checkpoint to start over")
         if saved.config.drape != self.config.drape or tuple(saved.config.size) != tuple(self.config.size):
             raise InputError(f"the checkpoint was fitted for drape {saved.config.drape!r} at "
                              f"{tuple(saved.config.size)} px, this fit is {self.config.drape!r} at "

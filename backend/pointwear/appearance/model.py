@@ -69,6 +69,7 @@ class AppearanceConfig:
     widths: tuple[int, ...] = (16, 32, 64, 128, 256)
     radius_px: float = 1.5
     k: int = 8
+    scales: int = 1                            # splat pyramid levels fed to the U-Net (1: full resolution only)
     size: tuple[int, int] = (256, 256)        # training images (H, W)
     crop: tuple[int, int] = (128, 128)         # training windows (H, W) px
     px_per_m: float = 0.0                      # median fx / z of the clothing in training frames
@@ -92,6 +93,7 @@ class AppearanceConfig:
             out.size = (int(out.size[0]), int(out.size[1]))
             out.crop = (int(out.crop[0]), int(out.crop[1]))
             out.num_points, out.descriptor_dim = int(out.num_points), int(out.descriptor_dim)
+            out.scales = int(out.scales)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise InputError(f"not an appearance config ({type(exc).__name__}: {exc})", file=file,
                              field="config") from None
@@ -127,21 +129,32 @@ class AppearanceModel(nn.Module):
             if seed is not None:
                 torch.manual_seed(seed)
             self.descriptors = PointDescriptors(config.num_points, config.descriptor_dim)
-            self.net = RenderNet(config.descriptor_dim + 1, config.widths)
+            self.net = RenderNet(config.descriptor_dim + 1, config.widths, config.scales)
 
     # -- training path --------------------------------------------------------------------------
-    def splat_input(self, points: Tensor, visible: Tensor, K: Tensor, size: tuple[int, int]) -> Tensor:
-        """(B, dim + 1, h, w): descriptors splatted by cameras K (B,3,3) into (h, w) images."""
+    def splat_input(self, points: Tensor, visible: Tensor, K: Tensor, size: tuple[int, int]
+                    ) -> tuple[Tensor, list[Tensor]]:
+        """Descriptors splatted by cameras K (B,3,3) into (h, w) images, (B, dim + 1, h, w), and
+        the coarser levels of the pyramid (config.scales - 1 of them): level l at
+        (ceil(h / 2^l), ceil(w / 2^l)) with K scaled by 1 / 2^l, the same radius in pixels."""
         c = self.config
-        return splat(points, self.descriptors(), K, size, radius_px=c.radius_px, k=c.k, visible=visible)
+        feats = self.descriptors()
+        h, w = size
+        levels = []
+        for level in range(c.scales):
+            f = 0.5 ** level
+            levels.append(splat(points, feats, scale_intrinsics(K, f) if level else K,
+                                (-(-h // 2 ** level), -(-w // 2 ** level)), radius_px=c.radius_px, k=c.k,
+                                visible=visible))
+        return levels[0], levels[1:]
 
     def forward(self, points: Tensor, visible: Tensor, K: Tensor, size: tuple[int, int],
                 dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
         """RGB (B,3,h,w) and mask (B,1,h,w) in the points' dtype; `dtype`: the network's
         convolutions (bfloat16: mixed precision under autocast, the weights stay float32)."""
-        x = self.splat_input(points, visible, K, size)
+        x, coarse = self.splat_input(points, visible, K, size)
         with torch.autocast(device_type=x.device.type, dtype=dtype, enabled=dtype != torch.float32):
-            rgb, mask = self.net(x)
+            rgb, mask = self.net(x, coarse)
         return rgb.to(points.dtype), mask.to(points.dtype)
 
     # -- inference ------------------------------------------------------------------------------
@@ -201,9 +214,8 @@ class AppearanceModel(nn.Module):
         H, W = size
         h, w = scaled
         x0, y0, x1, y1 = window
-        x = splat(pts[None], self.descriptors(), shift_intrinsics(Ks, x0, y0)[None], (y1 - y0, x1 - x0),
-                  radius_px=self.config.radius_px, k=self.config.k, visible=vis[None])
-        c_rgb, c_mask = (t.to(pts.dtype) for t in net(x))
+        x, coarse = self.splat_input(pts[None], vis[None], shift_intrinsics(Ks, x0, y0)[None], (y1 - y0, x1 - x0))
+        c_rgb, c_mask = (t.to(pts.dtype) for t in net(x, coarse))
         c_mask = c_mask * near_points(x[:, -1:])
         if r == 1.0:
             rgb_out[:, y0:y1, x0:x1] = c_rgb[0]

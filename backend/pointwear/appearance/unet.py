@@ -18,6 +18,12 @@ first decoder conv does the channel reduction), which is cheaper at full resolut
 conv is followed by BatchNorm as in the encoder. Plain convolutions for now: NPBG's gated and
 partial convolutions (meant for holes in sparse splats) are not implemented.
 
+Multi-scale input (`scales` > 1, Neural Point-Based Graphics' pyramid): the descriptors are also
+splatted at 1/2, 1/4, ... of the window's resolution, and each of those images is concatenated to
+the input of the encoder block of its level (after the average pool). Points sparse at full
+resolution leave holes there; at a coarser level the same points cover the area, so the coarse
+levels can carry the texture where the fine one has gaps. `scales` = 1 is the plain U-Net.
+
 Any H, W: the input is zero-padded at the bottom/right to a multiple of 16 (2^4 poolings) and the
 outputs are cropped back; zero is the splat's own "no point here" value. Training in train mode
 needs more than one value per channel at the coarsest level (B x H/16 x W/16 > 1), as any
@@ -98,20 +104,23 @@ class RenderNet(nn.Module):
 
     in_channels: channels of the splatted input (16 descriptor channels + coverage = 17).
     widths: feature widths per level, finest first; len(widths) - 1 average-pool downsamplings.
+    scales: splatted inputs (1..len(widths)): the full-resolution one and ``scales - 1`` coarser
+    ones, ``coarse[l-1]`` (B,in_channels,h_l,w_l) with h_l <= ceil(H / 2^l), fed to level l.
     """
 
     def __init__(self, in_channels: int = 17,
-                 widths: Sequence[int] = (16, 32, 64, 128, 256)) -> None:
+                 widths: Sequence[int] = (16, 32, 64, 128, 256), scales: int = 1) -> None:
         super().__init__()
         widths = tuple(int(w) for w in widths)
-        if len(widths) < 2 or min(widths) < 1 or in_channels < 1:
-            raise ValueError(f"RenderNet: need in_channels >= 1 and >= 2 positive widths, got "
-                             f"in_channels={in_channels}, widths={widths}")
+        if len(widths) < 2 or min(widths) < 1 or in_channels < 1 or not 1 <= scales <= len(widths):
+            raise ValueError(f"RenderNet: need in_channels >= 1, >= 2 positive widths and 1 <= scales <= "
+                             f"len(widths), got in_channels={in_channels}, widths={widths}, scales={scales}")
         self.in_channels = int(in_channels)
         self.widths = widths
+        self.scales = int(scales)
         self.multiple = 2 ** (len(widths) - 1)
         self.start = ConvBlock(self.in_channels, widths[0])
-        self.down = nn.ModuleList(ConvBlock(widths[i], widths[i + 1])
+        self.down = nn.ModuleList(ConvBlock(widths[i] + (self.in_channels if i + 1 < scales else 0), widths[i + 1])
                                   for i in range(len(widths) - 1))
         # up[i] brings level i+1 to level i: upsampled widths[i+1] + skip widths[i] -> widths[i]
         self.up = nn.ModuleList(ConvBlock(widths[i + 1] + widths[i], widths[i])
@@ -122,39 +131,47 @@ class RenderNet(nn.Module):
         # the layout survives .to(device) and load_state_dict (copies into these tensors).
         self.to(memory_format=torch.channels_last)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"RenderNet: expected input (B,{self.in_channels},H,W), got "
-                             f"{tuple(x.shape)}")
+    def forward(self, x: Tensor, coarse: Sequence[Tensor] = ()) -> tuple[Tensor, Tensor]:
+        """x (B,in_channels,H,W); coarse: the ``scales - 1`` coarser splats (see the class)."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels or len(coarse) != self.scales - 1:
+            raise ValueError(f"RenderNet: expected input (B,{self.in_channels},H,W) and {self.scales - 1} "
+                             f"coarser inputs, got {tuple(x.shape)} and {len(coarse)}")
         H, W = x.shape[-2:]
         m = self.multiple
-        ph, pw = (-H) % m, (-W) % m
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph))
-        h = self.start(x.to(self.rgb_head.weight.dtype).contiguous(memory_format=torch.channels_last))
+        x = self._padded(x, -(-H // m) * m, -(-W // m) * m)
+        h = self.start(x)
         skips = [h]
-        for block in self.down:
-            h = block(F.avg_pool2d(h, 2))
+        for i, block in enumerate(self.down):
+            h = F.avg_pool2d(h, 2)
+            if i < len(coarse):
+                h = torch.cat([h, self._padded(coarse[i], *h.shape[-2:])], 1)
+            h = block(h)
             skips.append(h)
         skips.pop()
         for i in range(len(self.up) - 1, -1, -1):
             skip = skips[i]
             h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             h = self.up[i](torch.cat([h, skip], dim=1))
-        rgb = torch.tanh(self.rgb_head(h))
-        mask = torch.sigmoid(self.mask_head(h))
-        if ph or pw:
-            rgb, mask = rgb[..., :H, :W], mask[..., :H, :W]
+        rgb = torch.tanh(self.rgb_head(h))[..., :H, :W]
+        mask = torch.sigmoid(self.mask_head(h))[..., :H, :W]
         return rgb.contiguous(), mask.contiguous()
 
+    def _padded(self, x: Tensor, h: int, w: int) -> Tensor:
+        """x (B,C,h',w') zero-padded at the bottom/right to (B,C,h,w) (zero: no point splatted
+        there), in the network's dtype and memory layout."""
+        if x.shape[-2] > h or x.shape[-1] > w:
+            raise ValueError(f"RenderNet: a coarse input {tuple(x.shape)} is larger than its level ({h}, {w})")
+        x = F.pad(x, (0, w - x.shape[-1], 0, h - x.shape[-2]))
+        return x.to(self.rgb_head.weight.dtype).contiguous(memory_format=torch.channels_last)
+
     @torch.no_grad()
-    def render(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def render(self, x: Tensor, coarse: Sequence[Tensor] = ()) -> tuple[Tensor, Tensor]:
         """Inference: eval mode (BatchNorm running statistics) and no autograd; the previous
         train/eval mode is restored afterwards."""
         was_training = self.training
         self.eval()
         try:
-            return self.forward(x)
+            return self.forward(x, coarse)
         finally:
             self.train(was_training)
 
