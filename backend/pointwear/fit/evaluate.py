@@ -16,6 +16,7 @@ from ..data.subject import Subject, read_subject
 from ..drape.redrape import load_outfit
 from ..errors import InputError
 from ..fileio import atomic_path
+from .frames import FrameSet, load_frames
 from .metrics import chamfer_3d
 from .outputs import evaluate_points
 from ..link.protocol import POSED_NPZ, RESULT_JSON
@@ -55,8 +56,9 @@ def evaluate_outfit(result_dir: str | Path, subject_dir: str | Path) -> dict:
 
     report: dict = {"result": str(result_dir), "subject": str(subject.root), "heldout_frames": held,
                     "fit": {}, "baseline": {}}
+    frames = load_frames(subject, body, held, posed.device)   # masks and body depth, once for every cloud
     for name, pts in (("fit", posed), ("baseline", base_posed)):
-        rows = evaluate_points(subject, body, pts, held)
+        rows = evaluate_points(subject, body, pts, held, frames=frames)
         report[name]["heldout_iou"] = round(float(np.mean([r["iou"] for r in rows])), 4)
         report[name]["heldout_chamfer_px"] = round(float(np.mean([r["chamfer_px"] for r in rows])), 3)
         report[name]["frames"] = rows
@@ -67,16 +69,17 @@ def evaluate_outfit(result_dir: str | Path, subject_dir: str | Path) -> dict:
             per = [chamfer_3d(pts[i].numpy(), truth[i]) for i in range(subject.num_frames)]
             report[name]["chamfer_cm"] = round(float(np.mean([p[0] for p in per])), 3)
             report[name]["fscore_1cm"] = round(float(np.mean([p[1] for p in per])), 4)
-        report["truth_points"] = _truth_reference(subject, body, truth, held)
+        report["truth_points"] = _truth_reference(subject, body, truth, held, frames)
     with atomic_path(result_dir / "eval.json") as tmp:
         tmp.write_text(json.dumps(report, indent=1))
     return report
 
 
-def _truth_reference(subject: Subject, body: BodyModel, truth: np.ndarray, held: list[int]) -> dict:
+def _truth_reference(subject: Subject, body: BodyModel, truth: np.ndarray, held: list[int],
+                     frames: FrameSet) -> dict:
     """The truth clothing's own points (F, N, 3) through the same held-out mask metrics as the
     fit: the metric's reference, below 1 (the splat's band along the outline, holes where the
     truth's points are sparse), so a fit's IoU reads against it."""
-    rows = evaluate_points(subject, body, torch.as_tensor(truth, dtype=torch.float32), held)
+    rows = evaluate_points(subject, body, torch.as_tensor(truth, dtype=torch.float32), held, frames=frames)
     return {"heldout_iou": round(float(np.mean([r["iou"] for r in rows])), 4),
             "heldout_chamfer_px": round(float(np.mean([r["chamfer_px"] for r in rows])), 3), "frames": rows}

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from scipy.spatial import cKDTree
 
 from ..body.model import BodyModel, skin_points
-from ..body.regions import REGION_NAMES, region_weights
+from ..body.regions import REGION_GROUPS, REGION_NAMES, region_weights
 from ..render.rasterizer import interpolate, rasterize
 from ..render.soft import SH_COUNT, SoftOptions, sh_shading, soft_silhouette, vertex_normals
 from .options import ReconOptions
@@ -190,7 +190,7 @@ class SkirtSides:
         return F.relu(ratio * half[:, 0].detach() - half[:, 1]).pow(2).mean()
 
 
-ARM_REGIONS = ("left_upper_arm", "right_upper_arm", "left_lower_arm", "right_lower_arm", "left_hand", "right_hand")
+ARM_REGIONS = tuple(r for group in ("upper_arms", "lower_arms", "hands") for r in REGION_GROUPS[group])
 
 
 def start_ease(t: Template, o: ReconOptions) -> np.ndarray:
