@@ -259,3 +259,75 @@ def test_the_arms_start_at_their_own_ease(ratio):
     assert np.allclose(ease[torso], 0.06) and np.allclose(ease[arm], 0.06 * ratio)
     assert np.allclose(ease[half], 0.06 * (1 + ratio) / 2)
     assert np.all(start_ease(replace(t, weights=w), replace(o, start_offset=0.0)) == 0.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 6), min_size=1, max_size=5), min_size=1, max_size=3),
+       st.integers(0, 2 ** 31 - 1), st.integers(1, 3))
+def test_a_limb_keeps_only_its_garment_from_the_torso(chains, seed, run):
+    """limb_prefix: per chain, walked joint by joint and bin by bin from the torso, everything
+    after the first `run` bare cross-sections in a row (garment share < 0.5) is dropped; the
+    cross-sections before it, and every vertex off the chains, stay as they were."""
+    from pointwear.recon.template import limb_prefix
+    rng = np.random.default_rng(seed)
+    dominant, position, order = [], [], []
+    joint = 1
+    chain_joints = []
+    for rings_per_joint in chains:
+        js = []
+        for n_rings in rings_per_joint:
+            for b in range(n_rings):
+                k = int(rng.integers(1, 6))
+                dominant += [joint] * k
+                position += [b - 1] * k
+            js.append(joint)
+            joint += 1
+        chain_joints.append(tuple(js))
+    dominant += [0] * 5                                  # off every chain (the torso)
+    position += [0] * 5
+    dominant, position = np.array(dominant), np.array(position)
+    sel = rng.random(len(dominant)) < rng.uniform(0.2, 0.9)
+    out = limb_prefix(sel, dominant, position, tuple(chain_joints), min_vertices=1, run=run)
+    assert not (out & ~sel).any()
+    assert np.array_equal(out[dominant == 0], sel[dominant == 0])
+    for js in chain_joints:
+        bare, cut = 0, False
+        for j in js:
+            for b in sorted(set(position[dominant == j])):
+                ring = (dominant == j) & (position == b)
+                if cut:
+                    assert not out[ring].any()
+                    continue
+                assert np.array_equal(out[ring], sel[ring])
+                bare = bare + 1 if sel[ring].mean() < 0.5 else 0
+                cut = bare >= run
+
+
+def test_a_forearm_over_the_skirt_is_no_sleeve(tmp_path):
+    """A tank top: the bare upper arm ends the garment on that arm, so a forearm the clothing mask
+    happens to cover (a misfitted arm over the skirt) does not become a sleeve on the template;
+    without the rule it does. The torso is the same either way."""
+    from pointwear.body import load_body
+    from pointwear.body.joints import JOINT_INDEX
+    from pointwear.recon.template import body_region_template
+    import dataclasses
+    body = load_body("default", device="cpu")
+    obs = _frontal_obs(tmp_path, "tank-skirt", 3)
+    with torch.no_grad():
+        posed = obs.posed_body(body)[0].numpy()
+    dom = body.weights_np.argmax(1)
+    forearm = np.isin(dom, [JOINT_INDEX["left_elbow"], JOINT_INDEX["left_wrist"]])
+    uv = posed[forearm, :2] / posed[forearm, 2:3] * np.diag(obs.K)[:2] + obs.K[:2, 2]
+    px = np.clip(np.round(uv).astype(int), 0, np.array(obs.size)[::-1] - 1)
+    mask = obs.mask.copy()
+    import cv2
+    paint = np.zeros(obs.size, np.uint8)
+    paint[px[:, 1], px[:, 0]] = 1
+    mask |= cv2.dilate(paint, np.ones((5, 5), np.uint8)) > 0
+    obs = dataclasses.replace(obs, mask=mask)
+    plain = body_region_template(obs, body, ReconOptions(limb_prefix=False))
+    t = body_region_template(obs, body, ReconOptions())
+    assert forearm[plain.body_vertex].sum() > 50
+    assert forearm[t.body_vertex].sum() == 0
+    torso = lambda tt: set(tt.body_vertex[np.isin(dom[tt.body_vertex], [JOINT_INDEX[n] for n in ("spine1", "spine2", "pelvis")])])  # noqa: E731
+    assert torso(t) == torso(plain)

@@ -17,6 +17,8 @@ class ReconOptions:
                                       # 0-5: 0.008 ... 0.07, see docs/recon.md)
     arm_ease_ratio: float = 0.5       # the arms (by skin weight) start at this share of start_offset
                                       # (sleeves hug the arm: tuning truth 1-4 cm; 1, 0.5, 0.33 tried)
+    limb_prefix: bool = True          # sleeves and trouser legs are tubes from the torso: a limb's
+                                      # garment ends at its first bare cross-sections (template.py)
     ring_bin: float = 0.03            # m: cross-section rings bin a bone's vertices this finely
     bridge_legs: bool = True          # a skirt or dress (clothing across the gap between the legs
                                       # in the photo) joins the two leg tubes into one (bridge.py)

@@ -32,6 +32,10 @@ from .perceive import Observation
 MIRROR_MAX_DIST = 0.02     # m: a body vertex's mirror image must land this close to a vertex
 NEVER_GARMENT = ("head", "left_hand", "right_hand", "left_foot", "right_foot")   # dominant joints
 RING_MIN_SEEN = 3          # a ring votes for its hidden vertices when it has this many seen ones
+LIMB_CHAINS = (("left_shoulder", "left_elbow", "left_wrist"), ("right_shoulder", "right_elbow", "right_wrist"),
+               ("left_hip", "left_knee", "left_ankle"), ("right_hip", "right_knee", "right_ankle"))
+LIMB_RING_MIN = 4          # limb cross-sections with fewer vertices do not count (limb_prefix)
+LIMB_BARE_RUN = 2          # this many bare cross-sections in a row end a sleeve or trouser leg
 
 
 @dataclass
@@ -77,10 +81,10 @@ def mirror_vertices(rest: np.ndarray) -> np.ndarray:
     return np.where(d < MIRROR_MAX_DIST, idx, -1).astype(np.int64)
 
 
-def cross_section_rings(rest: np.ndarray, weights: np.ndarray, joints: np.ndarray, parents: np.ndarray,
-                        bin_size: float) -> np.ndarray:
-    """(V,) ring id: vertices of one dominant bone whose positions along the bone's axis (from the
-    joint to its first child; a leaf joint: from its parent) fall in one `bin_size` bin."""
+def bone_positions(rest: np.ndarray, weights: np.ndarray, joints: np.ndarray, parents: np.ndarray,
+                   bin_size: float) -> tuple[np.ndarray, np.ndarray]:
+    """(V,) dominant joint of each vertex and (V,) int64 bin of its position along that joint's
+    bone (from the joint to its first child; a leaf joint: from its parent), `bin_size` m bins."""
     dominant = weights.argmax(1)
     child = np.full(len(joints), -1)
     for j in range(len(joints) - 1, 0, -1):
@@ -89,8 +93,44 @@ def cross_section_rings(rest: np.ndarray, weights: np.ndarray, joints: np.ndarra
                     joints - joints[np.maximum(parents, 0)])
     axis /= np.maximum(np.linalg.norm(axis, axis=1, keepdims=True), 1e-9)
     t = ((rest - joints[dominant]) * axis[dominant]).sum(1)
-    key = dominant.astype(np.int64) * 100_000 + np.round(t / bin_size).astype(np.int64)
+    return dominant, np.round(t / bin_size).astype(np.int64)
+
+
+def cross_section_rings(rest: np.ndarray, weights: np.ndarray, joints: np.ndarray, parents: np.ndarray,
+                        bin_size: float) -> np.ndarray:
+    """(V,) ring id: vertices of one dominant bone whose positions along the bone's axis fall in
+    one `bin_size` bin (bone_positions)."""
+    dominant, b = bone_positions(rest, weights, joints, parents, bin_size)
+    key = dominant.astype(np.int64) * 100_000 + b
     return np.unique(key, return_inverse=True)[1].astype(np.int64)
+
+
+def limb_prefix(sel: np.ndarray, dominant: np.ndarray, position: np.ndarray,
+                chains: tuple[tuple[int, ...], ...], min_vertices: int = LIMB_RING_MIN,
+                run: int = LIMB_BARE_RUN) -> np.ndarray:
+    """A sleeve or trouser leg is a tube from the torso: (V,) bool garment vertices `sel` with
+    everything on a limb dropped beyond the first `run` consecutive cross-sections (dominant
+    joint, bin along its bone: bone_positions), walked from the torso outwards along each chain
+    of joints, that are mostly not garment. A misfitted forearm over a skirt or a hand in front
+    of a shirt projects into the clothing mask, but the bare upper arm between it and the torso
+    says it is skin."""
+    sel = sel.copy()
+    for chain in chains:
+        bare = 0
+        cut = None
+        for j in chain:
+            on = dominant == j
+            for b in np.unique(position[on]):
+                ring = on & (position == b)
+                if cut is not None:
+                    sel[ring] = False
+                    continue
+                if ring.sum() < min_vertices:
+                    continue
+                bare = bare + 1 if sel[ring].mean() < 0.5 else 0
+                if bare >= run:
+                    cut = (j, b)
+    return sel
 
 
 def _close(sel: np.ndarray, adj: sparse.csr_matrix, rings: int) -> np.ndarray:
@@ -193,10 +233,14 @@ def body_region_template(obs: Observation, body: BodyModel, options: ReconOption
     faces_b = body.faces.astype(np.int64)
     seen, px = seen_vertices(posed, faces_b, obs.K, mask.shape, options.visible_depth_tol)
     mirror_b = mirror_vertices(rest) if mirror is None else mirror
-    rings_b = cross_section_rings(rest, body.weights_np, joints, body.parents, options.ring_bin)
+    dominant, position = bone_positions(rest, body.weights_np, joints, body.parents, options.ring_bin)
+    rings_b = np.unique(dominant.astype(np.int64) * 100_000 + position, return_inverse=True)[1]
     allowed = ~np.isin(body.weights_np.argmax(1), [JOINT_INDEX[n] for n in NEVER_GARMENT])
     sel = garment_vertices(mask[px[:, 1], px[:, 0]], seen, rings_b, mirror_b, allowed)
     sel = _close(sel, vertex_adjacency(faces_b, len(posed)), rings=2) & allowed
+    if options.limb_prefix:
+        chains = tuple(tuple(JOINT_INDEX[n] for n in c) for c in LIMB_CHAINS)
+        sel = limb_prefix(sel, dominant, position, chains)
     rest_g, weights_g, seam, midline, skirt_level = _bridged(obs, posed, rest, body.weights_np, mirror_b, faces_b, options)
     keep = sel[faces_b].all(1) & ~seam
     if keep.sum() >= options.min_faces:
