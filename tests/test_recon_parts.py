@@ -151,9 +151,10 @@ def test_front_back_images_reflect_each_ring_about_its_mean_depth(n, rings, seed
     assert front_back_images(rest, None) is None
 
 
-def _frontal_obs(root, outfit: str, seed: int):
+def _frontal_obs(root, outfit: str, seed: int, side: bool = False):
     """A synthetic turntable's frame seen most nearly from the front or the back (truth body and
-    clothing mask): where a skirt shows across the gap between the legs."""
+    clothing mask): where a skirt shows across the gap between the legs; `side`: the frame seen
+    most nearly from the side instead."""
     from scipy.spatial.transform import Rotation
 
     from pointwear.data.subject import read_subject
@@ -163,7 +164,7 @@ def _frontal_obs(root, outfit: str, seed: int):
     generate_subject(out, SynthOptions(frames=4, size=256, outfit=outfit, seed=seed))
     s = read_subject(out)
     facing = np.abs(Rotation.from_rotvec(s.smpl.global_orient).apply([0.0, 0.0, 1.0])[:, 2])
-    frame = int(facing.argmax())
+    frame = int(facing.argmin() if side else facing.argmax())
     return observation_from_subject(out, frame, person=s.labels(frame) > 0)
 
 
@@ -331,3 +332,17 @@ def test_a_forearm_over_the_skirt_is_no_sleeve(tmp_path):
     assert forearm[t.body_vertex].sum() == 0
     torso = lambda tt: set(tt.body_vertex[np.isin(dom[tt.body_vertex], [JOINT_INDEX[n] for n in ("spine1", "spine2", "pelvis")])])  # noqa: E731
     assert torso(t) == torso(plain)
+
+
+@pytest.mark.parametrize("outfit, bridged", [("dress", True), ("tank-skirt", True), ("longsleeve-trousers", False)])
+def test_a_skirt_seen_from_the_side_joins_the_legs(tmp_path, outfit, bridged):
+    """Seen from the side no gap shows between the legs; the clothing in front of and behind them
+    (bridge_flare) says skirt, trousers' ease does not."""
+    from pointwear.body import load_body
+    from pointwear.recon.template import body_region_template
+    body = load_body("default", device="cpu")
+    obs = _frontal_obs(tmp_path, outfit, 3, side=True)
+    gap_only = body_region_template(obs, body, ReconOptions(bridge_flare=0.0))
+    t = body_region_template(obs, body, ReconOptions())
+    assert gap_only.midline is None                       # the frontal rule alone sees no skirt
+    assert (t.midline is not None) == bridged

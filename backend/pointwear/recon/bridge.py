@@ -8,7 +8,10 @@ cover are the gap between the legs in the photo:
 * a level is *bridged* when that gap is at least `bridge_gap` wide (m, at the legs' depth) and
   clothing (the mask) covers it (all but `GAP_BARE` of it): trousers' ease can close a few
   centimetres just below the crotch, a skirt spans the knees; a side view or closed legs show
-  no gap and decide nothing;
+  no gap and decide nothing there;
+* seen from the side (the legs one behind the other), a level is also bridged when the image row
+  through the legs holds at least `bridge_flare` of clothing off the body, in front of and behind
+  them (trousers' ease stays well under it);
 * given at least `bridge_min_levels` bridged levels, every leg level from the lowest bridged
   one up to the crotch is skirt.
 At a skirt level each leg's inner half (facing the other leg) is laid onto the front and back
@@ -39,10 +42,14 @@ def leg_levels(rest: np.ndarray, weights: np.ndarray, bin_size: float) -> tuple[
 
 
 def skirt_levels(posed: np.ndarray, side: np.ndarray, level: np.ndarray, body_cover: np.ndarray,
-                 mask: np.ndarray, K: np.ndarray, min_gap: float, min_bridged: int) -> np.ndarray:
+                 mask: np.ndarray, K: np.ndarray, min_gap: float, min_bridged: int,
+                 min_flare: float | None = None) -> np.ndarray:
     """Sorted int array of the skirt levels (see the module docstring). posed (V,3) camera space;
     body_cover, mask (H,W) bool; K (3,3); min_gap: m of the gap between the body's legs a level
-    needs to count as bridged."""
+    needs to count as bridged; min_flare (m, None: off): a level also counts when the image row
+    through its legs' centres, along the run of person pixels holding both legs, shows at least
+    this much clothing off the body (a skirt seen from the side flares in front of and behind the
+    legs; trousers' ease does not reach it)."""
     H, W = mask.shape
     levels = np.intersect1d(level[side == 1], level[side == -1])
     bridged = np.zeros(len(levels), bool)
@@ -56,11 +63,32 @@ def skirt_levels(posed: np.ndarray, side: np.ndarray, level: np.ndarray, body_co
         px = px[(px[:, 0] >= 0) & (px[:, 0] < W) & (px[:, 1] >= 0) & (px[:, 1] < H)]
         free = ~body_cover[px[:, 1], px[:, 0]]
         bare = int((free & ~mask[px[:, 1], px[:, 0]]).sum())
-        gap_m = free.sum() * 0.5 * (cl[2] + cr[2]) / K[0, 0]
+        depth = 0.5 * (cl[2] + cr[2])
+        gap_m = free.sum() * depth / K[0, 0]
         bridged[k] = gap_m >= min_gap and bare <= GAP_BARE * free.sum()
+        if not bridged[k] and min_flare is not None:
+            bridged[k] = flare_m(body_cover, mask, pl, pr) * depth / K[0, 0] >= min_flare
     if bridged.sum() < min_bridged:
         return np.zeros(0, np.int64)
     return levels[levels >= levels[bridged].min()]
+
+
+def flare_m(body_cover: np.ndarray, mask: np.ndarray, pl: np.ndarray, pr: np.ndarray) -> int:
+    """Clothing pixels off the body (int) on the image row through the middle of the legs' centres
+    pl, pr (2,) px, along the run of body-or-clothing pixels that holds both; 0 when bare pixels
+    part them or the row leaves the image."""
+    H, W = mask.shape
+    y = int(round(0.5 * (pl[1] + pr[1])))
+    x0, x1 = sorted(int(round(x)) for x in (pl[0], pr[0]))
+    if not (0 <= y < H and 0 <= x0 and x1 < W):
+        return 0
+    occ = mask[y] | body_cover[y]
+    if not occ[x0:x1 + 1].all():
+        return 0
+    bare = np.nonzero(~occ)[0]
+    a = bare[bare < x0].max(initial=-1) + 1
+    b = bare[bare > x1].min(initial=W)
+    return int((mask[y, a:b] & ~body_cover[y, a:b]).sum())
 
 
 def bridge_legs(rest: np.ndarray, weights: np.ndarray, mirror: np.ndarray, side: np.ndarray,

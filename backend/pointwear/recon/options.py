@@ -23,6 +23,9 @@ class ReconOptions:
     bridge_legs: bool = True          # a skirt or dress (clothing across the gap between the legs
                                       # in the photo) joins the two leg tubes into one (bridge.py)
     bridge_gap: float = 0.08          # m: ... across a gap between the body's legs this wide
+    bridge_flare: float = 0.16        # m: ... or (a side view) with this much clothing off the body
+                                      # on the row through the legs (0: off; tuning seeds 0-17:
+                                      # trousers <= 12 cm, skirts 20-50 cm at the knees)
     bridge_min_levels: int = 2        # ... on at least this many leg levels
     min_faces: int = 50               # fewer garment faces than this: the mask misses the body
     # -- the body on the person's silhouette (body_refine.py), before the template ------------

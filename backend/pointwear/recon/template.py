@@ -188,7 +188,7 @@ def garment_vertices(in_mask: np.ndarray, seen: np.ndarray, ring: np.ndarray, mi
 def photo_skirt(obs: Observation, posed: np.ndarray, rest: np.ndarray, weights: np.ndarray,
                 faces: np.ndarray, options: ReconOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Does the photo show a skirt or dress on this body? posed (V,3) camera space, rest (V,3),
-    weights (V,24), faces (F,3) (`bridge_gap`, `bridge_min_levels`, `ring_bin`) -> the legs' side
+    weights (V,24), faces (F,3) (`bridge_gap`, `bridge_flare`, `bridge_min_levels`, `ring_bin`) -> the legs' side
     (V,) and level (V,) (bridge.leg_levels) and the sorted skirt levels (bridge.skirt_levels;
     empty: no skirt)."""
     from ..render.rasterizer import rasterize
@@ -197,7 +197,7 @@ def photo_skirt(obs: Observation, posed: np.ndarray, rest: np.ndarray, weights: 
     cover = rasterize(torch.as_tensor(posed, dtype=torch.float32), torch.as_tensor(faces),
                       torch.as_tensor(obs.K, dtype=torch.float32), obs.size).mask[0].numpy()
     return side, level, skirt_levels(posed, side, level, cover, obs.mask, obs.K, options.bridge_gap,
-                                     options.bridge_min_levels)
+                                     options.bridge_min_levels, options.bridge_flare or None)
 
 
 def _bridged(obs: Observation, posed: np.ndarray, rest: np.ndarray, weights: np.ndarray, mirror: np.ndarray,
