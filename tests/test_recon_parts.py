@@ -189,6 +189,13 @@ def test_a_skirt_joins_the_legs_and_trousers_keep_them(tmp_path, outfit, bridged
     assert np.abs(legs[:, 0]).min() < 0.01                                # the halves reach the midline
     assert np.allclose(t.weights.sum(1), 1, atol=1e-4) and np.allclose(np.linalg.norm(t.normals, axis=1), 1, atol=1e-4)
     assert (t.mirror[t.mirror[t.mirror >= 0]] == np.nonzero(t.mirror >= 0)[0]).all()
+    # no shelf inside the tube: the crotch's downward faces are gone, the rest of the pelvis stays
+    from pointwear.body.joints import JOINT_INDEX
+    pelvis = body.weights_np[plain.body_vertex].argmax(1) == JOINT_INDEX["pelvis"]
+    down = pelvis & (plain.normals[:, 1] < -0.7)
+    assert down.sum() >= 10
+    assert not np.isin(plain.body_vertex[down], t.body_vertex).any()
+    assert np.isin(plain.body_vertex[pelvis & (plain.normals[:, 1] > 0)], t.body_vertex).all()
 
 
 def _elliptic_tube(a: float, b: float, levels: int = 4, n: int = 24):

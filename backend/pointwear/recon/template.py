@@ -35,6 +35,7 @@ RING_MIN_SEEN = 3          # a ring votes for its hidden vertices when it has th
 LIMB_CHAINS = (("left_shoulder", "left_elbow", "left_wrist"), ("right_shoulder", "right_elbow", "right_wrist"),
                ("left_hip", "left_knee", "left_ankle"), ("right_hip", "right_knee", "right_ankle"))
 LIMB_RING_MIN = 4          # limb cross-sections with fewer vertices do not count (limb_prefix)
+CROTCH_DOWN = 0.5          # a bridged skirt drops the crotch where its normal's y is below -this
 LIMB_BARE_RUN = 2          # this many bare cross-sections in a row end a sleeve or trouser leg
 
 
@@ -215,7 +216,20 @@ def _bridged(obs: Observation, posed: np.ndarray, rest: np.ndarray, weights: np.
         return rest, weights, *none
     rest_g, weights_g, half, midline = bridge_legs(rest, weights, mirror, side, level, skirt)
     skirt_level = np.where((side != 0) & np.isin(level, skirt), level - skirt.min(), -1)   # 0 = the hem
-    return rest_g, weights_g, seam_faces(faces, half), midline, skirt_level
+    return rest_g, weights_g, seam_faces(faces, half) | crotch_faces(rest, weights, faces), midline, skirt_level
+
+
+def crotch_faces(rest: np.ndarray, weights: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Bool (F,): faces touching the crotch (pelvis vertices below the hip joints whose surface faces
+    down). Under a bridged skirt they would span a shelf inside the tube, from the crotch to the
+    legs' inner halves laid on its front and back lines."""
+    from ..body.joints import JOINT_INDEX
+    from ..render.soft import vertex_normals
+    normals = vertex_normals(torch.as_tensor(rest), torch.as_tensor(faces)).numpy()
+    dominant = weights.argmax(1)
+    hips = rest[np.isin(dominant, [JOINT_INDEX["left_hip"], JOINT_INDEX["right_hip"]]), 1].max(initial=0.0)
+    crotch = (dominant == JOINT_INDEX["pelvis"]) & (normals[:, 1] < -CROTCH_DOWN) & (rest[:, 1] < hips)
+    return crotch[faces].any(1)
 
 
 def body_region_template(obs: Observation, body: BodyModel, options: ReconOptions,
