@@ -261,12 +261,16 @@ def test_the_arms_start_at_their_own_ease(ratio):
     w[torso, JOINT_INDEX["spine2"]] = 1.0
     w[half, JOINT_INDEX["right_shoulder"]] = 0.5
     w[half, JOINT_INDEX["right_collar"]] = 0.5
-    o = ReconOptions(start_offset=0.06, arm_ease_ratio=ratio)
-    ease = start_ease(replace(t, weights=w), o)
+    o = ReconOptions(start_offset=0.06, skirt_start_offset=0.04, arm_ease_ratio=ratio)
+    plain = replace(t, weights=w, midline=None)
+    ease = start_ease(plain, o)
     assert ease.shape == (t.num_vertices,) and ease.dtype == np.float32
     assert np.allclose(ease[torso], 0.06) and np.allclose(ease[arm], 0.06 * ratio)
     assert np.allclose(ease[half], 0.06 * (1 + ratio) / 2)
-    assert np.all(start_ease(replace(t, weights=w), replace(o, start_offset=0.0)) == 0.0)
+    assert np.all(start_ease(plain, replace(o, start_offset=0.0)) == 0.0)
+    # a template whose legs are bridged (a skirt or dress) starts at the skirt's ease
+    skirt = start_ease(replace(plain, midline=np.zeros(t.num_vertices, bool)), o)
+    assert np.allclose(skirt, ease * 0.04 / 0.06)
 
 
 @settings(max_examples=60, deadline=None)

@@ -12,9 +12,11 @@ class ReconOptions:
     # -- template: the body surface under the clothing mask ----------------------------------
     render_height: int = 320          # px: the person's box is rendered this tall while refining
     mask_dilate_px: int = 2           # body vertices projecting this close to the mask are garment
-    start_offset: float = 0.05        # m: the template starts this far outside the body (a constant
+    start_offset: float = 0.07        # m: the template starts this far outside the body (a constant
                                       # ease: what the unseen side keeps; chosen on the tuning seeds
-                                      # 0-5: 0.008 ... 0.07, see docs/recon.md)
+                                      # 0-17: 0.03 ... 0.08, see docs/recon.md)
+    skirt_start_offset: float = 0.04  # m: ... on a template whose legs are bridged (skirts, dresses;
+                                      # tuning 0.03 ... 0.06: the stadium already adds volume)
     arm_ease_ratio: float = 0.5       # the arms (by skin weight) start at this share of start_offset
                                       # (sleeves hug the arm: tuning truth 1-4 cm; 1, 0.5, 0.33 tried)
     limb_prefix: bool = True          # sleeves and trouser legs are tubes from the torso: a limb's

@@ -195,12 +195,15 @@ ARM_REGIONS = tuple(r for group in ("upper_arms", "lower_arms", "hands") for r i
 
 def start_ease(t: Template, o: ReconOptions) -> np.ndarray:
     """(V,) float32 m: the constant ease each template vertex starts at along its normal:
-    `start_offset`, blended towards `arm_ease_ratio` x that on the arms by the share of the vertex's
-    skin weight on the arm bones (shoulder, elbow, wrist, hand joints: no step at the armhole).
-    Sleeves sit closer to the arm than a top to the torso (tuning truth: 1-4 cm against 2-6 cm)."""
+    `start_offset` (`skirt_start_offset` on a template whose legs are bridged: a skirt or dress,
+    whose stadium between the legs already adds the volume), blended towards `arm_ease_ratio` x
+    that on the arms by the share of the vertex's skin weight on the arm bones (shoulder, elbow,
+    wrist, hand joints: no step at the armhole). Sleeves sit closer to the arm than a top to the
+    torso (tuning truth: 1-4 cm against 2-6 cm)."""
     arm = region_weights(t.weights)[:, [REGION_NAMES.index(r) for r in ARM_REGIONS]].sum(1)
     ratio = 1.0 + (o.arm_ease_ratio - 1.0) * np.clip(arm, 0.0, 1.0)
-    return (o.start_offset * ratio).astype(np.float32)
+    base = o.skirt_start_offset if t.midline is not None else o.start_offset
+    return (base * ratio).astype(np.float32)
 
 
 @dataclass
