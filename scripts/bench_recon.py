@@ -223,7 +223,7 @@ def doc(rows: list[dict], real: dict | None) -> str:
                  + " | ".join(f"{mean(v, 'iou'):.3f} | {mean(v, 'ssim'):.3f}" for v in VIEWS.values())
                  + f" | **{mean('chamfer_aligned_cm'):.2f}** / {mean('chamfer_cm'):.2f} | **{mean('refine_s'):.1f}** |")
     lines += ["", f"Means: input-view IoU {mean('input', 'iou'):.3f} (target >= 0.92), SSIM "
-              f"{mean('input', 'ssim'):.3f} (>= 0.85); novel views IoU {novel_iou:.3f} (>= 0.75), SSIM "
+              f"{mean('input', 'ssim'):.3f} (>= 0.85); novel views IoU {novel_iou:.4f} (>= 0.75), SSIM "
               f"{novel_ssim:.3f}; 3D Chamfer {mean('chamfer_aligned_cm'):.2f} cm pelvis-aligned, "
               f"{mean('chamfer_cm'):.2f} cm raw (<= 2.5); refinement {mean('refine_s'):.1f} s per image "
               f"(<= 60), max {max(r['refine_s'] for r in rows):.1f} s."]
