@@ -220,9 +220,10 @@ def _bridged(obs: Observation, posed: np.ndarray, rest: np.ndarray, weights: np.
 
 
 def crotch_faces(rest: np.ndarray, weights: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Bool (F,): faces touching the crotch (pelvis vertices below the hip joints whose surface faces
-    down). Under a bridged skirt they would span a shelf inside the tube, from the crotch to the
-    legs' inner halves laid on its front and back lines."""
+    """Bool (F,): faces touching the crotch (pelvis vertices whose surface faces down, below the
+    highest thigh vertex: rest (V,3), weights (V,24), faces (F,3)). Under a bridged skirt they would
+    span a shelf inside the tube, from the crotch to the legs' inner halves laid on its front and
+    back lines."""
     from ..body.joints import JOINT_INDEX
     from ..render.soft import vertex_normals
     normals = vertex_normals(torch.as_tensor(rest), torch.as_tensor(faces)).numpy()
