@@ -101,8 +101,12 @@ def cross_section_rings(rest: np.ndarray, weights: np.ndarray, joints: np.ndarra
                         bin_size: float) -> np.ndarray:
     """(V,) ring id: vertices of one dominant bone whose positions along the bone's axis fall in
     one `bin_size` bin (bone_positions)."""
-    dominant, b = bone_positions(rest, weights, joints, parents, bin_size)
-    key = dominant.astype(np.int64) * 100_000 + b
+    return ring_ids(*bone_positions(rest, weights, joints, parents, bin_size))
+
+
+def ring_ids(dominant: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """(V,) int64 ring id from (V,) dominant joints and (V,) bins along their bones (bone_positions)."""
+    key = dominant.astype(np.int64) * 100_000 + position
     return np.unique(key, return_inverse=True)[1].astype(np.int64)
 
 
@@ -249,7 +253,7 @@ def body_region_template(obs: Observation, body: BodyModel, options: ReconOption
     seen, px = seen_vertices(posed, faces_b, obs.K, mask.shape, options.visible_depth_tol)
     mirror_b = mirror_vertices(rest) if mirror is None else mirror
     dominant, position = bone_positions(rest, body.weights_np, joints, body.parents, options.ring_bin)
-    rings_b = np.unique(dominant.astype(np.int64) * 100_000 + position, return_inverse=True)[1]
+    rings_b = ring_ids(dominant, position)
     allowed = ~np.isin(body.weights_np.argmax(1), [JOINT_INDEX[n] for n in NEVER_GARMENT])
     sel = garment_vertices(mask[px[:, 1], px[:, 0]], seen, rings_b, mirror_b, allowed)
     sel = _close(sel, vertex_adjacency(faces_b, len(posed)), rings=2) & allowed
