@@ -23,7 +23,7 @@ Tuning subjects: seeds 0-5 (TUNING: used while choosing ReconOptions and the tem
 6-17 (TUNING_EXTRA, `--tuning-extra`); evaluation seeds: 500-512 (SUBJECTS: never tuned on; the
 body fit's own tuning used seeds 100-119, which the first six runs' evaluation seeds 100-112 shared).
 
-Usage: python scripts/bench_recon.py [--work DIR] [--quick] [--rescore]
+Usage: python scripts/bench_recon.py [--work DIR] [--quick] [--rescore] [--first-seed N]
 """
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ REAL = ROOT.parent / "shared" / "data" / "real" / "ryota.png"
 EVAL_OUTFITS = ("tshirt-shorts", "longsleeve-trousers", "tank-skirt", "dress", "tshirt-shorts",
                 "longsleeve-trousers", "tank-skirt", "dress", "hoodie+trousers", "tshirt+skirt",
                 "jacket+tshirt+trousers", "jumpsuit", "longsleeve+shorts")
-SUBJECTS = [(outfit, 500 + i) for i, outfit in enumerate(EVAL_OUTFITS)]
+EVAL_FIRST_SEED = 500
+SUBJECTS = [(outfit, EVAL_FIRST_SEED + i) for i, outfit in enumerate(EVAL_OUTFITS)]
 TUNING = [("dress", 0), ("tshirt-shorts", 1), ("tank-skirt", 2), ("jumpsuit", 3), ("tshirt+skirt", 4),
           ("longsleeve-trousers", 5)]   # for choosing ReconOptions and the template rules only
 # More tuning subjects (the evaluation's outfit mix on fresh seeds), for choices the six above
@@ -243,7 +244,7 @@ def doc(rows: list[dict], real: dict | None) -> str:
     lines = [f"Machine: {machine()}; 2 cores shared with other jobs (1-minute load average "
              f"{min(loads):.1f}-{max(loads):.1f} at the end of each subject), torch on 1 thread.", "",
              "`scripts/bench_recon.py`: `pointwear reconstruct` on synthetic turntables (evaluation seeds "
-             "500-512, never tuned on; tuning used seeds 0-5, `--tuning`, and the body fit its seeds 100-119), input = frame 0 with its clothing mask and "
+             f"{min(r['seed'] for r in rows)}-{max(r['seed'] for r in rows)}, never tuned on; tuning used seeds 0-5, `--tuning`, and the body fit its seeds 100-119), input = frame 0 with its clothing mask and "
              "focal; novel views = the truth frames at +90/180/-90 degrees (protocol in the script and "
              "docs/recon.md).", "",
              "| subject | input IoU | input SSIM | +90 IoU | +90 SSIM | 180 IoU | 180 SSIM | -90 IoU | -90 SSIM "
@@ -336,8 +337,11 @@ def main() -> None:
     ap.add_argument("--tuning", action="store_true", help="the tuning subjects (seeds 0-5); no doc")
     ap.add_argument("--tuning-extra", action="store_true", help="the further tuning subjects (seeds 6-17); no doc")
     ap.add_argument("--doc-only", action="store_true", help="re-publish the saved rows (no runs)")
+    ap.add_argument("--first-seed", type=int, default=EVAL_FIRST_SEED,
+                    help="the evaluation outfits on seeds from this one (a fresh set; only the default "
+                         "set is published)")
     ap.add_argument("--rescore", action="store_true",
-                    help="re-measure the stored results of WORK into rows.json (no runs), then --doc-only")
+                    help="re-measure the stored results of WORK into rows.json (no runs; publish with --doc-only)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="a ReconOptions field for this run (tuning)")
     args = ap.parse_args()
@@ -350,7 +354,9 @@ def main() -> None:
         for outfit, seed in TUNING_EXTRA if args.tuning_extra else TUNING:
             print(json.dumps(run_subject(outfit, seed, args.work, None, overrides)), flush=True)
         return
-    subjects = SUBJECTS[:2] if args.quick else SUBJECTS
+    subjects = [(outfit, args.first_seed + i) for i, outfit in enumerate(EVAL_OUTFITS)]
+    subjects = subjects[:2] if args.quick else subjects
+    publish = not args.quick and args.first_seed == EVAL_FIRST_SEED
     rows_file, real_file = args.work / "rows.json", args.work / "real.json"
     if args.doc_only:
         real = json.loads(real_file.read_text()) if real_file.exists() else None
@@ -372,7 +378,7 @@ def main() -> None:
         real_file.write_text(json.dumps(real))
     text = doc(rows, real)
     print(text)
-    if not args.quick:
+    if publish:
         write_section("Single-image reconstruction", text)
 
 

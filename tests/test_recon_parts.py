@@ -115,6 +115,25 @@ def test_hidden_vertices_follow_their_ring_then_their_mirror():
     assert sel.tolist() == [1, 1, 1, 0, 1, 1, 0, 0, 0, 0, 0, 1, 0, 0]
 
 
+def test_a_ring_seen_only_at_its_edge_follows_its_mirror():
+    """garment_vertices with min_share: a ring with enough seen vertices (RING_MIN_SEEN) but below
+    the share of its size does not vote; its hidden vertices follow their mirrors. The share is per
+    ring (the template gives it to the arms only)."""
+    from pointwear.recon.template import garment_vertices
+    # ring 0: 10 vertices, 3 seen (all in the mask), 7 hidden whose mirrors (ring 1) are bare;
+    # ring 1: 10 vertices, all seen, none in the mask.
+    ring = np.repeat([0, 1], 10)
+    seen = np.r_[np.ones(3, bool), np.zeros(7, bool), np.ones(10, bool)]
+    in_mask = np.r_[np.ones(10, bool), np.zeros(10, bool)]
+    mirror = np.r_[np.arange(10, 20), np.arange(10)]
+    allowed = np.ones(20, bool)
+    votes = garment_vertices(in_mask, seen, ring, mirror, allowed)
+    assert votes[:10].all() and not votes[10:].any()               # 3 seen vertices vote for 7
+    edge = garment_vertices(in_mask, seen, ring, mirror, allowed, np.array([0.5, 0.5]))
+    assert edge[:3].all() and not edge[3:].any()                   # the 7 follow their bare mirrors
+    assert np.array_equal(garment_vertices(in_mask, seen, ring, mirror, allowed, np.array([0.3, 0.5])), votes)
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.integers(0, 2), st.integers(1, 2))
 def test_subdivide_splits_every_face_in_four_and_shares_midpoints(level, times):
@@ -151,7 +170,7 @@ def test_front_back_images_reflect_each_ring_about_its_mean_depth(n, rings, seed
     assert front_back_images(rest, None) is None
 
 
-def _frontal_obs(root, outfit: str, seed: int, side: bool = False):
+def _frontal_obs(root, outfit: str, seed: int, side: bool = False, size: int = 256):
     """A synthetic turntable's frame seen most nearly from the front or the back (truth body and
     clothing mask): where a skirt shows across the gap between the legs; `side`: the frame seen
     most nearly from the side instead."""
@@ -161,7 +180,7 @@ def _frontal_obs(root, outfit: str, seed: int, side: bool = False):
     from pointwear.recon.perceive import observation_from_subject
     from pointwear.synth.generate import SynthOptions, generate_subject
     out = root / f"{outfit}_{seed}"
-    generate_subject(out, SynthOptions(frames=4, size=256, outfit=outfit, seed=seed))
+    generate_subject(out, SynthOptions(frames=4, size=size, outfit=outfit, seed=seed))
     s = read_subject(out)
     facing = np.abs(Rotation.from_rotvec(s.smpl.global_orient).apply([0.0, 0.0, 1.0])[:, 2])
     frame = int(facing.argmin() if side else facing.argmax())
@@ -343,6 +362,53 @@ def test_a_forearm_over_the_skirt_is_no_sleeve(tmp_path):
     assert forearm[t.body_vertex].sum() == 0
     torso = lambda tt: set(tt.body_vertex[np.isin(dom[tt.body_vertex], [JOINT_INDEX[n] for n in ("spine1", "spine2", "pelvis")])])  # noqa: E731
     assert torso(t) == torso(plain)
+
+
+def test_the_far_arm_behind_a_loose_shirt_takes_the_near_arm_sleeve(tmp_path):
+    """A T-shirt (the body's torso and upper arms as rendered) seen obliquely (50 degrees), its
+    loose outline over the far arm hanging behind the torso: the few far-arm vertices the camera
+    sees lie in the clothing mask and, voting for their cross-sections, made the hidden forearm a
+    sleeve to the wrist. With ring_seen_share an arm's cross-section mostly hidden (less than 30 %
+    seen) follows its mirror on the near arm, whose forearm the photo shows bare; the sections seen
+    more than that keep the photo's word."""
+    import dataclasses
+
+    import cv2
+    from scipy.spatial.transform import Rotation
+
+    from pointwear.body import load_body
+    from pointwear.body.joints import JOINT_INDEX
+    from pointwear.recon.template import body_region_template
+    from pointwear.render.rasterizer import rasterize
+    body = load_body("default", device="cpu")
+    obs = _frontal_obs(tmp_path, "tshirt-shorts", 3, size=512)
+    turn = Rotation.from_euler("y", 50, degrees=True) * Rotation.from_rotvec(obs.global_orient)
+    obs = dataclasses.replace(obs, global_orient=turn.as_rotvec().astype(np.float32))
+    with torch.no_grad():
+        posed = obs.posed_body(body)[0].numpy()
+    dom = body.weights_np.argmax(1)
+    ids = lambda names: [JOINT_INDEX[n] for n in names]  # noqa: E731
+    shirt = np.isin(dom, ids(["spine1", "spine2", "spine3", "left_collar", "right_collar", "left_shoulder", "right_shoulder"]))
+    face = rasterize(torch.as_tensor(posed), torch.as_tensor(body.faces.astype(np.int64)),
+                     torch.as_tensor(obs.K, dtype=torch.float32), obs.size).face_id[0].numpy()
+    mask = (face >= 0) & shirt[body.faces.astype(np.int64)[np.maximum(face, 0), 0]]
+    arm = {s: np.isin(dom, ids([f"{s}_shoulder", f"{s}_elbow", f"{s}_wrist", f"{s}_hand"])) for s in ("left", "right")}
+    far = max(arm, key=lambda s: posed[arm[s], 2].mean())
+    near = "right" if far == "left" else "left"
+    uv = posed[arm[far], :2] / posed[arm[far], 2:3] * np.diag(obs.K)[:2] + obs.K[:2, 2]
+    px = np.clip(np.round(uv).astype(int), 0, np.array(obs.size)[::-1] - 1)
+    paint = np.zeros(obs.size, np.uint8)
+    paint[px[:, 1], px[:, 0]] = 1
+    cloth = (cv2.dilate(paint, np.ones((5, 5), np.uint8)) > 0) & ~((face >= 0) & arm[near][body.faces.astype(np.int64)[np.maximum(face, 0), 0]])
+    obs = dataclasses.replace(obs, mask=mask | cloth)
+    forearm = lambda t, s: int(np.isin(dom[t.body_vertex], ids([f"{s}_elbow", f"{s}_wrist"])).sum())  # noqa: E731
+    off = body_region_template(obs, body, ReconOptions(ring_seen_share=0.0))
+    on = body_region_template(obs, body, ReconOptions())
+    assert forearm(off, near) == forearm(on, near) < 50            # the photo shows it bare
+    assert forearm(off, far) > 500                                  # the hidden forearm was a sleeve
+    assert forearm(on, far) < 0.5 * forearm(off, far)               # its mostly hidden sections follow
+    torso = lambda t: set(t.body_vertex[np.isin(dom[t.body_vertex], ids(["spine1", "spine2", "pelvis"]))])  # noqa: E731
+    assert torso(on) == torso(off)
 
 
 @pytest.mark.parametrize("outfit, bridged", [("dress", True), ("tank-skirt", True), ("longsleeve-trousers", False)])

@@ -175,12 +175,15 @@ def seen_vertices(posed: np.ndarray, faces: np.ndarray, K: np.ndarray, size: tup
 
 
 def garment_vertices(in_mask: np.ndarray, seen: np.ndarray, ring: np.ndarray, mirror: np.ndarray,
-                     allowed: np.ndarray) -> np.ndarray:
+                     allowed: np.ndarray, min_share: float = 0.0) -> np.ndarray:
     """(V,) bool garment vertices from what the photo shows (see the module docstring): in_mask,
-    seen, allowed (V,) bool; ring (V,) ring ids; mirror (V,) mirror vertex or -1."""
+    seen, allowed (V,) bool; ring (V,) ring ids; mirror (V,) mirror vertex or -1. A ring votes for
+    its hidden vertices when it has RING_MIN_SEEN seen vertices and at least `min_share` of its
+    vertices are seen; otherwise they follow their mirror vertex."""
     votes = np.bincount(ring, weights=(seen & in_mask).astype(np.float64), minlength=ring.max() + 1)
     counts = np.bincount(ring, weights=seen.astype(np.float64), minlength=ring.max() + 1)
-    voted = counts >= RING_MIN_SEEN
+    size = np.bincount(ring, minlength=ring.max() + 1)
+    voted = (counts >= RING_MIN_SEEN) & (counts >= min_share * size)
     ring_says = votes > 0.5 * np.maximum(counts, 1)
     decided = seen | voted[ring]
     sel = np.where(seen, in_mask, ring_says[ring]) & decided
@@ -255,7 +258,10 @@ def body_region_template(obs: Observation, body: BodyModel, options: ReconOption
     dominant, position = bone_positions(rest, body.weights_np, joints, body.parents, options.ring_bin)
     rings_b = ring_ids(dominant, position)
     allowed = ~np.isin(body.weights_np.argmax(1), [JOINT_INDEX[n] for n in NEVER_GARMENT])
-    sel = garment_vertices(mask[px[:, 1], px[:, 0]], seen, rings_b, mirror_b, allowed)
+    arm_ring = np.zeros(rings_b.max() + 1, bool)
+    arm_ring[rings_b[np.isin(dominant, [JOINT_INDEX[n] for c in LIMB_CHAINS[:2] for n in c])]] = True
+    sel = garment_vertices(mask[px[:, 1], px[:, 0]], seen, rings_b, mirror_b, allowed,
+                           np.where(arm_ring, options.ring_seen_share, 0.0))
     sel = _close(sel, vertex_adjacency(faces_b, len(posed)), rings=2) & allowed
     if options.limb_prefix:
         chains = tuple(tuple(JOINT_INDEX[n] for n in c) for c in LIMB_CHAINS)
