@@ -7,7 +7,9 @@ does not:
 * a hidden vertex takes the vote of the seen vertices of its cross-section ring (the back of a
   shirt lies behind its front: a torso slice is garment when most of its seen part is);
 * a ring nobody sees (the far arm behind the torso) takes its mirror image's decision across the
-  body's sagittal plane (sleeves and legs come in pairs);
+  body's sagittal plane (sleeves and legs come in pairs); so does an arm's ring seen only at its
+  edge (less than `ring_seen_share` of it: an arm hanging behind a loose shirt shows a few
+  vertices beside the torso, inside the shirt's outline, which would make the whole arm a sleeve);
 * hands, feet and the head are never garment (a misfit hand in front of a shirt projects into its
   mask, an arm behind the torso too: only the seen rings and their mirrors speak for them).
 The selection is closed on the mesh graph (small holes behind arms and hands filled), faces with
