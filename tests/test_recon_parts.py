@@ -118,7 +118,7 @@ def test_hidden_vertices_follow_their_ring_then_their_mirror():
 def test_a_ring_seen_only_at_its_edge_follows_its_mirror():
     """garment_vertices with min_share: a ring with enough seen vertices (RING_MIN_SEEN) but below
     the share of its size does not vote; its hidden vertices follow their mirrors. The share is per
-    ring (the template gives it to the arms only)."""
+    ring (the template gives it to the limbs: arms and legs)."""
     from pointwear.recon.template import garment_vertices
     # ring 0: 10 vertices, 3 seen (all in the mask), 7 hidden whose mirrors (ring 1) are bare;
     # ring 1: 10 vertices, all seen, none in the mask.

@@ -81,9 +81,9 @@ class ReconOptions:
     texture_size: int = 512
     texture_erode_px: int = 2         # texels are taken from the photo this far inside the mask
     visible_depth_tol: float = 0.01   # m: a texel is seen when its depth is this close to the z-buffer
-    ring_seen_share: float = 0.3      # the template: an arm's cross-section votes for its hidden
+    ring_seen_share: float = 0.3      # the template: a limb's cross-section votes for its hidden
                                       # vertices when this share of it is seen (else they follow
-                                      # their mirror on the other arm; 0: off)
+                                      # their mirror on the other arm or leg; 0: off)
     inpaint_iters: int = 200          # Jacobi sweeps that fill hidden vertices from their neighbours
     seed: int = 0
     threads: int = 1                  # CPU threads for torch (0: torch's default): many small ops,

@@ -7,9 +7,11 @@ does not:
 * a hidden vertex takes the vote of the seen vertices of its cross-section ring (the back of a
   shirt lies behind its front: a torso slice is garment when most of its seen part is);
 * a ring nobody sees (the far arm behind the torso) takes its mirror image's decision across the
-  body's sagittal plane (sleeves and legs come in pairs); so does an arm's ring seen only at its
+  body's sagittal plane (sleeves and legs come in pairs); so does a limb's ring seen only at its
   edge (less than `ring_seen_share` of it: an arm hanging behind a loose shirt shows a few
-  vertices beside the torso, inside the shirt's outline, which would make the whole arm a sleeve);
+  vertices beside the torso, inside the shirt's outline, which would make the whole arm a sleeve;
+  the far leg under a skirt seen obliquely shows a few vertices at the skirt's edge, outside it,
+  which would end that leg's garment at the hip);
 * hands, feet and the head are never garment (a misfit hand in front of a shirt projects into its
   mask, an arm behind the torso too: only the seen rings and their mirrors speak for them).
 The selection is closed on the mesh graph (small holes behind arms and hands filled), faces with
@@ -260,10 +262,10 @@ def body_region_template(obs: Observation, body: BodyModel, options: ReconOption
     dominant, position = bone_positions(rest, body.weights_np, joints, body.parents, options.ring_bin)
     rings_b = ring_ids(dominant, position)
     allowed = ~np.isin(body.weights_np.argmax(1), [JOINT_INDEX[n] for n in NEVER_GARMENT])
-    arm_ring = np.zeros(rings_b.max() + 1, bool)
-    arm_ring[rings_b[np.isin(dominant, [JOINT_INDEX[n] for c in LIMB_CHAINS[:2] for n in c])]] = True
+    limb_ring = np.zeros(rings_b.max() + 1, bool)
+    limb_ring[rings_b[np.isin(dominant, [JOINT_INDEX[n] for c in LIMB_CHAINS for n in c])]] = True
     sel = garment_vertices(mask[px[:, 1], px[:, 0]], seen, rings_b, mirror_b, allowed,
-                           np.where(arm_ring, options.ring_seen_share, 0.0))
+                           np.where(limb_ring, options.ring_seen_share, 0.0))
     sel = _close(sel, vertex_adjacency(faces_b, len(posed)), rings=2) & allowed
     if options.limb_prefix:
         chains = tuple(tuple(JOINT_INDEX[n] for n in c) for c in LIMB_CHAINS)
