@@ -20,7 +20,7 @@ Protocol (docs/recon.md):
   known focal cannot measure).
 * Time: refinement seconds (result.json), torch on 1 thread.
 Tuning subjects: seeds 0-5 (TUNING: used while choosing ReconOptions and the template's rules) and
-6-17 (TUNING_EXTRA, `--tuning-extra`); evaluation seeds: 500-512 (SUBJECTS: never tuned on; the
+6-17 (TUNING_EXTRA, `--tuning-extra`) and 18-30 (TUNING_MORE, `--tuning-more`); evaluation seeds: 500-512 (SUBJECTS: never tuned on; the
 body fit's own tuning used seeds 100-119, which the first six runs' evaluation seeds 100-112 shared).
 
 Usage: python scripts/bench_recon.py [--work DIR] [--quick] [--rescore] [--first-seed N]
@@ -62,6 +62,8 @@ TUNING_EXTRA = [("tshirt-shorts", 6), ("longsleeve-trousers", 7), ("tank-skirt",
                 ("hoodie+trousers", 10), ("tshirt+skirt", 11), ("jacket+tshirt+trousers", 12), ("jumpsuit", 13),
                 ("longsleeve+shorts", 14), ("dress", 15), ("tank-skirt", 16), ("tshirt+skirt", 17)]
 VIEWS = {1: "+90", 2: "180", 3: "-90"}
+# Session L's tuning subjects: the evaluation's outfit list on seeds 18-30 (`--tuning-more`).
+TUNING_MORE = [(outfit, 18 + i) for i, outfit in enumerate(EVAL_OUTFITS)]
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
@@ -336,6 +338,7 @@ def main() -> None:
     ap.add_argument("--no-real", action="store_true")
     ap.add_argument("--tuning", action="store_true", help="the tuning subjects (seeds 0-5); no doc")
     ap.add_argument("--tuning-extra", action="store_true", help="the further tuning subjects (seeds 6-17); no doc")
+    ap.add_argument("--tuning-more", action="store_true", help="more tuning subjects (seeds 18-30); no doc")
     ap.add_argument("--doc-only", action="store_true", help="re-publish the saved rows (no runs)")
     ap.add_argument("--first-seed", type=int, default=EVAL_FIRST_SEED,
                     help="the evaluation outfits on seeds from this one (a fresh set; only the default "
@@ -350,8 +353,8 @@ def main() -> None:
     if args.rescore:
         rescore(args.work)
         return
-    if args.tuning or args.tuning_extra:
-        for outfit, seed in TUNING_EXTRA if args.tuning_extra else TUNING:
+    if args.tuning or args.tuning_extra or args.tuning_more:
+        for outfit, seed in TUNING_MORE if args.tuning_more else TUNING_EXTRA if args.tuning_extra else TUNING:
             print(json.dumps(run_subject(outfit, seed, args.work, None, overrides)), flush=True)
         return
     subjects = [(outfit, args.first_seed + i) for i, outfit in enumerate(EVAL_OUTFITS)]
