@@ -53,7 +53,14 @@ EVAL_OUTFITS = ("tshirt-shorts", "longsleeve-trousers", "tank-skirt", "dress", "
                 "longsleeve-trousers", "tank-skirt", "dress", "hoodie+trousers", "tshirt+skirt",
                 "jacket+tshirt+trousers", "jumpsuit", "longsleeve+shorts")
 EVAL_FIRST_SEED = 500
-SUBJECTS = [(outfit, EVAL_FIRST_SEED + i) for i, outfit in enumerate(EVAL_OUTFITS)]
+
+
+def outfit_seeds(first: int) -> list[tuple[str, int]]:
+    """The evaluation's outfit list on consecutive seeds from `first`: (outfit, seed) pairs."""
+    return [(outfit, first + i) for i, outfit in enumerate(EVAL_OUTFITS)]
+
+
+SUBJECTS = outfit_seeds(EVAL_FIRST_SEED)
 TUNING = [("dress", 0), ("tshirt-shorts", 1), ("tank-skirt", 2), ("jumpsuit", 3), ("tshirt+skirt", 4),
           ("longsleeve-trousers", 5)]   # for choosing ReconOptions and the template rules only
 # More tuning subjects (the evaluation's outfit mix on fresh seeds), for choices the six above
@@ -63,7 +70,7 @@ TUNING_EXTRA = [("tshirt-shorts", 6), ("longsleeve-trousers", 7), ("tank-skirt",
                 ("longsleeve+shorts", 14), ("dress", 15), ("tank-skirt", 16), ("tshirt+skirt", 17)]
 VIEWS = {1: "+90", 2: "180", 3: "-90"}
 # Session L's tuning subjects: the evaluation's outfit list on seeds 18-30 (`--tuning-more`).
-TUNING_MORE = [(outfit, 18 + i) for i, outfit in enumerate(EVAL_OUTFITS)]
+TUNING_MORE = outfit_seeds(18)
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
@@ -357,8 +364,7 @@ def main() -> None:
         for outfit, seed in TUNING_MORE if args.tuning_more else TUNING_EXTRA if args.tuning_extra else TUNING:
             print(json.dumps(run_subject(outfit, seed, args.work, None, overrides)), flush=True)
         return
-    subjects = [(outfit, args.first_seed + i) for i, outfit in enumerate(EVAL_OUTFITS)]
-    subjects = subjects[:2] if args.quick else subjects
+    subjects = outfit_seeds(args.first_seed)[:2 if args.quick else None]
     publish = not args.quick and args.first_seed == EVAL_FIRST_SEED
     rows_file, real_file = args.work / "rows.json", args.work / "real.json"
     if args.doc_only:

@@ -179,11 +179,12 @@ def seen_vertices(posed: np.ndarray, faces: np.ndarray, K: np.ndarray, size: tup
 
 
 def garment_vertices(in_mask: np.ndarray, seen: np.ndarray, ring: np.ndarray, mirror: np.ndarray,
-                     allowed: np.ndarray, min_share: float = 0.0) -> np.ndarray:
+                     allowed: np.ndarray, min_share: float | np.ndarray = 0.0) -> np.ndarray:
     """(V,) bool garment vertices from what the photo shows (see the module docstring): in_mask,
-    seen, allowed (V,) bool; ring (V,) ring ids; mirror (V,) mirror vertex or -1. A ring votes for
-    its hidden vertices when it has RING_MIN_SEEN seen vertices and at least `min_share` of its
-    vertices are seen; otherwise they follow their mirror vertex."""
+    seen, allowed (V,) bool; ring (V,) ring ids; mirror (V,) mirror vertex or -1; min_share a
+    scalar or (R,) per ring. A ring votes for its hidden vertices when it has RING_MIN_SEEN seen
+    vertices and at least `min_share` of its vertices are seen; otherwise they follow their mirror
+    vertex."""
     votes = np.bincount(ring, weights=(seen & in_mask).astype(np.float64), minlength=ring.max() + 1)
     counts = np.bincount(ring, weights=seen.astype(np.float64), minlength=ring.max() + 1)
     size = np.bincount(ring, minlength=ring.max() + 1)
@@ -262,13 +263,13 @@ def body_region_template(obs: Observation, body: BodyModel, options: ReconOption
     dominant, position = bone_positions(rest, body.weights_np, joints, body.parents, options.ring_bin)
     rings_b = ring_ids(dominant, position)
     allowed = ~np.isin(body.weights_np.argmax(1), [JOINT_INDEX[n] for n in NEVER_GARMENT])
+    chains = tuple(tuple(JOINT_INDEX[n] for n in c) for c in LIMB_CHAINS)
     limb_ring = np.zeros(rings_b.max() + 1, bool)
-    limb_ring[rings_b[np.isin(dominant, [JOINT_INDEX[n] for c in LIMB_CHAINS for n in c])]] = True
+    limb_ring[rings_b[np.isin(dominant, np.concatenate(chains))]] = True
     sel = garment_vertices(mask[px[:, 1], px[:, 0]], seen, rings_b, mirror_b, allowed,
                            np.where(limb_ring, options.ring_seen_share, 0.0))
     sel = _close(sel, vertex_adjacency(faces_b, len(posed)), rings=2) & allowed
     if options.limb_prefix:
-        chains = tuple(tuple(JOINT_INDEX[n] for n in c) for c in LIMB_CHAINS)
         sel = limb_prefix(sel, dominant, position, chains)
     rest_g, weights_g, seam, midline, skirt_level = _bridged(obs, posed, rest, body.weights_np, mirror_b, faces_b, options)
     keep = sel[faces_b].all(1) & ~seam
