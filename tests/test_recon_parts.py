@@ -423,3 +423,65 @@ def test_a_skirt_seen_from_the_side_joins_the_legs(tmp_path, outfit, bridged):
     t = body_region_template(obs, body, ReconOptions())
     assert gap_only.midline is None                       # the frontal rule alone sees no skirt
     assert (t.midline is not None) == bridged
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 60), st.integers(0, 60), st.floats(2.0, 5.0), st.floats(0.0, 0.1), st.floats(0.05, 0.3))
+def test_a_flared_skirt_starts_nearer_the_photos_width(left, right, depth, reach, cap):
+    """refine.skirt_flare_ease: per skirt level, the mean of how far the clothing run on the
+    level's image row reaches past the level's projected extent on either side, in metres at the
+    level's depth, less the refinement's own reach, capped; nothing off the skirt, nothing where
+    the level's centre is bare."""
+    from pointwear.recon.refine import skirt_flare_ease
+    t = _elliptic_tube(0.2, 0.1, levels=3)
+    posed = t.rest + np.array([0.0, 0.0, depth], np.float32)
+    level = t.skirt_level.copy()
+    level[:8] = -1                                    # a few vertices off the skirt
+    K = np.array([[400.0, 0, 150], [0, 400.0, 60], [0, 0, 1]])
+    mask = np.zeros((120, 300), bool)
+    want = np.zeros(len(level))
+    for lv in range(3):
+        p = posed[level == lv]
+        u = p[:, 0] / p[:, 2] * K[0, 0] + K[0, 2]
+        y = int(round(float((p[:, 1] / p[:, 2] * K[1, 1] + K[1, 2]).mean())))
+        a, b = int(np.floor(u.min())) - left, int(np.ceil(u.max())) + right
+        mask[y, a:b + 1] = True
+        mask[y, b + 3:b + 9] = True                   # a hand beside the skirt, apart from it
+        px = 0.5 * ((u.min() - a) + (b - u.max()))
+        want[level == lv] = np.clip(px * float(p[:, 2].mean()) / K[0, 0] - reach, 0.0, cap)
+    got = skirt_flare_ease(level, posed, mask, K, reach, cap)
+    assert got.shape == level.shape and got.dtype == np.float32
+    assert np.allclose(got, want, atol=1e-5)
+    assert (got[level < 0] == 0).all() and (got <= cap + 1e-7).all()
+    mask[:, 150] = False                              # the centre bare: no level is measured
+    assert (skirt_flare_ease(level, posed, mask, K, reach, cap) == 0).all()
+
+
+@pytest.mark.parametrize("side", [True, False])
+def test_a_dress_starts_nearer_its_outline(tmp_path, side):
+    """A synthetic dress seen from the side flares in front of and behind the legs: with no reach
+    left to the refinement (skirt_flare_reach 0) its bridged template starts at the photo's
+    width, so the start already covers more of the clothing mask; seen from the front the start
+    does not lose."""
+    from dataclasses import replace
+
+    from pointwear.body import load_body
+    from pointwear.recon.refine import _Problem, crop_view
+    from pointwear.recon.template import body_region_template
+    from pointwear.render.rasterizer import rasterize
+    body = load_body("default", device="cpu")
+    obs = _frontal_obs(tmp_path, "dress", 3, side=side)
+    o = ReconOptions()
+    t = body_region_template(obs, body, o)
+    assert t.skirt_level is not None
+    view = crop_view(obs, o.render_height, torch.device("cpu"))
+    vm = view.mask.numpy() > 0.5
+
+    def start_iou(cap: float) -> float:
+        prob = _Problem(obs, body, t, view, replace(o, skirt_flare_max=cap, skirt_flare_reach=0.0))
+        with torch.no_grad():
+            m = rasterize(prob.posed(prob.start), prob.terms.faces, view.K, view.size).mask[0].numpy()
+        return (m & vm).sum() / (m | vm).sum()
+
+    off, on = start_iou(0.0), start_iou(o.skirt_flare_max)
+    assert on > off + 0.02 if side else on >= off - 0.005

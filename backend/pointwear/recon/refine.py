@@ -206,6 +206,41 @@ def start_ease(t: Template, o: ReconOptions) -> np.ndarray:
     return (base * ratio).astype(np.float32)
 
 
+def skirt_flare_ease(level: np.ndarray, posed: np.ndarray, mask: np.ndarray, K: np.ndarray,
+                     reach: float, cap: float) -> np.ndarray:
+    """(V,) float32 m of ease added per leg level of a bridged skirt whose outline in the photo
+    lies further out than the refinement's offsets move on their own: a flared skirt or dress
+    seen from the side stands 20 cm and more in front of and behind the legs.
+
+    level (V,) the template's skirt_level (-1 off the skirt); posed (V,3) camera-space start
+    positions; mask (H,W) bool clothing in the view with intrinsics K (3,3); reach, cap m. Per
+    level, on the image row through its vertices, the run of clothing pixels holding the level's
+    centre reaches past the level's projected extent by e_left and e_right px; the level starts
+    mean(e_left, e_right) (m at the level's depth) less `reach` further out, at most `cap`, all
+    round (the refinement swells a cross-section evenly). A level whose row leaves the image or
+    whose centre is not clothing keeps its ease.
+    """
+    H, W = mask.shape
+    extra = np.zeros(len(level), np.float32)
+    for lv in np.unique(level[level >= 0]):
+        idx = np.nonzero(level == lv)[0]
+        p = posed[idx]
+        if (p[:, 2] <= 0).any():
+            continue
+        u = p[:, 0] / p[:, 2] * K[0, 0] + K[0, 2]
+        y = int(round(float((p[:, 1] / p[:, 2] * K[1, 1] + K[1, 2]).mean())))
+        x0, x1 = float(u.min()), float(u.max())
+        xc = int(round(0.5 * (x0 + x1)))
+        if not (0 <= y < H and 0 <= xc < W) or not mask[y, xc]:
+            continue
+        bare = np.nonzero(~mask[y])[0]
+        a = bare[bare < xc].max(initial=-1) + 1          # the clothing run holding the centre
+        b = bare[bare > xc].min(initial=W) - 1
+        px = 0.5 * (max(0.0, x0 - a) + max(0.0, b - x1))
+        extra[idx] = float(np.clip(px * float(p[:, 2].mean()) / K[0, 0] - reach, 0.0, cap))
+    return extra
+
+
 @dataclass
 class Refined:
     """What refinement found: rest-pose vertices, camera-space vertices, albedo, light."""
@@ -224,8 +259,7 @@ class _Problem:
 
     def __init__(self, obs: Observation, body: BodyModel, t: Template, view: View, o: ReconOptions) -> None:
         dev, dt = view.K.device, view.K.dtype
-        ease = start_ease(t, o)
-        self.o, self.view, self.terms = o, view, MeshTerms.build(t, ease, dev, dt)
+        self.o, self.view = o, view
         betas, go, bp, tr = obs.pose_tensors(dev)
         with torch.no_grad():
             out = body.forward(betas, go, bp, tr)
@@ -239,6 +273,13 @@ class _Problem:
             self.body_normals = vertex_normals(self.body_verts, self.body_faces)
         self.transl = tr
         self.weights = torch.as_tensor(t.weights, device=dev, dtype=dt)
+        ease = start_ease(t, o)
+        if t.skirt_level is not None and o.skirt_flare_max > 0:
+            with torch.no_grad():
+                posed = self.posed(torch.as_tensor(t.rest + ease[:, None] * t.normals, device=dev, dtype=dt))
+            ease = ease + skirt_flare_ease(t.skirt_level, posed.cpu().numpy(), view.mask.cpu().numpy() > 0.5,
+                                           view.K.cpu().numpy(), o.skirt_flare_reach, o.skirt_flare_max)
+        self.terms = MeshTerms.build(t, ease, dev, dt)
         self.start = torch.as_tensor(t.rest + ease[:, None] * t.normals, device=dev, dtype=dt)
         self.nearest = bv.clone()
         # (V,3) 0 where an offset may not move (x of the midline vertices of a bridged skirt)
