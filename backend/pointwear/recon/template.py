@@ -12,8 +12,10 @@ does not:
   vertices beside the torso, inside the shirt's outline, which would make the whole arm a sleeve;
   the far leg under a skirt seen obliquely shows a few vertices at the skirt's edge, outside it,
   which would end that leg's garment at the hip);
-* hands, feet and the head are never garment (a misfit hand in front of a shirt projects into its
-  mask, an arm behind the torso too: only the seen rings and their mirrors speak for them).
+* hands, feet and the head are never garment, by dominant joint: the wrists' and ankles' vertices
+  too, which lie past the wrist (the palm) and from 2-3 cm above the ankle joint down (a misfit hand in front of a
+  shirt projects into its mask, an arm behind the torso too: only the seen rings and their
+  mirrors speak for them; a sleeve seen over a hidden arm went on over the hand).
 The selection is closed on the mesh graph (small holes behind arms and hands filled), faces with
 all three corners selected are kept, tiny islands dropped. Each garment vertex remembers its body vertex: skin weights,
 rest position and normal, and its mirror image across the body's sagittal plane (x = 0 in SMPL's
@@ -34,7 +36,8 @@ from .options import ReconOptions
 from .perceive import Observation
 
 MIRROR_MAX_DIST = 0.02     # m: a body vertex's mirror image must land this close to a vertex
-NEVER_GARMENT = ("head", "left_hand", "right_hand", "left_foot", "right_foot")   # dominant joints
+NEVER_GARMENT = ("head", "left_hand", "right_hand", "left_wrist", "right_wrist", "left_foot", "right_foot",
+                 "left_ankle", "right_ankle")   # dominant joints
 RING_MIN_SEEN = 3          # a ring votes for its hidden vertices when it has this many seen ones
 LIMB_CHAINS = (("left_shoulder", "left_elbow", "left_wrist"), ("right_shoulder", "right_elbow", "right_wrist"),
                ("left_hip", "left_knee", "left_ankle"), ("right_hip", "right_knee", "right_ankle"))
