@@ -23,7 +23,7 @@ Tuning subjects: seeds 0-5 (TUNING: used while choosing ReconOptions and the tem
 6-17 (TUNING_EXTRA, `--tuning-extra`) and 18-30 (TUNING_MORE, `--tuning-more`); evaluation seeds: 500-512 (SUBJECTS: never tuned on; the
 body fit's own tuning used seeds 100-119, which the first six runs' evaluation seeds 100-112 shared).
 
-Usage: python scripts/bench_recon.py [--work DIR] [--quick] [--rescore] [--first-seed N]
+Usage: python scripts/bench_recon.py [--work DIR] [--quick] [--rescore] [--first-seed N [N ...]]
 """
 from __future__ import annotations
 
@@ -347,9 +347,10 @@ def main() -> None:
     ap.add_argument("--tuning-extra", action="store_true", help="the further tuning subjects (seeds 6-17); no doc")
     ap.add_argument("--tuning-more", action="store_true", help="more tuning subjects (seeds 18-30); no doc")
     ap.add_argument("--doc-only", action="store_true", help="re-publish the saved rows (no runs)")
-    ap.add_argument("--first-seed", type=int, default=EVAL_FIRST_SEED,
-                    help="the evaluation outfits on seeds from this one (a fresh set; only the default "
-                         "set is published)")
+    ap.add_argument("--first-seed", type=int, nargs="+", default=[EVAL_FIRST_SEED],
+                    help="the evaluation outfits on seeds from this one (a fresh set); several: the sets "
+                         "pooled in one table (one set of 13 is too few to judge a 0.1 cm change, "
+                         "docs/benchmarks.md); only the default set is published")
     ap.add_argument("--rescore", action="store_true",
                     help="re-measure the stored results of WORK into rows.json (no runs; publish with --doc-only)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -364,8 +365,8 @@ def main() -> None:
         for outfit, seed in TUNING_MORE if args.tuning_more else TUNING_EXTRA if args.tuning_extra else TUNING:
             print(json.dumps(run_subject(outfit, seed, args.work, None, overrides)), flush=True)
         return
-    subjects = outfit_seeds(args.first_seed)[:2 if args.quick else None]
-    publish = not args.quick and args.first_seed == EVAL_FIRST_SEED
+    subjects = [p for first in args.first_seed for p in outfit_seeds(first)][:2 if args.quick else None]
+    publish = not args.quick and args.first_seed == [EVAL_FIRST_SEED]
     rows_file, real_file = args.work / "rows.json", args.work / "real.json"
     if args.doc_only:
         real = json.loads(real_file.read_text()) if real_file.exists() else None
