@@ -274,13 +274,14 @@ class _Problem:
         self.transl = tr
         self.weights = torch.as_tensor(t.weights, device=dev, dtype=dt)
         ease = start_ease(t, o)
-        if t.skirt_level is not None and o.skirt_flare_max > 0:
+        start = lambda e: torch.as_tensor(t.rest + e[:, None] * t.normals, device=dev, dtype=dt)  # noqa: E731
+        if t.skirt_level is not None and o.skirt_flare_max > 0:     # once, before the steps
             with torch.no_grad():
-                posed = self.posed(torch.as_tensor(t.rest + ease[:, None] * t.normals, device=dev, dtype=dt))
+                posed = self.posed(start(ease))
             ease = ease + skirt_flare_ease(t.skirt_level, posed.cpu().numpy(), view.mask.cpu().numpy() > 0.5,
                                            view.K.cpu().numpy(), o.skirt_flare_reach, o.skirt_flare_max)
         self.terms = MeshTerms.build(t, ease, dev, dt)
-        self.start = torch.as_tensor(t.rest + ease[:, None] * t.normals, device=dev, dtype=dt)
+        self.start = start(ease)
         self.nearest = bv.clone()
         # (V,3) 0 where an offset may not move (x of the midline vertices of a bridged skirt)
         self.free = torch.ones(t.num_vertices, 3, device=dev, dtype=dt)

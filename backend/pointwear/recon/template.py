@@ -13,9 +13,9 @@ does not:
   the far leg under a skirt seen obliquely shows a few vertices at the skirt's edge, outside it,
   which would end that leg's garment at the hip);
 * hands, feet and the head are never garment, by dominant joint: the wrists' and ankles' vertices
-  too, which lie past the wrist (the palm) and from 2-3 cm above the ankle joint down (a misfit hand in front of a
-  shirt projects into its mask, an arm behind the torso too: only the seen rings and their
-  mirrors speak for them; a sleeve seen over a hidden arm went on over the hand).
+  too, which lie past the wrist (the palm) and from 2-3 cm above the ankle joint down (a misfit
+  hand in front of a shirt projects into its mask, an arm behind the torso too: only the seen
+  rings and their mirrors speak for them; a sleeve seen over a hidden arm went on over the hand).
 The selection is closed on the mesh graph (small holes behind arms and hands filled), faces with
 all three corners selected are kept, tiny islands dropped. Each garment vertex remembers its body vertex: skin weights,
 rest position and normal, and its mirror image across the body's sagittal plane (x = 0 in SMPL's
