@@ -429,6 +429,63 @@ def test_a_skirt_seen_from_the_side_joins_the_legs(tmp_path, outfit, bridged):
     assert (t.midline is not None) == bridged
 
 
+@pytest.mark.parametrize("outfit, seed", [("tshirt+skirt", 0), ("dress", 3)])
+def test_a_skirt_ends_at_its_hem_not_where_the_legs_behind_it_end(tmp_path, outfit, seed):
+    """Seen from above, a skirt's front hides the legs below its hem: the bridged template ends
+    at the hem (bridge.hem_level). On synthetic photos (truth body and mask) the leg vertices it
+    drops lie at or below the truth clothing's hem, and its lowest level stays within 5 cm of it."""
+    from pointwear.body import load_body
+    from pointwear.recon.template import body_region_template
+    body = load_body("default", device="cpu")
+    obs = _frontal_obs(tmp_path, outfit, seed)
+    plain = body_region_template(obs, body, ReconOptions(skirt_hem=False))
+    t = body_region_template(obs, body, ReconOptions())
+    assert t.skirt_level is not None and np.isin(t.body_vertex, plain.body_vertex).all()
+    with torch.no_grad():
+        posed = obs.posed_body(body)[0].numpy()               # camera space, y down
+    hem = float(np.load(tmp_path / f"{outfit}_{seed}" / "truth" / "clothing.npz")["points"][0][:, 1].max())
+    gone = np.setdiff1d(plain.body_vertex, t.body_vertex)
+    assert len(gone) >= 20
+    assert posed[gone, 1].mean() > hem - 0.01 and posed[gone, 1].max() > hem
+    lowest = posed[t.body_vertex[t.skirt_level == 0], 1].mean()
+    assert abs(lowest - hem) < 0.05
+    assert t.skirt_level.max() < plain.skirt_level.max()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(4, 30), st.integers(0, 40), st.integers(0, 40), st.floats(0.1, 1.0), st.integers(1, 3))
+def test_the_hem_rises_with_the_mask_and_keeps_the_top(levels, hem_row, knee_row, ratio, min_levels):
+    """bridge.hem_level on two vertical legs seen from above: a mask that ends higher never ends
+    the skirt lower; the top `min_levels` always stay; a mask over everything cuts nothing; a bare
+    band higher up (a misfitted knee) does not cut above a covered level below it."""
+    from pointwear.recon.bridge import hem_level
+    n = 12
+    a = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    pts, side, level = [], [], []
+    for s in (1, -1):
+        for lv in range(levels):
+            pts.append(np.stack([0.1 * s + 0.06 * np.sin(a), np.full(n, 0.9 - 0.03 * lv), 3.0 + 0.06 * np.cos(a)], 1))
+            side += [s] * n
+            level += [lv] * n
+    posed, side, level = np.concatenate(pts), np.array(side), np.array(level)
+    skirt = np.arange(levels)
+    K = np.array([[500.0, 0, 100], [0, 500.0, 10], [0, 0, 1]])
+    H, W = 400, 200
+
+    def cut(bottom: int, band: int | None = None) -> int:
+        mask = np.zeros((H, W), bool)
+        mask[:bottom, 20:180] = True
+        if band is not None:
+            mask[band:band + 4] = False
+        return hem_level(posed, side, level, skirt, mask, K, ratio, min_levels)
+
+    assert cut(H) == 0
+    rows = sorted(20 + 4 * hem_row + d for d in (0, 7))        # level 0 at row 160, level k 5k px higher
+    low, high = cut(rows[1]), cut(rows[0])
+    assert low <= high <= levels - min_levels
+    assert cut(H, 150 - 3 * knee_row) == 0                    # a band above level 0's row, level 0 covered
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 60), st.integers(0, 60), st.floats(2.0, 5.0), st.floats(0.0, 0.1), st.floats(0.05, 0.3))
 def test_a_flared_skirt_starts_nearer_the_photos_width(left, right, depth, reach, cap):

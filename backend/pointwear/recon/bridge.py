@@ -73,6 +73,49 @@ def skirt_levels(posed: np.ndarray, side: np.ndarray, level: np.ndarray, body_co
     return levels[levels >= levels[bridged].min()]
 
 
+def photo_half_width(c: np.ndarray, mask: np.ndarray, K: np.ndarray) -> float:
+    """c (3,) a point in camera space -> the half width (m, at c's depth) of the run of mask
+    pixels on c's image row that holds c's pixel; nan where c projects off the mask."""
+    H, W = mask.shape
+    if c[2] <= 0:
+        return float("nan")
+    u, v = (int(round(x)) for x in c[:2] / c[2] * np.diag(K)[:2] + K[:2, 2])
+    if not (0 <= u < W and 0 <= v < H) or not mask[v, u]:
+        return float("nan")
+    bare = np.nonzero(~mask[v])[0]
+    a, b = bare[bare < u].max(initial=-1) + 1, bare[bare > u].min(initial=W)
+    return 0.5 * (b - a) * c[2] / K[0, 0]
+
+
+def level_centres(posed: np.ndarray, side: np.ndarray, level: np.ndarray, skirt: np.ndarray) -> np.ndarray:
+    """(L,3): the mean posed position of both legs' vertices at each skirt level."""
+    return np.stack([posed[(side != 0) & (level == lv)].mean(0) for lv in skirt])
+
+
+def hem_level(posed: np.ndarray, side: np.ndarray, level: np.ndarray, skirt: np.ndarray, mask: np.ndarray,
+              K: np.ndarray, depth_ratio: float, min_levels: int) -> int:
+    """The lowest skirt level (int) that still lies above the skirt's hem in the photo. posed (V,3)
+    camera space; side, level (V,); skirt (L,) sorted levels; mask (H,W) bool; K (3,3). Inside a
+    long skirt the legs run on below its hem, hidden behind its front (seen from above, the front
+    edge of the hem is lower in the image than its sides). A level's front point is the legs'
+    centre brought `depth_ratio` of the mask's half width at its row nearer the camera (as the
+    refinement's depth prior will place it) or to the legs' front, whichever is nearer; the skirt
+    ends at the lowest level whose front point projects onto the mask (a level higher up that
+    misses it, a misfitted knee, cuts nothing). At least the top `min_levels` are kept."""
+    H, W = mask.shape
+    centres = level_centres(posed, side, level, skirt)
+    for k in range(len(skirt) - min_levels):
+        c = centres[k]
+        half_w = photo_half_width(c, mask, K)
+        if not np.isfinite(half_w):
+            continue
+        z = min(c[2] - depth_ratio * half_w, posed[(side != 0) & (level == skirt[k]), 2].min())
+        uf, vf = (int(round(x)) for x in c[:2] / z * np.diag(K)[:2] + K[:2, 2])
+        if 0 <= uf < W and 0 <= vf < H and mask[vf, uf]:
+            return int(skirt[k])
+    return int(skirt[max(len(skirt) - min_levels, 0)])
+
+
 def flare_m(body_cover: np.ndarray, mask: np.ndarray, pl: np.ndarray, pr: np.ndarray) -> int:
     """Clothing pixels off the body (int) on the image row through the middle of the legs' centres
     pl, pr (2,) px, along the run of body-or-clothing pixels that holds both; 0 when bare pixels

@@ -29,6 +29,8 @@ class ReconOptions:
                                       # on the row through the legs (0: off; tuning seeds 0-17:
                                       # trousers <= 12 cm, skirts 20-50 cm at the knees)
     bridge_min_levels: int = 2        # ... on at least this many leg levels
+    skirt_hem: bool = True            # a bridged skirt ends at its hem in the photo, not where the
+                                      # legs hidden behind its front end (bridge.hem_level)
     min_faces: int = 50               # fewer garment faces than this: the mask misses the body
     # -- the body on the person's silhouette (body_refine.py), before the template ------------
     body_steps: int = 0               # Adam steps (0: keep prepare's keypoint fit)

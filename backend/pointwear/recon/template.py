@@ -220,18 +220,27 @@ def _bridged(obs: Observation, posed: np.ndarray, rest: np.ndarray, weights: np.
              faces: np.ndarray, options: ReconOptions) -> tuple[np.ndarray, ...]:
     """The body's rest vertices (V,3) and skin weights (V,24) with the legs bridged where the photo
     shows a skirt (recon/bridge.py; unchanged when it does not, or `bridge_legs` is off), the
-    (F,) bool faces dropped across the legs' inner halves, the (V,) bool midline vertices and the
-    (V,) int64 skirt level of each vertex (-1 off the skirt)."""
-    from .bridge import bridge_legs, seam_faces
-    none = np.zeros(len(faces), bool), np.zeros(len(rest), bool), np.full(len(rest), -1, np.int64)
+    (F,) bool faces dropped across the legs' inner halves, the (V,) bool midline vertices, the
+    (V,) int64 skirt level of each vertex (-1 off the skirt) and the (V,) bool leg vertices below
+    the skirt's hem (`skirt_hem`: bridge.hem_level; never garment)."""
+    from .bridge import bridge_legs, hem_level, seam_faces
+    none = (np.zeros(len(faces), bool), np.zeros(len(rest), bool), np.full(len(rest), -1, np.int64),
+            np.zeros(len(rest), bool))
     if not options.bridge_legs:
         return rest, weights, *none
     side, level, skirt = photo_skirt(obs, posed, rest, weights, faces, options)
     if not len(skirt):
         return rest, weights, *none
+    below = np.zeros(len(rest), bool)
+    if options.skirt_hem:
+        cut = hem_level(posed, side, level, skirt, obs.mask, obs.K, options.skirt_depth_ratio,
+                        options.bridge_min_levels)
+        below = (side != 0) & np.isin(level, skirt[skirt < cut])
+        skirt = skirt[skirt >= cut]
     rest_g, weights_g, half, midline = bridge_legs(rest, weights, mirror, side, level, skirt)
     skirt_level = np.where((side != 0) & np.isin(level, skirt), level - skirt.min(), -1)   # 0 = the hem
-    return rest_g, weights_g, seam_faces(faces, half) | crotch_faces(rest, weights, faces), midline, skirt_level
+    return (rest_g, weights_g, seam_faces(faces, half) | crotch_faces(rest, weights, faces), midline, skirt_level,
+            below)
 
 
 def crotch_faces(rest: np.ndarray, weights: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -274,8 +283,9 @@ def body_region_template(obs: Observation, body: BodyModel, options: ReconOption
     sel = _close(sel, vertex_adjacency(faces_b, len(posed)), rings=2) & allowed
     if options.limb_prefix:
         sel = limb_prefix(sel, dominant, position, chains)
-    rest_g, weights_g, seam, midline, skirt_level = _bridged(obs, posed, rest, body.weights_np, mirror_b, faces_b, options)
-    keep = sel[faces_b].all(1) & ~seam
+    rest_g, weights_g, seam, midline, skirt_level, below = _bridged(obs, posed, rest, body.weights_np, mirror_b,
+                                                                    faces_b, options)
+    keep = (sel & ~below)[faces_b].all(1) & ~seam
     if keep.sum() >= options.min_faces:
         keep[keep] = _islands(faces_b[keep], len(posed), 0.02)
     if keep.sum() < options.min_faces:
