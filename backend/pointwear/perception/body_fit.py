@@ -157,6 +157,8 @@ class BodyFitOptions:
         default_factory=lambda: dict(DEFAULT_OFFSETS))
     # -- weights ---------------------------------------------------------------------------
     w_reproj: float = 1.0             # 2D reprojection (per target, in noise units squared)
+    w_upright: float = 4.0            # all stages: cost of the body's ankles-to-neck line leaning
+    upright_sigma: float = math.radians(10)   # this far off the image's vertical (_tilt_cost)
     w_world: float = 0.0              # stages 2-3: depth slopes of MediaPipe's world bones (off:
                                       # once lifted, it only made the tuning fits worse)
     w_world_rigid: float = 0.3        # the same in stage 1 (torso and head bones only)
@@ -676,6 +678,8 @@ class _Fit:
         gm = c2 * r2 / (c2 + r2)
         tw = (self.rigid_w if rigid else self.group_w) * o.conf[frames]
         e = opts.w_reproj * (tw * gm).sum(-1)
+        if opts.w_upright > 0:
+            e = e + opts.w_upright * _tilt_cost(joints, opts.upright_sigma)
 
         if o.world_dir is not None:
             d = targets[:, self.bone_b] - targets[:, self.bone_a]
@@ -845,7 +849,7 @@ def fit_body(body: BodyModel, landmarks: np.ndarray, world: np.ndarray | None,
     # seen from behind as if facing the camera: the depth-mirrored, swapped body)
     variants = [(lm, wl)]
     if opts.swap_hypotheses:
-        variants.append((lm[:, SWAP_LR], None if wl is None else wl[:, SWAP_LR]))
+        variants.append((lm[:, SWAP_LR], None if wl is None else mirrored_world(wl)))
     obs_v = [_observations(a, b, None, *obs_args) for a, b in variants]
     total = opts.stage1_steps + opts.stage2_steps + opts.stage3_steps + (
         opts.lift_steps if wl is not None else 0)
@@ -911,8 +915,28 @@ def fit_body(body: BodyModel, landmarks: np.ndarray, world: np.ndarray | None,
     return result
 
 
+def mirrored_world(world: np.ndarray) -> np.ndarray:
+    """(N, 33, 3) hip-centred world landmarks -> the same skeleton turned to face the other way,
+    as the swapped hypothesis sees it: left and right exchanged *and* the depth negated. The image
+    is the same (x, y kept); swapping the labels alone would leave MediaPipe's facing-the-camera
+    depth on a body that faces away (a mirror image, not a turned body: the lift then leans it
+    backwards or forwards by the limbs' depth slopes)."""
+    return world[:, SWAP_LR] * np.array([1.0, 1.0, -1.0], world.dtype)
+
+
 SWAP_LR = np.array([LANDMARK_INDEX[n.replace("left", "@").replace("right", "left").replace("@", "right")]
                     for n in LANDMARK_NAMES])
+
+
+def _tilt_cost(joints: torch.Tensor, sigma: float) -> torch.Tensor:
+    """joints (B, 24, 3) camera space (y down) -> (B,) 1 where the line from the ankles' midpoint
+    to the neck leans `sigma` rad off the image's vertical (towards or away from the camera, or
+    sideways), 0 upright, growing as 1 - cos: people stand upright and a photo's camera is about
+    level, which 2D keypoints alone hardly tell from a body pitched towards the camera."""
+    ankles = joints[:, [JOINT_INDEX["left_ankle"], JOINT_INDEX["right_ankle"]]].mean(1)
+    axis = joints[:, JOINT_INDEX["neck"]] - ankles
+    cos_up = -axis[:, 1] / axis.norm(dim=-1).clamp(min=1e-6)
+    return (1 - cos_up) / (1 - math.cos(sigma))
 
 
 def _facing_cost(cos: torch.Tensor, facing: torch.Tensor, opts: BodyFitOptions) -> torch.Tensor:
