@@ -334,7 +334,8 @@ def test_the_tilt_cost_is_zero_upright_and_one_at_sigma(yaw, lean, towards, sigm
 def test_the_upright_prior_keeps_a_real_camera_tilt(default_body):
     """A photo taken from a camera pitched 20 degrees (the body leans 23 degrees in camera space):
     the upright prior (w_upright) is soft: exact keypoints and silhouette keep part of the tilt
-    (about 9 degrees at the default weight; all of it without the prior)."""
+    (about 9 degrees at the default weight; all of it without the prior). A clip from the same
+    camera keeps all of it (the prior is for photos)."""
     truth = _subject(default_body, 1, [30.0])
     pitch = Rotation.from_rotvec([np.radians(20.0), 0, 0])
     truth = replace(truth, global_orient=(pitch * Rotation.from_rotvec(truth.global_orient)).as_rotvec())
@@ -346,3 +347,10 @@ def test_the_upright_prior_keeps_a_real_camera_tilt(default_body):
     assert _tilt_deg(_joints(default_body, truth))[0] > 20.0
     assert _tilt_deg(off.joints3d)[0] > 20.0
     assert 6.0 < _tilt_deg(res.joints3d)[0] < _tilt_deg(off.joints3d)[0] - 5.0
+    # a clip's frames share the camera: no upright prior there (w_upright_clip 0)
+    clip = _subject(default_body, 2, [30.0, 60.0])
+    clip = replace(clip, global_orient=(pitch * Rotation.from_rotvec(clip.global_orient)).as_rotvec())
+    lm, world = body_landmarks(default_body, clip, K)
+    res = fit_body(default_body, lm, world, _silhouettes(default_body, clip), SIZE, FOCAL, temporal=True,
+                   options=QUICK)
+    assert (_tilt_deg(res.joints3d) > 20.0).all()
