@@ -854,7 +854,7 @@ def fit_body(body: BodyModel, landmarks: np.ndarray, world: np.ndarray | None,
     # seen from behind as if facing the camera: the depth-mirrored, swapped body)
     variants = [(lm, wl)]
     if opts.swap_hypotheses:
-        variants.append((lm[:, SWAP_LR], None if wl is None else mirrored_world(wl)))
+        variants.append((lm[:, SWAP_LR], None if wl is None else wl[:, SWAP_LR]))
     obs_v = [_observations(a, b, None, *obs_args) for a, b in variants]
     total = opts.stage1_steps + opts.stage2_steps + opts.stage3_steps + (
         opts.lift_steps if wl is not None else 0)
@@ -920,15 +920,6 @@ def fit_body(body: BodyModel, landmarks: np.ndarray, world: np.ndarray | None,
     result = _result(body, fit, p, lm, final, image_size)
     result.swapped = variant.astype(bool)
     return result
-
-
-def mirrored_world(world: np.ndarray) -> np.ndarray:
-    """(N, 33, 3) hip-centred world landmarks -> the same skeleton turned to face the other way,
-    as the swapped hypothesis sees it: left and right exchanged *and* the depth negated. The image
-    is the same (x, y kept); swapping the labels alone would leave MediaPipe's facing-the-camera
-    depth on a body that faces away (a mirror image, not a turned body: the lift then leans it
-    backwards or forwards by the limbs' depth slopes)."""
-    return world[:, SWAP_LR] * np.array([1.0, 1.0, -1.0], world.dtype)
 
 
 SWAP_LR = np.array([LANDMARK_INDEX[n.replace("left", "@").replace("right", "left").replace("@", "right")]
