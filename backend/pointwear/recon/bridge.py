@@ -73,18 +73,24 @@ def skirt_levels(posed: np.ndarray, side: np.ndarray, level: np.ndarray, body_co
     return levels[levels >= levels[bridged].min()]
 
 
+def mask_run(mask: np.ndarray, u: int, v: int) -> tuple[int, int] | None:
+    """The run of mask pixels on row v holding pixel (u, v): (first, last) columns, inclusive;
+    None where (u, v) lies off the image or off the mask."""
+    H, W = mask.shape
+    if not (0 <= u < W and 0 <= v < H) or not mask[v, u]:
+        return None
+    bare = np.nonzero(~mask[v])[0]
+    return int(bare[bare < u].max(initial=-1)) + 1, int(bare[bare > u].min(initial=W)) - 1
+
+
 def photo_half_width(c: np.ndarray, mask: np.ndarray, K: np.ndarray) -> float:
     """c (3,) a point in camera space -> the half width (m, at c's depth) of the run of mask
-    pixels on c's image row that holds c's pixel; nan where c projects off the mask."""
-    H, W = mask.shape
+    pixels on c's image row that holds c's pixel (mask_run); nan where c projects off the mask."""
     if c[2] <= 0:
         return float("nan")
     u, v = (int(round(x)) for x in c[:2] / c[2] * np.diag(K)[:2] + K[:2, 2])
-    if not (0 <= u < W and 0 <= v < H) or not mask[v, u]:
-        return float("nan")
-    bare = np.nonzero(~mask[v])[0]
-    a, b = bare[bare < u].max(initial=-1) + 1, bare[bare > u].min(initial=W)
-    return 0.5 * (b - a) * c[2] / K[0, 0]
+    run = mask_run(mask, u, v)
+    return float("nan") if run is None else 0.5 * (run[1] - run[0] + 1) * c[2] / K[0, 0]
 
 
 def level_centres(posed: np.ndarray, side: np.ndarray, level: np.ndarray, skirt: np.ndarray) -> np.ndarray:

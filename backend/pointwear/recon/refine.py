@@ -36,6 +36,7 @@ from ..body.model import BodyModel, skin_points
 from ..body.regions import REGION_GROUPS, REGION_NAMES, region_weights
 from ..render.rasterizer import interpolate, rasterize
 from ..render.soft import SH_COUNT, SoftOptions, sh_shading, soft_silhouette, vertex_normals
+from .bridge import mask_run
 from .options import ReconOptions
 from .perceive import Observation
 from .template import Template
@@ -220,7 +221,6 @@ def skirt_flare_ease(level: np.ndarray, posed: np.ndarray, mask: np.ndarray, K: 
     round (the refinement swells a cross-section evenly). A level whose row leaves the image or
     whose centre is not clothing keeps its ease.
     """
-    H, W = mask.shape
     extra = np.zeros(len(level), np.float32)
     for lv in np.unique(level[level >= 0]):
         idx = np.nonzero(level == lv)[0]
@@ -230,12 +230,10 @@ def skirt_flare_ease(level: np.ndarray, posed: np.ndarray, mask: np.ndarray, K: 
         u = p[:, 0] / p[:, 2] * K[0, 0] + K[0, 2]
         y = int(round(float((p[:, 1] / p[:, 2] * K[1, 1] + K[1, 2]).mean())))
         x0, x1 = float(u.min()), float(u.max())
-        xc = int(round(0.5 * (x0 + x1)))
-        if not (0 <= y < H and 0 <= xc < W) or not mask[y, xc]:
+        run = mask_run(mask, int(round(0.5 * (x0 + x1))), y)   # the clothing run holding the centre
+        if run is None:
             continue
-        bare = np.nonzero(~mask[y])[0]
-        a = bare[bare < xc].max(initial=-1) + 1          # the clothing run holding the centre
-        b = bare[bare > xc].min(initial=W) - 1
+        a, b = run
         px = 0.5 * (max(0.0, x0 - a) + max(0.0, b - x1))
         extra[idx] = float(np.clip(px * float(p[:, 2].mean()) / K[0, 0] - reach, 0.0, cap))
     return extra
