@@ -16,7 +16,8 @@ Energy (per frame, averaged over frames; residuals in units of the landmark nois
     body vertices with grid_sample) and the mask covered by the body (robust Chamfer)
   + temporal smoothness of the pose (joints in the pelvis' frame, robust per joint) and root
   + shape prior on the one shared `betas` (+ a prior keeping the focal near its start value)
-  + optional depth slopes of MediaPipe's world bones (off by default, see w_world).
+  + optional depth slopes of MediaPipe's world bones (off by default, see w_world)
+  + on a photo (not a clip), a soft upright prior on the ankles-to-neck line (w_upright, _tilt_cost).
 Stages:
   1) global orientation + root for every hypothesis per frame: MediaPipe's labelling as is or
      left/right swapped (a person seen from behind is often labelled as if facing the camera,
@@ -617,7 +618,8 @@ class _Fit:
     """Parameters, energy and optimisation loop shared by the stages."""
 
     def __init__(self, body: BodyModel, obs: _Obs, image_size, focal: float,
-                 opts: BodyFitOptions, device, progress, should_stop, total_steps: int) -> None:
+                 opts: BodyFitOptions, device, progress, should_stop, total_steps: int,
+                 w_upright: float) -> None:
         self.opts, self.obs, self.device = opts, obs, device
         self.dtype = body.smpl.v_template.dtype
         spec = landmark_targets(body, opts)
@@ -645,7 +647,7 @@ class _Fit:
         self.progress, self.should_stop = progress, should_stop
         self.step, self.total = 0, total_steps
         self.lo = _LimitIndex(device)
-        self.w_upright = opts.w_upright       # fit_body: photos only (w_upright_clip on a clip)
+        self.w_upright = w_upright            # opts.w_upright on photos, w_upright_clip on a clip
 
     # -- model -----------------------------------------------------------------------------
     def points(self, p: dict, surface_only: bool = False):
@@ -858,10 +860,9 @@ def fit_body(body: BodyModel, landmarks: np.ndarray, world: np.ndarray | None,
     obs_v = [_observations(a, b, None, *obs_args) for a, b in variants]
     total = opts.stage1_steps + opts.stage2_steps + opts.stage3_steps + (
         opts.lift_steps if wl is not None else 0)
+    clip = temporal and n > 1     # a clip's frames share the camera: its pitch shows in them
     fit = _Fit(body, _cat_obs(obs_v), image_size, focal, opts, device, progress, should_stop,
-               total)
-    if temporal and n > 1:        # a clip's frames share the camera: its pitch shows in them
-        fit.w_upright = opts.w_upright_clip
+               total, opts.w_upright_clip if clip else opts.w_upright)
 
     # stage 1: orientation + root for every (labelling, yaw) hypothesis, batched
     p, frames, kyaw = _hypotheses(fit, variants, image_size, focal)

@@ -13,7 +13,8 @@ cover are the gap between the legs in the photo:
   through the legs holds at least `bridge_flare` of clothing off the body, in front of and behind
   them (trousers' ease stays well under it);
 * given at least `bridge_min_levels` bridged levels, every leg level from the lowest bridged
-  one up to the crotch is skirt.
+  one up to the crotch is skirt, but none below the skirt's hem in the photo (`hem_level`: the
+  legs hidden behind a long skirt's front are not garment).
 At a skirt level each leg's inner half (facing the other leg) is laid onto the front and back
 lines of the two legs' hull (a stadium: the outer half circles joined by straight lines at the
 legs' front-most and back-most depth), reaching the sagittal plane (x = 0) at its middle; the
