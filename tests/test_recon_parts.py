@@ -264,6 +264,65 @@ def test_skirt_depth_pushes_only_a_flat_skirt_front_and_back(a, b):
     assert float(plain.depth_deficit(rest.detach(), 0.6)) == 0.0
 
 
+def _flared_tube(widths, depths, n: int = 24):
+    """A skirt tube whose level k (0 = the hem, rest y rising with k) is the ellipse of half
+    width widths[k] and half depth depths[k], as a Template marked as a skirt."""
+    from pointwear.recon.template import Template
+    t = np.arange(n) * 2 * np.pi / n
+    levels = len(widths)
+    rest = np.concatenate([np.stack([a * np.cos(t), np.full(n, 0.05 * k), b * np.sin(t)], 1)
+                           for k, (a, b) in enumerate(zip(widths, depths))])
+    normals = np.concatenate([np.stack([b * np.cos(t), np.zeros(n), a * np.sin(t)], 1)
+                              for a, b in zip(widths, depths)])
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    faces = np.array([[k * n + i, (k + 1) * n + i, k * n + (i + 1) % n] for k in range(levels - 1) for i in range(n)])
+    V = len(rest)
+    return Template(body_vertex=np.arange(V), faces=faces, rest=rest.astype(np.float32),
+                    normals=normals.astype(np.float32), weights=np.full((V, 24), 1 / 24, np.float32),
+                    mirror=np.full(V, -1), ring=np.repeat(np.arange(levels), n),
+                    skirt_level=np.repeat(np.arange(levels), n))
+
+
+@settings(max_examples=25, deadline=None)
+@given(hips=st.floats(0.15, 0.25), flare=st.floats(0.0, 0.3), share=st.floats(0.65, 1.0),
+       levels=st.integers(4, 9))
+def test_a_flared_skirt_is_wanted_as_deep_as_it_flares(hips, flare, share, levels):
+    """refine.SkirtSides.depth_deficit with `flare`: a skirt widening below the hips is wanted
+    deeper by `flare` x the width it gains (a cone flares all round), read against the upper
+    half's median width; a skirt as deep as `ratio` x its width owes nothing where it does not
+    flare, owes at its flared levels, and is pushed out front and back only. flare 0 is the
+    plain rule."""
+    from pointwear.recon.refine import SkirtSides
+    ratio = 0.6
+    grow = np.clip(np.linspace(flare, 0.0, levels) - 0.02, 0.0, None)    # the hem widest, the hips none
+    widths = hips + grow
+    t = _flared_tube(widths, 0.7 * widths)
+    sides = SkirtSides.build(t, torch.device("cpu"))
+    rest = torch.tensor(t.rest, dtype=torch.float32, requires_grad=True)
+    half = sides.extent(rest).detach().numpy()
+    assert (half[:, 1] >= ratio * half[:, 0]).all()                     # deep enough for the plain rule
+    plain = float(sides.depth_deficit(rest.detach(), ratio, 0.0))
+    assert plain == float(sides.depth_deficit(rest.detach(), ratio)) == 0.0
+    loss = sides.depth_deficit(rest, ratio, share)
+    base = np.median(half[levels // 2:, 0])
+    want = np.where(half[:, 0] > base, np.maximum(ratio * half[:, 0], ratio * base + share * (half[:, 0] - base)),
+                    ratio * half[:, 0])
+    assert float(loss.detach()) == pytest.approx(float((np.maximum(want - half[:, 1], 0) ** 2).mean()), rel=1e-4, abs=1e-9)
+    owed = want - half[:, 1] > 1e-6
+    if not owed.any():                                                   # flared less than it is deep
+        assert float(loss.detach()) == 0.0
+        return
+    assert not owed[levels // 2:][half[levels // 2:, 0] <= base].any()  # the hips owe nothing
+    assert float(loss.detach()) > 0
+    loss.backward()
+    g = rest.grad.numpy()
+    assert (g[:, :2] == 0).all()                                         # width and height untouched
+    level = np.repeat(np.arange(levels), 24)
+    front, back = t.normals[:, 2] > 0.7, t.normals[:, 2] < -0.7
+    assert (g[front & owed[level], 2] < 0).all() and (g[back & owed[level], 2] > 0).all()
+    assert (g[~owed[level], 2] == 0).all()                               # the hips' levels stay
+
+
 @pytest.mark.parametrize("ratio", [1.0, 0.5, 0.25])
 def test_the_arms_start_at_their_own_ease(ratio):
     """refine.start_ease: start_offset off the arms, arm_ease_ratio x it where the skin weight is on

@@ -73,13 +73,15 @@ class ReconOptions:
     w_ring: float = 1000.0            # a cross-section swells evenly: offsets along the normal
                                       # near their ring's mean (the unseen depth follows the width)
     skirt_flare_reach: float = 0.10   # m: a bridged skirt's level whose outline in the photo lies
-    skirt_flare_max: float = 0.0      # further out than this starts that much less further out, at
-                                      # most skirt_flare_max (refine.skirt_flare_ease; 0: off, the
-                                      # default: 0.15 mends a flared dress seen from the side and
-                                      # deepens a wide skirt seen from the front, docs/recon.md)
+    skirt_flare_max: float = 0.15     # further out than this starts that much less further out, at
+                                      # most skirt_flare_max (refine.skirt_flare_ease; 0: off; on
+                                      # since session O, with skirt_flare_depth: docs/recon.md)
     w_skirt_depth: float = 1000.0     # a bridged skirt's half depth (front/back lines, rest pose)
     skirt_depth_ratio: float = 0.6    # ... at least this share of its half width, per leg level
                                       # (the unseen flare; the hips' own ratio is about 0.6)
+    skirt_flare_depth: float = 0.75   # ... and below the hips, the hips' plus this share of the
+                                      # width a level gains over them (a flare widens nearly all
+                                      # round; tuning truth 0.6-0.85; <= the ratio: off)
     w_albedo_smooth: float = 0.1
     w_light_prior: float = 0.01
     clearance: float = 0.003          # m the garment keeps outside the body surface

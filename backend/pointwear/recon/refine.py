@@ -124,9 +124,9 @@ class MeshTerms:
                    ring=tt(t.ring), ring_count=tt(np.bincount(t.ring).astype(np.float32), dtype),
                    normals=tt(t.normals, dtype), skirt=SkirtSides.build(t, device, dtype))
 
-    def skirt_depth(self, rest: torch.Tensor, ratio: float) -> torch.Tensor:
+    def skirt_depth(self, rest: torch.Tensor, ratio: float, flare: float) -> torch.Tensor:
         """rest (V,3) -> scalar (m^2): SkirtSides.depth_deficit, 0 without a skirt."""
-        return self.skirt.depth_deficit(rest, ratio)
+        return self.skirt.depth_deficit(rest, ratio, flare)
 
     def ring_spread(self, d: torch.Tensor) -> torch.Tensor:
         """Mean squared deviation of each vertex's offset along its normal from its ring's mean."""
@@ -180,15 +180,22 @@ class SkirtSides:
         mean = (torch.zeros_like(self.count).index_add(0, self.slot, c) / self.count.clamp(min=1)).view(-1, 4)
         return torch.stack([mean[:, 0] - mean[:, 1], mean[:, 2] - mean[:, 3]], 1) / 2
 
-    def depth_deficit(self, rest: torch.Tensor, ratio: float) -> torch.Tensor:
-        """rest (V,3) -> scalar (m^2): mean over levels of relu(ratio * half width - half depth)^2:
-        a hanging skirt is about as deep as it is wide, while the legs' stadium the template
-        starts from is half as deep. The width is the photo's to set (detached): only the hidden
-        front and back lines move."""
+    def depth_deficit(self, rest: torch.Tensor, ratio: float, flare: float = 0.0) -> torch.Tensor:
+        """rest (V,3) -> scalar (m^2): mean over levels of relu(want - half depth)^2, where a
+        level's wanted half depth is `ratio` x its half width, and where it is wider than the
+        hips (the median half width of the upper half of the levels) and `flare` > `ratio`,
+        `ratio` x the hips' plus `flare` x the width it gains over them: a hanging skirt is about
+        as deep as it is wide and flares out nearly alike all round (tuning truth: the depth gains
+        0.6-0.85 of the width below the hips), while the legs' stadium the template starts from
+        is half as deep. The width is the photo's to set (detached): only the hidden front and
+        back lines move."""
         if self.vertex.numel() == 0:
             return rest.new_zeros(())
         half = self.extent(rest)
-        return F.relu(ratio * half[:, 0].detach() - half[:, 1]).pow(2).mean()
+        width = half[:, 0].detach()
+        hips = width[width.shape[0] // 2:].quantile(0.5)   # the upper half's median width
+        want = ratio * width + max(flare - ratio, 0.0) * F.relu(width - hips)
+        return F.relu(want - half[:, 1]).pow(2).mean()
 
 
 ARM_REGIONS = tuple(r for group in ("upper_arms", "lower_arms", "hands") for r in REGION_GROUPS[group])
@@ -345,7 +352,7 @@ class _Problem:
         sym = sym.mean() if T.mirror.shape[0] else d.new_zeros(())
         deform = d.pow(2).sum(-1).mean()
         ring = T.ring_spread(d)
-        skirt = T.skirt_depth(rest, o.skirt_depth_ratio)
+        skirt = T.skirt_depth(rest, o.skirt_depth_ratio, o.skirt_flare_depth)
         bn = self.body_normals.index_select(0, self.nearest)
         gap = ((posed - self.body_verts.index_select(0, self.nearest)) * bn).sum(-1)
         pen = F.relu(o.clearance - gap).pow(2).mean()
