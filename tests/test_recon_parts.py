@@ -220,18 +220,7 @@ def test_a_skirt_joins_the_legs_and_trousers_keep_them(tmp_path, outfit, bridged
 def _elliptic_tube(a: float, b: float, levels: int = 4, n: int = 24):
     """A tube of `levels` rings of n vertices on the ellipse x = a cos t, z = b sin t (rest pose),
     as a Template marked as a skirt (every ring a skirt level)."""
-    from pointwear.recon.template import Template
-    t = np.arange(n) * 2 * np.pi / n
-    ring = np.stack([a * np.cos(t), np.zeros(n), b * np.sin(t)], 1)
-    rest = np.concatenate([ring + [0.0, -0.05 * k, 0.0] for k in range(levels)])
-    normals = np.concatenate([np.stack([b * np.cos(t), np.zeros(n), a * np.sin(t)], 1)] * levels)
-    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
-    faces = np.array([[k * n + i, (k + 1) * n + i, k * n + (i + 1) % n] for k in range(levels - 1) for i in range(n)])
-    V = len(rest)
-    return Template(body_vertex=np.arange(V), faces=faces, rest=rest.astype(np.float32),
-                    normals=normals.astype(np.float32), weights=np.full((V, 24), 1 / 24, np.float32),
-                    mirror=np.full(V, -1), ring=np.repeat(np.arange(levels), n),
-                    skirt_level=np.repeat(np.arange(levels), n))
+    return _flared_tube([a] * levels, [b] * levels, n)
 
 
 @pytest.mark.parametrize("a, b", [(0.25, 0.1), (0.2, 0.18)])
