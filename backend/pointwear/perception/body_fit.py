@@ -885,7 +885,7 @@ def fit_body(body: BodyModel, landmarks: np.ndarray, world: np.ndarray | None,
         penalty = penalty + _facing_cost(cos, torch.as_tensor(facing, dtype=dtype,
                                                               device=device), opts)
     choice = _select(energy + penalty, rots, fit.obs.pair_w[:n - 1] if n > 1 else None,
-                     temporal and n > 1, opts)                     # (n,) host ints
+                     clip, opts)                                   # (n,) host ints
     variant = choice // kyaw
     rows = torch.as_tensor(variant * n * kyaw + np.arange(n) * kyaw + choice % kyaw,
                            device=device)
