@@ -18,7 +18,7 @@ from pointwear.body.joints import JOINT_INDEX
 from pointwear.data.subject import SmplParams
 from pointwear.errors import InputError
 from pointwear.perception.body_fit import (SWAP_LR, BodyFitOptions, FitCancelled, _ray_rotation,
-                                           _tilt_cost, _yaw_matrix, body_landmarks, fit_body,
+                                           _root_tilt_cost, _tilt_cost, _yaw_matrix, body_landmarks, fit_body,
                                            procrustes_mpjpe, project_points, silhouette_mask,
                                            nose_facing, surface_points)
 from pointwear.perception.types import LANDMARK_NAMES
@@ -310,6 +310,20 @@ def test_the_tilt_cost_is_zero_upright_and_one_at_sigma(yaw, lean, towards, sigm
         joints[k, JOINT_INDEX["right_ankle"]] = [-0.1 * np.cos(yaw), 0, -0.1 * np.sin(yaw)]
         joints[k, JOINT_INDEX["neck"]] = 1.4 * d
     cost = _tilt_cost(torch.as_tensor(joints), sigma).numpy()
+    assert abs(cost[0]) < 1e-9 and abs(cost[1] - 1) < 1e-6
+    assert (cost[2] > 1) == (lean > sigma + 1e-6) or abs(lean - sigma) < 1e-6
+
+
+@settings(max_examples=50, deadline=None)
+@given(yaw=st.floats(-np.pi, np.pi), lean=st.floats(0.0, 1.2), towards=st.floats(-np.pi, np.pi),
+       sigma=st.floats(0.05, 0.5))
+def test_the_root_tilt_cost_is_zero_upright_and_one_at_sigma(yaw, lean, towards, sigma):
+    """_root_tilt_cost of an upright pelvis turned by any yaw: 0; tipped by sigma about any
+    horizontal axis: 1; by `lean`: above 1 exactly when lean > sigma."""
+    axis = np.array([np.cos(towards), 0.0, np.sin(towards)])
+    upright = _yaw_matrix(np.array([yaw]))[0]       # SMPL's up (+y) up the y-down image
+    mats = np.stack([Rotation.from_rotvec(a * axis).as_matrix() @ upright for a in (0.0, sigma, lean)])
+    cost = _root_tilt_cost(torch.as_tensor(mats), sigma).numpy()
     assert abs(cost[0]) < 1e-9 and abs(cost[1] - 1) < 1e-6
     assert (cost[2] > 1) == (lean > sigma + 1e-6) or abs(lean - sigma) < 1e-6
 
