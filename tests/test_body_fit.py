@@ -18,8 +18,8 @@ from pointwear.body.joints import JOINT_INDEX
 from pointwear.data.subject import SmplParams
 from pointwear.errors import InputError
 from pointwear.perception.body_fit import (SWAP_LR, BodyFitOptions, FitCancelled, _ray_rotation,
-                                           _root_tilt_cost, _tilt_cost, _yaw_matrix, body_landmarks, fit_body,
-                                           procrustes_mpjpe, project_points, silhouette_mask,
+                                           _root_tilt_cost, _tilt_cost, _yaw_matrix, body_landmarks,
+                                           fit_body, procrustes_mpjpe, project_points, silhouette_mask,
                                            nose_facing, surface_points)
 from pointwear.perception.types import LANDMARK_NAMES
 
@@ -326,6 +326,30 @@ def test_the_root_tilt_cost_is_zero_upright_and_one_at_sigma(yaw, lean, towards,
     cost = _root_tilt_cost(torch.as_tensor(mats), sigma).numpy()
     assert abs(cost[0]) < 1e-9 and abs(cost[1] - 1) < 1e-6
     assert (cost[2] > 1) == (lean > sigma + 1e-6) or abs(lean - sigma) < 1e-6
+
+
+def _pelvis_lean_deg(smpl: SmplParams) -> np.ndarray:
+    """(N,) degrees between the pelvis' up axis (SMPL +y) and the y-down image's up."""
+    up = Rotation.from_rotvec(smpl.global_orient).apply([0.0, 1.0, 0.0])
+    return np.degrees(np.arccos(np.clip(-up[:, 1], -1, 1)))
+
+
+def test_the_pelvis_prior_holds_a_photo_upright_and_leaves_a_clip_alone(default_body):
+    """w_root_upright acts on a photo and not on a clip: from a camera pitched 20 degrees, a heavy
+    pelvis prior fits the photo's pelvis far nearer upright than without it; on a 2-frame clip
+    from the same camera the weight changes nothing (a clip's frames show the camera's pitch)."""
+    pitch = Rotation.from_rotvec([np.radians(20.0), 0, 0])
+    fits = {}
+    for name, yaws in (("photo", [30.0]), ("clip", [30.0, 60.0])):
+        truth = _subject(default_body, len(yaws), yaws)
+        truth = replace(truth, global_orient=(pitch * Rotation.from_rotvec(truth.global_orient)).as_rotvec())
+        lm, world = body_landmarks(default_body, truth, K)
+        for w in (0.0, 200.0):
+            fits[name, w] = fit_body(default_body, lm, world, _silhouettes(default_body, truth), SIZE, FOCAL,
+                                     temporal=name == "clip", options=replace(QUICK, w_root_upright=w))
+    off, on = (_pelvis_lean_deg(fits["photo", w].smpl)[0] for w in (0.0, 200.0))
+    assert off > 3.0 and on < 0.5 * off, (off, on)       # 20 degrees in truth; 5.0 / 0.1 when written
+    np.testing.assert_array_equal(fits["clip", 0.0].smpl.global_orient, fits["clip", 200.0].smpl.global_orient)
 
 
 def test_the_upright_prior_keeps_a_real_camera_tilt(default_body):

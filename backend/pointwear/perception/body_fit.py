@@ -945,15 +945,18 @@ def _tilt_cost(joints: torch.Tensor, sigma: float) -> torch.Tensor:
     level, which 2D keypoints alone hardly tell from a body pitched towards the camera."""
     ankles = joints[:, [JOINT_INDEX["left_ankle"], JOINT_INDEX["right_ankle"]]].mean(1)
     axis = joints[:, JOINT_INDEX["neck"]] - ankles
-    cos_up = -axis[:, 1] / axis.norm(dim=-1).clamp(min=1e-6)
-    return (1 - cos_up) / (1 - math.cos(sigma))
+    return _lean_cost(-axis[:, 1] / axis.norm(dim=-1).clamp(min=1e-6), sigma)
 
 
 def _root_tilt_cost(rot: torch.Tensor, sigma: float) -> torch.Tensor:
     """rot (B, 3, 3) the pelvis' rotation to camera space (y down) -> (B,) 0 where its up axis (the
     body's +y) points up the image, 1 where it leans `sigma` rad off it (any way), growing as
     1 - cos; turning about the vertical costs nothing."""
-    cos_up = -rot[:, 1, 1]
+    return _lean_cost(-rot[:, 1, 1], sigma)
+
+
+def _lean_cost(cos_up: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(B,) cosines between an axis and the image's up -> (B,) 1 - cos, 1 at a lean of `sigma` rad."""
     return (1 - cos_up) / (1 - math.cos(sigma))
 
 
