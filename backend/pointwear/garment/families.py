@@ -33,7 +33,8 @@ _DRESS = (("sleeve", 0.0, 0.5), ("hem", 0.05, 0.9), ("neckline", 0.02, 0.14), ("
 _TOP = (("hem", 0.5, 1.05), ("neckline", 0.02, 0.14), ("ease", 0.003, 0.06), ("loose", 0.0, 0.3))
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("tank", "upper", "top", (("hem", 0.5, 1.05), ("neckline", 0.05, 0.16), ("ease", 0.003, 0.06),
-                                    ("loose", 0.0, 0.3)), {"sleeve": 0.0}, layer=1),
+                                    ("loose", 0.0, 0.3), ("armhole", 0.0, 0.2), ("strap", 0.4, 1.0)),
+           {"sleeve": 0.0}, layer=1),
     Family("tshirt", "upper", "top", (("sleeve", 0.08, 0.55),) + _TOP, layer=1),
     Family("longsleeve", "upper", "top", (("sleeve", 0.55, 1.02),) + _TOP, layer=1),
     Family("hoodie", "upper", "hoodie", (("sleeve", 0.6, 1.02), ("hem", 0.6, 1.1), ("ease", 0.01, 0.07),
@@ -61,6 +62,7 @@ ADDED_LATER_GENERATIONS: tuple[dict[str, tuple[str, ...]], ...] = (
      "longsleeve": ("loose",), "hoodie": ("loose",), "jacket": ("loose",)},
     {"dress": ("armhole", "strap"), "jacket": ("widen",)},
     {"skirt": ("fall",), "dress": ("fall",)},
+    {"tank": ("armhole", "strap")},
 )
 ADDED_LATER: dict[str, tuple[str, ...]] = {
     name: tuple(p for gen in ADDED_LATER_GENERATIONS for p in gen.get(name, ()))
@@ -70,8 +72,10 @@ ABSENT_LOGIT = -12.0      # sigmoid(-12) = 6e-6: the low end of the range (a str
 # random draw, no gradient), so choosing the garments goes as it did without them; the fine
 # stage starts them at FINE_START_LOGIT and fits them with the rest. A jacket's `widen` moves
 # which top under it the coarse stage prefers (docs/fitting.md, "Jackets"); a skirt's or dress's
-# `fall` is held the same way, so the garments chosen stay those of before it.
-FINE_ONLY: dict[str, tuple[str, ...]] = {"jacket": ("widen",), "skirt": ("fall",), "dress": ("fall",)}
+# `fall` is held the same way, so the garments chosen stay those of before it, and so are a tank's
+# armholes (cut deep on simulated tanks, docs/fitting.md "Short shorts and tank armholes").
+FINE_ONLY: dict[str, tuple[str, ...]] = {"jacket": ("widen",), "skirt": ("fall",), "dress": ("fall",),
+                                         "tank": ("armhole", "strap")}
 FINE_START_LOGIT = 0.0    # the middle of the range
 
 

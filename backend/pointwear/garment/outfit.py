@@ -175,20 +175,44 @@ def sleeve_presence(sleeve: float | torch.Tensor) -> float | torch.Tensor:
     return min(max((sleeve - SLEEVE_MIN) / SLEEVE_FADE, 0.0), 1.0)
 
 
+LEG_FADE = 0.02   # a trouser leg fades out as its hem rises to this far (m) below where the legs part
+
+
 def _legs(frame: BodyFrame, p: GarmentParams) -> list[Piece]:
+    """Two tubes from where the legs part (`BodyFrame.crotch_s`, low on a body whose thighs
+    meet) down to the hem; a hem above that (short shorts) leaves them absent (`presence` 0),
+    and the waist ring ends at the hem instead (`_legs_hem_s`)."""
     pieces = []
     for side in ("left", "right"):
         axis, length = frame.limb_axis(f"{side}_hip", f"{side}_ankle")
         regions = (f"{side}_upper_leg", f"{side}_lower_leg")
         start = frame.leg_s_at_crotch(side) - 0.02
         fld = frame.field(axis, regions, (start - 0.05, length + 0.02))
-        pieces.append(Piece(f"{side}_leg", axis, fld, start, p.hem * length, GRID["leg"],
-                            _flared_ease(p.ease, p.flare, start), regions, hang=p.flare / HANG_FLARE))
+        end = p.hem * length
+        if torch.is_tensor(end):
+            presence, end = ((end - start) / LEG_FADE).clamp(0.0, 1.0), end.clamp_min(start)
+        else:
+            presence, end = min(max((end - start) / LEG_FADE, 0.0), 1.0), max(end, start)
+        pieces.append(Piece(f"{side}_leg", axis, fld, start, end, GRID["leg"],
+                            _flared_ease(p.ease, p.flare, start), regions, hang=p.flare / HANG_FLARE,
+                            presence=presence))
     return pieces
 
 
+def _legs_hem_s(frame: BodyFrame, p: GarmentParams):
+    """Torso-axis s of the trouser hem's height (the mean of both legs): float or tensor."""
+    ys = []
+    for side in ("left", "right"):
+        axis, length = frame.limb_axis(f"{side}_hip", f"{side}_ankle")
+        ys.append(float(axis.origin[1]) + float(axis.direction[1]) * p.hem * length)
+    return float(frame.torso_axis.origin[1]) - 0.5 * (ys[0] + ys[1])
+
+
 def _top(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Piece]:
-    return [_torso_piece(frame, p, p.hem * frame.crotch_s)] + _sleeves(frame, p, keep_sleeves)
+    """A torso tube down to the hem, with sleeves; a sleeveless top (tank) may have its
+    armholes cut deep like a strap dress's (`_armholes`)."""
+    torso = _torso_piece(frame, p, p.hem * frame.crotch_s)
+    return [replace(torso, cut=_armholes(frame, p))] + _sleeves(frame, p, keep_sleeves)
 
 
 def _jacket(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Piece]:
@@ -217,8 +241,11 @@ def _hoodie(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Piec
 def _trousers(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Piece]:
     crotch = frame.crotch_s
     regions = ("torso", "left_upper_leg", "right_upper_leg")
+    # the waist ring reaches 2 cm past where the legs part, or ends at a hem above that
+    hem = _legs_hem_s(frame, p)
+    end = hem.clamp_max(crotch + 0.02) if torch.is_tensor(hem) else min(hem, crotch + 0.02)
     waist = Piece("waist", frame.torso_axis, frame.field(frame.torso_axis, regions, (0.0, crotch + 0.05)),
-                  p.waist * crotch, crotch + 0.02, GRID["waist"], _const(p.ease), regions)
+                  p.waist * crotch, end, GRID["waist"], _const(p.ease), regions)
     return [waist] + _legs(frame, p)
 
 
@@ -274,7 +301,7 @@ ARMHOLE_MIN, ARMHOLE_EDGE = 0.01, 0.02   # armholes shallower than ARMHOLE_MIN (
 
 
 def _armholes(frame: BodyFrame, p: GarmentParams) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """Presence of a one-piece's points around its armholes, (..., n_s, n_phi, 3) rest-pose
+    """Presence of a sleeveless garment's points around its armholes, (..., n_s, n_phi, 3) rest-pose
     vertices -> (..., n_s, n_phi): 0 where a point lies farther out than `strap` x the shoulder
     joints' half-width and higher than `armhole` below them (what a strap dress leaves open),
     1 elsewhere, linear over ARMHOLE_EDGE across both edges; an armhole shallower than
