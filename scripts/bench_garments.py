@@ -95,8 +95,8 @@ def doc_lines(rows: list[dict], set_name: str, variants_run: list[str]) -> list[
     lines = [f"`.venv/bin/python scripts/bench_garments.py SET` on {time.strftime('%Y-%m-%d')} (sets: {sets}); "
              f"{machine()}; 1 torch thread{load}.", "",
              "Subjects: clothsim evaluation subjects (`scripts/make_clothsim_set.py`, evaluation seeds 1000+, never "
-             "tuned on: the fit's choices were made on training seeds 0-1 of `--kinds all`; 8 frames, every fourth "
-             "frame held out), labels by slot (upper / lower / one-piece). "
+             "tuned on: the fit's choices were made on training seeds 0-2 of `--kinds all` and 26 (shorts and tanks on a "
+             "body whose thighs meet); 8 frames, every fourth frame held out), labels by slot (upper / lower / one-piece). "
              "Variants: " + "; ".join(described[v] for v in variants_run) + ". Targets: held-out IoU >= 0.85 and "
              "3D Chamfer <= 2.0 cm; fit time <= 60 s at 512 px on 2 cores. Fit time: wall clock (the load of other jobs "
              "inflates it) and CPU time (user + system of this process, 1 thread: about the wall time on an idle machine). "
@@ -113,6 +113,9 @@ def doc_lines(rows: list[dict], set_name: str, variants_run: list[str]) -> list[
                      f"{f['chamfer_cm']:.2f} | {f['fscore_1cm']:.3f} | {f['heldout_iou']:.3f} | "
                      f"{f['heldout_chamfer_px']:.2f} | {_truth_iou(r)} | {b['chamfer_cm']:.2f} | {b['heldout_iou']:.3f} | "
                      f"{r['seconds']:.0f} s | {_cpu(r)} |")
+    met = [r for r in rows if r["fit"]["heldout_iou"] >= 0.85 and r["fit"]["chamfer_cm"] <= 2.0]
+    lines += ["", f"Within both targets: {len(met)} of {len(rows)} rows"
+              + (f" ({', '.join(Path(r['subject']).name for r in met)})." if met else ".")]
     return lines
 
 

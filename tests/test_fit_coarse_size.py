@@ -93,7 +93,8 @@ def test_a_half_size_coarse_stage_picks_the_same_garments_and_fits_as_well(subje
     assert half["score"] == pytest.approx(full["score"], rel=0.25)
     assert half["metrics"]["heldout"]["iou"] >= full["metrics"]["heldout"]["iou"] - 0.03
     fine = [h for h in half["history"] if h["stage"] == "fine"]
-    assert fine and min(min(h["scores"]) for h in fine) >= half["score"] - 1e-6
+    # (the history keeps scores rounded to 5 decimals)
+    assert fine and min(min(h["scores"]) for h in fine) >= half["score"] - 1e-5
 
 
 SELECT = dict(FIT, labels="off", coarse_size=0, outfits=("tank+skirt", "tshirt+skirt", "tank+shorts", "dress", "tank"))
