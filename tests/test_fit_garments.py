@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
@@ -331,3 +332,37 @@ def test_a_shirt_hidden_under_a_jacket_is_inferred_and_reported(tmp_path_factory
     with pytest.raises(InputError) as err:
         OutfitFitter(subject, tmp_path / "bad", FitOptions(**options, hidden_top="cape"), body=default_body)
     assert err.value.field == "hidden_top" and "cape" in err.value.message
+
+
+def _first_scores(history: list, stage: str = "coarse") -> dict:
+    """Each candidate's first logged (penalised) scores."""
+    out = {}
+    for h in history:
+        if h.get("stage") == stage and "drape" in h:
+            out.setdefault(h["drape"], h["scores"])
+    return out
+
+
+def test_with_labels_a_jacket_over_a_top_must_beat_one_garment_by_the_layer_penalty(tmp_path_factory, tmp_path,
+                                                                                   default_body):
+    """On a label's mask a jacket over a top is scored x (1 + layer_penalty), one garment as it
+    is; without labels every extra garment costs `garment_penalty` instead. A long sleeve worn
+    alone, labelled only "upper", is fitted as a long sleeve; a T-shirt under an open jacket,
+    labelled the same way, still as a jacket over a top."""
+    alone = _subject(tmp_path_factory, default_body, "longsleeve", 31, labels={"1": "upper"})
+    quick = dict(SMALL, coarse_steps=4, prune_after=4, fine_steps=0, refine_steps=0)
+    runs = {p: OutfitFitter(alone, tmp_path / f"p{p}", FitOptions(**quick, layer_penalty=p), body=default_body).run()
+            for p in (0.0, 0.5)}
+    plain, penalised = (_first_scores(runs[p]["history"]) for p in (0.0, 0.5))
+    assert set(plain) == set(penalised) and any(k.startswith("jacket+") for k in plain)
+    for key in plain:
+        factor = 1.5 if key.startswith("jacket+") else 1.0
+        assert penalised[key] == pytest.approx([s * factor for s in plain[key]], rel=2e-3, abs=2e-5), key
+    result = OutfitFitter(alone, tmp_path / "alone", FitOptions(**SMALL), body=default_body).run()
+    assert [g["name"] for g in result["garments"]] == ["longsleeve"], result["drape"]
+    layered = _subject(tmp_path_factory, default_body, "jacket+tshirt", 27, labels={"1": "upper"})
+    for png in sorted((layered.root / "labels").glob("*.png")):   # both garments under one "upper" label
+        iio.imwrite(png, (iio.imread(png) > 0).astype(np.uint8))
+    layered = read_subject(layered.root)
+    result = OutfitFitter(layered, tmp_path / "layered", FitOptions(**SMALL), body=default_body).run()
+    assert [g["name"] for g in result["garments"]][-1] == "jacket" and len(result["garments"]) == 2, result["drape"]

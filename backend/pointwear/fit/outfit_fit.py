@@ -278,7 +278,8 @@ class OutfitFitter:
                               err.code, err.hint) from exc
 
     def _penalised(self, cand: Candidate, scores: torch.Tensor) -> torch.Tensor:
-        return scores * (1.0 + self.options.garment_penalty * cand.extra_garments)
+        per = self.options.layer_penalty if self.groups else self.options.garment_penalty
+        return scores * (1.0 + per * cand.extra_garments)
 
     def _update_best(self, cands: list[Candidate], state: FitState, stage: str) -> None:
         """Score every code on the held-out frames; keep each candidate's best (`cand_best`)
@@ -380,6 +381,8 @@ class OutfitFitter:
             self._save([fine], state)
         if state.stage == "fine":
             self._optimize([fine], state, "fine", self.options.fine_steps)
+            if state.best.code is None:      # no fine step was scored (fine_steps 0): its start is the best
+                self._update_best([fine], state, "fine")
             state.stage, state.step = "refine", 0
             self._save([fine], state)
         best_drape = self.drapes[state.best.drape_id]

@@ -32,7 +32,10 @@ class FitOptions:
     prune_after: int = 12              # coarse step at which the outfit candidates are pruned ...
     keep: int = 3                      # ... to this many per label (or overall without labels)
     select_codes: int = 2              # random codes per candidate while more than `keep` compete
-    garment_penalty: float = 0.04      # selection: score x (1 + this per garment beyond one per mask)
+    garment_penalty: float = 0.04      # selection: score x (1 + this per garment beyond one per mask) ...
+    layer_penalty: float = 0.35        # ... with labels: a jacket over a top on one label's mask must fit it this
+                                       # much better than one garment (clothsim training single tops vs layered:
+                                       # 1.14-1.32 against 1.41-1.97; docs/fitting.md "Choosing the garments")
     hidden_top: str = "tshirt"         # a plain top whose sleeves a jacket hides in every frame is this family
                                        # ("" lets the masks decide; fit/selection.py hidden_top)
     hidden_margin: float = 0.03        # ... when its sleeve ends within this share of the arm past the jacket's
