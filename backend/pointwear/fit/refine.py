@@ -115,11 +115,16 @@ def harmonic_basis(adjacency: sp.csr_matrix, k: int) -> np.ndarray:
     d = sp.diags(1.0 / np.sqrt(np.maximum(deg, 1e-12)))
     lap = sp.identity(n) - d @ adjacency @ d
     # Shift-invert around a small negative sigma: the smallest eigenvalues, robustly; a 1e-8
-    # tolerance spans the same subspace as machine precision at a quarter of the time.
-    vals, vecs = eigsh(lap.tocsc(), k=k, sigma=-1e-3, which="LM", tol=1e-8)
+    # tolerance spans the same subspace as machine precision at a quarter of the time. ARPACK
+    # starts from a random vector unless given one, and the refinement's Adam steps depend on
+    # the basis' signs and on its rotation within near-equal eigenvalues: a fixed start and a
+    # fixed sign make the same garment get the same basis, so a fit is repeatable.
+    v0 = np.random.default_rng(0).standard_normal(n)
+    vals, vecs = eigsh(lap.tocsc(), k=k, sigma=-1e-3, which="LM", tol=1e-8, v0=v0)
     order = np.argsort(vals)
     vecs = d @ vecs[:, order]                        # back from the normalised form: smooth on the surface
     vecs /= np.linalg.norm(vecs, axis=0, keepdims=True)
+    vecs *= np.sign(vecs[np.abs(vecs).argmax(0), np.arange(vecs.shape[1])])   # largest entry positive
     return vecs.astype(np.float32)
 
 
