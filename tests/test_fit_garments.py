@@ -346,9 +346,9 @@ def _first_scores(history: list, stage: str = "coarse") -> dict:
 def test_with_labels_a_jacket_over_a_top_must_beat_one_garment_by_the_layer_penalty(tmp_path_factory, tmp_path,
                                                                                    default_body):
     """On a label's mask a jacket over a top is scored x (1 + layer_penalty), one garment as it
-    is; without labels every extra garment costs `garment_penalty` instead. A long sleeve worn
-    alone, labelled only "upper", is fitted as a long sleeve; a T-shirt under an open jacket,
-    labelled the same way, still as a jacket over a top."""
+    is (without labels `garment_penalty` applies). A long sleeve worn alone, labelled only
+    "upper", is fitted as a long sleeve; a T-shirt under an open jacket, labelled the same way,
+    still as a jacket over a top."""
     alone = _subject(tmp_path_factory, default_body, "longsleeve", 31, labels={"1": "upper"})
     quick = dict(SMALL, coarse_steps=4, prune_after=4, fine_steps=0, refine_steps=0)
     runs = {p: OutfitFitter(alone, tmp_path / f"p{p}", FitOptions(**quick, layer_penalty=p), body=default_body).run()

@@ -1,6 +1,5 @@
 """Short shorts on a body whose thighs meet (the waist ring ends at the hem, the legs absent) and
-a tank's armholes cut deep like a strap dress's (docs/fitting.md, "Short shorts and tank
-armholes")."""
+a tank's armholes cut deep like a strap dress's (docs/fitting.md, "The outfit model")."""
 import numpy as np
 import pytest
 import torch

@@ -73,7 +73,7 @@ ABSENT_LOGIT = -12.0      # sigmoid(-12) = 6e-6: the low end of the range (a str
 # stage starts them at FINE_START_LOGIT and fits them with the rest. A jacket's `widen` moves
 # which top under it the coarse stage prefers (docs/fitting.md, "Jackets"); a skirt's or dress's
 # `fall` is held the same way, so the garments chosen stay those of before it, and so are a tank's
-# armholes (cut deep on simulated tanks, docs/fitting.md "Short shorts and tank armholes").
+# armholes (cut deep on simulated tanks, docs/fitting.md "The outfit model").
 FINE_ONLY: dict[str, tuple[str, ...]] = {"jacket": ("widen",), "skirt": ("fall",), "dress": ("fall",),
                                          "tank": ("armhole", "strap")}
 FINE_START_LOGIT = 0.0    # the middle of the range
