@@ -5,6 +5,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+from garment_support import family_logits
 from pointwear.body import load_body
 from pointwear.drape.base import keep_faces, present_points
 from pointwear.drape.parametric import ParametricDrape
@@ -44,21 +45,12 @@ def test_dress_sleeve_fades_with_a_gradient(body):
     assert sleeve_presence(SLEEVE_MIN) == 0.0 and sleeve_presence(1.0) == 1.0
 
 
-def _dress_code(drape, **values) -> torch.Tensor:
-    """(1, D) logits of a dress with these parameter values (the others mid-range)."""
-    code = torch.zeros(1, drape.code_dim)
-    for k, (name, lo, hi) in enumerate(drape.families[0].ranges):
-        if name in values:
-            code[0, k] = float(np.log((values[name] - lo) / (hi - values[name])))
-    return code
-
-
 def test_dress_armholes_open_its_sides_from_the_straps_out_and_follow_their_parameters(body):
     """A strap dress: the points left out are those farther out than `strap` x the shoulder
     joints' half-width and above `armhole` below the shoulder joints (to the soft edge), on the
     dress's own surface; a deeper armhole or narrower straps leave more out (gradients)."""
     drape = ParametricDrape(body, "dress")
-    code = _dress_code(drape, sleeve=0.001, armhole=0.12, strap=0.8).requires_grad_()
+    code = family_logits(drape, sleeve=0.001, armhole=0.12, strap=0.8).requires_grad_()
     out = drape(code, torch.zeros(1, 10))
     pts, pres = out.points[0].detach().numpy(), out.presence[0].detach().numpy()
     joints = body.shaped(torch.zeros(1, 10))[1][0].numpy()

@@ -5,6 +5,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+from garment_support import family_logits
 from pointwear.body import load_body
 from pointwear.body.joints import JOINT_INDEX as J
 from pointwear.drape.base import present_points
@@ -19,15 +20,6 @@ THIGHS_MEET = torch.tensor([[-1.54, -2.0, 0.92, 1.25, 0, 0, 0, 0, 0, 0]])
 @pytest.fixture(scope="module")
 def body():
     return load_body("default", device="cpu")
-
-
-def _code(drape, **values) -> torch.Tensor:
-    """(1, D) logits with these parameter values (the others mid-range)."""
-    code = torch.zeros(1, drape.code_dim)
-    for k, (name, lo, hi) in enumerate(drape.families[0].ranges):
-        if name in values:
-            code[0, k] = float(np.log((values[name] - lo) / (hi - values[name])))
-    return code
 
 
 def _lowest_present(drape, code, betas) -> float:
@@ -45,7 +37,7 @@ def test_short_shorts_end_at_their_hem_above_where_the_thighs_part(body):
     assert crotch - parted > 0.1                                  # this body's thighs meet
     hip = joints[[J["left_hip"], J["right_hip"]]].mean(0)
     for hem in (0.13, 0.25):                                      # hems above where the legs part
-        code = _code(drape, hem=hem)
+        code = family_logits(drape, hem=hem)
         out = drape(code, THIGHS_MEET)
         legs = np.asarray(drape.garment_index) == 0
         n_waist = GRID["waist"][0] * GRID["waist"][1]
@@ -55,7 +47,7 @@ def test_short_shorts_end_at_their_hem_above_where_the_thighs_part(body):
         assert _lowest_present(drape, code, THIGHS_MEET) == pytest.approx(hem_y, abs=0.02)
         assert legs.all()
     # a hem at mid-thigh, below where the legs part: two legs down to it
-    code = _code(drape, hem=0.5)
+    code = family_logits(drape, hem=0.5)
     out = drape(code, THIGHS_MEET)
     assert torch.all(out.presence[0] > 0.99)
     assert _lowest_present(drape, code, THIGHS_MEET) < parted - 0.05
@@ -92,7 +84,7 @@ def test_tank_armholes_are_cut_like_a_strap_dress_and_held_in_the_coarse_stage(b
     assert set(FINE_ONLY["tank"]) == {"armhole", "strap"}
     held = [name for (name, _, _), fine in zip(drape.families[0].ranges, drape.fine_only.tolist()) if fine]
     assert held == ["armhole", "strap"]
-    code = _code(drape, armhole=0.12, strap=0.7).requires_grad_()
+    code = family_logits(drape, armhole=0.12, strap=0.7).requires_grad_()
     out = drape(code, torch.zeros(1, 10))
     pts, pres = out.points[0].detach().numpy(), out.presence[0].detach().numpy()
     joints = body.shaped(torch.zeros(1, 10))[1][0].numpy()

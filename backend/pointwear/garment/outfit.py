@@ -168,11 +168,16 @@ def _sleeves(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Pie
 SLEEVE_MIN, SLEEVE_FADE = 0.02, 0.04   # sleeves shorter than SLEEVE_MIN (share of the arm) are absent
 
 
+def _clamp(x: float | torch.Tensor, lo: float | None = None, hi: float | None = None) -> float | torch.Tensor:
+    """x clamped into [lo, hi]: a plain number stays a number, a tensor a tensor (its gradient kept)."""
+    if torch.is_tensor(x):
+        return x.clamp(lo, hi)
+    return min(max(x, -np.inf if lo is None else lo), np.inf if hi is None else hi)
+
+
 def sleeve_presence(sleeve: float | torch.Tensor) -> float | torch.Tensor:
     """0 for a sleeve under SLEEVE_MIN of the arm, rising linearly to 1 over SLEEVE_FADE."""
-    if isinstance(sleeve, torch.Tensor):
-        return ((sleeve - SLEEVE_MIN) / SLEEVE_FADE).clamp(0.0, 1.0)
-    return min(max((sleeve - SLEEVE_MIN) / SLEEVE_FADE, 0.0), 1.0)
+    return _clamp((sleeve - SLEEVE_MIN) / SLEEVE_FADE, 0.0, 1.0)
 
 
 LEG_FADE = 0.02   # a trouser leg fades out as its hem rises to this far (m) below where the legs part
@@ -189,11 +194,8 @@ def _legs(frame: BodyFrame, p: GarmentParams) -> list[Piece]:
         start = frame.leg_s_at_crotch(side) - 0.02
         fld = frame.field(axis, regions, (start - 0.05, length + 0.02))
         end = p.hem * length
-        if torch.is_tensor(end):
-            presence, end = ((end - start) / LEG_FADE).clamp(0.0, 1.0), end.clamp_min(start)
-        else:
-            presence, end = min(max((end - start) / LEG_FADE, 0.0), 1.0), max(end, start)
-        pieces.append(Piece(f"{side}_leg", axis, fld, start, end, GRID["leg"],
+        presence = _clamp((end - start) / LEG_FADE, 0.0, 1.0)
+        pieces.append(Piece(f"{side}_leg", axis, fld, start, _clamp(end, lo=start), GRID["leg"],
                             _flared_ease(p.ease, p.flare, start), regions, hang=p.flare / HANG_FLARE,
                             presence=presence))
     return pieces
@@ -242,8 +244,7 @@ def _trousers(frame: BodyFrame, p: GarmentParams, keep_sleeves: bool) -> list[Pi
     crotch = frame.crotch_s
     regions = ("torso", "left_upper_leg", "right_upper_leg")
     # the waist ring reaches 2 cm past where the legs part, or ends at a hem above that
-    hem = _legs_hem_s(frame, p)
-    end = hem.clamp_max(crotch + 0.02) if torch.is_tensor(hem) else min(hem, crotch + 0.02)
+    end = _clamp(_legs_hem_s(frame, p), hi=crotch + 0.02)
     waist = Piece("waist", frame.torso_axis, frame.field(frame.torso_axis, regions, (0.0, crotch + 0.05)),
                   p.waist * crotch, end, GRID["waist"], _const(p.ease), regions)
     return [waist] + _legs(frame, p)
@@ -317,8 +318,7 @@ def _armholes(frame: BodyFrame, p: GarmentParams) -> Callable[[torch.Tensor], to
         x, y = v.detach()[..., 0].abs(), v.detach()[..., 1]
         side = ((x - strap * half_width) / ARMHOLE_EDGE + 0.5).clamp(0.0, 1.0)
         above = ((y - (height - depth)) / ARMHOLE_EDGE + 0.5).clamp(0.0, 1.0)
-        exists = ((depth - ARMHOLE_MIN) / ARMHOLE_MIN).clamp(0.0, 1.0) if torch.is_tensor(depth) else \
-            min(max((depth - ARMHOLE_MIN) / ARMHOLE_MIN, 0.0), 1.0)
+        exists = _clamp((depth - ARMHOLE_MIN) / ARMHOLE_MIN, 0.0, 1.0)
         return 1.0 - side * above * exists
     return cut
 
