@@ -330,3 +330,38 @@ def test_camera_file_is_checked(tmp_path):
     with pytest.raises(InputError, match="4 per-frame entries but the motion has 3") as info:
         read_camera(tmp_path / "frames.npz").check_frames(3, tmp_path / "frames.npz")
     assert info.value.field == "camera_from_world"
+
+
+def test_midpoints_and_normals_need_the_outfits_faces(tiny, tmp_path, default_body):
+    """A point-cloud outfit (no faces) cannot have edge midpoints or normals: the error names
+    outfit.npz, its field and the options."""
+    _, subject_dir, outfit = tiny
+    cloud = tmp_path / "cloud"
+    shutil.copytree(outfit, cloud)
+    arrays = dict(np.load(cloud / "outfit.npz"))
+    del arrays["faces"]
+    np.savez(cloud / "outfit.npz", **arrays)
+    subject = read_subject(subject_dir)
+    for opts, named in (({"midpoints": True, "normals": False}, "midpoints need"),
+                        ({"midpoints": False, "normals": True}, "normals need"),
+                        ({"midpoints": True, "normals": True}, "midpoints and normals need")):
+        with pytest.raises(InputError) as info:
+            AppearanceFitter(subject, cloud, tmp_path / "app", AppearanceOptions(epochs=1, **opts), body=default_body)
+        assert info.value.file == str(cloud / "outfit.npz") and info.value.field == "faces"
+        assert named in info.value.message
+    # Both off: the point cloud fits as before.
+    AppearanceFitter(subject, cloud, tmp_path / "plain", AppearanceOptions(epochs=1, midpoints=False, normals=False),
+                     body=default_body)
+
+
+@pytest.mark.parametrize("change", ["midpoints", "normals"])
+def test_resuming_with_other_samples_names_the_option(tiny, tmp_path, default_body, change):
+    _, subject_dir, outfit = tiny
+    subject = read_subject(subject_dir)
+    base = {"midpoints": True, "normals": True}
+    AppearanceFitter(subject, outfit, tmp_path / "app", AppearanceOptions(epochs=1, **base), body=default_body).run()
+    other = AppearanceOptions(epochs=2, **(base | {change: False}))
+    with pytest.raises(InputError) as info:
+        AppearanceFitter(subject, outfit, tmp_path / "app", other, body=default_body).run()
+    assert info.value.file == str(tmp_path / "app" / "checkpoint.pt")
+    assert info.value.field == {"midpoints": "edges", "normals": "normals"}[change]

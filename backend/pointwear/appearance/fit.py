@@ -45,13 +45,13 @@ from ..data.subject import Subject, read_subject
 from ..device import pick_device, scaled
 from ..errors import InputError
 from ..fileio import atomic_path
-from ..link.protocol import CHECKPOINT_PT, POSED_NPZ
+from ..link.protocol import CHECKPOINT_PT, OUTFIT_NPZ, POSED_NPZ
 from ..fit.state import FitCancelled, split_frames
 from ..render.rasterizer import project
 from .frames import AppearanceFrames, load_appearance_frames, read_outfit_result, training_size
 from .align import FrameAlignment, image_offsets, moved_by_pixels
 from .losses import VGGPerceptual, dice_loss, ssim_loss
-from .model import APPEARANCE_VISIBILITY, AppearanceConfig, AppearanceModel
+from .model import APPEARANCE_VISIBILITY, AppearanceConfig, AppearanceModel, mesh_edges
 from .outputs import side_by_side, write_outputs, write_png
 from .state import TrainState
 from .unet import network_dtype
@@ -88,6 +88,8 @@ class AppearanceOptions:
     descriptor_dim: int = 16
     widths: tuple[int, ...] = (16, 32, 64, 128, 256)
     radius_px: float = 1.5
+    midpoints: bool = False            # also splat a descriptor at every mesh edge's midpoint (needs the outfit's faces)
+    normals: bool = False              # feed the network the points' camera-space normals (needs the outfit's faces)
     scales: int = 1                    # splat pyramid levels fed to the U-Net's encoder levels (1: full resolution only)
     crop: int | None = None            # training window side (square); None: fits the clothing (H, W)
     l1_weight: float = 1.0
@@ -157,17 +159,19 @@ class AppearanceFitter:
         self.held = load(self.held_ids) if self.held_ids else None
         self._check_points()
         self.crop = self._crop_size()
+        faces = self._faces()
         self.config = AppearanceConfig(
             num_points=int(self.outfit["points"].shape[0]), descriptor_dim=options.descriptor_dim,
             widths=tuple(options.widths), radius_px=options.radius_px, scales=options.scales, size=self.size,
             crop=self.crop,
             px_per_m=self._px_per_m(), visibility_threshold=options.visibility_threshold,
+            edges=len(mesh_edges(faces)) if options.midpoints else 0, normals=options.normals,
             drape=str(self.outfit["drape"]), code=[float(c) for c in np.asarray(self.outfit["code"]).reshape(-1)],
             betas=[float(b) for b in np.asarray(self.outfit["betas"]).reshape(-1)],
             body=str(self.outfit.get("body", "default")), gender=str(self.outfit.get("gender", "neutral")))
         self.rng = torch.Generator().manual_seed(options.seed)
         self._pending: list[dict] = []     # loss terms of the steps since the last read-back
-        self.model = AppearanceModel(self.config, seed=options.seed).to(self.device)
+        self.model = AppearanceModel(self.config, seed=options.seed, faces=faces).to(self.device)
         for name in ("align_grid", "mask_align_grid"):
             if getattr(options, name) < 0 or getattr(options, name) == 1:
                 raise InputError(f"{name} must be 0 (off) or >= 2, got {getattr(options, name)}", field=name)
@@ -177,6 +181,18 @@ class AppearanceFitter:
         self.optimizer = self._make_optimizer()
         self.vgg = VGGPerceptual(options.vgg).to(self.device) if options.vgg else None
         self.ckpt_path = self.out / CHECKPOINT_PT
+
+    def _faces(self) -> np.ndarray | None:
+        """(F, 3) the outfit mesh's triangles when `midpoints` or `normals` need them, else None. An
+        outfit without faces (a point cloud) cannot have them: InputError naming the option."""
+        wanted = [name for name in ("midpoints", "normals") if getattr(self.options, name)]
+        if not wanted:
+            return None
+        if "faces" not in self.outfit:
+            raise InputError(f"{' and '.join(wanted)} need the outfit's mesh faces; this outfit is a point cloud",
+                             file=self.outfit_dir / OUTFIT_NPZ, field="faces",
+                             hint=f"fit without {' and '.join('--' + w for w in wanted)}")
+        return np.asarray(self.outfit["faces"], np.int64)
 
     def _make_alignment(self, frames: int, grid: int) -> FrameAlignment | None:
         """An offset field per frame (align.py) in `align_space`; None when grid is 0."""
@@ -482,12 +498,13 @@ class AppearanceFitter:
             warnings.warn(f"{path}: the checkpoint was fitted on another outfit ({other}) than "
                           f"{self.outfit_dir}: not resumed; kept as {kept}, this fit starts afresh")
             return state
-        saved.descriptors.check(self.config.num_points, self.config.descriptor_dim, file=path, field="descriptors")
-        for name in ("widths", "scales"):
+        for name in ("widths", "scales", "edges", "normals"):
             if getattr(saved.config, name) != getattr(self.config, name):
                 raise InputError(f"network {name} {getattr(saved.config, name)} differ from this fit's "
                                  f"{getattr(self.config, name)}", file=path, field=name,
-                                 hint="delete the checkpoint to start over")
+                                 hint="use the same options (midpoints, normals, scales, widths), "
+                                      "or delete the checkpoint to start over")
+        saved.descriptors.check(self.config.samples, self.config.descriptor_dim, file=path, field="descriptors")
         if saved.config.drape != self.config.drape or tuple(saved.config.size) != tuple(self.config.size):
             raise InputError(f"the checkpoint was fitted for drape {saved.config.drape!r} at "
                              f"{tuple(saved.config.size)} px, this fit is {self.config.drape!r} at "

@@ -48,7 +48,7 @@ from .descriptors import PointDescriptors
 from .unet import RenderNet, network_dtype
 from ..link.protocol import APPEARANCE_PT
 
-__all__ = ["AppearanceConfig", "AppearanceModel", "APPEARANCE_VISIBILITY", "RENDER_MARGIN_PX",
+__all__ = ["AppearanceConfig", "AppearanceModel", "mesh_edges", "vertex_normals", "with_midpoints", "APPEARANCE_VISIBILITY", "RENDER_MARGIN_PX",
            "scale_intrinsics", "load_appearance", "FORMAT"]
 
 FORMAT = "pointwear-appearance"
@@ -73,6 +73,8 @@ class AppearanceConfig:
     size: tuple[int, int] = (256, 256)        # training images (H, W)
     crop: tuple[int, int] = (128, 128)         # training windows (H, W) px
     px_per_m: float = 0.0                      # median fx / z of the clothing in training frames
+    edges: int = 0                             # edge-midpoint samples added to the points (0: the points alone)
+    normals: bool = False                      # camera-space normals splatted beside the descriptors
     visibility_threshold: float = APPEARANCE_VISIBILITY
     drape: str = ""
     code: list[float] = field(default_factory=list)
@@ -93,11 +95,53 @@ class AppearanceConfig:
             out.size = (int(out.size[0]), int(out.size[1]))
             out.crop = (int(out.crop[0]), int(out.crop[1]))
             out.num_points, out.descriptor_dim = int(out.num_points), int(out.descriptor_dim)
-            out.scales = int(out.scales)
+            out.scales, out.edges, out.normals = int(out.scales), int(out.edges), bool(out.normals)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise InputError(f"not an appearance config ({type(exc).__name__}: {exc})", file=file,
                              field="config") from None
         return out
+
+    @property
+    def samples(self) -> int:
+        """Descriptors: one per outfit point, then one per edge midpoint."""
+        return self.num_points + self.edges
+
+    @property
+    def in_channels(self) -> int:
+        """The network's input: descriptors, normals (when on), coverage."""
+        return self.descriptor_dim + (3 if self.normals else 0) + 1
+
+    @property
+    def needs_faces(self) -> bool:
+        return bool(self.edges or self.normals)
+
+
+def mesh_edges(faces: np.ndarray) -> np.ndarray:
+    """The unique undirected edges (E, 2) int64, lower index first, sorted, of triangles (F, 3)."""
+    f = np.asarray(faces, np.int64).reshape(-1, 3)
+    e = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), 1)
+    return np.unique(e, axis=0)
+
+
+def vertex_normals(points: Tensor, faces: Tensor) -> Tensor:
+    """Unit area-weighted vertex normals (B, P, 3) of the meshes points (B, P, 3), faces (F, 3)
+    (right-handed winding); (0, 0, 0) at points in no face or with faces of no area."""
+    a, b, c = (points[:, faces[:, i]] for i in range(3))
+    n = torch.cross(b - a, c - a, dim=-1)                                      # (B, F, 3), twice the area
+    out = torch.zeros_like(points)
+    for i in range(3):
+        out = out.index_add(1, faces[:, i], n)
+    return F.normalize(out, dim=-1, eps=1e-12)
+
+
+def with_midpoints(points: Tensor, visible: Tensor, edges: Tensor) -> tuple[Tensor, Tensor]:
+    """Points (B, P, 3) and visibility (B, P) followed by their edges' (E, 2) midpoints:
+    (B, P + E, 3), (B, P + E); a midpoint is visible when both its ends are. The samples lie on
+    the posed mesh's edges, so they move with it and need no skinning of their own."""
+    if edges.numel() == 0:
+        return points, visible
+    mid = 0.5 * (points[:, edges[:, 0]] + points[:, edges[:, 1]])
+    return torch.cat([points, mid], 1), torch.cat([visible, visible[:, edges[:, 0]] & visible[:, edges[:, 1]]], 1)
 
 
 def scale_intrinsics(K: Tensor, sx: float, sy: float | None = None) -> Tensor:
@@ -121,15 +165,26 @@ class AppearanceModel(nn.Module):
     """Descriptors + network + config. `forward` is the training path (splat + net on given
     cameras and window sizes); `render` the inference path (windows, eval mode, no grad)."""
 
-    def __init__(self, config: AppearanceConfig, seed: int | None = None) -> None:
-        """seed: the descriptors' and the network's initial values (None: torch's global RNG)."""
+    def __init__(self, config: AppearanceConfig, seed: int | None = None, faces: Tensor | np.ndarray | None = None
+                 ) -> None:
+        """seed: the descriptors' and the network's initial values (None: torch's global RNG);
+        faces: (F, 3) the outfit mesh's triangles, needed when `config.needs_faces` (its edges'
+        midpoints are splatted too, its normals feed the network)."""
         super().__init__()
         self.config = config
+        faces = torch.zeros(0, 3, dtype=torch.int64) if faces is None else torch.as_tensor(np.asarray(faces), dtype=torch.int64)
+        if config.needs_faces and not faces.numel():
+            raise ValueError("AppearanceModel: midpoints and normals need the outfit's faces")
+        edges = torch.as_tensor(mesh_edges(faces.numpy()) if config.edges else np.zeros((0, 2), np.int64))
+        if edges.shape != (config.edges, 2):
+            raise ValueError(f"AppearanceModel: config.edges is {config.edges}, the faces have {len(edges)} edges")
+        self.register_buffer("faces", faces if config.needs_faces else faces[:0], persistent=False)
+        self.register_buffer("edges", edges, persistent=False)
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
-            self.descriptors = PointDescriptors(config.num_points, config.descriptor_dim)
-            self.net = RenderNet(config.descriptor_dim + 1, config.widths, config.scales)
+            self.descriptors = PointDescriptors(config.samples, config.descriptor_dim)
+            self.net = RenderNet(config.in_channels, config.widths, config.scales)
 
     # -- training path --------------------------------------------------------------------------
     def splat_input(self, points: Tensor, visible: Tensor, K: Tensor, size: tuple[int, int]
@@ -139,6 +194,13 @@ class AppearanceModel(nn.Module):
         (ceil(h / 2^l), ceil(w / 2^l)) with K scaled by 1 / 2^l, the same radius in pixels."""
         c = self.config
         feats = self.descriptors()
+        if c.normals:
+            normals = vertex_normals(points, self.faces)
+            if c.edges:
+                normals, _ = with_midpoints(normals, visible, self.edges)
+                normals = F.normalize(normals, dim=-1, eps=1e-12)
+            feats = torch.cat([feats.expand(points.shape[0], -1, -1).to(points.dtype), normals], -1)
+        points, visible = with_midpoints(points, visible, self.edges)
         h, w = size
         levels = []
         for level in range(c.scales):
@@ -235,7 +297,8 @@ class AppearanceModel(nn.Module):
     def payload(self) -> dict:
         return {"format": FORMAT, "version": VERSION, "config": self.config.to_dict(),
                 "net": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
-                "descriptors": self.descriptors.descriptors.detach().cpu().clone()}
+                "descriptors": self.descriptors.descriptors.detach().cpu().clone(),
+                "faces": self.faces.detach().cpu().clone()}
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -255,14 +318,21 @@ class AppearanceModel(nn.Module):
             raise InputError("missing descriptors", file=file, field="descriptors")
         loaded = PointDescriptors.from_tensor(desc, file=file, field="descriptors")
         # The config and the stored descriptors must agree (a hand-edited or mixed-up file).
-        loaded.check(config.num_points, config.descriptor_dim, file=file, field="descriptors")
-        model = cls(config)
+        loaded.check(config.samples, config.descriptor_dim, file=file, field="descriptors")
+        faces = payload.get("faces", torch.zeros(0, 3, dtype=torch.int64))
+        if not isinstance(faces, Tensor) or faces.dim() != 2 or faces.shape[1] != 3 or faces.dtype != torch.int64 \
+                or (faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= config.num_points)) \
+                or bool(config.needs_faces) != bool(faces.numel()) \
+                or (config.edges and len(mesh_edges(faces.numpy())) != config.edges):
+            raise InputError(f"the faces do not fit the config ({config.num_points} points, {config.edges} edges, "
+                             f"normals {config.normals})", file=file, field="faces")
+        model = cls(config, faces=faces)
         model.descriptors = loaded
         try:
             model.net.load_state_dict(payload["net"])
         except (KeyError, RuntimeError) as exc:
             raise InputError(f"network weights do not fit the configured network "
-                             f"(in_channels {config.descriptor_dim + 1}, widths {list(config.widths)}): "
+                             f"(in_channels {config.in_channels}, widths {list(config.widths)}): "
                              f"{str(exc).splitlines()[0]}", file=file, field="net") from None
         return model.to(device)
 

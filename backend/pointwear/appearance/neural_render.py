@@ -37,7 +37,10 @@ __all__ = ["render_sequence", "check_outfit_for_appearance"]
 def check_outfit_for_appearance(model: AppearanceModel, outfit: dict, file: Path, app_file: Path) -> None:
     """The appearance's descriptors belong to this outfit's points (count, drape)."""
     P = int(outfit["points"].shape[0])
-    model.descriptors.check(P, None, file=app_file, field="descriptors")
+    if P != model.config.num_points:
+        raise InputError(f"the appearance was fitted on {model.config.num_points} outfit points, this outfit has {P}",
+                         file=app_file, field="descriptors",
+                         hint="descriptors belong to one outfit's points (same count and order as outfit.npz 'points')")
     drape = str(outfit["drape"])
     if model.config.drape and drape != model.config.drape:
         raise InputError(f"the outfit's drape is {drape!r} but the appearance was fitted on {model.config.drape!r}",

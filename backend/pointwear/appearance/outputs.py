@@ -231,7 +231,9 @@ def write_result_folder(fitter: FitterView, colors: np.ndarray) -> None:
     out, src = fitter.out, fitter.outfit_dir
     arrays = dict(fitter.outfit)
     arrays["colors"] = colors.astype(np.float32)
-    arrays["descriptors"] = fitter.model.descriptors.descriptors.detach().cpu().numpy().astype(np.float32)
+    # One row per outfit point (the edge midpoints' rows live in appearance.pt only).
+    P = fitter.model.config.num_points
+    arrays["descriptors"] = fitter.model.descriptors.descriptors[:P].detach().cpu().numpy().astype(np.float32)
     save_npz(out / OUTFIT_NPZ, **arrays)
     for name in (BODY_NPZ, POSED_NPZ):
         if (src / name).resolve() != (out / name).resolve():
