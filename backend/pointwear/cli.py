@@ -140,7 +140,8 @@ def cmd_fit_appearance(args: argparse.Namespace) -> int:
     from .appearance.fit import AppearanceOptions, fit_appearance
     options = AppearanceOptions(size=args.size, frames=args.frames, minutes=args.minutes,
                                 vgg=args.vgg, seed=args.seed, device=args.device, precision=args.precision,
-                                **{k: getattr(args, k) for k in ("epochs", "align_grid", "mask_align_steps")
+                                **{k: getattr(args, k) for k in ("epochs", "align_grid", "mask_align_steps",
+                                                                 "midpoints", "normals")
                                    if getattr(args, k) is not None})
     if (Path(args.out) / CHECKPOINT_PT).exists():
         print(f"resuming from {Path(args.out) / 'checkpoint.pt'}")
@@ -442,6 +443,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="the U-Net's convolutions (auto: bfloat16 mixed precision on CPUs that have it natively)")
+    p.add_argument("--midpoints", action=argparse.BooleanOptionalAction, default=None,
+                   help="also give every edge of the outfit's mesh a descriptor at its midpoint: ~4x the samples, "
+                        "finer texture (default: AppearanceOptions.midpoints)")
+    p.add_argument("--normals", action=argparse.BooleanOptionalAction, default=None,
+                   help="feed the U-Net the points' camera-space normals, so shading follows the pose "
+                        "(default: AppearanceOptions.normals)")
     p.add_argument("--align-grid", type=int, default=None,
                    help="per-training-frame 2D offset field of GRID x GRID nodes aligning the points to the frame "
                         "(0: off; default: AppearanceOptions.align_grid)")

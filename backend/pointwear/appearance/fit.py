@@ -88,8 +88,8 @@ class AppearanceOptions:
     descriptor_dim: int = 16
     widths: tuple[int, ...] = (16, 32, 64, 128, 256)
     radius_px: float = 1.5
-    midpoints: bool = False            # also splat a descriptor at every mesh edge's midpoint (needs the outfit's faces)
-    normals: bool = False              # feed the network the points' camera-space normals (needs the outfit's faces)
+    midpoints: bool = True             # also splat a descriptor at every mesh edge's midpoint (needs the outfit's faces)
+    normals: bool = True               # feed the network the points' camera-space normals (needs the outfit's faces)
     scales: int = 1                    # splat pyramid levels fed to the U-Net's encoder levels (1: full resolution only)
     crop: int | None = None            # training window side (square); None: fits the clothing (H, W)
     l1_weight: float = 1.0
@@ -111,6 +111,7 @@ class AppearanceOptions:
     align_weight: float = 1e-3         # L2 penalty on the offset nodes (per px^2)
     align_space: str = "image"         # where the offset field's nodes live: image (g x g over the image) or cloth (g^3 over the rest points)
     align_heldout: bool = True         # with align_grid: held-out frames also scored with the field interpolated in time
+    point_dropout: float = 0.25        # share of the visible points hidden at random in each training item (0: off)
     jitter_px: float = 0.0             # training points moved by a random smooth offset field (std px; 0: off)
     jitter_grid: int = 4               # its nodes per side over the image
     mask_align_steps: int = 0          # held-out frames also scored with offset fields fitted to their masks only (0: off)
@@ -309,7 +310,11 @@ class AppearanceFitter:
         if augment and self.options.jitter_px > 0:
             points = self._jittered(points, frames.K[idx], frames.size)
         K = A @ frames.K[idx]
-        rgb, mask = self.model(points, frames.visible[idx], K, self.crop, self.net_dtype)
+        visible = frames.visible[idx]
+        if augment and self.options.point_dropout > 0:
+            keep = torch.rand(visible.shape, generator=self.rng).to(self.device) >= self.options.point_dropout
+            visible = visible & keep
+        rgb, mask = self.model(points, visible, K, self.crop, self.net_dtype)
         with torch.no_grad():
             image, target_mask = self._targets(frames, idx, A)
             if augment:
