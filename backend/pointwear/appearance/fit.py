@@ -88,7 +88,7 @@ class AppearanceOptions:
     descriptor_dim: int = 16
     widths: tuple[int, ...] = (16, 32, 64, 128, 256)
     radius_px: float = 1.5
-    midpoints: bool = True             # also splat a descriptor at every mesh edge's midpoint (needs the outfit's faces)
+    midpoints: bool = False            # also splat a descriptor at every mesh edge's midpoint (needs the outfit's faces)
     normals: bool = True               # feed the network the points' camera-space normals (needs the outfit's faces)
     scales: int = 1                    # splat pyramid levels fed to the U-Net's encoder levels (1: full resolution only)
     crop: int | None = None            # training window side (square); None: fits the clothing (H, W)
@@ -117,6 +117,13 @@ class AppearanceOptions:
     mask_align_steps: int = 0          # held-out frames also scored with offset fields fitted to their masks only (0: off)
     mask_align_grid: int = 2           # their grid (nodes per side over the image)
     lr_mask_align: float = 0.05        # Adam learning rate of those offsets (px per step)
+
+
+def dropped(visible: Tensor, p: float, generator: torch.Generator) -> Tensor:
+    """visible (B, P) bool with each point also hidden with probability p (drawn on the host by
+    `generator`, then moved to visible's device): the training items' point dropout."""
+    keep = torch.rand(visible.shape, generator=generator).to(visible.device) >= p
+    return visible & keep
 
 
 def _round_up(x: float, m: int = 16) -> int:
@@ -312,8 +319,7 @@ class AppearanceFitter:
         K = A @ frames.K[idx]
         visible = frames.visible[idx]
         if augment and self.options.point_dropout > 0:
-            keep = torch.rand(visible.shape, generator=self.rng).to(self.device) >= self.options.point_dropout
-            visible = visible & keep
+            visible = dropped(visible, self.options.point_dropout, self.rng)
         rgb, mask = self.model(points, visible, K, self.crop, self.net_dtype)
         with torch.no_grad():
             image, target_mask = self._targets(frames, idx, A)
