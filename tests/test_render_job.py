@@ -120,6 +120,9 @@ def test_render_and_fit_appearance_params_are_checked(server, tiny, app_job, tmp
         reply = error_reply(c, {"type": "submit", "kind": "fit_appearance",
                                 "params": {"subject": str(subject), "outfit": str(outfit), "minutes": -1}})
         assert reply["field"] == "minutes", reply
+        reply = error_reply(c, {"type": "submit", "kind": "fit_appearance",
+                                "params": {"subject": str(subject), "outfit": str(outfit), "midpoints": "yes"}})
+        assert reply["field"] == "midpoints", reply
         # A camera that is not a camera file: the job fails naming the file and the field.
         job = c.submit("render", {"app": str(app_job[1]), "motion": str(motion), "up": "y", "camera": str(motion)})
         events = c.job_events(job["job_id"], timeout=60)
@@ -127,3 +130,19 @@ def test_render_and_fit_appearance_params_are_checked(server, tiny, app_job, tmp
     error = the(events, P.ERROR)
     assert error["code"] == "bad_input" and error["field"] == "K" and error["file"] == str(motion), error
 
+
+
+def test_fit_appearance_job_takes_the_sample_options(server, tiny):
+    """`midpoints` and `normals` reach the fit: the job's appearance.pt has the edge midpoints and
+    no normal channels when asked so."""
+    _, subject, outfit, _, _ = tiny
+    with server.connect() as c:
+        job = c.submit("fit_appearance", {"subject": str(subject), "outfit": str(outfit), "epochs": 1,
+                                          "midpoints": True, "normals": False})
+        events = c.job_events(job["job_id"], timeout=300)
+    assert done_state(events) == P.STATE_DONE, events
+    from pointwear.appearance.model import load_appearance
+    model = load_appearance(the(events, P.RESULT)["files"]["appearance"])
+    faces = np.load(outfit / "outfit.npz")["faces"]
+    assert model.config.edges == len(np.unique(np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), 1), axis=0))
+    assert not model.config.normals and model.net.in_channels == 16 + 1

@@ -56,7 +56,7 @@ from .outputs import side_by_side, write_outputs, write_png
 from .state import TrainState
 from .unet import network_dtype
 
-__all__ = ["AppearanceOptions", "AppearanceFitter", "fit_appearance", "FitCancelled"]
+__all__ = ["AppearanceOptions", "AppearanceFitter", "fit_appearance", "FitCancelled", "dropped"]
 
 Progress = Callable[[str, int, int], None]
 Preview = Callable[[np.ndarray, str, int], None]

@@ -436,6 +436,8 @@ def _validate_fit_appearance(p: Params, ctx: SubmitContext) -> Validated:
         "minutes": None if minutes is None else float(minutes),
         "vgg": None if vgg is None else check_path("vgg", vgg, "file", (".pth", ".pt")),
         "seed": p.int("seed", base.get("seed", d.seed), 0, 2**32 - 1),
+        "midpoints": p.bool("midpoints", base.get("midpoints", d.midpoints)),
+        "normals": p.bool("normals", base.get("normals", d.normals)),
         "resume_job": resumed,
     }
     return Validated(params, out=out, resumed_from=resumed)
@@ -447,7 +449,9 @@ def _run_fit_appearance(job: JobContext) -> dict[str, Path]:
     prm = job.params
     options = AppearanceOptions(epochs=prm["epochs"], size=prm["size"], frames=prm["frames"], minutes=prm["minutes"],
                                 vgg=prm["vgg"], seed=prm["seed"], device=job.device,
-                                threads=job.threads or AppearanceOptions.threads)
+                                threads=job.threads or AppearanceOptions.threads,
+                                midpoints=prm.get("midpoints", AppearanceOptions.midpoints),
+                                normals=prm.get("normals", AppearanceOptions.normals))
     if (job.out / P.CHECKPOINT_PT).exists():
         job.status(f"resuming from {job.out / P.CHECKPOINT_PT}")
     subject = read_subject(prm["subject"])
