@@ -6,7 +6,10 @@ Rendering (training, evaluation and `pointwear render` share it):
 1. The posed clothing points (camera space) that the body does not hide (`visible_points` with
    the paper's appearance threshold, 2.5 x 2e-3 x 10 m = 5 cm behind the rasterised body) are
    splatted with their descriptors (`render.splat`, radius 1.5 px, 8 points per pixel): 16
-   descriptor channels + coverage.
+   descriptor channels, the points' camera-space normals when `config.normals` (3, from the
+   posed mesh), and the coverage. With `config.edges`, the midpoint of every mesh edge is a
+   sample too, with a descriptor of its own (`with_midpoints`); callers always pass the outfit's
+   points (P), the model adds the midpoints.
 2. The U-Net (eval mode) turns that into RGB in [-1, 1] and a clothing mask in [0, 1].
 
 Only a window around the projected points is rendered: the points' bounding box plus a margin
@@ -26,8 +29,11 @@ training.
 
     {"format": "pointwear-appearance", "version": 1,
      "config": {descriptor_dim, widths, radius_px, k, size [H, W], crop [H, W], px_per_m,
-                visibility_threshold, num_points, drape, code, betas, body, gender},
-     "net": RenderNet state dict, "descriptors": (P, descriptor_dim) float32}
+                visibility_threshold, num_points, edges, normals, drape, code, betas, body, gender},
+     "net": RenderNet state dict, "descriptors": (P + edges, descriptor_dim) float32,
+     "faces": (F, 3) int64 (the outfit mesh's; (0, 3) when neither edges nor normals)}
+
+Files without `faces`, `edges` or `normals` (written before they existed) are the points alone.
 """
 from __future__ import annotations
 
