@@ -9,7 +9,8 @@ import trimesh
 from hypothesis import given, settings, strategies as st
 
 from pointwear.appearance.model import (AppearanceConfig, AppearanceModel, load_appearance, mesh_edges,
-                                        vertex_normals, with_midpoints)
+                                        with_midpoints)
+from pointwear.render.soft import vertex_normals
 from pointwear.errors import InputError
 
 

@@ -49,12 +49,13 @@ from torch import Tensor, nn
 from ..errors import InputError
 from ..fileio import atomic_path
 from ..render.rasterizer import project
+from ..render.soft import vertex_normals
 from ..render.splat import splat
 from .descriptors import PointDescriptors
 from .unet import RenderNet, network_dtype
 from ..link.protocol import APPEARANCE_PT
 
-__all__ = ["AppearanceConfig", "AppearanceModel", "mesh_edges", "vertex_normals", "with_midpoints", "APPEARANCE_VISIBILITY", "RENDER_MARGIN_PX",
+__all__ = ["AppearanceConfig", "AppearanceModel", "mesh_edges", "with_midpoints", "APPEARANCE_VISIBILITY", "RENDER_MARGIN_PX",
            "scale_intrinsics", "load_appearance", "FORMAT"]
 
 FORMAT = "pointwear-appearance"
@@ -127,19 +128,6 @@ def mesh_edges(faces: np.ndarray) -> np.ndarray:
     f = np.asarray(faces, np.int64).reshape(-1, 3)
     e = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), 1)
     return np.unique(e, axis=0)
-
-
-def vertex_normals(points: Tensor, faces: Tensor) -> Tensor:
-    """Unit area-weighted vertex normals (B, P, 3) of the meshes points (B, P, 3), faces (F, 3)
-    (right-handed winding); (0, 0, 0) at points in no face or with faces of no area."""
-    B, P, _ = points.shape
-    a, b, c = (points[:, faces[:, i]] for i in range(3))
-    n = torch.cross(b - a, c - a, dim=-1)                                      # (B, F, 3), twice the area
-    # One flat index_add over (B * P) rows: ~10x faster on the CPU than index_add along dim 1.
-    corners = faces.t().reshape(-1)                                            # (3F,) corner by corner
-    rows = (torch.arange(B, device=points.device)[:, None] * P + corners).reshape(-1)
-    out = points.new_zeros(B * P, 3).index_add(0, rows, n.repeat(1, 3, 1).reshape(-1, 3))
-    return F.normalize(out.view(B, P, 3), dim=-1, eps=1e-12)
 
 
 def with_midpoints(points: Tensor, visible: Tensor, edges: Tensor) -> tuple[Tensor, Tensor]:
@@ -328,13 +316,16 @@ class AppearanceModel(nn.Module):
         # The config and the stored descriptors must agree (a hand-edited or mixed-up file).
         loaded.check(config.samples, config.descriptor_dim, file=file, field="descriptors")
         faces = payload.get("faces", torch.zeros(0, 3, dtype=torch.int64))
-        if not isinstance(faces, Tensor) or faces.dim() != 2 or faces.shape[1] != 3 or faces.dtype != torch.int64 \
-                or (faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= config.num_points)) \
-                or bool(config.needs_faces) != bool(faces.numel()) \
-                or (config.edges and len(mesh_edges(faces.numpy())) != config.edges):
+        bad = (not isinstance(faces, Tensor) or faces.dim() != 2 or faces.shape[1] != 3 or faces.dtype != torch.int64
+               or (faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= config.num_points))
+               or bool(config.needs_faces) != bool(faces.numel()))
+        try:
+            model = None if bad else cls(config, faces=faces)       # checks the faces' edge count
+        except ValueError:
+            model = None
+        if model is None:
             raise InputError(f"the faces do not fit the config ({config.num_points} points, {config.edges} edges, "
                              f"normals {config.normals})", file=file, field="faces")
-        model = cls(config, faces=faces)
         model.descriptors = loaded
         try:
             model.net.load_state_dict(payload["net"])
