@@ -136,7 +136,7 @@ class POINTWEAR_SceneProperties(PropertyGroup):
     fit_refine_steps: IntProperty(
         name="Refine Steps",
         description="Free-form point offset refinement steps, kept only when held-out frames gain (0: off)",
-        default=100, min=0, soft_max=1000,
+        default=200, min=0, soft_max=1000,
     )
     fit_seed: IntProperty(name="Seed", description="Random seed of the fit", default=0, min=0)
     auto_import: BoolProperty(

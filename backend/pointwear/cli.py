@@ -192,11 +192,14 @@ def cmd_drape(args: argparse.Namespace) -> int:
 def cmd_eval_outfit(args: argparse.Namespace) -> int:
     from .fit.evaluate import evaluate_outfit
     r = evaluate_outfit(args.result, args.subject)
-    print(f"{'':10s} {'IoU(held)':>10s} {'2D Ch px':>9s} {'3D Ch cm':>9s} {'F@1cm':>7s}")
+    nan = float("nan")
+    print(f"{'':10s} {'IoU(held)':>10s} {'mesh IoU':>9s} {'2D Ch px':>9s} {'3D Ch cm':>9s} {'F@1cm':>7s}")
     for name in ("fit", "baseline"):
         row = r[name]
-        print(f"{name:10s} {row['heldout_iou']:10.3f} {row['heldout_chamfer_px']:9.2f} "
-              f"{row.get('chamfer_cm', float('nan')):9.2f} {row.get('fscore_1cm', float('nan')):7.3f}")
+        print(f"{name:10s} {row['heldout_iou']:10.3f} {row.get('heldout_mesh_iou', nan):9.3f} "
+              f"{row['heldout_chamfer_px']:9.2f} {row.get('chamfer_cm', nan):9.2f} {row.get('fscore_1cm', nan):7.3f}")
+    if "truth_mesh" in r:
+        print(f"{'truth':10s} {r['truth_points']['heldout_iou']:10.3f} {r['truth_mesh']['heldout_mesh_iou']:9.3f}")
     print(f"wrote {Path(args.result) / 'eval.json'}")
     return 0
 
@@ -419,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fine-steps", type=int, default=100)
     p.add_argument("--refine-steps", type=int, default=None,
                    help="free-form offset refinement steps, kept only when the held-out frames gain "
-                        "(default: FitOptions.refine_steps, 100; 0: off)")
+                        "(default: FitOptions.refine_steps, 200; 0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_fit_outfit)

@@ -1,5 +1,6 @@
-"""Measurements for result.json and evaluation (no gradients): mask IoU of splatted points,
-2D Chamfer in pixels, 3D Chamfer in cm with F-score against the truth clothing."""
+"""Measurements for result.json and evaluation (no gradients): mask IoU of splatted points and
+of a rasterised mesh's silhouette, 2D Chamfer in pixels, 3D Chamfer in cm with F-score against
+the truth clothing."""
 from __future__ import annotations
 
 import math
@@ -11,7 +12,7 @@ from torch import Tensor
 
 from .losses import MaskTargets, chamfer_2d
 
-__all__ = ["splat_mask", "mask_iou", "chamfer_2d_pixels", "chamfer_3d"]
+__all__ = ["splat_mask", "mesh_mask", "mask_iou", "chamfer_2d_pixels", "chamfer_3d"]
 
 
 @torch.no_grad()
@@ -43,6 +44,21 @@ def splat_mask(uv: Tensor, valid: Tensor | None, image_size: tuple[int, int],
     out[lin[ok]] = True
     out = out.view(B, H, W)
     return out[0] if single else out
+
+
+@torch.no_grad()
+def mesh_mask(vertices: Tensor, faces: Tensor | np.ndarray, K: Tensor, body_depth: Tensor,
+              threshold: float = 0.02) -> Tensor:
+    """(B,H,W) bool: the pixels where a mesh is seen, its nearest surface no more than
+    `threshold` m behind the body's (`visibility.body_depth`, +inf off the body), as the
+    points' visibility test. vertices (B,V,3) camera space; faces (F,3); K (B,3,3); body_depth
+    (B,H,W). A garment's silhouette as a renderer draws it: no splat band along its outline, no
+    holes between its points (the truth clothing's own mesh scores ~0.98 IoU against its
+    Cycles-rendered masks, its points splatted ~0.88)."""
+    from ..render.rasterizer import depth_map
+    faces = torch.as_tensor(np.asarray(faces), device=vertices.device).long()
+    depth = depth_map(vertices, faces, K.to(vertices.device, vertices.dtype), tuple(body_depth.shape[-2:]))
+    return torch.isfinite(depth) & (depth <= body_depth.to(depth.device, depth.dtype) + threshold)
 
 
 def mask_iou(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> Tensor:

@@ -6,6 +6,7 @@ refinement of per-point offsets. Checkpointed, resumable, cancellable, with prog
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 import warnings
 from dataclasses import asdict
@@ -20,7 +21,7 @@ from ..data.subject import Subject, read_subject
 from ..device import DeviceError, device_error, pick_device, preload_optimizer_imports, release_memory, scaled
 from ..drape.base import DrapeModel, DrapeOutput
 from ..errors import InputError
-from ..garment.families import FAMILIES, outfit_families, upgrade_code
+from ..garment.families import CUT_PARAMS, FAMILIES, outfit_families, upgrade_code
 from ..link import protocol as P
 from ..link.protocol import CHECKPOINT_PT
 from ..render.rasterizer import project
@@ -32,6 +33,8 @@ from .selection import (PLAIN_TOPS, UNION, CandidateSpec, assign_labels, hidden_
 from .state import (  # noqa: F401 - re-exported: callers import them from here
     Best, Candidate, FitCancelled, FitOptions, FitState, Preview, Progress, mask_group, split_frames)
 from .visibility import visible_points
+
+CUT_CHUNK = 8     # codes per loss evaluation of the cut search (bounds its memory at 512 px)
 
 
 def slerp_mean(codes: torch.Tensor) -> torch.Tensor:
@@ -374,7 +377,7 @@ class OutfitFitter:
                 self._optimize(cands, state, "coarse", self.options.coarse_steps)
                 if state.best.code is None:  # resumed past the last step before any scoring
                     self._update_best(cands, state, "coarse")
-            fine = _release_fine_only(self._fine_candidate(state, by_id))
+            fine = self._search_cuts(_release_fine_only(self._fine_candidate(state, by_id)))
             if self.coarse is not None:      # its scores were on the reduced masks: score the start again
                 self._rescore_start(fine, state)
             state.stage, state.step = "fine", 0
@@ -435,6 +438,33 @@ class OutfitFitter:
         # Scores of the joined outfit are on all labels at once: not comparable with one label's.
         state.best = Best()
         return self._infer_hidden(Candidate(drape, start[None].clone(), spec=spec), state)
+
+    def _search_cuts(self, cand: Candidate) -> Candidate:
+        """The fine stage's start for each garment's cut parameters (families.CUT_PARAMS: they
+        move which points are there, not where, and get almost no gradient): every combination
+        of `FitOptions.cut_grid` logits, scored on the training frames (data loss + prior, the
+        fine stage's own loss), the lowest kept; the other logits are left as they are. One
+        garment after another, each with the earlier ones' choice. Runs once, before the fine
+        stage's first step."""
+        families, grid = getattr(cand.drape, "families", None), tuple(self.options.cut_grid)
+        if not families or not grid:
+            return cand
+        code = cand.codes.detach()[0].clone()
+        ids = np.arange(len(self.train))
+        for fam, seg in zip(families, cand.drape.segments):
+            names = [n for n, _, _ in fam.ranges]
+            index = [seg.start + names.index(p) for p in CUT_PARAMS.get(fam.name, ())]
+            if not index:
+                continue
+            combos = torch.tensor(list(itertools.product(grid, repeat=len(index))), dtype=code.dtype,
+                                  device=code.device)                                    # (G, k)
+            codes = code.expand(len(combos), -1).clone()
+            codes[:, index] = combos
+            with torch.no_grad():
+                losses = torch.cat([self.frame_losses(cand.drape, chunk, self.train, ids, targets=cand.targets)
+                                    + self.prior(cand.drape, chunk) for chunk in codes.split(CUT_CHUNK)])
+            code = codes[int(torch.argmin(losses))]
+        return Candidate(cand.drape, code[None].clone(), spec=cand.spec)
 
     def _rescore_start(self, fine: Candidate, state: FitState) -> None:
         """The fine stage's start code scored on the full-size frames becomes the best so far

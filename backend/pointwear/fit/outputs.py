@@ -21,7 +21,7 @@ from ..fileio import atomic_path, save_npz
 from ..link.protocol import BODY_NPZ, KIND_FIT_OUTFIT, OUTFIT_NPZ, OUTFIT_PLY, POSED_NPZ, RESULT_FILES, RESULT_JSON
 from ..render.rasterizer import project
 from .frames import FrameSet, load_frames
-from .metrics import chamfer_2d_pixels, mask_iou, splat_mask
+from .metrics import chamfer_2d_pixels, mask_iou, mesh_mask, splat_mask
 from .state import FitState, FitterView
 from .visibility import visible_points
 
@@ -52,9 +52,12 @@ def splat_adaptive(uv: torch.Tensor, valid: torch.Tensor, radii: np.ndarray, ima
 
 @torch.no_grad()
 def evaluate_points(subject: Subject, body: BodyModel, posed: torch.Tensor, ids: list[int],
-                    threshold: float = 0.02, frames: FrameSet | None = None) -> list[dict]:
+                    threshold: float = 0.02, frames: FrameSet | None = None,
+                    faces: np.ndarray | None = None) -> list[dict]:
     """Mask IoU of the splatted visible points and 2D Chamfer (px) on the given frames
-    (`frames`: their precomputed depth maps and mask transforms, if the caller has them)."""
+    (`frames`: their precomputed depth maps and mask transforms, if the caller has them).
+    With the points' mesh `faces`, also "mesh_iou": the IoU of the mesh's seen silhouette
+    (`metrics.mesh_mask`)."""
     frames = frames or load_frames(subject, body, ids, posed.device)
     uv, z = project(posed[ids], frames.K)
     vis = visible_points(posed[ids], frames.depth, frames.K, threshold=threshold)
@@ -63,10 +66,15 @@ def evaluate_points(subject: Subject, body: BodyModel, posed: torch.Tensor, ids:
         radii = splat_radii(posed[i].cpu().numpy(), float(frames.K[k, 0, 0]))
         pred = splat_adaptive(uv[k], vis[k], radii, subject.image_size)
         mask = frames.masks[k]
-        out.append({"frame": i, "iou": round(float(mask_iou(pred, mask)), 4),
-                    "chamfer_px": round(float(chamfer_2d_pixels(uv[k:k + 1], vis[k:k + 1], frames.targets,
+        row = {"frame": i, "iou": round(float(mask_iou(pred, mask)), 4)}
+        if faces is not None:
+            seen = mesh_mask(posed[i:i + 1], faces, frames.K[k:k + 1], frames.depth[k:k + 1], threshold)[0]
+            row["mesh_iou"] = round(float(mask_iou(seen, mask)), 4)
+        row.update({"chamfer_px": round(float(chamfer_2d_pixels(uv[k:k + 1], vis[k:k + 1], frames.targets,
                                                                 torch.tensor([k], device=uv.device))[0]), 3),
-                    "visible": round(float(vis[k].float().mean()), 3), "splat_radius_px": round(float(np.median(radii)), 2)})
+                    "visible": round(float(vis[k].float().mean()), 3),
+                    "splat_radius_px": round(float(np.median(radii)), 2)})
+        out.append(row)
     return out
 
 
@@ -129,7 +137,7 @@ def write_outputs(fitter: FitterView, drape: DrapeModel, state: FitState,
     all_ids = list(range(fitter.subject.num_frames))
     frames = load_frames(fitter.subject, fitter.body, all_ids, fitter.device)
     per_frame = evaluate_points(fitter.subject, fitter.body, posed, all_ids, fitter.options.visibility_threshold,
-                                frames)
+                                frames, extra.get("faces"))
     for row in per_frame:
         row["split"] = "train" if row["frame"] in fitter.train_ids else "heldout"
     result = {
@@ -169,7 +177,8 @@ def garment_list(drape: DrapeModel, code: torch.Tensor, targets: tuple[int, ...]
 def _means(rows: list[dict]) -> dict:
     if not rows:
         return {}
-    return {k: round(float(np.mean([r[k] for r in rows])), 4) for k in ("iou", "chamfer_px")}
+    return {k: round(float(np.mean([r[k] for r in rows])), 4) for k in ("iou", "mesh_iou", "chamfer_px")
+            if all(k in r for r in rows)}
 
 
 def _overlay(image: np.ndarray, uv: np.ndarray, vis: np.ndarray, scale: int) -> np.ndarray:

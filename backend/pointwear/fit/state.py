@@ -49,7 +49,11 @@ class FitOptions:
                                        # labels: 128 px lost a T-shirt's sleeves on a labelled 512 px subject
                                        # (docs/fitting.md "Procedure")
     fine_steps: int = 100
-    refine_steps: int = 100            # free-form offsets along normals (kept if held-out improves; 0: off)
+    cut_grid: tuple[float, ...] = (-4.0, -1.5, 0.0, 1.5, 3.0)   # logits tried for each cut parameter (families.
+                                       # CUT_PARAMS, every combination within a garment) at the fine stage's start;
+                                       # the training loss picks the start (empty: the middle of the range)
+    refine_steps: int = 200            # free-form offsets along normals (kept if held-out improves; 0: off). 100
+                                       # until 2026-12-06: walks whose held-out score still fell at 100 (docs/fitting.md)
     refine: RefineOptions = field(default_factory=RefineOptions)
     score_every: int = 20
     score_frames: str = "all"          # codes and garments compared on "all" frames or the "heldout" ones

@@ -77,6 +77,13 @@ ABSENT_LOGIT = -12.0      # sigmoid(-12) = 6e-6: the low end of the range (a str
 FINE_ONLY: dict[str, tuple[str, ...]] = {"jacket": ("widen",), "skirt": ("fall",), "dress": ("fall",),
                                          "tank": ("armhole", "strap")}
 FINE_START_LOGIT = 0.0    # the middle of the range
+# Parameters that act only through which points are there (a cut: a sleeveless garment's
+# armholes), not through where the points lie. The mask -> points Chamfer counts a point as there
+# or not, so Adam gets almost no gradient for them: on clothsim training tanks and dresses the
+# straps drifted in from the middle of their range while wider straps and deeper armholes had a
+# lower training loss. The fine stage starts them from the best combination of a few values
+# (`FitOptions.cut_grid`) by the training frames' loss (docs/fitting.md, "Cuts").
+CUT_PARAMS: dict[str, tuple[str, ...]] = {"tank": ("armhole", "strap"), "dress": ("armhole", "strap")}
 
 
 def upgrade_code(spec: str, code):
