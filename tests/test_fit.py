@@ -3,6 +3,7 @@ cancel, re-drapes on new shapes and motions, and evaluates against the truth."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -171,6 +172,29 @@ def test_eval_outfit_reports_truth_and_baseline(fitted, tiny_subject):
     assert report["baseline"]["heldout_iou"] < report["truth_points"]["heldout_iou"] <= 1
     assert [r["frame"] for r in report["truth_points"]["frames"]] == report["heldout_frames"]
     assert (out / "eval.json").exists()
+    # the meshes' seen silhouettes: the truth's own mesh, drawn as the synth masks were, is the
+    # reference near 1 (the splatted truth points stay below it), the fit and the body between
+    assert report["truth_mesh"]["heldout_mesh_iou"] > max(0.95, report["truth_points"]["heldout_iou"])
+    for name in ("fit", "baseline"):
+        assert 0 < report[name]["heldout_mesh_iou"] < report["truth_mesh"]["heldout_mesh_iou"]
+        assert [r["frame"] for r in report[name]["mesh_frames"]] == report["heldout_frames"]
+    assert report["fit"]["heldout_mesh_iou"] > report["baseline"]["heldout_mesh_iou"]
+    saved = json.loads((out / "result.json").read_text())
+    assert all(0 <= r["mesh_iou"] <= 1 for r in saved["frames"]) and "mesh_iou" in saved["metrics"]["train"]
+
+
+def test_eval_outfit_names_faces_that_index_no_point(fitted, tiny_subject, tmp_path):
+    from pointwear.fit.evaluate import evaluate_outfit
+    out, _, _, _ = fitted
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    outfit = dict(np.load(bad / "outfit.npz"))
+    outfit["faces"] = outfit["faces"].copy()
+    outfit["faces"][0, 0] = outfit["points"].shape[0]
+    np.savez(bad / "outfit.npz", **outfit)
+    with pytest.raises(InputError) as err:
+        evaluate_outfit(bad, tiny_subject.root)
+    assert err.value.field == "faces" and err.value.file.endswith("outfit.npz"), err.value
 
 
 def test_frames_with_the_body_out_of_view_are_named_and_left_out(tiny_subject, tmp_path, default_body):

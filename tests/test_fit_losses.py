@@ -479,3 +479,30 @@ def test_splat_all_taps_at_once_writes_the_same_images_as_tap_by_tap(k, radius, 
         images.append(img)
     assert torch.equal(images[0], images[1])
     assert bool((images[0] != _EMPTY32).any())
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(x0=st.floats(2.1, 20.9), y0=st.floats(2.1, 20.9), w=st.floats(3.1, 20.9), h=st.floats(3.1, 20.9),
+       z=st.floats(1.0, 4.0), gap=st.floats(-0.05, 0.05))
+def test_mesh_mask_is_the_pixel_centres_inside_the_projected_quad_unless_the_body_is_in_front(x0, y0, w, h, z, gap):
+    """A rectangle facing the camera at depth z covers exactly the pixel centres strictly inside
+    its projection; a body plane at z - gap hides it when the rectangle lies more than 2 cm
+    behind the body, and off the body (+inf depth) it is always seen."""
+    from pointwear.fit.metrics import mesh_mask
+    assume = lambda v: abs(v - round(v)) > 1e-3   # noqa: E731  (no edge through a pixel centre)
+    if not all(assume(v) for v in (x0, y0, x0 + w, y0 + h)):
+        return
+    f, size = 50.0, (48, 48)
+    K = torch.tensor([[[f, 0.0, 0.0], [0.0, f, 0.0], [0.0, 0.0, 1.0]]], dtype=torch.float64)
+    corners = [(x0, y0), (x0 + w, y0), (x0 + w, y0 + h), (x0, y0 + h)]
+    verts = torch.tensor([[[u * z / f, v * z / f, z] for u, v in corners]], dtype=torch.float64)
+    faces = np.array([[0, 1, 2], [0, 2, 3]])
+    cols, rows = torch.arange(size[1], dtype=torch.float64), torch.arange(size[0], dtype=torch.float64)
+    inside = ((rows[:, None] > y0) & (rows[:, None] < y0 + h) & (cols[None] > x0) & (cols[None] < x0 + w))
+    open_sky = mesh_mask(verts, faces, K, torch.full((1, *size), math.inf, dtype=torch.float64))[0]
+    assert torch.equal(open_sky, inside)
+    if abs(gap - 0.02) < 2e-3:          # the z-buffer's depth is float32 (~0.2 mm per m): no ties
+        return
+    behind = mesh_mask(verts, faces, K, torch.full((1, *size), z - gap, dtype=torch.float64))[0]
+    assert torch.equal(behind, inside if gap < 0.02 else torch.zeros_like(inside)), gap
+    assert float(mask_iou(open_sky, inside)) == 1.0
