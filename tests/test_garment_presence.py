@@ -50,7 +50,7 @@ def test_dress_armholes_open_its_sides_from_the_straps_out_and_follow_their_para
     joints' half-width and above `armhole` below the shoulder joints (to the soft edge), on the
     dress's own surface; a deeper armhole or narrower straps leave more out (gradients)."""
     drape = ParametricDrape(body, "dress")
-    code = family_logits(drape, sleeve=0.001, armhole=0.12, strap=0.8).requires_grad_()
+    code = family_logits(drape, sleeve=0.001, armhole=0.12, strap=0.8, taper=1e-4).requires_grad_()   # straight
     out = drape(code, torch.zeros(1, 10))
     pts, pres = out.points[0].detach().numpy(), out.presence[0].detach().numpy()
     joints = body.shaped(torch.zeros(1, 10))[1][0].numpy()

@@ -81,10 +81,10 @@ def test_trousers_on_a_slim_body_are_unchanged_by_the_short_hem_rule(body):
 
 def test_tank_armholes_are_cut_like_a_strap_dress_and_held_in_the_coarse_stage(body):
     drape = ParametricDrape(body, "tank")
-    assert set(FINE_ONLY["tank"]) == {"armhole", "strap"}
+    assert set(FINE_ONLY["tank"]) == {"armhole", "strap", "taper"}
     held = [name for (name, _, _), fine in zip(drape.families[0].ranges, drape.fine_only.tolist()) if fine]
-    assert held == ["armhole", "strap"]
-    code = family_logits(drape, armhole=0.12, strap=0.7).requires_grad_()
+    assert held == ["armhole", "strap", "taper"]
+    code = family_logits(drape, armhole=0.12, strap=0.7, taper=1e-4).requires_grad_()   # a straight edge
     out = drape(code, torch.zeros(1, 10))
     pts, pres = out.points[0].detach().numpy(), out.presence[0].detach().numpy()
     joints = body.shaped(torch.zeros(1, 10))[1][0].numpy()
@@ -100,12 +100,39 @@ def test_tank_armholes_are_cut_like_a_strap_dress_and_held_in_the_coarse_stage(b
     assert code.grad[0, names.index("armhole")] < 0 and code.grad[0, names.index("strap")] > 0
 
 
+def test_a_tapered_armhole_keeps_the_strap_out_on_the_shoulder_and_cuts_deeper_into_the_side(body):
+    """`taper`: the armhole's inner edge at `strap` x the shoulder joints' half-width at their
+    height, `taper` x the half-width further in at the armhole's bottom, linearly in between.
+    Tank and dress codes written before it (session Q's) read it at 0: a straight edge."""
+    joints = body.shaped(torch.zeros(1, 10))[1][0].numpy()
+    shoulders = joints[[J["left_shoulder"], J["right_shoulder"]]]
+    half, top = np.abs(shoulders[:, 0]).mean(), shoulders[:, 1].mean()
+    for spec in ("tank", "dress"):
+        drape = ParametricDrape(body, spec)
+        present = {}
+        for taper in (1e-4, 0.4):
+            out = drape(family_logits(drape, armhole=0.15, strap=0.9, taper=taper, sleeve=1e-4), torch.zeros(1, 10))
+            present[taper] = out.presence[0].detach().numpy()
+        whole = drape(family_logits(drape, armhole=1e-4, sleeve=1e-4), torch.zeros(1, 10)).presence[0].numpy() == 1
+        pts = out.points[0].detach().numpy()
+        x, y = np.abs(pts[:, 0]), np.where(whole, pts[:, 1], np.inf)           # no cut, no sleeves: the body piece
+        m = ARMHOLE_EDGE / 2 + 1e-3                     # the soft edge is linear over ARMHOLE_EDGE
+        near_top = (y > top - 0.015) & (y < top) & (x < 0.85 * half - m)           # the strap, at the shoulders
+        band = (y < top - 0.08) & (y > top - 0.15 + m) & (x > 0.7 * half + m) & (x < 0.9 * half - m)
+        assert near_top.sum() > 5 and band.sum() > 5, spec
+        assert np.all(present[1e-4][near_top] == 1) and np.all(present[0.4][near_top] == 1), spec
+        assert np.all(present[1e-4][band] == 1) and np.all(present[0.4][band] == 0), spec
+        names = [n for n, _, _ in drape.families[0].ranges]
+        old = np.zeros(drape.code_dim - 1, np.float32)
+        assert upgrade_code(spec, old)[names.index("taper")] == ABSENT_LOGIT, spec
+
+
 def test_tank_results_from_before_armholes_keep_every_point_of_the_tank(body):
     """A tank code of four logits (before `armhole` and `strap`) reads them at the low end: no
     armhole, every torso point present as before; a tank over a skirt likewise."""
     drape = ParametricDrape(body, "tank")
     new = upgrade_code("tank", np.array([0.3, -0.2, 0.1, -1.0], np.float32))
-    assert new.shape == (drape.code_dim,) and list(new[4:]) == [ABSENT_LOGIT, ABSENT_LOGIT]
+    assert new.shape == (drape.code_dim,) and list(new[4:]) == [ABSENT_LOGIT] * 3
     keep = present_points(drape(torch.as_tensor(new)[None], torch.zeros(1, 10))).numpy()
     n_torso = GRID["torso"][0] * GRID["torso"][1]
     assert keep[:n_torso].all() and not keep[n_torso:].any()     # only the sleeve stubs go

@@ -386,6 +386,7 @@ class OutfitFitter:
             self._optimize([fine], state, "fine", self.options.fine_steps)
             if state.best.code is None:      # no fine step was scored (fine_steps 0): its start is the best
                 self._update_best([fine], state, "fine")
+            self._search_cuts_again(fine, state)
             state.stage, state.step = "refine", 0
             self._save([fine], state)
         best_drape = self.drapes[state.best.drape_id]
@@ -465,6 +466,23 @@ class OutfitFitter:
                                     + self.prior(cand.drape, chunk) for chunk in codes.split(CUT_CHUNK)])
             code = codes[int(torch.argmin(losses))]
         return Candidate(cand.drape, code[None].clone(), spec=cand.spec)
+
+    def _search_cuts_again(self, fine: Candidate, state: FitState) -> None:
+        """The cut search once more from the best code after the fine stage: the other parameters
+        have settled, and Adam has moved the cuts the one way their gradient goes (on clothsim
+        dress_1000 the straps went from the search's 0.70 to 0.54 while 0.89 had the lower
+        training loss). Kept when it lowers the score the stages compare by."""
+        best = state.best
+        if best.code is None or best.drape_id != fine.key or not getattr(fine.drape, "families", None):
+            return
+        cand = self._search_cuts(Candidate(fine.drape, best.code.to(self.device)[None], spec=fine.spec))
+        if torch.equal(cand.codes[0], best.code.to(self.device)):
+            return
+        with torch.no_grad():
+            score = float(self._penalised(cand, self.score(cand.drape, cand.codes, cand.targets))[0])
+        state.history.append({"stage": "cuts", "step": state.step, "drape": fine.key, "scores": [round(score, 5)]})
+        if score < best.score:
+            state.best = Best(score, fine.key, cand.codes[0].clone(), best.stage)
 
     def _rescore_start(self, fine: Candidate, state: FitState) -> None:
         """The fine stage's start code scored on the full-size frames becomes the best so far

@@ -33,7 +33,8 @@ _DRESS = (("sleeve", 0.0, 0.5), ("hem", 0.05, 0.9), ("neckline", 0.02, 0.14), ("
 _TOP = (("hem", 0.5, 1.05), ("neckline", 0.02, 0.14), ("ease", 0.003, 0.06), ("loose", 0.0, 0.3))
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("tank", "upper", "top", (("hem", 0.5, 1.05), ("neckline", 0.05, 0.16), ("ease", 0.003, 0.06),
-                                    ("loose", 0.0, 0.3), ("armhole", 0.0, 0.2), ("strap", 0.4, 1.0)),
+                                    ("loose", 0.0, 0.3), ("armhole", 0.0, 0.2), ("strap", 0.4, 1.0),
+                                    ("taper", 0.0, 0.6)),
            {"sleeve": 0.0}, layer=1),
     Family("tshirt", "upper", "top", (("sleeve", 0.08, 0.55),) + _TOP, layer=1),
     Family("longsleeve", "upper", "top", (("sleeve", 0.55, 1.02),) + _TOP, layer=1),
@@ -49,7 +50,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
                                              ("flare", 0.0, 0.2))),
     Family("skirt", "lower", "skirt", (("hem", 0.05, 0.95), ("waist", 0.5, 0.7), ("ease", 0.003, 0.05),
                                        ("flare", 0.0, 0.8), ("fall", 0.0, 0.3))),
-    Family("dress", "onepiece", "dress", _DRESS + (("armhole", 0.0, 0.2), ("strap", 0.4, 1.0), ("fall", 0.0, 0.3))),
+    Family("dress", "onepiece", "dress", _DRESS + (("armhole", 0.0, 0.2), ("strap", 0.4, 1.0), ("fall", 0.0, 0.3),
+                                                   ("taper", 0.0, 0.6))),
     Family("jumpsuit", "onepiece", "jumpsuit", (("sleeve", 0.0, 1.02), ("hem", 0.15, 1.0), ("neckline", 0.02, 0.12),
                                                 ("ease", 0.003, 0.06))),
 )}
@@ -63,6 +65,7 @@ ADDED_LATER_GENERATIONS: tuple[dict[str, tuple[str, ...]], ...] = (
     {"dress": ("armhole", "strap"), "jacket": ("widen",)},
     {"skirt": ("fall",), "dress": ("fall",)},
     {"tank": ("armhole", "strap")},
+    {"tank": ("taper",), "dress": ("taper",)},
 )
 ADDED_LATER: dict[str, tuple[str, ...]] = {
     name: tuple(p for gen in ADDED_LATER_GENERATIONS for p in gen.get(name, ()))
@@ -74,8 +77,8 @@ ABSENT_LOGIT = -12.0      # sigmoid(-12) = 6e-6: the low end of the range (a str
 # which top under it the coarse stage prefers (docs/fitting.md, "Jackets"); a skirt's or dress's
 # `fall` is held the same way, so the garments chosen stay those of before it, and so are a tank's
 # armholes (cut deep on simulated tanks, docs/fitting.md "The outfit model").
-FINE_ONLY: dict[str, tuple[str, ...]] = {"jacket": ("widen",), "skirt": ("fall",), "dress": ("fall",),
-                                         "tank": ("armhole", "strap")}
+FINE_ONLY: dict[str, tuple[str, ...]] = {"jacket": ("widen",), "skirt": ("fall",), "dress": ("fall", "taper"),
+                                         "tank": ("armhole", "strap", "taper")}
 FINE_START_LOGIT = 0.0    # the middle of the range
 # Parameters that act only through which points are there (a cut: a sleeveless garment's
 # armholes), not through where the points lie. The mask -> points Chamfer counts a point as there
@@ -83,7 +86,7 @@ FINE_START_LOGIT = 0.0    # the middle of the range
 # straps drifted in from the middle of their range while wider straps and deeper armholes had a
 # lower training loss. The fine stage starts them from the best combination of a few values
 # (`FitOptions.cut_grid`) by the training frames' loss (docs/fitting.md, "Cuts").
-CUT_PARAMS: dict[str, tuple[str, ...]] = {"tank": ("armhole", "strap"), "dress": ("armhole", "strap")}
+CUT_PARAMS: dict[str, tuple[str, ...]] = {"tank": ("armhole", "strap", "taper"), "dress": ("armhole", "strap", "taper")}
 
 
 def upgrade_code(spec: str, code):

@@ -40,6 +40,9 @@ class GarmentParams:
     (0 = none: the body covers the shoulders out to the arms) and `strap` the straps' outer edge
     (the armhole's inner edge) as a share of the shoulder joints' half-width: a sundress or slip
     dress hangs from straps, its sides open from there outwards down to the armhole's bottom;
+    `taper` how far in (a share of the same half-width) the armhole's inner edge has come at the
+    armhole's bottom, linearly from `strap` at the shoulder joints' height: a strap that sits out
+    on the shoulder above an armhole cut deep into the side below it (0: a straight edge);
     `fall` how far (metres per metre below the widest hips) a skirt's or dress's front and back
     come in towards the legs while its sides hang out: simulated cloth hangs from the hips'
     width, so its cross-section below them is wider than it is deep."""
@@ -55,6 +58,7 @@ class GarmentParams:
     loose: float = 0.0
     armhole: float = 0.0
     strap: float = 0.75
+    taper: float = 0.0
     widen: float = 0.0
     fall: float = 0.0
 
@@ -304,7 +308,8 @@ ARMHOLE_MIN, ARMHOLE_EDGE = 0.01, 0.02   # armholes shallower than ARMHOLE_MIN (
 def _armholes(frame: BodyFrame, p: GarmentParams) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """Presence of a sleeveless garment's points around its armholes, (..., n_s, n_phi, 3) rest-pose
     vertices -> (..., n_s, n_phi): 0 where a point lies farther out than `strap` x the shoulder
-    joints' half-width and higher than `armhole` below them (what a strap dress leaves open),
+    joints' half-width (less `taper` x the half-width at the armhole's bottom, linearly in
+    between) and higher than `armhole` below them (what a strap dress leaves open),
     1 elsewhere, linear over ARMHOLE_EDGE across both edges; an armhole shallower than
     ARMHOLE_MIN fades out, so 0 (older results) keeps every point. The vertices are read
     without their gradient: the cut moves with `armhole` and `strap`, never with the ease."""
@@ -314,9 +319,10 @@ def _armholes(frame: BodyFrame, p: GarmentParams) -> Callable[[torch.Tensor], to
     half_width, height = float(np.abs(shoulders[:, 0]).mean()), float(shoulders[:, 1].mean())
 
     def cut(v: torch.Tensor) -> torch.Tensor:
-        depth, strap = p.armhole, p.strap        # floats, scalar or (C, 1, 1) tensors
+        depth, strap, taper = p.armhole, p.strap, p.taper   # floats, scalar or (C, 1, 1) tensors
         x, y = v.detach()[..., 0].abs(), v.detach()[..., 1]
-        side = ((x - strap * half_width) / ARMHOLE_EDGE + 0.5).clamp(0.0, 1.0)
+        down = _clamp((height - y) / _clamp(depth, ARMHOLE_MIN, None), 0.0, 1.0)   # 0 at the shoulders, 1 at the bottom
+        side = ((x - (strap - taper * down) * half_width) / ARMHOLE_EDGE + 0.5).clamp(0.0, 1.0)
         above = ((y - (height - depth)) / ARMHOLE_EDGE + 0.5).clamp(0.0, 1.0)
         exists = _clamp((depth - ARMHOLE_MIN) / ARMHOLE_MIN, 0.0, 1.0)
         return 1.0 - side * above * exists
