@@ -21,7 +21,7 @@ from ..data.subject import Subject, read_subject
 from ..device import DeviceError, device_error, pick_device, preload_optimizer_imports, release_memory, scaled
 from ..drape.base import DrapeModel, DrapeOutput
 from ..errors import InputError
-from ..garment.families import CUT_PARAMS, FAMILIES, outfit_families, upgrade_code
+from ..garment.families import CUT_PARAMS, FAMILIES, outfit_families, outfit_name, upgrade_code
 from ..link import protocol as P
 from ..link.protocol import CHECKPOINT_PT
 from ..render.rasterizer import project
@@ -90,6 +90,7 @@ class OutfitFitter:
         self.select = self._reduced_frames(labels, options.select_size) \
             if options.select_size and not self.groups else None
         self.final_targets, self._final_spec = None, None
+        self.drapes: dict[str, DrapeModel] = {}     # candidate key -> its drape (made by `run`)
         self._garment_ids: dict[int, torch.Tensor] = {}
         self.rng = torch.Generator().manual_seed(options.seed)
         self.ckpt_path = self.out / CHECKPOINT_PT
@@ -239,17 +240,7 @@ class OutfitFitter:
             ids = self._sample_ids()
             with self._checkpoint_on_oom(cands, state):
                 for cand in cands:
-                    refresh = state.step % 10 == 0
-                    loss = self.frame_losses(cand.drape, cand.codes, self.train, ids, refresh_weights=refresh,
-                                             targets=cand.targets)
-                    total = (loss + self.prior(cand.drape, cand.codes)).sum()
-                    cand.optimizer.zero_grad()
-                    total.backward()
-                    if stage == "coarse":
-                        _hold_fine_only(cand)
-                    cand.optimizer.step()
-                    for group in cand.optimizer.param_groups:
-                        group["lr"] *= 0.992
+                    self._adam_step(cand, ids, state.step % 10 == 0, hold=stage == "coarse")
             state.step += 1
             if self.preview is not None:
                 show = state.best if stage == "coarse" and state.best.code is not None else None
@@ -262,6 +253,20 @@ class OutfitFitter:
                 cands[:] = self._prune(cands, state)
             if state.step % self.options.checkpoint_every == 0:
                 self._save(cands, state)
+
+    def _adam_step(self, cand: Candidate, ids: np.ndarray, refresh: bool, hold: bool = False) -> None:
+        """One step of the candidate's codes on the training frames `ids` (data loss + prior);
+        `hold`: the coarse stage's fine-only logits get no step. The learning rate decays x 0.992."""
+        loss = self.frame_losses(cand.drape, cand.codes, self.train, ids, refresh_weights=refresh,
+                                 targets=cand.targets)
+        total = (loss + self.prior(cand.drape, cand.codes)).sum()
+        cand.optimizer.zero_grad()
+        total.backward()
+        if hold:
+            _hold_fine_only(cand)
+        cand.optimizer.step()
+        for group in cand.optimizer.param_groups:
+            group["lr"] *= 0.992
 
     @contextlib.contextmanager
     def _checkpoint_on_oom(self, cands: list[Candidate], state: FitState):
@@ -387,6 +392,7 @@ class OutfitFitter:
             if state.best.code is None:      # no fine step was scored (fine_steps 0): its start is the best
                 self._update_best([fine], state, "fine")
             self._search_cuts_again(fine, state)
+            fine = self._drop_hidden_layers(fine, state)
             state.stage, state.step = "refine", 0
             self._save([fine], state)
         best_drape = self.drapes[state.best.drape_id]
@@ -483,6 +489,52 @@ class OutfitFitter:
         state.history.append({"stage": "cuts", "step": state.step, "drape": fine.key, "scores": [round(score, 5)]})
         if score < best.score:
             state.best = Best(score, fine.key, cand.codes[0].clone(), best.stage)
+
+    def _drop_hidden_layers(self, fine: Candidate, state: FitState) -> Candidate:
+        """The outfit without a top that a jacket on the same label is worn over, the other
+        garments' codes as fitted, scored after the fine stage; it replaces the best when its
+        score (penalised as always: one garment fewer on the label) is lower. The selection
+        compares a jacket alone with a jacket over a top early in the coarse stage, before the
+        jacket alone has settled (it starts behind: the top fills its gaps); once fitted, a top
+        the jacket hides costs the layer penalty and explains nothing (docs/fitting.md,
+        "Choosing the garments"). Only with labels (measured there); not with fixed garments
+        (`template`)."""
+        from ..drape.parametric import ParametricDrape
+        drape, best = fine.drape, state.best
+        if (not self.groups or self.options.template or fine.spec is None or best.code is None
+                or best.drape_id != fine.key or not hasattr(drape, "families")):
+            return fine
+        fams, targets = drape.families, fine.spec.targets
+        for g, fam in enumerate(fams):
+            if not any(targets[h] == targets[g] and fams[h].layer > fam.layer for h in range(len(fams))):
+                continue
+            rest = {fams[h].name: h for h in range(len(fams)) if h != g}
+            new = ParametricDrape(self.body, outfit_name(tuple(fams[h] for h in rest.values())))
+            code = torch.cat([best.code[drape.segments[rest[f.name]]] for f in new.families]).to(self.device)
+            cand = Candidate(new, code[None].clone().requires_grad_(),
+                             spec=CandidateSpec(new.template, tuple(targets[rest[f.name]] for f in new.families)))
+            # the garments left were fitted around the top: they settle without it first, as long
+            # as the fine stage (no checkpoint: a resume runs this again from the fine stage's end)
+            cand.optimizer = torch.optim.Adam([cand.codes], lr=self._lr(new), betas=(0.5, 0.9), eps=1e-4)
+            for step in range(self.options.fine_steps):
+                if self.should_stop():
+                    raise FitCancelled(f"fit cancelled while trying {cand.key} without the {fam.name}")
+                self._adam_step(cand, self._sample_ids(), step % 10 == 0)
+            code = cand.codes[0].detach()
+            with torch.no_grad():
+                score = float(self._penalised(cand, self.score(new, code[None], cand.targets))[0])
+            state.history.append({"stage": "layers", "step": state.step, "drape": cand.key,
+                                  "scores": [round(score, 5)]})
+            if score < best.score:
+                outer = "+".join(f.name for h, f in enumerate(fams) if targets[h] == targets[g] and f.layer > fam.layer)
+                warnings.warn(f"{self.subject.root}: the {outer} alone explains label {targets[g]} better than worn "
+                              f"over the {fam.name} (score {score:.5f} against {best.score:.5f} with the layer "
+                              f"penalty): the {fam.name} is left out")
+                self.drapes[cand.key] = new
+                state.best = Best(score, cand.key, code.clone(), best.stage)
+                state.inferred = [note for note in state.inferred if note.get("index") != g]
+                return Candidate(new, code[None].clone(), spec=cand.spec)
+        return fine
 
     def _rescore_start(self, fine: Candidate, state: FitState) -> None:
         """The fine stage's start code scored on the full-size frames becomes the best so far
