@@ -525,11 +525,14 @@ class OutfitFitter:
                 score = float(self._penalised(cand, self.score(new, code[None], cand.targets))[0])
             state.history.append({"stage": "layers", "step": state.step, "drape": cand.key,
                                   "scores": [round(score, 5)]})
-            if score < best.score:
+            # both fitted now: the layered outfit's own score with the (smaller) penalty of this comparison
+            extra = fine.extra_garments - cand.extra_garments
+            layered = best.score / float(self._penalised(fine, torch.ones(1))[0]) * (1 + self.options.drop_penalty * extra)
+            if score < layered:
                 outer = "+".join(f.name for h, f in enumerate(fams) if targets[h] == targets[g] and f.layer > fam.layer)
-                warnings.warn(f"{self.subject.root}: the {outer} alone explains label {targets[g]} better than worn "
-                              f"over the {fam.name} (score {score:.5f} against {best.score:.5f} with the layer "
-                              f"penalty): the {fam.name} is left out")
+                warnings.warn(f"{self.subject.root}: the {outer} alone explains label {targets[g]} about as well as "
+                              f"worn over the {fam.name} (score {score:.5f} against {layered:.5f} with "
+                              f"FitOptions.drop_penalty): the {fam.name} is left out")
                 self.drapes[cand.key] = new
                 state.best = Best(score, cand.key, code.clone(), best.stage)
                 state.inferred = [note for note in state.inferred if note.get("index") != g]

@@ -36,6 +36,9 @@ class FitOptions:
     layer_penalty: float = 0.35        # ... with labels: a jacket over a top on one label's mask must fit it this
                                        # much better than one garment (clothsim training single tops vs layered:
                                        # 1.14-1.32 against 1.41-1.97; docs/fitting.md "Choosing the garments")
+    drop_penalty: float = 0.12         # after the fine stage, with both fitted: a jacket over a top must fit its label
+                                       # this much better than the jacket alone (clothsim training: jacket_4 worn
+                                       # alone 1.07, jackets over tops 1.17-1.77; docs/fitting.md "Choosing the garments")
     hidden_top: str = "tshirt"         # a plain top whose sleeves a jacket hides in every frame is this family
                                        # ("" lets the masks decide; fit/selection.py hidden_top)
     hidden_margin: float = 0.03        # ... when its sleeve ends within this share of the arm past the jacket's
