@@ -90,3 +90,13 @@ def test_a_jacket_over_a_tshirt_keeps_both(tmp_path_factory, tmp_path, default_b
         plain = OutfitFitter(subject, tmp_path / "x", FitOptions(**SMALL, **extra), body=default_body)
         fresh = FitState(stage="fine", best=Best(before[1], cand.key, cand.codes[0].clone(), "fine"))
         assert plain._drop_hidden_layers(cand, fresh) is cand and not fresh.history
+
+
+def test_a_top_that_stays_leaves_the_fit_as_it_was(tmp_path_factory, tmp_path, default_body):
+    """The trial's frame draws are given back when the top stays: the refinement after it draws
+    the frames it drew before the trial existed."""
+    subject, truth = _labelled(tmp_path_factory, default_body, "jacket+tshirt", 27)
+    fitter, cand, state = _after_fine(subject, truth, tmp_path, default_body)
+    before = fitter.rng.get_state()
+    assert fitter._drop_hidden_layers(cand, state) is cand
+    assert torch.equal(fitter.rng.get_state(), before)

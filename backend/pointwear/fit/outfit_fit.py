@@ -514,8 +514,10 @@ class OutfitFitter:
             cand = Candidate(new, code[None].clone().requires_grad_(),
                              spec=CandidateSpec(new.template, tuple(targets[rest[f.name]] for f in new.families)))
             # the garments left were fitted around the top: they settle without it first, as long
-            # as the fine stage (no checkpoint: a resume runs this again from the fine stage's end)
+            # as the fine stage (no checkpoint: a resume runs this again from the fine stage's end;
+            # its frame draws are given back when the top stays, so the fit goes on as without it)
             cand.optimizer = torch.optim.Adam([cand.codes], lr=self._lr(new), betas=(0.5, 0.9), eps=1e-4)
+            draws = self.rng.get_state()
             for step in range(self.options.fine_steps):
                 if self.should_stop():
                     raise FitCancelled(f"fit cancelled while trying {cand.key} without the {fam.name}")
@@ -537,6 +539,7 @@ class OutfitFitter:
                 state.best = Best(score, cand.key, code.clone(), best.stage)
                 state.inferred = [note for note in state.inferred if note.get("index") != g]
                 return Candidate(new, code[None].clone(), spec=cand.spec)
+            self.rng.set_state(draws)
         return fine
 
     def _rescore_start(self, fine: Candidate, state: FitState) -> None:
