@@ -491,14 +491,14 @@ class OutfitFitter:
             state.best = Best(score, fine.key, cand.codes[0].clone(), best.stage)
 
     def _drop_hidden_layers(self, fine: Candidate, state: FitState) -> Candidate:
-        """The outfit without a top that a jacket on the same label is worn over, the other
-        garments' codes as fitted, scored after the fine stage; it replaces the best when its
-        score (penalised as always: one garment fewer on the label) is lower. The selection
-        compares a jacket alone with a jacket over a top early in the coarse stage, before the
-        jacket alone has settled (it starts behind: the top fills its gaps); once fitted, a top
-        the jacket hides costs the layer penalty and explains nothing (docs/fitting.md,
-        "Choosing the garments"). Only with labels (measured there); not with fixed garments
-        (`template`)."""
+        """The outfit without a top that a jacket on the same label is worn over, after the fine
+        stage: the other garments start from their fitted codes and get `fine_steps` Adam steps,
+        then it replaces the best unless the layered outfit scores `FitOptions.drop_penalty`
+        better per garment (both fitted now, so not the selection's larger `layer_penalty`). The
+        selection compares a jacket alone with a jacket over a top early in the coarse stage,
+        before the jacket alone has settled (it starts behind: the top fills its gaps)
+        (docs/fitting.md, "Choosing the garments"). Only with labels (measured there); not with
+        fixed garments (`template`)."""
         from ..drape.parametric import ParametricDrape
         drape, best = fine.drape, state.best
         if (not self.groups or self.options.template or fine.spec is None or best.code is None
