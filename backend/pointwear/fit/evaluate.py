@@ -19,8 +19,8 @@ from ..drape.redrape import load_outfit
 from ..errors import InputError
 from ..fileio import atomic_path
 from .frames import FrameSet, load_frames
-from .metrics import chamfer_3d, mask_iou, mesh_mask
-from .outputs import evaluate_points
+from .metrics import chamfer_3d
+from .outputs import evaluate_points, mesh_iou
 from ..link.protocol import OUTFIT_NPZ, POSED_NPZ, RESULT_JSON
 
 
@@ -110,10 +110,7 @@ def _mesh_report(subject: Subject, body: BodyModel, vertices: torch.Tensor, face
                  frames: FrameSet) -> dict:
     """Held-out IoU of a mesh's seen silhouette (`metrics.mesh_mask`; vertices (N, V, 3) per
     frame in camera space): "heldout_mesh_iou" and per frame "mesh_frames"."""
-    rows = []
-    for k, i in enumerate(held):
-        seen = mesh_mask(vertices[i:i + 1].float(), faces, frames.K[k:k + 1], frames.depth[k:k + 1])[0]
-        rows.append({"frame": i, "mesh_iou": round(float(mask_iou(seen, frames.masks[k])), 4)})
+    rows = [{"frame": i, "mesh_iou": mesh_iou(vertices, faces, frames, k, i)} for k, i in enumerate(held)]
     return {"heldout_mesh_iou": round(float(np.mean([r["mesh_iou"] for r in rows])), 4), "mesh_frames": rows}
 
 

@@ -285,9 +285,14 @@ class OutfitFitter:
             raise DeviceError(f"{err.message} at step {state.step}; checkpoint kept: {self.ckpt_path}",
                               err.code, err.hint) from exc
 
-    def _penalised(self, cand: Candidate, scores: torch.Tensor) -> torch.Tensor:
+    def _penalty(self, cand: Candidate) -> float:
+        """The factor a candidate's scores are multiplied by: 1 + the penalty per garment beyond
+        one per mask (`layer_penalty` with labels, `garment_penalty` without)."""
         per = self.options.layer_penalty if self.groups else self.options.garment_penalty
-        return scores * (1.0 + per * cand.extra_garments)
+        return 1.0 + per * cand.extra_garments
+
+    def _penalised(self, cand: Candidate, scores: torch.Tensor) -> torch.Tensor:
+        return scores * self._penalty(cand)
 
     def _update_best(self, cands: list[Candidate], state: FitState, stage: str) -> None:
         """Score every code on the held-out frames; keep each candidate's best (`cand_best`)
@@ -529,7 +534,7 @@ class OutfitFitter:
                                   "scores": [round(score, 5)]})
             # both fitted now: the layered outfit's own score with the (smaller) penalty of this comparison
             extra = fine.extra_garments - cand.extra_garments
-            layered = best.score / float(self._penalised(fine, torch.ones(1))[0]) * (1 + self.options.drop_penalty * extra)
+            layered = best.score / self._penalty(fine) * (1 + self.options.drop_penalty * extra)
             if score < layered:
                 outer = "+".join(f.name for h, f in enumerate(fams) if targets[h] == targets[g] and f.layer > fam.layer)
                 warnings.warn(f"{self.subject.root}: the {outer} alone explains label {targets[g]} about as well as "

@@ -68,14 +68,22 @@ def evaluate_points(subject: Subject, body: BodyModel, posed: torch.Tensor, ids:
         mask = frames.masks[k]
         row = {"frame": i, "iou": round(float(mask_iou(pred, mask)), 4)}
         if faces is not None:
-            seen = mesh_mask(posed[i:i + 1], faces, frames.K[k:k + 1], frames.depth[k:k + 1], threshold)[0]
-            row["mesh_iou"] = round(float(mask_iou(seen, mask)), 4)
+            row["mesh_iou"] = mesh_iou(posed, faces, frames, k, i, threshold)
         row.update({"chamfer_px": round(float(chamfer_2d_pixels(uv[k:k + 1], vis[k:k + 1], frames.targets,
                                                                 torch.tensor([k], device=uv.device))[0]), 3),
                     "visible": round(float(vis[k].float().mean()), 3),
                     "splat_radius_px": round(float(np.median(radii)), 2)})
         out.append(row)
     return out
+
+
+def mesh_iou(vertices: torch.Tensor, faces: np.ndarray, frames: FrameSet, k: int, i: int,
+             threshold: float = 0.02) -> float:
+    """IoU (4 decimals) of the mesh's seen silhouette (`metrics.mesh_mask`) in subject frame i,
+    the k-th of `frames`, against that frame's clothing mask; vertices (N, V, 3), every frame of
+    the subject in camera space."""
+    seen = mesh_mask(vertices[i:i + 1].float(), faces, frames.K[k:k + 1], frames.depth[k:k + 1], threshold)[0]
+    return round(float(mask_iou(seen, frames.masks[k])), 4)
 
 
 def write_posed(path: Path, body: BodyModel, subject: Subject, points: np.ndarray, betas) -> Path:
